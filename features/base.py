@@ -1,0 +1,92 @@
+"""The extractor contract every stage's compute follows (lhotse-style).
+
+An extractor is a small class with a ``name``, a ``VERSION`` (bump it when its output changes),
+a frozen config dataclass, and a batched ``__call__`` from :class:`ItemInput` to a dict of named
+arrays per item. It does no file I/O of its own beyond loading its model once, and knows nothing
+of shards, caches or Dask: the pipeline feeds it decoded audio and writes what it returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.errors import ItemError
+
+Output = dict[str, np.ndarray]
+
+
+@dataclass
+class ItemInput:
+    """What the pipeline hands an extractor for one utterance."""
+
+    utt_id: str
+    audio: np.ndarray | None = None  # (n,) float32, 16 kHz mono, finite; None if not needed
+    text: str | None = None
+    language: str | None = None
+    speaker: str | None = None
+    # Outputs of upstream stages for this utterance: {stage: {name: array}}
+    upstream: Mapping[str, Output] = field(default_factory=dict)
+
+
+class Extractor:
+    """Base class: subclasses set ``name``, ``VERSION``, ``Config`` and implement ``__call__``."""
+
+    name: ClassVar[str]
+    VERSION: ClassVar[int]
+    Config: ClassVar[type]
+    #: Per-output layout recorded in shard attributes, e.g. {"feats": {"dims": "T,L,D"}}.
+    layout: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def __init__(self, config: Any = None, device: str = "cpu"):
+        self.config = config if config is not None else self.Config()
+        self.device = device
+
+    def weights_checksum(self) -> str:
+        """Checksum of the model weights this extractor uses ('' when it has none)."""
+        return ""
+
+    def attrs(self) -> dict[str, Any]:
+        """Extra facts about the output (layer count, dims, vocabulary...) for shard attributes."""
+        return {}
+
+    def __call__(self, items: Sequence[ItemInput]) -> list[Output | ItemError]:
+        raise NotImplementedError
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as a plain JSON-able dict."""
+    return dataclasses.asdict(config)
+
+
+def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex, first 16 chars are plenty for a cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_checksum(paths: Sequence[str | Path]) -> str:
+    """One checksum over several files (e.g. a model folder's weight files), order-independent."""
+    parts = sorted((Path(p).name, file_checksum(p)) for p in paths)
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def run_each(items: Sequence[ItemInput], fn) -> list[Output | ItemError]:
+    """Apply ``fn(item) -> Output`` per item, turning per-item failures into ItemError."""
+    out: list[Output | ItemError] = []
+    for item in items:
+        try:
+            out.append(fn(item))
+        except ItemError as e:
+            out.append(e)
+        except (ValueError, RuntimeError, FloatingPointError) as e:
+            out.append(ItemError(item.utt_id, f"{type(e).__name__}: {e}"))
+    return out

@@ -1,0 +1,1 @@
+"""Networks (SER, TER, probes) and their shared training/evaluation core."""

@@ -1,0 +1,107 @@
+"""The utterance record every reader produces, and the prepared corpus in a work directory.
+
+``prepare`` writes ``<workdir>/corpus.jsonl`` (one :class:`Utterance` per line),
+``<workdir>/corpus.json`` (name, classes, source) and ``<workdir>/rejected.tsv``.
+Everything downstream reads the corpus through :func:`load_corpus`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.errors import CorpusError
+
+#: The paper's four classes, in the order used for probabilities and confusion matrices.
+DEFAULT_CLASSES = ("neutral", "happy", "sad", "angry")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    audio: str  # absolute path to the audio file
+    speaker: str
+    label: str
+    group: str  # cross-validation group (IEMOCAP: session)
+    text: str | None = None
+    start: float | None = None  # seconds into ``audio``; None = whole file
+    end: float | None = None
+    language: str = "en"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Utterance":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    classes: tuple[str, ...]
+    utterances: tuple[Utterance, ...]
+    source: str = ""
+
+    def by_id(self) -> dict[str, Utterance]:
+        return {u.id: u for u in self.utterances}
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted({u.group for u in self.utterances})
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted({u.speaker for u in self.utterances})
+
+
+def corpus_paths(workdir: str | Path) -> dict[str, Path]:
+    w = Path(workdir)
+    return {
+        "utterances": w / "corpus.jsonl",
+        "meta": w / "corpus.json",
+        "rejected": w / "rejected.tsv",
+    }
+
+
+def write_corpus(workdir: str | Path, corpus: Corpus) -> None:
+    """Write the corpus files atomically (temp file + rename)."""
+    paths = corpus_paths(workdir)
+    paths["utterances"].parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(paths["utterances"], "".join(u.to_json() + "\n" for u in corpus.utterances))
+    meta = {"name": corpus.name, "classes": list(corpus.classes), "source": corpus.source,
+            "n_utterances": len(corpus.utterances)}
+    _atomic_write(paths["meta"], json.dumps(meta, indent=2) + "\n")
+
+
+def load_corpus(workdir: str | Path) -> Corpus:
+    paths = corpus_paths(workdir)
+    if not paths["utterances"].exists() or not paths["meta"].exists():
+        raise CorpusError(
+            f"no prepared corpus in {workdir}: run `python cli.py prepare demo` "
+            "(or `prepare iemocap ROOT` / `prepare manifest FILE`) first"
+        )
+    meta = json.loads(paths["meta"].read_text())
+    utts = []
+    with open(paths["utterances"], encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                utts.append(Utterance.from_dict(json.loads(line)))
+    return Corpus(meta["name"], tuple(meta["classes"]), tuple(utts), meta.get("source", ""))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_rejected(workdir: str | Path, rejected: Iterable[tuple[str, str, str]]) -> Path:
+    """``rejected`` rows are (item id, source file, reason)."""
+    path = corpus_paths(workdir)["rejected"]
+    rows = ["id\tsource\treason"] + ["\t".join(str(x).replace("\t", " ") for x in r) for r in rejected]
+    _atomic_write(path, "\n".join(rows) + "\n")
+    return path

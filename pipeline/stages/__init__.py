@@ -1,0 +1,116 @@
+"""Stage registry: every feature stage declares itself in a module of this package.
+
+A module here calls :func:`register` with a :class:`Stage`. Modules are discovered
+automatically, so adding a stage means adding one file. The registry knows nothing of any
+particular model; it only maps a name to how to build its extractor and what it needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from pipeline.errors import StageError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A feature stage: what it needs, what builds its extractor, how it is scheduled."""
+
+    name: str
+    #: Frozen config dataclass; its fields are the stage parameters (``-p name.field=value``).
+    config_cls: type
+    #: Builds the extractor from a config instance and a torch device string.
+    build: Callable[[Any, str], Any]
+    needs_audio: bool = True
+    needs_text: bool = False
+    needs_gpu: bool = False  # uses a GPU when present (one worker process per GPU)
+    upstream: tuple[str, ...] = ()
+    #: Utterances per shard (one Dask task).
+    shard_size: int = 200
+    #: Optional post-step over all utterances' outputs, e.g. per-speaker means:
+    #: ``finalize(reader, utterances, config) -> {key: array}``, stored next to the shards.
+    finalize: Callable | None = None
+    help: str = ""
+    #: Only for tests: hidden from ``extract --stage all`` and ``--help``.
+    test_only: bool = False
+
+    def make_config(self, params: Mapping[str, Any] | None = None):
+        """Config from defaults overridden by ``params`` (strings are converted to field types)."""
+        params = dict(params or {})
+        fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(params) - set(fields))
+        if unknown:
+            raise StageError(
+                f"stage {self.name!r} has no parameter(s) {unknown}; "
+                f"known: {sorted(fields)}"
+            )
+        default = self.config_cls()
+        kwargs = {k: _convert(getattr(default, k), v, f"{self.name}.{k}") for k, v in params.items()}
+        return dataclasses.replace(default, **kwargs)
+
+
+def _convert(default: Any, value: Any, where: str) -> Any:
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, (int, float)):
+            return type(default)(value)
+        if isinstance(default, tuple):
+            return tuple(type(default[0])(v) if default else v for v in value.split(","))
+    except ValueError as e:
+        raise StageError(f"parameter {where}={value!r}: expected {type(default).__name__}") from e
+    return value
+
+
+_REGISTRY: dict[str, Stage] = {}
+_DISCOVERED = False
+
+
+def register(stage: Stage) -> Stage:
+    _REGISTRY[stage.name] = stage
+    return stage
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def get_stage(name: str) -> Stage:
+    _discover()
+    if name not in _REGISTRY:
+        raise StageError(f"unknown stage {name!r}; available: {', '.join(stage_names())}")
+    return _REGISTRY[name]
+
+
+def stage_names(include_test: bool = False) -> list[str]:
+    _discover()
+    return [n for n, s in _REGISTRY.items() if include_test or not s.test_only]
+
+
+def resolve_order(names: list[str]) -> list[str]:
+    """Names plus their upstream stages, upstream first."""
+    out: list[str] = []
+
+    def visit(n: str) -> None:
+        for u in get_stage(n).upstream:
+            visit(u)
+        if n not in out:
+            out.append(n)
+
+    for n in names:
+        visit(n)
+    return out
