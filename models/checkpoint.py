@@ -1,0 +1,63 @@
+"""Checkpoints that ``torch.load(weights_only=True)`` can read, written atomically.
+
+A checkpoint is a plain dict of tensors, dicts, lists, str, int, float, bool and None: model and
+optimizer state, the best-so-far model, step, RNG states, the config dict and the feature stage
+keys. It reloads without the original command line (nanoGPT-style).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None if absent. A corrupt file is moved aside (a miss)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a cache miss
+        bad = path.with_name(path.name + ".corrupt")
+        log.warning("checkpoint %s is unreadable (%s); moved to %s, starting the fold afresh", path, e, bad)
+        path.replace(bad)
+        return None
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """RNG states that training consumes: torch's global CPU/CUDA RNGs and the batch generator."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state:
+        if not torch.cuda.is_available():
+            raise TrainingError("this checkpoint was written on a GPU run; resume it with a GPU")
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's state (for the best-so-far model)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

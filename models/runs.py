@@ -1,0 +1,109 @@
+"""The run layout in a work directory, and reading/writing predictions and metrics.
+
+```
+<workdir>/runs/<task>/<run>/config.json
+<workdir>/runs/<task>/<run>/metrics.json          per fold + mean over folds + pooled
+<workdir>/runs/<task>/<run>/fold-<name>/checkpoint.pt
+<workdir>/runs/<task>/<run>/fold-<name>/predictions.jsonl
+<workdir>/runs/<task>/<run>/fold-<name>/metrics.json
+```
+A ``predictions.jsonl`` row: ``{"id", "fold", "split": "test"|"val", "label", "probs": [...]}``
+with ``probs`` in the corpus class order. Every file is written to a temp name and renamed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths of one training run (``task`` is "ser" or "ter"; ``run`` the config name)."""
+
+    workdir: Path
+    task: str
+    run: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.workdir) / "runs" / self.task / self.run
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    def fold_dir(self, fold: str) -> Path:
+        return self.root / f"fold-{fold}"
+
+    def checkpoint(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "checkpoint.pt"
+
+    def predictions(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "predictions.jsonl"
+
+    def fold_metrics(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "metrics.json"
+
+    def fold_names(self) -> list[str]:
+        """Folds that have predictions, in name order."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name[len("fold-"):] for p in self.root.glob("fold-*")
+                      if (p / "predictions.jsonl").exists())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _json_safe(obj):
+    """NaN/inf become None so the file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def prediction_rows(ids: Sequence[str], probs: np.ndarray, labels: dict[str, str], fold: str,
+                    split: str) -> list[dict]:
+    """Rows for ``predictions.jsonl``; ``probs`` is (n, C) in the corpus class order."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} ids but {probs.shape[0]} probability rows")
+    return [{"id": i, "fold": fold, "split": split, "label": labels[i],
+             "probs": [round(float(p), 7) for p in row]} for i, row in zip(ids, probs)]
+
+
+def write_predictions(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_predictions(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

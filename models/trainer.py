@@ -1,0 +1,307 @@
+"""The shared training loop (SER and TER): seeded, step-scheduled Adam, checkpoint/resume, selection.
+
+A task plugs in through the small :class:`Task` protocol below; the loop knows nothing of speech or
+text. Per fold it trains for a number of *steps*, evaluates validation UA every ``eval_every``
+steps, keeps the best model, checkpoints (model, optimizer, best model, step, RNG states, config,
+feature keys) and finally writes test + validation probabilities and metrics in the run layout of
+:mod:`models.runs`. A killed run resumed with the same command continues bit-identically (on CPU;
+on GPU up to kernel nondeterminism).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.checkpoint import capture_rng, cpu_state_dict, load_checkpoint, restore_rng, save_checkpoint
+from models.folds import Fold, fold_seed
+from models.metrics import classification_metrics, mean_over_folds
+from models.runs import (RunPaths, prediction_rows, read_json, read_predictions, write_json,
+                         write_predictions)
+from pipeline.corpus import Corpus
+from pipeline.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimizer steps per fold (ignored when ``epochs`` is set)
+    epochs: float = 0.0  # > 0: steps = ceil(epochs * n_train / batch_size)
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    seed: int = 0
+    eval_every: int = 0  # steps between validation passes; 0 = about 20 per fold
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = at every validation pass
+    select: str = "val"  # "val": best validation UA; "last": the final model
+    patience: int = 0  # stop after this many validation passes without improvement; 0 = off
+    progress: bool = True  # progress bar
+
+    def resolve_steps(self, n_train: int) -> int:
+        if self.epochs > 0:
+            return max(1, math.ceil(self.epochs * n_train / self.batch_size))
+        return int(self.steps)
+
+
+# Fields that may change between a run and its resumption without invalidating the checkpoint.
+_RESUMABLE_CHANGES = {"steps", "epochs", "progress", "patience"}
+
+
+class Task(Protocol):
+    """What a task (SER, TER) supplies to the loop."""
+
+    name: str  # "ser" | "ter"
+    corpus: Corpus  # labels and class order come from here
+
+    def config_dict(self) -> dict: ...  # model/task parameters, JSON-able
+
+    def feature_keys(self) -> dict[str, str]: ...  # stage -> fingerprint of the features used
+
+    def available(self, ids: Sequence[str]) -> list[str]: ...  # ids with usable features
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def prepare(self, train_ids: Sequence[str], device: str, seed: int) -> None: ...
+
+    def train_batch(self, step: int, generator: torch.Generator) -> Any: ...
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def predict(self, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray: ...  # (n, C) probs
+
+
+class EpochSampler:
+    """Batch indices as a pure function of the step: consecutive seeded permutations of ``n``.
+
+    Step ``s`` takes positions [s*B, (s+1)*B) of the concatenation of per-epoch permutations, so
+    resuming at any step needs no sampler state.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < 1:
+            raise TrainingError("no training utterances")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm
+
+    def indices(self, step: int) -> torch.Tensor:
+        """(B,) int64 indices into the training set."""
+        start = step * self.batch_size
+        out, pos = [], start
+        while pos < start + self.batch_size:
+            epoch, off = divmod(pos, self.n)
+            take = min(self.n - off, start + self.batch_size - pos)
+            out.append(self._permutation(epoch)[off:off + take])
+            pos += take
+        return torch.cat(out)
+
+
+def _labels(corpus: Corpus) -> dict[str, str]:
+    return {u.id: u.label for u in corpus.utterances}
+
+
+def _ua(task: Task, model: torch.nn.Module, ids: Sequence[str]) -> float:
+    probs = _predict(task, model, ids)
+    labels = _labels(task.corpus)
+    pred = probs.argmax(axis=1)
+    return classification_metrics([labels[i] for i in ids], pred, task.corpus.classes)["ua"]
+
+
+def _predict(task: Task, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probs = np.asarray(task.predict(model, ids), dtype=np.float64)
+    model.train(was_training)
+    if probs.shape != (len(ids), len(task.corpus.classes)):
+        raise TrainingError(f"task {task.name} predicted shape {probs.shape}, expected "
+                            f"({len(ids)}, {len(task.corpus.classes)})")
+    return probs
+
+
+def _config_record(task: Task, config: TrainConfig) -> dict:
+    return {"task": task.name, "train": dataclasses.asdict(config), "model": task.config_dict(),
+            "classes": list(task.corpus.classes)}
+
+
+def _check_resumable(ckpt: dict, record: dict, keys: dict, path) -> None:
+    old, new = dict(ckpt["config"]), dict(record)
+    old_train = {k: v for k, v in old.pop("train").items() if k not in _RESUMABLE_CHANGES}
+    new_train = {k: v for k, v in new.pop("train").items() if k not in _RESUMABLE_CHANGES}
+    if old != new or old_train != new_train:
+        raise TrainingError(f"{path} was written with another configuration; use another run name "
+                            f"or delete that folder to start afresh")
+    if dict(ckpt["feature_keys"]) != dict(keys):
+        raise TrainingError(f"{path} was trained on other features ({dict(ckpt['feature_keys'])}); "
+                            f"delete that folder to retrain on the current ones ({keys})")
+
+
+def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
+               on_step: Callable[[int], None] | None = None) -> dict | None:
+    """Train, select and evaluate one fold; returns its metrics dict (None if it has no test data).
+
+    ``on_step(step)`` is called after every optimizer step (tests use it to simulate a kill).
+    """
+    ids = {s: task.available(getattr(fold, s)) for s in ("train", "val", "test")}
+    if not ids["test"]:
+        log.warning("fold %s: no test utterance has %s features; skipped", fold.name, task.name)
+        return None
+    if not ids["train"]:
+        raise TrainingError(f"fold {fold.name}: no training utterance has {task.name} features")
+    steps = config.resolve_steps(len(ids["train"]))
+    eval_every = config.eval_every or max(1, steps // 20)
+    ckpt_every = config.checkpoint_every or eval_every
+    record, keys = _config_record(task, config), task.feature_keys()
+    ckpt_path = paths.checkpoint(fold.name)
+    seed = fold_seed(config.seed, fold.name)
+
+    torch.manual_seed(seed)
+    model = task.build_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed + 1)
+    state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
+             "stopped_early": False, "evals_since_best": 0}
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None:
+        _check_resumable(ckpt, record, keys, ckpt_path)
+        if ckpt["step"] > steps:
+            raise TrainingError(f"{ckpt_path} is at step {ckpt['step']} > the {steps} steps asked for")
+        if ckpt["done"] and (ckpt["step"] == steps or ckpt["stopped_early"]) and paths.fold_metrics(fold.name).exists():
+            log.info("fold %s already trained (%d steps); reusing its results", fold.name, steps)
+            return read_json(paths.fold_metrics(fold.name))
+    task.prepare(ids["train"], device, seed)  # before any RNG restore: it may draw random numbers
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt["rng"], generator)
+        state.update({k: ckpt[k] for k in state})
+        log.info("fold %s: resuming at step %d of %d", fold.name, state["step"], steps)
+
+    def save(done: bool) -> None:
+        save_checkpoint(ckpt_path, {
+            **state, "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
+            "rng": capture_rng(generator), "config": record, "feature_keys": keys,
+            "fold": fold.name, "done": done})
+
+    bar = tqdm(total=steps, initial=state["step"], desc=f"{task.name} {fold.name}",
+               disable=not config.progress, dynamic_ncols=True, leave=False)
+    sums: dict[str, torch.Tensor] = {}
+    n_sum, t0 = 0, time.perf_counter()
+    model.train()
+    while state["step"] < steps and not state["stopped_early"]:
+        batch = task.train_batch(state["step"], generator)
+        loss, terms = task.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        state["step"] += 1
+        step = state["step"]
+        for k, v in {"loss": loss, **terms}.items():
+            sums[k] = sums.get(k, 0) + v.detach()  # stays on the device: no sync per step
+        n_sum += 1
+        if step % eval_every == 0 or step == steps:
+            logged = {k: float(v) / n_sum for k, v in sums.items()}
+            sums, n_sum = {}, 0
+            entry = {"step": step, **logged}
+            if ids["val"]:
+                ua = _ua(task, model, ids["val"])
+                entry["val_ua"] = ua
+                if ua > state["best_ua"]:
+                    state.update(best_ua=ua, best_step=step, best_model=cpu_state_dict(model),
+                                 evals_since_best=0)
+                else:
+                    state["evals_since_best"] += 1
+                    if config.patience and state["evals_since_best"] >= config.patience:
+                        state["stopped_early"] = True
+                        log.info("fold %s: early stop at step %d (best val UA %.3f at %d)",
+                                 fold.name, step, state["best_ua"], state["best_step"])
+            state["history"].append(entry)
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()},
+                             "val_ua": f"{entry.get('val_ua', float('nan')):.3f}",
+                             "best": f"{state['best_ua']:.3f}"}, refresh=False)
+        if step % ckpt_every == 0 and step < steps and not state["stopped_early"]:
+            save(done=False)
+        bar.update(1)
+        if on_step is not None:
+            on_step(step)
+    bar.close()
+    train_s = time.perf_counter() - t0
+
+    final_model = cpu_state_dict(model)
+    if config.select == "val" and state["best_model"] is not None:
+        model.load_state_dict(state["best_model"])
+        selected = {"select": "val", "step": state["best_step"], "val_ua": state["best_ua"]}
+    else:
+        if config.select == "val":
+            log.warning("fold %s: no validation utterances; using the last model", fold.name)
+        selected = {"select": "last", "step": state["step"]}
+    metrics = _write_fold_outputs(task, model, fold, ids, paths)
+    metrics.update(selected=selected, steps=state["step"], train_seconds=round(train_s, 3),
+                   n_train=len(ids["train"]), n_val=len(ids["val"]), history=state["history"])
+    write_json(paths.fold_metrics(fold.name), metrics)
+    model.load_state_dict(final_model)
+    save(done=True)
+    log.info("fold %s: test UA %.3f WA %.3f (%s model, step %d)", fold.name, metrics["test"]["ua"],
+             metrics["test"]["wa"], selected["select"], selected["step"])
+    return metrics
+
+
+def _write_fold_outputs(task: Task, model: torch.nn.Module, fold: Fold, ids: dict, paths: RunPaths) -> dict:
+    labels, classes = _labels(task.corpus), task.corpus.classes
+    rows, metrics = [], {"fold": fold.name}
+    for split in ("test", "val"):
+        if not ids[split]:
+            continue
+        probs = _predict(task, model, ids[split])
+        rows += prediction_rows(ids[split], probs, labels, fold.name, split)
+        metrics[split] = classification_metrics([labels[i] for i in ids[split]], probs.argmax(axis=1), classes)
+    write_predictions(paths.predictions(fold.name), rows)
+    return metrics
+
+
+def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
+                device: str = "cpu") -> dict:
+    """Train every fold (resuming finished/partial ones) and write the run's config and metrics."""
+    record = {**_config_record(task, config), "feature_keys": task.feature_keys(),
+              "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)}
+                        for f in folds}, "device": str(device)}
+    write_json(paths.config, record)
+    per_fold = {}
+    for fold in folds:
+        m = train_fold(task, fold, config, paths, device)
+        if m is not None:
+            per_fold[fold.name] = m
+    if not per_fold:
+        raise TrainingError(f"no fold of task {task.name} had test utterances with features")
+    return summarize_run(paths, task.corpus.classes, list(per_fold))
+
+
+def summarize_run(paths: RunPaths, classes: Sequence[str], fold_names: Sequence[str]) -> dict:
+    """Per-fold test metrics, their mean over folds, and metrics pooled over all test rows."""
+    per_fold, y_true, y_pred = {}, [], []
+    for name in fold_names:
+        per_fold[name] = read_json(paths.fold_metrics(name))["test"]
+        for r in read_predictions(paths.predictions(name)):
+            if r["split"] == "test":
+                y_true.append(r["label"])
+                y_pred.append(int(np.argmax(r["probs"])))
+    summary = {"task": paths.task, "run": paths.run, "classes": list(classes), "folds": per_fold,
+               "mean": mean_over_folds(per_fold), "pooled": classification_metrics(y_true, y_pred, classes)}
+    write_json(paths.metrics, summary)
+    return summary

@@ -1,0 +1,109 @@
+"""The shared loop: learns a separable task, never validates on the test fold, resumes exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.folds import make_folds
+from models.runs import RunPaths, read_json, read_predictions
+from models.trainer import EpochSampler, TrainConfig, train_fold, train_folds
+from pipeline.errors import TrainingError
+from tests.helpers import LinearTask, make_corpus
+
+torch.set_num_threads(1)
+CFG = TrainConfig(steps=60, batch_size=8, lr=0.05, eval_every=10, seed=0, progress=False)
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_learns_separable_task_and_writes_the_run_layout(tmp_path):
+    corpus = make_corpus(n_groups=3, per_class=8)
+    task = LinearTask(corpus, missing=["g0_sad_000"])
+    folds = make_folds(corpus, "all", val_fraction=0.25)
+    paths = RunPaths(tmp_path, "toy", "cnn")
+    summary = train_folds(task, folds, CFG, paths)
+    assert summary["pooled"]["ua"] > 0.9 and summary["mean"]["ua"] > 0.9
+    assert set(summary["folds"]) == {"G0", "G1", "G2"}
+    assert read_json(paths.metrics)["pooled"]["n"] == len(corpus.utterances) - 1
+    assert read_json(paths.config)["train"]["steps"] == 60
+    for f in folds:
+        rows = read_predictions(paths.predictions(f.name))
+        test = [r for r in rows if r["split"] == "test"]
+        val = [r for r in rows if r["split"] == "val"]
+        assert {r["id"] for r in test} == set(f.test) - {"g0_sad_000"}  # missing feature: absent
+        assert {r["id"] for r in val} == set(f.val) - {"g0_sad_000"}
+        assert all(len(r["probs"]) == 4 and abs(sum(r["probs"]) - 1) < 1e-5 for r in rows)
+        ckpt = torch.load(paths.checkpoint(f.name), weights_only=True)
+        assert ckpt["step"] == 60 and ckpt["done"] and ckpt["feature_keys"] == {"toy": "v1"}
+        assert ckpt["config"]["model"] == task.config_dict()
+
+
+def test_training_and_validation_never_touch_the_test_fold(tmp_path):
+    corpus = make_corpus(n_groups=3, per_class=4)
+    task = LinearTask(corpus)
+    seen_val = []
+    orig_predict = task.predict
+
+    def spy(model, ids):
+        seen_val.append(list(ids))
+        return orig_predict(model, ids)
+
+    task.predict = spy
+    (fold,) = make_folds(corpus, "G1", val_fraction=0.25)
+    train_fold(task, fold, TrainConfig(steps=20, eval_every=5, progress=False), RunPaths(tmp_path, "toy", "r"))
+    assert set(task.prepared_ids) == set(fold.train)
+    val_calls = seen_val[:-2]  # the last two calls are the final test and val predictions
+    assert len(val_calls) == 4 and all(set(c) == set(fold.val) for c in val_calls)
+    assert not set(fold.test) & set(task.prepared_ids)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    corpus = make_corpus(n_groups=2, per_class=6)
+    (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
+    cfg = TrainConfig(steps=30, batch_size=4, lr=0.01, eval_every=5, checkpoint_every=5, progress=False)
+
+    ref_paths = RunPaths(tmp_path / "ref", "toy", "r")
+    ref = train_fold(LinearTask(corpus), fold, cfg, ref_paths)
+
+    def kill_at_13(step):
+        if step == 13:
+            raise _Kill
+
+    paths = RunPaths(tmp_path / "killed", "toy", "r")
+    with pytest.raises(_Kill):
+        train_fold(LinearTask(corpus), fold, cfg, paths, on_step=kill_at_13)
+    assert torch.load(paths.checkpoint("G0"), weights_only=True)["step"] == 10
+    resumed = train_fold(LinearTask(corpus), fold, cfg, paths)
+
+    a = torch.load(ref_paths.checkpoint("G0"), weights_only=True)
+    b = torch.load(paths.checkpoint("G0"), weights_only=True)
+    for key in ("model", "best_model"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    assert a["best_step"] == b["best_step"]
+    assert read_predictions(ref_paths.predictions("G0")) == read_predictions(paths.predictions("G0"))
+    assert ref["test"] == resumed["test"]
+    # a finished fold is reused, not retrained
+    assert train_fold(LinearTask(corpus), fold, cfg, paths)["history"] == resumed["history"]
+
+
+def test_changed_config_refuses_to_resume_and_epochs_set_steps(tmp_path):
+    corpus = make_corpus(n_groups=2, per_class=4)
+    (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
+    paths = RunPaths(tmp_path, "toy", "r")
+    m = train_fold(LinearTask(corpus), fold, TrainConfig(epochs=2, batch_size=4, progress=False), paths)
+    n_train = len(fold.train)
+    assert m["steps"] == -(-2 * n_train // 4) and m["selected"]["select"] == "val"
+    with pytest.raises(TrainingError):
+        train_fold(LinearTask(corpus), fold, TrainConfig(epochs=2, batch_size=4, lr=1.0, progress=False), paths)
+
+
+def test_epoch_sampler_covers_each_item_once_per_epoch():
+    s = EpochSampler(10, 4, seed=1)
+    flat = torch.cat([s.indices(k) for k in range(5)])  # 20 items = 2 epochs
+    assert sorted(flat[:10].tolist()) == list(range(10)) and sorted(flat[10:].tolist()) == list(range(10))
+    assert torch.equal(EpochSampler(10, 4, seed=1).indices(3), s.indices(3))
+    assert len(EpochSampler(3, 8, seed=0).indices(0)) == 8  # batch larger than the set
