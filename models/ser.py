@@ -1,0 +1,265 @@
+"""The AutoVC-like cross-representation SER network (Makiuchi et al., ASRU 2021; DESIGN.md §1).
+
+A learnable weighted average of the L cached encoder layers (or the mel spectrogram, for the
+paper's ablation) is concatenated with the speaker mean and squeezed through a narrow BLSTM
+bottleneck that emits one code every ``freq`` frames. The codes feed an emotion classifier and,
+upsampled, an AutoVC decoder that must rebuild the mel spectrogram from them, the speaker
+embedding and the phone sequence. Loss = MSE(L_r1) + MSE(L_r2) + cross-entropy(L_e).
+
+Shapes: B batch, T frames (a 96-frame crop in training), L layers, D feature dim, C = 2·d.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class SERConfig:
+    """Architecture of one SER model; presets in :data:`PRESETS`."""
+
+    name: str = "small"
+    input: str = "encoder"  # "encoder": cached speech-encoder layers; "mel": the spectrogram
+    n_layers: int = 25  # L (wav2vec2-large: 25; Whisper base: 7; mel input: 1)
+    feat_dim: int = 1024  # D (mel input: 80)
+    layer_weighting: str = "raw"  # "raw": Σα·x/Σα with α init 1 (official); "softmax"
+    dim_neck: int = 8  # d: BLSTM units per direction in the bottleneck
+    freq: int = 48  # f: one code every f frames (must divide crop)
+    crop: int = 96  # frames per training crop / inference window
+    dim_spk: int = 256  # speaker embedding (Resemblyzer)
+    n_mels: int = 80
+    n_phones: int = 128  # one-hot phone vocabulary
+    dim_phone: int = 128  # phone-encoder BLSTM units per direction (output 2·dim_phone)
+    dim_conv: int = 512  # encoder / phone-encoder conv channels
+    dim_pre: int = 512  # decoder's first LSTM and convs
+    dim_dec: int = 1024  # decoder's 2-layer LSTM
+    n_classes: int = 4
+    classifier_hidden: int = 128
+    classifier_act: str = "none"  # official: no non-linearity between the linear layers; "relu"
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.crop % self.freq:
+            raise TrainingError(f"SER config {self.name!r}: freq={self.freq} must divide crop={self.crop}")
+        if self.layer_weighting not in ("raw", "softmax"):
+            raise TrainingError(f"layer_weighting must be 'raw' or 'softmax', not {self.layer_weighting!r}")
+        if self.classifier_act not in ("none", "relu"):
+            raise TrainingError(f"classifier_act must be 'none' or 'relu', not {self.classifier_act!r}")
+        if self.input not in ("encoder", "mel"):
+            raise TrainingError(f"input must be 'encoder' or 'mel', not {self.input!r}")
+
+    @property
+    def n_codes(self) -> int:
+        """Codes per crop: crop / f (small: 2, large: 48)."""
+        return self.crop // self.freq
+
+    @property
+    def code_size(self) -> int:
+        """Classifier input: 2d · crop/f (small: 32)."""
+        return 2 * self.dim_neck * self.n_codes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, SERConfig] = {
+    "small": SERConfig(name="small", dim_neck=8, freq=48),  # the paper's best
+    "large": SERConfig(name="large", dim_neck=128, freq=2),  # better reconstruction, worse emotion
+    "spec": SERConfig(name="spec", input="mel", n_layers=1, feat_dim=80, dim_neck=8, freq=48),
+}
+
+
+def make_config(preset: str = "small", **overrides: Any) -> SERConfig:
+    """A preset with fields overridden (e.g. ``n_layers=7, feat_dim=512`` for Whisper base)."""
+    if preset not in PRESETS:
+        raise TrainingError(f"unknown SER config {preset!r}; presets: {', '.join(PRESETS)}")
+    base = PRESETS[preset]
+    if base.input == "mel":  # the mel ablation's input size is the mel's, whatever the encoder
+        overrides = {k: v for k, v in overrides.items() if k not in ("n_layers", "feat_dim")}
+    return dataclasses.replace(base, **overrides)
+
+
+# --- building blocks (AutoVC's ConvNorm / LinearNorm: Xavier init with the activation's gain) --
+
+def conv_norm(c_in: int, c_out: int, k: int = 5, gain: str = "relu") -> nn.Conv1d:
+    conv = nn.Conv1d(c_in, c_out, k, padding=(k - 1) // 2)
+    nn.init.xavier_uniform_(conv.weight, gain=nn.init.calculate_gain(gain))
+    return conv
+
+
+def linear_norm(d_in: int, d_out: int, gain: str = "linear") -> nn.Linear:
+    lin = nn.Linear(d_in, d_out)
+    nn.init.xavier_uniform_(lin.weight, gain=nn.init.calculate_gain(gain))
+    return lin
+
+
+def conv_stack(c_in: int, c_out: int, n: int = 3) -> nn.ModuleList:
+    """n × (Conv1d k5 + BatchNorm); ReLU is applied in forward."""
+    return nn.ModuleList(
+        nn.Sequential(conv_norm(c_in if i == 0 else c_out, c_out), nn.BatchNorm1d(c_out)) for i in range(n)
+    )
+
+
+class LayerWeights(nn.Module):
+    """Learnable average of L layers (s3prl's Featurizer): (B, T, L, D) → (B, T, D)."""
+
+    def __init__(self, n_layers: int, mode: str = "raw"):
+        super().__init__()
+        self.mode = mode
+        # Official: raw weights initialised to 1 and normalised by their sum (not a softmax).
+        init = torch.ones(n_layers) if mode == "raw" else torch.zeros(n_layers)
+        self.alpha = nn.Parameter(init)
+
+    def weights(self) -> torch.Tensor:
+        """(L,) normalised weights (sum 1)."""
+        a = self.alpha.float()
+        return torch.softmax(a, 0) if self.mode == "softmax" else a / a.sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp16 features stay fp16 on the GPU (matmul accumulates in fp32); float elsewhere.
+        dtype = x.dtype if x.is_cuda else torch.float32
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.matmul(self.weights().to(dtype), x.to(dtype))  # (B, T, D)
+
+
+class Encoder(nn.Module):
+    """Conv stack + BLSTM bottleneck; codes every ``freq`` frames (AutoVC)."""
+
+    def __init__(self, cfg: SERConfig):
+        super().__init__()
+        self.dim_neck, self.freq = cfg.dim_neck, cfg.freq
+        self.convs = conv_stack(cfg.feat_dim + cfg.dim_spk, cfg.dim_conv)
+        self.lstm = nn.LSTM(cfg.dim_conv, cfg.dim_neck, 2, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), spk (B, S) → codes (B, T/f, 2d); T must be a multiple of f."""
+        b, t, _ = x.shape
+        if t % self.freq:
+            raise TrainingError(f"encoder input has {t} frames, not a multiple of freq={self.freq}")
+        h = torch.cat([x, spk.to(x.dtype)[:, None, :].expand(b, t, -1)], -1).transpose(1, 2)  # (B, D+S, T)
+        for conv in self.convs:
+            h = F.relu(conv(h))  # (B, 512, T)
+        out, _ = self.lstm(h.transpose(1, 2))  # (B, T, 2d)
+        fwd = out[:, self.freq - 1 :: self.freq, : self.dim_neck]  # forward state at i+f-1: (B, T/f, d)
+        bwd = out[:, :: self.freq, self.dim_neck :]  # backward state at i: (B, T/f, d)
+        return torch.cat([fwd, bwd], -1)  # (B, T/f, 2d)
+
+
+class PhoneEncoder(nn.Module):
+    """One-hot phones (B, T, 128) → (B, T, 2·dim_phone)."""
+
+    def __init__(self, cfg: SERConfig):
+        super().__init__()
+        self.convs = conv_stack(cfg.n_phones, cfg.dim_conv)
+        self.lstm = nn.LSTM(cfg.dim_conv, cfg.dim_phone, 2, batch_first=True, bidirectional=True)
+
+    def forward(self, phones: torch.Tensor) -> torch.Tensor:
+        h = phones.transpose(1, 2)  # (B, 128, T)
+        for conv in self.convs:
+            h = F.relu(conv(h))  # (B, 512, T)
+        out, _ = self.lstm(h.transpose(1, 2))  # (B, T, 256)
+        return out
+
+
+class Decoder(nn.Module):
+    """AutoVC decoder: LSTM 512 → 3 conv 512 k5 → 2-layer LSTM 1024 → Linear 80."""
+
+    def __init__(self, cfg: SERConfig):
+        super().__init__()
+        d_in = 2 * cfg.dim_neck + cfg.dim_spk + 2 * cfg.dim_phone
+        self.lstm1 = nn.LSTM(d_in, cfg.dim_pre, 1, batch_first=True)
+        self.convs = conv_stack(cfg.dim_pre, cfg.dim_pre)
+        self.lstm2 = nn.LSTM(cfg.dim_pre, cfg.dim_dec, 2, batch_first=True)
+        self.proj = linear_norm(cfg.dim_dec, cfg.n_mels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm1(x)  # (B, T, 512)
+        h = h.transpose(1, 2)  # (B, 512, T)
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        h, _ = self.lstm2(h.transpose(1, 2))  # (B, T, 1024)
+        return self.proj(h)  # (B, T, 80)
+
+
+class Postnet(nn.Module):
+    """5 convs (512 channels, tanh) predicting a residual on the decoder's mel."""
+
+    def __init__(self, cfg: SERConfig, n: int = 5):
+        super().__init__()
+        chans = [cfg.n_mels] + [cfg.dim_pre] * (n - 1) + [cfg.n_mels]
+        self.convs = nn.ModuleList(
+            nn.Sequential(conv_norm(chans[i], chans[i + 1], gain="tanh" if i < n - 1 else "linear"),
+                          nn.BatchNorm1d(chans[i + 1]))
+            for i in range(n)
+        )
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        h = mel.transpose(1, 2)  # (B, 80, T)
+        for conv in self.convs[:-1]:
+            h = torch.tanh(conv(h))  # (B, 512, T)
+        return self.convs[-1](h).transpose(1, 2)  # (B, T, 80)
+
+
+class Classifier(nn.Module):
+    """Flattened codes (B, 2d·T/f) → logits (B, n_classes)."""
+
+    def __init__(self, cfg: SERConfig):
+        super().__init__()
+        h, relu = cfg.classifier_hidden, cfg.classifier_act == "relu"
+        layers: list[nn.Module] = [nn.Linear(cfg.code_size, h)] + ([nn.ReLU()] if relu else [])
+        layers += [nn.Linear(h, h)] + ([nn.ReLU()] if relu else [])
+        layers += [nn.Dropout(cfg.dropout), nn.Linear(h, cfg.n_classes)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.net(codes.flatten(1))  # (B, n_classes)
+
+
+class SERModel(nn.Module):
+    """Layer weights → encoder → (classifier, decoder + postnet)."""
+
+    def __init__(self, cfg: SERConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = LayerWeights(cfg.n_layers, cfg.layer_weighting)
+        self.encoder = Encoder(cfg)
+        self.classifier = Classifier(cfg)
+        self.phone_encoder = PhoneEncoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.postnet = Postnet(cfg)
+
+    def encode(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """feats (B, T, L, D), spk (B, 256) → codes (B, T/f, 2d)."""
+        return self.encoder(self.layers(feats), spk)
+
+    def classify(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """Logits only (inference): feats (B, crop, L, D) → (B, n_classes)."""
+        return self.classifier(self.encode(feats, spk))
+
+    def forward(self, feats: torch.Tensor, spk: torch.Tensor, phones: torch.Tensor) -> dict[str, torch.Tensor]:
+        """feats (B, T, L, D), spk (B, 256), phones (B, T, 128) one-hot → logits, mel_r1, mel_r2."""
+        codes = self.encode(feats, spk)  # (B, T/f, 2d)
+        logits = self.classifier(codes)  # (B, n_classes)
+        b, t = feats.shape[:2]
+        up = codes.repeat_interleave(self.cfg.freq, dim=1)  # (B, T, 2d): upsampling by repetition
+        dec_in = torch.cat(
+            [up, spk.to(up.dtype)[:, None, :].expand(b, t, -1), self.phone_encoder(phones.to(up.dtype))], -1
+        )  # (B, T, 2d + 256 + 256)
+        mel_r1 = self.decoder(dec_in)  # (B, T, 80)
+        mel_r2 = mel_r1 + self.postnet(mel_r1)  # (B, T, 80)
+        return {"codes": codes, "logits": logits, "mel_r1": mel_r1, "mel_r2": mel_r2}
+
+
+def ser_loss(out: dict[str, torch.Tensor], mel: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """L = MSE(mel_r1, mel) + MSE(mel_r2, mel) + CE(logits, labels); terms computed in float32."""
+    r1 = F.mse_loss(out["mel_r1"].float(), mel.float())
+    r2 = F.mse_loss(out["mel_r2"].float(), mel.float())
+    ce = F.cross_entropy(out["logits"].float(), labels)
+    return {"loss": r1 + r2 + ce, "r1": r1, "r2": r2, "ce": ce}

@@ -1,0 +1,393 @@
+"""SER data layer: 96-frame crops of encoder layers, mel and phones, plus the speaker mean.
+
+A *source* gives per-utterance arrays (:class:`StoreSource` over the shard readers, or
+:class:`ArraySource` over in-memory arrays for tests and benches). A *set* serves training crops
+and inference windows:
+
+- :class:`ResidentSet` concatenates every utterance's frames into one tensor on the device
+  (encoder layers fp16 (N, L, D), mel (N, 80), phone ids (N,)) with offsets; a batch of random
+  crops is drawn with index arithmetic on the device, no Python loop per crop. ``subset()`` shares
+  the storage, so one load can serve several folds.
+- :class:`StreamingSet` reads each crop from the source (the fallback when a fold does not fit).
+
+Both draw crop positions from one ``torch.Generator`` so that a checkpoint of its state resumes
+the batch sequence exactly. Padded frames (utterances shorter than the crop) are zeros in every
+input, the mel target and the phone one-hots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import CacheError, TrainingError
+
+log = logging.getLogger(__name__)
+
+N_PHONES = 128
+ALL = slice(None)
+
+
+@dataclass
+class Batch:
+    """A batch of crops (all on one device)."""
+
+    feats: torch.Tensor  # (B, crop, L, D) fp16 (mel input: (B, crop, 1, 80))
+    mel: torch.Tensor  # (B, crop, 80) float32 target
+    phones: torch.Tensor  # (B, crop, 128) one-hot float32, zero rows on padding
+    spk: torch.Tensor  # (B, 256) float32
+    labels: torch.Tensor  # (B,) int64
+
+
+class Source(Protocol):
+    """Per-utterance arrays; ``encoder`` may be None when the model takes the mel as input."""
+
+    def length(self, utt_id: str) -> int: ...  # frames common to every feature
+    def encoder_shape(self, utt_id: str) -> tuple[int, int]: ...  # (L, D)
+    # ``sl`` reads only some frames (a crop) where the backend allows it.
+    def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray: ...  # (T, L, D)
+    def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray: ...  # (T, 80)
+    def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray: ...  # (T,) int
+    def speaker_mean(self, speaker: str) -> np.ndarray: ...  # (256,)
+    def missing(self, utt_id: str) -> str | None: ...  # why an utterance is unusable, or None
+
+
+class ArraySource:
+    """In-memory source: dicts utt_id -> array, speaker -> mean (tests, benches)."""
+
+    def __init__(self, mel: Mapping[str, np.ndarray], phones: Mapping[str, np.ndarray],
+                 speakers: Mapping[str, np.ndarray], encoder: Mapping[str, np.ndarray] | None = None):
+        self._enc, self._mel, self._ph, self._spk = encoder, mel, phones, speakers
+
+    def length(self, utt_id: str) -> int:
+        lens = [len(self._mel[utt_id]), len(self._ph[utt_id])]
+        return min(lens + ([len(self._enc[utt_id])] if self._enc is not None else []))
+
+    def encoder_shape(self, utt_id: str) -> tuple[int, int]:
+        return tuple(self.encoder(utt_id).shape[1:])
+
+    def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        if self._enc is None:
+            raise TrainingError("this source has no encoder features (mel-input models only)")
+        return self._enc[utt_id][sl]
+
+    def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        return self._mel[utt_id][sl]
+
+    def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        return self._ph[utt_id][sl]
+
+    def speaker_mean(self, speaker: str) -> np.ndarray:
+        return self._spk[speaker]
+
+    def missing(self, utt_id: str) -> str | None:
+        for name, d in (("mel", self._mel), ("phones", self._ph), ("encoder", self._enc)):
+            if d is not None and utt_id not in d:
+                return f"no {name} feature"
+        return None
+
+
+@dataclass(frozen=True)
+class StoreKeys:
+    """Which cached stages/datasets the SER model reads (DESIGN.md §2)."""
+
+    encoder_stage: str | None = "wav2vec"  # None: mel-input model
+    encoder_name: str = "feats"
+    mel_stage: str = "mel"
+    mel_name: str = "mel"
+    phones_stage: str = "phones"
+    phones_name: str = "ids"
+    speaker_stage: str = "speaker"
+
+
+class StoreSource:
+    """Source over the shard store (``pipeline.store.StageReader`` per stage)."""
+
+    def __init__(self, workdir, keys: StoreKeys = StoreKeys()):
+        from pipeline.store import StageReader
+
+        self.keys = keys
+        self.enc = StageReader(workdir, keys.encoder_stage) if keys.encoder_stage else None
+        self.mel_r = StageReader(workdir, keys.mel_stage)
+        self.ph_r = StageReader(workdir, keys.phones_stage)
+        self.spk_r = StageReader(workdir, keys.speaker_stage)
+        self._spk_cache: dict[str, np.ndarray] = {}
+
+    def stage_identities(self) -> dict[str, str]:
+        """Stage -> identity of the features used (saved in checkpoints)."""
+        readers = [r for r in (self.enc, self.mel_r, self.ph_r, self.spk_r) if r is not None]
+        return {r.stage: r.identity for r in readers}
+
+    def length(self, utt_id: str) -> int:
+        lens = [self.mel_r.length(utt_id, self.keys.mel_name), self.ph_r.length(utt_id, self.keys.phones_name)]
+        if self.enc is not None:
+            lens.append(self.enc.length(utt_id, self.keys.encoder_name))
+        return min(lens)
+
+    def encoder_shape(self, utt_id: str) -> tuple[int, int]:
+        return tuple(self.enc.shape(utt_id, self.keys.encoder_name)[1:])
+
+    def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        return self.enc.dataset(utt_id, self.keys.encoder_name)[sl]  # one contiguous read
+
+    def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        return self.mel_r.dataset(utt_id, self.keys.mel_name)[sl]
+
+    def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        return self.ph_r.dataset(utt_id, self.keys.phones_name)[sl]
+
+    def speaker_mean(self, speaker: str) -> np.ndarray:
+        if speaker not in self._spk_cache:
+            self._spk_cache[speaker] = np.asarray(self.spk_r.extra(speaker), dtype=np.float32).reshape(-1)
+        return self._spk_cache[speaker]
+
+    def missing(self, utt_id: str) -> str | None:
+        for r in (self.enc, self.mel_r, self.ph_r):
+            if r is not None and utt_id not in r:
+                return f"no {r.stage!r} feature" + (f" ({r.failed[utt_id]})" if utt_id in r.failed else "")
+        return None
+
+
+def usable(source: Source, ids: Sequence[str], speakers: Mapping[str, str]) -> list[str]:
+    """``ids`` that have every feature and a speaker mean; the rest are logged and dropped."""
+    out, dropped = [], []
+    for u in ids:
+        why = source.missing(u)
+        if why is None:
+            try:
+                source.speaker_mean(speakers[u])
+            except (CacheError, KeyError) as e:
+                why = f"no speaker mean for {speakers[u]!r} ({e})"
+        (dropped if why else out).append(u if not why else (u, why))
+    if dropped:
+        log.warning("SER skips %d utterance(s) without features, e.g. %s: %s", len(dropped), *dropped[0])
+    return out
+
+
+def _aligned(source: Source, u: str, use_encoder: bool, sl: slice = ALL
+             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(encoder (T, L, D) | None, mel (T, 80), phones (T,)) frames ``sl``, trimmed to a common length."""
+    enc = source.encoder(u, sl) if use_encoder else None
+    mel, ph = source.mel(u, sl), np.asarray(source.phones(u, sl)).reshape(-1)
+    lens = [len(mel), len(ph)] + ([len(enc)] if enc is not None else [])
+    t = min(lens)
+    if max(lens) - t > 1:  # the frame grid is shared (features/frames.py); 1 frame of slack
+        log.warning("%s: frame counts differ (encoder/mel/phones %s); trimming to %d", u, lens, t)
+    return (enc[:t] if enc is not None else None), mel[:t], ph[:t]
+
+
+def crop_positions(lengths: torch.Tensor, batch: int, crop: int, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform utterance (with replacement) and uniform start: (B,) row, (B,) start frame."""
+    dev = gen.device
+    rows = torch.randint(len(lengths), (batch,), generator=gen, device=dev)  # (B,)
+    room = (lengths.to(dev)[rows] - crop).clamp(min=0)  # (B,) last valid start
+    start = (torch.rand(batch, generator=gen, device=dev) * (room + 1)).long().clamp(max=room)
+    return rows, start
+
+
+class ResidentSet:
+    """All frames of a set of utterances concatenated on one device."""
+
+    def __init__(self, ids: list[str], feats: torch.Tensor | None, mel: torch.Tensor, phones: torch.Tensor,
+                 offsets: torch.Tensor, spk: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None):
+        self.all_ids = ids
+        self.feats = feats  # (N, L, D) fp16, or None: the mel is the input
+        self.mel = mel  # (N, 80) float32
+        self.phones = phones  # (N,) int16
+        self.offsets = offsets  # (U + 1,) int64, utterance u = frames offsets[u]:offsets[u+1]
+        self.spk = spk  # (U, 256) float32
+        self.labels = labels  # (U,) int64 (-1: unknown)
+        self.rows = torch.arange(len(ids), device=mel.device) if rows is None else rows  # (n,) in use
+        self.lengths = (offsets[1:] - offsets[:-1])[self.rows]  # (n,)
+        self.device = mel.device
+        self.gen_device = mel.device  # crop positions are drawn where the frames are
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.all_ids[i] for i in self.rows.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, ids: Sequence[str]) -> "ResidentSet":
+        """A view on some utterances (shares the frame storage)."""
+        index = {u: i for i, u in enumerate(self.all_ids)}
+        rows = torch.tensor([index[u] for u in ids], dtype=torch.long, device=self.device)
+        return ResidentSet(self.all_ids, self.feats, self.mel, self.phones, self.offsets, self.spk,
+                           self.labels, rows)
+
+    def sample(self, batch: int, crop: int, gen: torch.Generator) -> Batch:
+        """``batch`` random crops of ``crop`` frames, gathered on the device."""
+        r, start = crop_positions(self.lengths, batch, crop, gen)
+        r, start = r.to(self.device), start.to(self.device)
+        u = self.rows[r]  # (B,) utterance index in storage
+        t = torch.arange(crop, device=self.device)  # (crop,)
+        valid = (start[:, None] + t) < self.lengths[r][:, None]  # (B, crop)
+        idx = torch.where(valid, self.offsets[u][:, None] + start[:, None] + t, self.offsets[u][:, None])
+        return self._gather(idx, valid, u)
+
+    def _gather(self, idx: torch.Tensor, valid: torch.Tensor, u: torch.Tensor) -> Batch:
+        """Frames ``idx`` (B, crop) with ``valid`` mask → Batch (invalid frames zeroed)."""
+        m = valid[..., None]  # (B, crop, 1)
+        mel = self.mel[idx] * m  # (B, crop, 80)
+        if self.feats is None:
+            feats = mel[:, :, None, :].half()  # (B, crop, 1, 80)
+        else:
+            feats = self.feats[idx] * m[..., None].to(self.feats.dtype)  # (B, crop, L, D)
+        ph = F.one_hot(self.phones[idx].long().clamp(0, N_PHONES - 1), N_PHONES).float() * m  # (B, crop, 128)
+        return Batch(feats, mel.float(), ph, self.spk[u], self.labels[u])
+
+    def utterance(self, i: int, crop: int) -> Batch:
+        """Utterance ``i`` of this set cut into non-overlapping windows, last one zero-padded."""
+        u = int(self.rows[i])
+        o, n = int(self.offsets[u]), int(self.offsets[u + 1] - self.offsets[u])
+        w = -(-n // crop)
+        t = torch.arange(w * crop, device=self.device).view(w, crop)  # (W, crop)
+        valid = t < n
+        uu = torch.full((w,), u, dtype=torch.long, device=self.device)
+        return self._gather(torch.where(valid, o + t, o), valid, uu)
+
+
+class StreamingSet:
+    """Same interface as :class:`ResidentSet`, reading each crop from the source (CPU side)."""
+
+    def __init__(self, source: Source, ids: list[str], speakers: Mapping[str, str], labels: Mapping[str, int],
+                 use_encoder: bool, device: str | torch.device):
+        self.source, self.all_ids, self.use_encoder = source, list(ids), use_encoder
+        self.speakers, self.label_of = speakers, labels
+        self.lengths = torch.tensor([source.length(u) for u in ids], dtype=torch.long)
+        self.device = torch.device(device)
+        self.gen_device = torch.device("cpu")
+
+    @property
+    def ids(self) -> list[str]:
+        return self.all_ids
+
+    def __len__(self) -> int:
+        return len(self.all_ids)
+
+    def subset(self, ids: Sequence[str]) -> "StreamingSet":
+        return StreamingSet(self.source, list(ids), self.speakers, self.label_of, self.use_encoder, self.device)
+
+    def _item(self, u: str, start: int, crop: int) -> tuple:
+        return _aligned(self.source, u, self.use_encoder, slice(start, start + crop))
+
+    def sample(self, batch: int, crop: int, gen: torch.Generator) -> Batch:
+        rows, start = crop_positions(self.lengths, batch, crop, gen)
+        items = [(self.all_ids[r], self._item(self.all_ids[r], s, crop))
+                 for r, s in zip(rows.tolist(), start.tolist())]
+        return self._collate(items, crop)
+
+    def utterance(self, i: int, crop: int) -> Batch:
+        u = self.all_ids[i]
+        enc, mel, ph = _aligned(self.source, u, self.use_encoder)
+        w = -(-len(mel) // crop)
+        items = [(u, ((enc[k * crop:(k + 1) * crop] if enc is not None else None),
+                      mel[k * crop:(k + 1) * crop], ph[k * crop:(k + 1) * crop])) for k in range(w)]
+        return self._collate(items, crop)
+
+    def _collate(self, items: list, crop: int) -> Batch:
+        def pad(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([x, np.zeros((crop - len(x),) + x.shape[1:], x.dtype)]) if len(x) < crop else x
+
+        mel = torch.from_numpy(np.stack([pad(np.asarray(m, np.float32)) for _, (_, m, _) in items]))
+        n = torch.tensor([len(m) for _, (_, m, _) in items])
+        valid = (torch.arange(crop)[None] < n[:, None])[..., None]  # (B, crop, 1)
+        if self.use_encoder:
+            feats = torch.from_numpy(np.stack([pad(np.asarray(e, np.float16)) for _, (e, _, _) in items]))
+        else:
+            feats = mel[:, :, None, :].half()
+        ph = torch.from_numpy(np.stack([pad(np.asarray(p, np.int64)) for _, (_, _, p) in items]))
+        ph = F.one_hot(ph.clamp(0, N_PHONES - 1), N_PHONES).float() * valid
+        spk = torch.from_numpy(np.stack([self.source.speaker_mean(self.speakers[u]) for u, _ in items]))
+        labels = torch.tensor([self.label_of.get(u, -1) for u, _ in items])
+        dev = self.device
+        return Batch(feats.to(dev), mel.to(dev), ph.to(dev), spk.float().to(dev), labels.to(dev))
+
+
+def resident_bytes(source: Source, ids: Sequence[str], use_encoder: bool) -> int:
+    """Bytes a :class:`ResidentSet` of ``ids`` needs (fp16 layers, fp32 mel, int16 phones)."""
+    n = sum(source.length(u) for u in ids)
+    per_frame = 80 * 4 + 2
+    if use_encoder and ids:
+        l, d = source.encoder_shape(ids[0])
+        per_frame += l * d * 2
+    return n * per_frame
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory on ``device`` (GPU: CUDA's count; CPU: available physical pages)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def load_resident(source: Source, ids: Sequence[str], speakers: Mapping[str, str], labels: Mapping[str, int],
+                  use_encoder: bool, device: str | torch.device) -> ResidentSet:
+    """Read every utterance once into concatenated device tensors."""
+    device = torch.device(device)
+    ids = list(ids)
+    lens = [source.length(u) for u in ids]
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.long)
+    n = int(offsets[-1])
+    feats = None
+    if use_encoder:
+        l, d = source.encoder_shape(ids[0])
+        feats = torch.empty((n, l, d), dtype=torch.float16, device=device)  # (N, L, D)
+    mel = torch.zeros((n, 80), dtype=torch.float32, device=device)  # (N, 80)
+    phones = torch.zeros((n,), dtype=torch.int16, device=device)  # (N,)
+    for i, u in enumerate(ids):
+        enc, m, ph = _aligned(source, u, use_encoder)
+        o, t = int(offsets[i]), len(m)  # t == lens[i]
+        if feats is not None:
+            feats[o:o + t] = torch.from_numpy(np.asarray(enc, dtype=np.float16)).to(device)
+        mel[o:o + t] = torch.from_numpy(np.asarray(m, dtype=np.float32)).to(device)
+        phones[o:o + t] = torch.from_numpy(np.asarray(ph, dtype=np.int16)).to(device)
+    spk = torch.from_numpy(np.stack([np.asarray(source.speaker_mean(speakers[u]), np.float32) for u in ids]))
+    lab = torch.tensor([labels.get(u, -1) for u in ids], dtype=torch.long)
+    return ResidentSet(ids, feats, mel, phones, offsets.to(device), spk.to(device), lab.to(device))
+
+
+def load_set(source: Source, ids: Sequence[str], speakers: Mapping[str, str], labels: Mapping[str, int],
+             use_encoder: bool, device: str | torch.device, resident: str = "auto",
+             reserve_bytes: int = 8 << 30) -> ResidentSet | StreamingSet:
+    """Resident when ``resident`` is "yes", or "auto" and it fits with ``reserve_bytes`` to spare."""
+    device = torch.device(device)
+    if resident not in ("auto", "yes", "no"):
+        raise TrainingError(f"resident must be auto, yes or no, not {resident!r}")
+    if resident == "auto":
+        need, free = resident_bytes(source, ids, use_encoder), free_bytes(device)
+        fits = need + reserve_bytes <= free if device.type == "cuda" else need <= 0.6 * free
+        log.info("SER features: %.2f GB for %d utterances, %.2f GB free on %s -> %s", need / 1e9, len(ids),
+                 free / 1e9, device, "resident" if fits else "streaming")
+        resident = "yes" if fits else "no"
+    if resident == "yes":
+        return load_resident(source, ids, speakers, labels, use_encoder, device)
+    return StreamingSet(source, list(ids), speakers, labels, use_encoder, device)
+
+
+def iter_windows(data: ResidentSet | StreamingSet, crop: int, max_windows: int = 256
+                 ) -> Iterator[tuple[list[int], Batch]]:
+    """Windows of consecutive utterances grouped up to ``max_windows``: (window→utterance, Batch)."""
+    owner: list[int] = []
+    parts: list[Batch] = []
+    for i in range(len(data)):
+        b = data.utterance(i, crop)
+        owner += [i] * len(b.labels)
+        parts.append(b)
+        if len(owner) >= max_windows:
+            yield owner, _cat(parts)
+            owner, parts = [], []
+    if parts:
+        yield owner, _cat(parts)
+
+
+def _cat(parts: list[Batch]) -> Batch:
+    return Batch(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Batch)))
