@@ -28,6 +28,11 @@ class Stage:
     needs_text: bool = False
     needs_gpu: bool = False  # uses a GPU when present (one worker process per GPU)
     upstream: tuple[str, ...] = ()
+    #: The extractor's VERSION and a cheap weights checksum ``checksum(config) -> str``
+    #: (memoised file hashes, no model loading). When ``version`` is None the engine builds
+    #: the extractor once and asks it (slower: loads the model just to plan).
+    version: int | None = None
+    checksum: Callable[[Any], str] | None = None
     #: Utterances per shard (one Dask task).
     shard_size: int = 200
     #: Optional post-step over all utterances' outputs, e.g. per-speaker means:

@@ -1,0 +1,233 @@
+"""Running a stage: compute pending shards (in-process or on Dask workers) and publish them.
+
+One task = one shard of a few hundred utterances. A worker claims a shard with an exclusive
+``flock`` on ``<shard>.lock`` (released by the kernel if the process dies), removes stale temp
+files of earlier crashed writers, decodes audio in a background thread, runs the extractor on
+length-sorted batches, writes results as they come, and publishes the shard by rename. Items
+that fail are recorded in the shard with their reason; the rest of the shard goes on.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from features.base import ItemInput
+from pipeline.audio import load_audio
+from pipeline.corpus import Utterance
+from pipeline.errors import ItemError
+from pipeline.plan import ShardPlan, StagePlan, build_cached
+from pipeline.stages import get_stage
+from pipeline.store import StageReader, ShardWriter, current_pointer, read_shard_attrs
+
+log = logging.getLogger(__name__)
+
+#: Items handed to the extractor per call (it may batch further by length).
+BATCH_ITEMS = 32
+
+
+@dataclass
+class ShardResult:
+    index: int
+    ok: int
+    failed: int
+    seconds: float
+    skipped: bool = False  # another process held the shard's lock, or it was already done
+    nbytes: int = 0
+
+
+@contextmanager
+def shard_lock(path: Path, blocking: bool) -> Iterator[bool]:
+    """Exclusive advisory lock for writing ``path``; yields False if busy (non-blocking)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> Iterator[Any]:
+    """ItemInput per utterance (or ItemError), decoded in order."""
+    for u in utts:
+        try:
+            audio = load_audio(u.id, u.audio, u.start, u.end) if stage.needs_audio else None
+            ups = {s: {n: r.get(u.id, n) for n in _output_names(r, u.id)}
+                   for s, r in upstream.items()}
+            yield ItemInput(u.id, audio, u.text, u.language, u.speaker, ups)
+        except ItemError as e:
+            yield e
+        except Exception as e:  # noqa: BLE001 - a bad upstream entry is that item's failure
+            yield ItemError(u.id, f"{type(e).__name__}: {e}")
+
+
+def _output_names(reader: StageReader, utt_id: str) -> list[str]:
+    return list(reader._file(utt_id)[utt_id].keys())  # noqa: SLF001 - same package
+
+
+def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, Any],
+              sp: ShardPlan, device: str | None = None,
+              on_item: Callable[[int], None] | None = None) -> ShardResult:
+    """Compute and publish one shard. Safe to call from several processes at once."""
+    t0 = time.perf_counter()
+    stage = get_stage(stage_name)
+    with shard_lock(sp.path, blocking=False) as got:
+        if not got or sp.path.exists():
+            return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
+        for stale in sp.path.parent.glob(f".shard-{sp.index:05d}-*.tmp-*"):
+            log.info("removing temp file of an interrupted writer: %s", stale)
+            stale.unlink(missing_ok=True)
+        dev = device or _default_device(stage.needs_gpu)
+        extractor = build_cached(stage, config, dev)
+        upstream = {s: StageReader(workdir, s) for s in stage.upstream}
+        attrs = {"stage": stage_name, "identity": identity, "shard": sp.index, "key": sp.key,
+                 "layout": dict(getattr(extractor, "layout", {})),
+                 "attrs": extractor.attrs(), "versions": _versions(),
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        writer = ShardWriter(sp.path, attrs)
+        try:
+            _fill(writer, stage, extractor, sp, upstream, on_item)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            for r in upstream.values():
+                r.close()
+        # Older shards at this index (their utterances changed) are superseded.
+        for old in sp.path.parent.glob(f"shard-{sp.index:05d}-*.h5"):
+            if old != sp.path:
+                old.unlink(missing_ok=True)
+    return ShardResult(sp.index, len(writer.items) - len(writer.failed), len(writer.failed),
+                       time.perf_counter() - t0, nbytes=writer.nbytes)
+
+
+def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_item) -> None:
+    """Decode (background thread) → extract (this thread) → write, batch by batch."""
+    utts = _by_length(sp.utts)
+    q: queue.Queue = queue.Queue(maxsize=2 * BATCH_ITEMS)
+    stop = object()
+
+    def produce() -> None:
+        for x in _inputs(stage, utts, upstream):
+            q.put(x)
+        q.put(stop)
+
+    threading.Thread(target=produce, daemon=True).start()
+    done = False
+    while not done:
+        batch: list[ItemInput] = []
+        while len(batch) < BATCH_ITEMS:
+            x = q.get()
+            if x is stop:
+                done = True
+                break
+            if isinstance(x, ItemError):
+                writer.fail(x.item_id, x.reason, sp.meta[x.item_id])
+                log.warning("%s: %s", stage.name, x)
+                if on_item:
+                    on_item(1)
+                continue
+            batch.append(x)
+        if not batch:
+            continue
+        results = extractor(batch)
+        for item, res in zip(batch, results):
+            if isinstance(res, ItemError):
+                writer.fail(item.utt_id, res.reason, sp.meta[item.utt_id])
+                log.warning("%s: %s", stage.name, res)
+            else:
+                writer.write(item.utt_id, res, sp.meta[item.utt_id])
+        if on_item:
+            on_item(len(batch))
+
+
+def _by_length(utts: list[Utterance]) -> list[Utterance]:
+    """Longest first (similar lengths batch together; memory peaks early, not at the end)."""
+    def size(u: Utterance) -> float:
+        if u.start is not None and u.end is not None:
+            return u.end - u.start
+        try:
+            return os.path.getsize(u.audio)
+        except OSError:
+            return 0
+    return sorted(utts, key=size, reverse=True)
+
+
+def _default_device(needs_gpu: bool) -> str:
+    if not needs_gpu:
+        return "cpu"
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import numpy
+    out = {"h5py": h5py.__version__, "numpy": numpy.__version__}
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def publish(workdir: str, plan: StagePlan, corpus_utts: list[Utterance]) -> dict[str, Any]:
+    """After all shards are complete: run the stage's finalize step and point readers at it."""
+    pointer = current_pointer(workdir, plan.stage.name)
+    meta: dict[str, Any] = {"identity": plan.identity_key, "params": plan.identity["config"]}
+    if plan.stage.finalize is not None:
+        from pipeline.fingerprint import digest
+        extra_key = digest(sorted(plan.utt_keys.items()))
+        name = f"extra-{extra_key[:16]}.h5"
+        path = plan.dir / name
+        if not path.exists():
+            import h5py
+            tmp = plan.dir / f".{name}.tmp-{os.getpid()}"
+            reader = StageReader(workdir, plan.stage.name, identity=plan.identity_key)
+            try:
+                result = plan.stage.finalize(reader, corpus_utts, plan.config)
+            finally:
+                reader.close()
+            with h5py.File(tmp, "w") as f:
+                for k, v in result.items():
+                    f.create_dataset(k, data=v)
+            os.replace(tmp, path)
+        meta["extra"] = name
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pointer.with_name(f"current.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(pointer)
+    return meta
+
+
+def shard_summary(plan: StagePlan) -> dict[str, Any]:
+    """Counts for ``status``: complete/stale/missing shards, failed items, bytes on disk."""
+    states = {"complete": 0, "stale": 0, "missing": 0}
+    failed: dict[str, str] = {}
+    nbytes = 0
+    for sp in plan.shards:
+        states[sp.state] += 1
+        if sp.state == "complete":
+            nbytes += sp.path.stat().st_size
+            attrs = read_shard_attrs(sp.path)
+            if attrs:
+                failed.update(attrs["failed"])
+    return {"shards": states, "failed": failed, "bytes": nbytes}

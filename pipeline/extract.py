@@ -1,0 +1,139 @@
+"""``extract``: bring stages up to date for the prepared corpus, and ``status``."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.corpus import load_corpus
+from pipeline.engine import ShardResult, publish, run_shard, shard_summary
+from pipeline.fingerprint import FileHashCache
+from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params
+from pipeline.scheduler import dask_client, default_workers, visible_gpus
+from pipeline.stages import get_stage, resolve_order, stage_names
+from pipeline.store import cache_root
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageReport:
+    stage: str
+    identity: str
+    shards_total: int
+    computed: int
+    reused: int
+    failed: dict[str, str]
+    seconds: float
+
+
+def merged_params(workdir: str | Path, overrides: dict[str, dict[str, Any]] | None
+                  ) -> dict[str, dict[str, Any]]:
+    """Saved stage parameters of this work directory, updated by ``overrides``, saved back."""
+    params = load_params(workdir)
+    for stage, kv in (overrides or {}).items():
+        get_stage(stage).make_config({**params.get(stage, {}), **kv})  # validate early
+        params.setdefault(stage, {}).update(kv)
+    if overrides:
+        save_params(workdir, params)
+    return params
+
+
+def plans_for(workdir: str | Path, names: list[str],
+              params: dict[str, dict[str, Any]]) -> list[StagePlan]:
+    """Plans of ``names`` and their upstream stages, upstream first."""
+    corpus = load_corpus(workdir)
+    hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json")
+    plans, keys = [], {}
+    for name in resolve_order(names):
+        p = plan_stage(workdir, name, corpus, params.get(name), keys, hashes)
+        keys[name] = p.utt_keys
+        plans.append(p)
+    return plans
+
+
+def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[str, Any]] | None = None,
+            force: bool = False, workers: int | None = None, gpus: list[int] | None = None,
+            scheduler: str | None = None, progress: Callable | None = None) -> list[StageReport]:
+    """Compute every missing or stale shard of ``stages`` (``["all"]`` = every stage)."""
+    workdir = str(workdir)
+    names = stage_names() if stages == ["all"] else stages
+    params = merged_params(workdir, overrides)
+    corpus = load_corpus(workdir)
+    reports: list[StageReport] = []
+    keys: dict[str, dict[str, str]] = {}
+    hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json")
+    for name in resolve_order(names):
+        plan = plan_stage(workdir, name, corpus, params.get(name), keys, hashes)
+        if force and name in names:
+            for sp in plan.shards:
+                if sp.state == "complete":
+                    sp.path.unlink(missing_ok=True)
+                    sp.state = "missing"
+        pending = plan.pending()
+        results = _run(workdir, plan, pending, workers, gpus, scheduler, progress)
+        plan = plan_stage(workdir, name, corpus, params.get(name), keys, hashes)
+        missing = plan.pending()
+        if missing:
+            from pipeline.errors import StageError
+            raise StageError(f"stage {name}: {len(missing)} shard(s) could not be completed; "
+                             "see the log above, then re-run extract (completed shards are kept)")
+        publish(workdir, plan, list(corpus.utterances))
+        summary = shard_summary(plan)
+        keys[name] = plan.utt_keys
+        reports.append(StageReport(name, plan.identity_key[:16], len(plan.shards),
+                                   sum(1 for r in results if not r.skipped),
+                                   len(plan.shards) - len(pending), summary["failed"],
+                                   sum(r.seconds for r in results)))
+    return reports
+
+
+def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list[int] | None,
+         scheduler: str | None, progress: Callable | None) -> list[ShardResult]:
+    if not pending:
+        return []
+    stage = plan.stage
+    n_items = sum(len(sp.utts) for sp in pending)
+    advance = progress(stage.name, n_items) if progress else (lambda n: None)
+    use_gpus = (gpus if gpus is not None else visible_gpus()) if stage.needs_gpu else []
+    n = len(use_gpus) if use_gpus else (workers or default_workers(len(pending)))
+    results: list[ShardResult] = []
+    args = (workdir, stage.name, plan.config, plan.identity)
+    if scheduler or (n > 1 and len(pending) > 1):
+        from distributed import as_completed
+        with dask_client(n, use_gpus or None, scheduler) as client:
+            futures = [client.submit(run_shard, *args, sp, key=f"{stage.name}-{sp.index}-{sp.key[:8]}",
+                                     pure=False) for sp in pending]
+            size = {f.key: len(sp.utts) for f, sp in zip(futures, pending)}
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                advance(size[fut.key])
+    else:
+        for sp in pending:
+            results.append(run_shard(*args, sp, on_item=advance))
+    # Shards another process was writing: wait for its lock, then compute here if it died.
+    for sp in pending:
+        if not sp.path.exists():
+            from pipeline.engine import shard_lock
+            with shard_lock(sp.path, blocking=True):
+                pass
+            if not sp.path.exists():
+                results.append(run_shard(*args, sp))
+    return results
+
+
+def status(workdir: str | Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per stage: shard states, failed items, bytes, current key and why stale."""
+    params = load_params(workdir)
+    names = names or stage_names()
+    rows = []
+    for plan in plans_for(workdir, names, params):
+        s = shard_summary(plan)
+        rows.append({"stage": plan.stage.name, "key": plan.identity_key[:16],
+                     "params": plan.identity["config"], **s,
+                     "utterances": sum(len(sp.utts) for sp in plan.shards),
+                     "why_stale": explain_stale(plan, workdir)})
+    return rows

@@ -1,0 +1,89 @@
+"""Content fingerprints: what a stage's output for one utterance depends on.
+
+key(stage, utt) = H(stage name, VERSION, config, model-weights checksum,
+                    the utterance's inputs (audio bytes hash + segment, transcript, language),
+                    upstream stages' keys for the utterance)
+
+File hashes are cached by (path, size, mtime) so that a no-op run never re-reads audio or
+model weights (DVC does the same with its state database).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from features.base import file_checksum
+
+log = logging.getLogger(__name__)
+
+
+def digest(*parts: Any) -> str:
+    """Stable sha256 hex digest of JSON-able parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class FileHashCache:
+    """sha256 of files, memoised on disk by (absolute path, size, mtime_ns)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._dirty = False
+        try:
+            self._entries: dict[str, list] = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            self._entries = {}
+        except (OSError, ValueError):
+            log.warning("file-hash cache %s is unreadable; rebuilding it", self.path)
+            self._entries = {}
+
+    def get(self, path: str | Path) -> str:
+        p = os.path.abspath(path)
+        st = os.stat(p)
+        stamp = [st.st_size, st.st_mtime_ns]
+        with self._lock:
+            hit = self._entries.get(p)
+            if hit and hit[:2] == stamp:
+                return hit[2]
+        h = file_checksum(p)
+        with self._lock:
+            self._entries[p] = stamp + [h]
+            self._dirty = True
+        return h
+
+    def save(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self._entries))
+            tmp.replace(self.path)
+            self._dirty = False
+
+
+_WEIGHTS_CACHE: FileHashCache | None = None
+
+
+def weights_hashes() -> FileHashCache:
+    """Process-wide hash cache for model files (``$MMER_HASH_CACHE`` or ~/.cache/mmer)."""
+    global _WEIGHTS_CACHE
+    if _WEIGHTS_CACHE is None:
+        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmer"
+        _WEIGHTS_CACHE = FileHashCache(os.environ.get("MMER_HASH_CACHE",
+                                                      default / "file_hashes.json"))
+    return _WEIGHTS_CACHE
+
+
+def files_checksum(paths: list[str | Path]) -> str:
+    """Checksum over model files, memoised by (path, size, mtime); order-independent."""
+    cache = weights_hashes()
+    parts = sorted((Path(p).name, cache.get(p)) for p in paths)
+    cache.save()
+    return digest(parts)

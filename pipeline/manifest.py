@@ -1,0 +1,51 @@
+"""Generic manifest reader: CSV or JSONL with ``id,audio,speaker,label`` and optional
+``text,group,start,end,language``. Relative audio paths resolve against the manifest's folder.
+
+Example (CSV)::
+
+    id,audio,speaker,label,text
+    03a01Fa,wav/03a01Fa.wav,03,happiness,Der Lappen liegt auf dem Eisschrank.
+
+The cross-validation group defaults to the speaker (speaker-independent folds).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.errors import CorpusError
+
+REQUIRED = ("id", "audio", "speaker", "label")
+
+
+def read_manifest_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) per record; raises CorpusError naming the file for structural errors."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"cannot read manifest {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"manifest {path} is not UTF-8 (byte {e.start}); re-save it as UTF-8") \
+            from None
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            yield n, {k: ("" if v is None else str(v)) for k, v in row.items()}
+        return
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise CorpusError(f"manifest {path} lacks column(s) {missing}; "
+                          f"required: {', '.join(REQUIRED)}")
+    for n, row in enumerate(reader, 2):
+        yield n, {k: (v or "") for k, v in row.items() if k is not None}

@@ -1,0 +1,195 @@
+"""Planning a stage run: identity, per-utterance keys, stable shard assignment, shard states.
+
+Everything here is cheap (no model loading, no audio decoding beyond cached hashes), so that
+``status`` and a no-op ``extract`` return in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.corpus import Corpus, Utterance
+from pipeline.fingerprint import FileHashCache, digest
+from pipeline.stages import Stage, get_stage
+from pipeline.store import SHARD_GLOB, cache_root, read_shard_attrs, shard_index, shard_name, \
+    stage_dir
+
+log = logging.getLogger(__name__)
+
+PARAMS_FILE = "stage_params.json"
+
+
+def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
+    p = Path(workdir) / PARAMS_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def save_params(workdir: str | Path, params: dict[str, dict[str, Any]]) -> None:
+    p = Path(workdir) / PARAMS_FILE
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    tmp.replace(p)
+
+
+_BUILT: dict[tuple[str, str, str], Any] = {}
+
+
+def build_cached(stage: Stage, config: Any, device: str) -> Any:
+    """The stage's extractor, built once per process (models are loaded once per worker)."""
+    key = (stage.name, digest(dataclasses.asdict(config)), device)
+    if key not in _BUILT:
+        _BUILT[key] = stage.build(config, device)
+    return _BUILT[key]
+
+
+def stage_identity(stage: Stage, config: Any) -> dict[str, Any]:
+    """What a stage's output depends on besides its inputs: name, VERSION, config, weights."""
+    if stage.version is None:
+        ext = build_cached(stage, config, "cpu")
+        version, checksum = ext.VERSION, ext.weights_checksum()
+    else:
+        version = stage.version
+        checksum = stage.checksum(config) if stage.checksum else ""
+    return {"stage": stage.name, "version": version,
+            "config": dataclasses.asdict(config), "weights": checksum}
+
+
+@dataclass
+class ShardPlan:
+    index: int
+    key: str
+    path: Path
+    utts: list[Utterance]
+    meta: dict[str, dict[str, Any]]  # utt id -> {"key": ..., "inputs": {...}}
+    state: str = "missing"  # complete | stale | missing
+    why: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StagePlan:
+    stage: Stage
+    config: Any
+    identity: dict[str, Any]
+    identity_key: str
+    dir: Path
+    shards: list[ShardPlan]
+    utt_keys: dict[str, str]
+
+    def pending(self) -> list[ShardPlan]:
+        return [s for s in self.shards if s.state != "complete"]
+
+
+def assign_shards(utts: list[Utterance], shard_size: int) -> dict[int, list[Utterance]]:
+    """Stable assignment: a hash of the utterance id picks the shard, so one changed or added
+    utterance touches one shard (the shard count depends only on the corpus size)."""
+    n = max(1, math.ceil(len(utts) / shard_size))
+    out: dict[int, list[Utterance]] = {}
+    for u in sorted(utts, key=lambda u: u.id):
+        idx = int(hashlib.sha1(u.id.encode()).hexdigest()[:8], 16) % n
+        out.setdefault(idx, []).append(u)
+    return dict(sorted(out.items()))
+
+
+def utterance_inputs(stage: Stage, u: Utterance, audio_hashes: FileHashCache) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if stage.needs_audio:
+        try:
+            inputs["audio"] = [audio_hashes.get(u.audio), u.start, u.end]
+        except OSError as e:
+            inputs["audio"] = f"unreadable: {e.strerror}"
+    if stage.needs_text:
+        inputs["text"] = [u.text, u.language]
+    return inputs
+
+
+def plan_stage(workdir: str | Path, name: str, corpus: Corpus,
+               params: dict[str, Any] | None = None,
+               upstream_keys: dict[str, dict[str, str]] | None = None,
+               audio_hashes: FileHashCache | None = None) -> StagePlan:
+    stage = get_stage(name)
+    config = stage.make_config(params)
+    identity = stage_identity(stage, config)
+    ident_key = digest(identity)
+    hashes = audio_hashes or FileHashCache(cache_root(workdir) / "audio_hashes.json")
+    sdir = stage_dir(workdir, name, ident_key)
+    existing: dict[int, Path] = {}
+    for p in sdir.glob(SHARD_GLOB) if sdir.exists() else []:
+        existing[shard_index(p)] = p
+    shards, utt_keys = [], {}
+    for idx, utts in assign_shards(list(corpus.utterances), stage.shard_size).items():
+        meta = {}
+        for u in utts:
+            inputs = utterance_inputs(stage, u, hashes)
+            ups = {s: (upstream_keys or {}).get(s, {}).get(u.id) for s in stage.upstream}
+            key = digest(ident_key, inputs, ups)
+            meta[u.id] = {"key": key, "inputs": digest(inputs), "upstream": ups}
+            utt_keys[u.id] = key
+        key = digest(ident_key, sorted((k, v["key"]) for k, v in meta.items()))
+        sp = ShardPlan(idx, key, sdir / shard_name(idx, key), utts, meta)
+        if sp.path.exists() and (read_shard_attrs(sp.path) or {}).get("key") == key:
+            sp.state = "complete"
+        elif idx in existing:
+            sp.state = "stale"
+        shards.append(sp)
+    hashes.save()
+    return StagePlan(stage, config, identity, ident_key, sdir, shards, utt_keys)
+
+
+def explain_stale(plan: StagePlan, workdir: str | Path) -> list[str]:
+    """Human reasons why shards are not up to date (what input or parameter changed)."""
+    reasons: list[str] = []
+    for sp in plan.shards:
+        if sp.state != "stale":
+            continue
+        old = next(plan.dir.glob(f"shard-{sp.index:05d}-*.h5"), None)
+        attrs = read_shard_attrs(old) if old else None
+        if not attrs:
+            continue
+        changed = [u for u, m in sp.meta.items()
+                   if attrs["items"].get(u, {}).get("key") != m["key"]]
+        added = [u for u in changed if u not in attrs["items"]]
+        removed = [u for u in attrs["items"] if u not in sp.meta]
+        parts = []
+        if added:
+            parts.append(f"{len(added)} new utterance(s) e.g. {added[0]}")
+        mod = [u for u in changed if u not in added]
+        for u in mod[:3]:
+            oldm = attrs["items"][u]
+            what = "inputs (audio/transcript)" if oldm.get("inputs") != sp.meta[u]["inputs"] \
+                else "upstream features"
+            parts.append(f"{u}: {what} changed")
+        if len(mod) > 3:
+            parts.append(f"... and {len(mod) - 3} more changed")
+        if removed:
+            parts.append(f"{len(removed)} utterance(s) removed")
+        reasons.append(f"shard {sp.index}: " + "; ".join(parts))
+    # Other identities of this stage: which parameter or version differs from the newest one.
+    root = plan.dir.parent
+    others = [d for d in root.iterdir() if d.is_dir() and d != plan.dir] if root.exists() else []
+    if others and not any(s.state == "complete" for s in plan.shards):
+        newest = max(others, key=lambda d: d.stat().st_mtime)
+        shard = next(newest.glob(SHARD_GLOB), None)
+        attrs = read_shard_attrs(shard) if shard else None
+        if attrs:
+            reasons.append("cached under other settings: " +
+                           describe_identity_change(attrs["identity"], plan.identity))
+    return reasons
+
+
+def describe_identity_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = []
+    if old.get("version") != new.get("version"):
+        diffs.append(f"code VERSION {old.get('version')} -> {new.get('version')}")
+    oc, nc = old.get("config", {}), new.get("config", {})
+    for k in sorted(set(oc) | set(nc)):
+        if oc.get(k) != nc.get(k):
+            diffs.append(f"{k}: {oc.get(k)!r} -> {nc.get(k)!r}")
+    if old.get("weights") != new.get("weights"):
+        diffs.append("model weights changed")
+    return ", ".join(diffs) or "unknown difference"

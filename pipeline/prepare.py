@@ -1,0 +1,125 @@
+"""``prepare``: read a corpus, check every item, write it into the work directory.
+
+Bad items (missing/unreadable/empty audio, unknown label, duplicate id, …) go to
+``<workdir>/rejected.tsv`` with their reason; good items are kept. Audio that is not 16 kHz mono
+is kept and converted at extraction (noted in the same file as ``kept``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.audio import MAX_SECONDS, probe
+from pipeline.corpus import DEFAULT_CLASSES, Corpus, Utterance, write_corpus, write_rejected
+from pipeline.errors import CorpusError, ItemError
+from pipeline.labels import normalise_label
+from pipeline.manifest import read_manifest_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareResult:
+    corpus: Corpus
+    rejected: list[tuple[str, str, str]]
+    notes: list[tuple[str, str, str]] = field(default_factory=list)  # kept, with a remark
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+    def table(self) -> dict[str, dict[str, int]]:
+        """Counts per class × group."""
+        out: dict[str, dict[str, int]] = {}
+        for u in self.corpus.utterances:
+            out.setdefault(u.group, {c: 0 for c in self.corpus.classes})[u.label] += 1
+        return dict(sorted(out.items()))
+
+
+def check_items(utts: list[Utterance], source: str) -> tuple[list[Utterance], list, list, float]:
+    """Drop duplicates and unusable audio; return (good, rejected, notes, total seconds)."""
+    good, rejected, notes = [], [], []
+    seen: Counter = Counter()
+    total = 0.0
+    for u in utts:
+        seen[u.id] += 1
+        if seen[u.id] > 1:
+            rejected.append((u.id, u.audio, "duplicate id (first occurrence kept)"))
+            continue
+        if not u.id or "/" in u.id or u.id.startswith("."):
+            rejected.append((u.id, source, "invalid id (empty, contains '/', or starts with '.')"))
+            continue
+        try:
+            info = probe(u.id, u.audio)
+        except ItemError as e:
+            reason = "audio file missing" if not os.path.exists(u.audio) else e.reason
+            rejected.append((u.id, u.audio, reason))
+            continue
+        if info.frames == 0:
+            rejected.append((u.id, u.audio, "audio is empty (0 samples)"))
+            continue
+        dur = (u.end - u.start) if u.start is not None and u.end is not None else info.seconds
+        if dur > MAX_SECONDS:
+            rejected.append((u.id, u.audio, f"{dur:.0f} s long, over the {MAX_SECONDS:.0f} s "
+                                            "limit; cut it into utterances"))
+            continue
+        for c in info.conversions():
+            notes.append((u.id, u.audio, f"kept; {c} at extraction"))
+        total += dur
+        good.append(u)
+    for u in good:
+        if not (u.text or "").strip():
+            notes.append((u.id, u.audio, "kept; no transcript, so no text feature"))
+    return good, rejected, notes, total
+
+
+def finish(workdir: str | Path, name: str, source: str, utts: list[Utterance],
+           rejected: list, stats: dict | None = None,
+           classes: tuple[str, ...] = DEFAULT_CLASSES) -> PrepareResult:
+    good, bad, notes, seconds = check_items(utts, source)
+    rejected = rejected + bad
+    if not good:
+        write_rejected(workdir, rejected + notes)
+        raise CorpusError(f"no usable utterances in {source}; see {Path(workdir) / 'rejected.tsv'}")
+    corpus = Corpus(name, tuple(classes), tuple(good), source)
+    write_corpus(workdir, corpus)
+    write_rejected(workdir, [(i, s, f"rejected: {r}") for i, s, r in rejected] + notes)
+    return PrepareResult(corpus, rejected, notes, seconds, stats or {})
+
+
+def prepare_manifest(workdir: str | Path, manifest: str | Path) -> PrepareResult:
+    manifest = Path(manifest).resolve()
+    base = manifest.parent
+    utts, rejected = [], []
+    for line, row in read_manifest_rows(manifest):
+        uid = row.get("id", "").strip()
+        where = f"{manifest}:{line}"
+        missing = [c for c in ("id", "audio", "speaker", "label") if not row.get(c, "").strip()]
+        if missing:
+            rejected.append((uid or f"line {line}", where, f"empty field(s) {missing}"))
+            continue
+        label = normalise_label(row["label"])
+        if label is None:
+            rejected.append((uid, where, f"unknown label {row['label']!r}; expected one of "
+                                         f"{', '.join(DEFAULT_CLASSES)} (or an alias)"))
+            continue
+        try:
+            start = float(row["start"]) if row.get("start") else None
+            end = float(row["end"]) if row.get("end") else None
+        except ValueError:
+            rejected.append((uid, where, "start/end are not numbers"))
+            continue
+        audio = Path(row["audio"])
+        audio = (audio if audio.is_absolute() else base / audio).resolve()
+        utts.append(Utterance(id=uid, audio=str(audio), speaker=row["speaker"].strip(),
+                              label=label, group=(row.get("group") or row["speaker"]).strip(),
+                              text=row.get("text") or None, start=start, end=end,
+                              language=(row.get("language") or "en").strip()))
+    return finish(workdir, manifest.stem, str(manifest), utts, rejected)
+
+
+def prepare_iemocap(workdir: str | Path, root: str | Path) -> PrepareResult:
+    from pipeline.iemocap import read_iemocap
+    utts, rejected, stats = read_iemocap(root)
+    return finish(workdir, "iemocap", str(Path(root).resolve()), utts, rejected, stats)

@@ -1,0 +1,72 @@
+"""Dask clusters for the stages and trainers.
+
+- CPU work: a ``LocalCluster`` of processes with one thread each (and one BLAS/torch thread).
+- GPU work: one worker process per visible GPU, pinned with ``CUDA_VISIBLE_DEVICES`` so each
+  worker uses ``cuda:0`` (dask-cuda's model); models stay loaded in the worker between tasks.
+- ``--scheduler tcp://HOST:PORT``: an existing cluster (``dask scheduler`` + ``dask worker``);
+  its workers must see the same work directory (a shared filesystem).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+_ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def visible_gpus() -> list[int]:
+    """Indices of the GPUs this process may use ([] on a CPU machine)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def parse_gpus(spec: str | None) -> list[int] | None:
+    if spec is None or spec == "":
+        return None
+    return [int(x) for x in spec.split(",") if x.strip()]
+
+
+@contextmanager
+def dask_client(n_workers: int, gpus: list[int] | None = None,
+                scheduler: str | None = None) -> Iterator["object"]:
+    """A distributed ``Client``: external (``scheduler``), one worker per GPU, or CPU workers."""
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+
+    if scheduler:
+        log.info("connecting to Dask scheduler %s", scheduler)
+        client = Client(scheduler, timeout="30s")
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if gpus:
+        workers = {
+            f"gpu{g}": {"cls": Nanny, "options": {
+                "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
+            for g in gpus
+        }
+        cluster = SpecCluster(workers=workers, scheduler={
+            "cls": Scheduler, "options": {"dashboard_address": None}}, silence_logs=logging.WARNING)
+    else:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, env=dict(_ONE_THREAD),
+                               silence_logs=logging.WARNING)
+    client = Client(cluster)
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # cluster start/stop chatter
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def default_workers(n_tasks: int) -> int:
+    return max(1, min(os.cpu_count() or 1, n_tasks))
