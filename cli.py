@@ -91,6 +91,19 @@ def prepare_manifest_cmd(manifest: str, workdir: str) -> None:
     _summary(prepare_manifest(workdir, manifest), time.perf_counter() - t)
 
 
+@prepare.command("demo")
+@click.option("--per-cell", type=int, default=12, show_default=True,
+              help="Utterances per speaker × emotion (6 speakers × 4 emotions).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@WORKDIR
+def prepare_demo_cmd(per_cell: int, seed: int, workdir: str) -> None:
+    """The built-in demo corpus: English sentences spoken by espeak-ng voices with
+    emotion-dependent prosody, generated offline in seconds."""
+    from pipeline.prepare import prepare_demo
+    t = time.perf_counter()
+    _summary(prepare_demo(workdir, per_cell, seed), time.perf_counter() - t)
+
+
 # --------------------------------------------------------------------------- extract / status
 def _parse_params(stage: tuple[str, ...], param: tuple[str, ...]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}

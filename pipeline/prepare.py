@@ -123,3 +123,10 @@ def prepare_iemocap(workdir: str | Path, root: str | Path) -> PrepareResult:
     from pipeline.iemocap import read_iemocap
     utts, rejected, stats = read_iemocap(root)
     return finish(workdir, "iemocap", str(Path(root).resolve()), utts, rejected, stats)
+
+
+def prepare_demo(workdir: str | Path, per_cell: int = 12, seed: int = 0) -> PrepareResult:
+    """Synthesize the built-in demo corpus (espeak-ng) into ``<workdir>/demo_audio``."""
+    from pipeline.demo_corpus import build_demo
+    utts = build_demo(Path(workdir) / "demo_audio", per_cell=per_cell, seed=seed)
+    return finish(workdir, "demo", f"built-in demo corpus (espeak-ng, seed {seed})", utts, [])
