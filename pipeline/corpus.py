@@ -102,6 +102,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_rejected(workdir: str | Path, rejected: Iterable[tuple[str, str, str]]) -> Path:
     """``rejected`` rows are (item id, source file, reason)."""
     path = corpus_paths(workdir)["rejected"]
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows = ["id\tsource\treason"] + ["\t".join(str(x).replace("\t", " ") for x in r) for r in rejected]
     _atomic_write(path, "\n".join(rows) + "\n")
     return path
