@@ -175,5 +175,106 @@ def train() -> None:
     """Train a model with leave-one-group-out cross-validation."""
 
 
+# --------------------------------------------------------------------------- SER (helper "ser")
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _model_overrides(values: tuple[str, ...]) -> dict:
+    from models.ser import SERConfig
+    import dataclasses
+    fields = {f.name: f for f in dataclasses.fields(SERConfig)}
+    out = {}
+    for v in values:
+        key, _, val = v.partition("=")
+        if key not in fields or not val:
+            raise click.BadParameter(f"{v!r}: expected FIELD=VALUE with FIELD one of "
+                                     f"{', '.join(sorted(fields))}", param_hint="--model")
+        default = getattr(SERConfig(), key)
+        out[key] = type(default)(val) if not isinstance(default, str) else val
+    return out
+
+
+@train.command("ser")
+@click.option("--config", "preset", type=click.Choice(["small", "large", "spec"]), default="small",
+              show_default=True, help="small: d=8, f=48 (the paper's); large: d=128, f=2; "
+                                      "spec: mel spectrogram as input (ablation).")
+@click.option("--folds", default="all", show_default=True,
+              help="'all', a count k (first k groups) or comma-separated group names.")
+@click.option("--crops", type=int, default=2_000_000, show_default=True,
+              help="Training crops seen per fold (paper: 2 M = batch 2 × 1 M steps).")
+@click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --crops).")
+@click.option("--batch-size", type=int, default=2, show_default=True,
+              help="Crops per step; the learning rate follows --lr-rule unless --lr is given.")
+@click.option("--lr", type=float, default=0.0, help="Fixed learning rate (default: the rule).")
+@click.option("--lr-rule", type=click.Choice(["sqrt", "linear", "none"]), default="sqrt",
+              show_default=True, help="sqrt: 1e-4·sqrt(B/2) capped at 1e-3.")
+@click.option("--select", type=click.Choice(["last", "val"]), default="last", show_default=True,
+              help="last: the final model (official); val: best validation UA inside the training groups.")
+@click.option("--run", "run_name", default="", help="Run folder name (default: the config name).")
+@click.option("--model", "-m", "model_values", multiple=True, metavar="FIELD=VALUE",
+              help="Free architecture values, e.g. -m dim_neck=16 -m freq=24 -m classifier_act=relu.")
+@click.option("--encoder-stage", default="wav2vec", show_default=True,
+              help="Cached speech-encoder stage whose layers are the input (not used by spec).")
+@click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
+@click.option("--amp", type=click.Choice(["bf16", "off"]), default="bf16", show_default=True,
+              help="bf16 autocast on CUDA.")
+@click.option("--resident", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="Keep a fold's training features in device memory (auto: when they fit).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--gpus", default=None, metavar="0,1", help="Run folds in parallel, one per GPU.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run folds on an existing Dask cluster (workers must see the work directory).")
+@WORKDIR
+def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, model_values,
+                  encoder_stage, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
+    """Train the SER model (AutoVC-like cross-representation network) with leave-one-group-out
+    cross-validation; writes runs/ser/<config>/ (checkpoints, predictions, metrics, layer weights)."""
+    from models.ser_data import StoreKeys
+    from models.ser_train import SERRunConfig, train_ser
+    from pipeline.progress import console
+    from pipeline.scheduler import parse_gpus
+    cfg = SERRunConfig(preset=preset, run=run_name, model=_model_overrides(model_values), crops=crops,
+                       steps=steps, batch_size=batch_size, lr=lr, lr_rule=lr_rule, select=select,
+                       eval_every=eval_every, seed=seed, amp=amp, resident=resident,
+                       keys=StoreKeys(encoder_stage=encoder_stage))
+    console.print(f"SER {cfg.run_name}: {cfg.resolved_steps()} steps × batch {batch_size} per fold, "
+                  f"lr {cfg.resolved_lr():g}")
+    s = train_ser(workdir, cfg, folds, _device(device), parse_gpus(gpus), scheduler)
+    m = s["mean"]
+    console.print(f"SER {cfg.run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
+                  f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
+
+
+@cli.group(cls=_Group)
+def probe() -> None:
+    """Probes on trained models' representations."""
+
+
+@probe.command("speaker")
+@click.option("--config", "run", default="small", show_default=True,
+              help="The SER run whose encoder codes are probed (small, large, or a --run name).")
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--activation", type=click.Choice(["none", "relu"]), default="none", show_default=True,
+              help="Between the probe's linear layers (paper: linear layers).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@WORKDIR
+def probe_speaker_cmd(run, epochs, activation, seed, device, workdir) -> None:
+    """Speaker-ID probe (2048 → 1024 → 1024 → speakers) on a SER run's encoder codes,
+    speaker-dependent 80/20 splits × 5; lower accuracy = better disentanglement."""
+    from models.probe import ProbeConfig, probe_speaker
+    from pipeline.progress import console
+    r = probe_speaker(workdir, run, ProbeConfig(epochs=epochs, activation=activation, seed=seed),
+                      _device(device))
+    console.print(f"speaker probe on SER {run}: accuracy {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
+                  f"({r['n_speakers']} speakers, chance {r['chance']:.3f}, n={r['n']})")
+# --------------------------------------------------------------------------- end SER
+
+
 if __name__ == "__main__":
     cli()
