@@ -108,3 +108,32 @@ class LinearTask:
     def predict(self, model, ids):
         x = torch.tensor(np.stack([self.x[i] for i in ids]))
         return torch.softmax(model(x), dim=-1).numpy()
+
+
+# --- SER fixtures (models/ser*.py) ----------------------------------------------------------------
+
+#: Narrow SER widths for fast CPU tests (same architecture, fewer channels/units).
+TINY_SER = {"dim_conv": 32, "dim_pre": 32, "dim_dec": 32, "dim_phone": 16, "classifier_hidden": 32}
+
+
+def ser_source(corpus: Corpus, n_layers: int = 3, dim: int = 16, frames=(60, 220), seed: int = 0,
+               signal: float = 2.0):
+    """An in-memory SER source (``models.ser_data.ArraySource``): encoder layers (T, L, D) fp16 whose
+    mean encodes the class (``signal`` = separation), mel (T, 80) in [0, 1], phone ids (T,), and
+    one unit-norm 256-d mean per speaker."""
+    from models.ser_data import ArraySource
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(len(corpus.classes), dim)) * signal
+    index = {c: i for i, c in enumerate(corpus.classes)}
+    enc, mel, ph = {}, {}, {}
+    for u in corpus.utterances:
+        t = int(rng.integers(frames[0], frames[1] + 1))
+        x = centers[index[u.label]][None, None, :] + rng.normal(size=(t, n_layers, dim))
+        enc[u.id] = x.astype(np.float16)
+        mel[u.id] = rng.random((t, 80)).astype(np.float16)
+        ph[u.id] = rng.integers(0, 40, t).astype(np.int16)
+    spk = {}
+    for s in corpus.speakers:
+        v = rng.normal(size=256)
+        spk[s] = (v / np.linalg.norm(v)).astype(np.float32)
+    return ArraySource(mel, ph, spk, enc)
