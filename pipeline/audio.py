@@ -7,6 +7,7 @@ naming the utterance and the file.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,11 @@ class AudioInfo:
 
 def probe(utt_id: str, path: str) -> AudioInfo:
     """Header facts of an audio file, or ItemError if it cannot be opened."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ItemError(utt_id, f"audio file {path} is empty (0 bytes)")
+    except OSError:
+        raise ItemError(utt_id, f"audio file missing: {path}") from None
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:

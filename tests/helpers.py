@@ -110,6 +110,200 @@ class LinearTask:
         return torch.softmax(model(x), dim=-1).numpy()
 
 
+# --- audio, corpora on disk and a test-only stage (pipeline) ------------------------------------
+
+def write_tone(path, seconds: float = 1.0, sr: int = 16000, freq: float = 220.0,
+               channels: int = 1, subtype: str = "PCM_16", seed: int = 0) -> str:
+    """A tone plus a little noise as a WAV file; returns the path as str."""
+    import soundfile as sf
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+    if channels > 1:
+        x = np.stack([x] * channels, axis=1)
+    sf.write(str(path), x.astype(np.float32), sr, subtype=subtype)
+    return str(path)
+
+
+def write_manifest(workdir, rows: list[dict], name: str = "manifest.csv") -> str:
+    """A CSV manifest in ``workdir`` from dict rows (columns from the first row)."""
+    import csv
+    from pathlib import Path
+    path = Path(workdir) / name
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def tone_corpus(root, n: int = 8, seconds=(0.5, 1.7), n_speakers: int = 2) -> str:
+    """A prepared work directory ``root/work`` with ``n`` tone utterances; returns workdir."""
+    from pathlib import Path
+    from pipeline.prepare import prepare_manifest
+    root = Path(root)
+    (root / "wav").mkdir(parents=True, exist_ok=True)
+    labels = list(DEFAULT_CLASSES)
+    rows = []
+    for i in range(n):
+        dur = seconds[0] + (seconds[1] - seconds[0]) * i / max(1, n - 1)
+        write_tone(root / "wav" / f"u{i:02d}.wav", dur, freq=150 + 40 * i, seed=i)
+        rows.append({"id": f"u{i:02d}", "audio": f"wav/u{i:02d}.wav",
+                     "speaker": f"s{i % n_speakers}", "label": labels[i % 4],
+                     "text": f"utterance number {i}"})
+    workdir = root / "work"
+    prepare_manifest(workdir, write_manifest(root, rows))
+    return str(workdir)
+
+
+def register_toy_stages() -> None:
+    """Test-only stages: ``toy`` (frame energies) and ``toy2`` (depends on toy), counting calls."""
+    from dataclasses import dataclass
+    from features.base import Extractor, run_each
+    from features.frames import num_frames
+    from pipeline.stages import Stage, register
+
+    @dataclass(frozen=True)
+    class ToyConfig:
+        scale: float = 1.0
+
+    class Toy(Extractor):
+        name, VERSION, Config = "toy", 1, ToyConfig
+        calls: list = []
+
+        def __call__(self, items):
+            Toy.calls.extend(i.utt_id for i in items)
+            def one(it):
+                t = num_frames(len(it.audio))
+                e = np.array([np.sum(it.audio[k * 320:(k + 1) * 320] ** 2) for k in range(t)])
+                return {"energy": (e * self.config.scale).astype(np.float32)}
+            return run_each(items, one)
+
+    class Toy2(Extractor):
+        name, VERSION, Config = "toy2", 1, ToyConfig
+        calls: list = []
+
+        def __call__(self, items):
+            Toy2.calls.extend(i.utt_id for i in items)
+            return [{"total": np.array([it.upstream["toy"]["energy"].sum() * self.config.scale],
+                                       np.float32)} for it in items]
+
+    register(Stage("toy", ToyConfig, lambda c, d: Toy(c, d), version=1, test_only=True,
+                   shard_size=3))
+    register(Stage("toy2", ToyConfig, lambda c, d: Toy2(c, d), version=1, upstream=("toy",),
+                   needs_audio=False, test_only=True, shard_size=3))
+    register_toy_stages.classes = (Toy, Toy2)
+
+
+# --- tiny text encoders of the real architectures (features/text.py) ----------------------------
+
+_BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz",
+               "hello", "world", "i", "am", "so", "happy", "sad", "angry", "!", ",", ".", "##s", "##ing"]
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """RoBERTa/GPT-2 byte-level BPE vocabulary: specials, the 256 byte symbols, a few words."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for c in cs:
+        vocab.setdefault(chr(c), len(vocab))
+    vocab["<mask>"] = len(vocab)
+    return vocab
+
+
+def save_tiny_text_encoder(folder, kind: str = "bert", hidden: int = 32, layers: int = 2,
+                           max_positions: int = 130, **overrides):
+    """A random-weight BERT or RoBERTa (real config/model/tokenizer classes) saved to ``folder``.
+
+    Returns the folder. Sizes are tiny; pass overrides (e.g. hidden_size=1024) for real sizes.
+    """
+    from transformers import (BertConfig, BertModel, BertTokenizer, RobertaConfig, RobertaModel,
+                              RobertaTokenizer)
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 2,
+             "intermediate_size": 2 * hidden, **overrides}
+    if kind == "bert":
+        tok = BertTokenizer(vocab={w: i for i, w in enumerate(_BERT_WORDS)})
+        cfg = BertConfig(vocab_size=len(_BERT_WORDS), max_position_embeddings=max_positions, **sizes)
+        model = BertModel(cfg)
+    elif kind == "roberta":
+        vocab = _byte_level_vocab()
+        tok = RobertaTokenizer(vocab=vocab, merges=[])
+        # as roberta-large: pad 1, bos 0, eos 2, positions offset by pad + 1, one token type
+        cfg = RobertaConfig(vocab_size=len(vocab), max_position_embeddings=max_positions + 2,
+                            pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **sizes)
+        model = RobertaModel(cfg)
+    else:
+        raise ValueError(kind)
+    model.eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+# --- tiny speech encoders (features) ------------------------------------------------------------
+
+#: Architectures of the ``wav2vec`` stage's transformers backend; "wav2vec2-group" is the
+#: wav2vec2-base style (group-norm CNN, post-LN Transformer), "wav2vec2" the large style.
+SPEECH_ARCHS = ("wav2vec2", "wav2vec2-group", "hubert", "wavlm", "data2vec-audio", "whisper")
+
+
+def tiny_speech_model(arch: str, seed: int = 0):
+    """A tiny random transformers model of a real speech-encoder architecture (eval mode).
+
+    The CNN front ends keep the real kernels and strides (400-sample field, 320 hop) so the
+    frame grid is the real one; widths are tiny (8 channels, 16-d, 2 layers).
+    """
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cnn = dict(conv_dim=(8,) * 7, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=32, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    if arch == "wav2vec2":
+        model = tf.Wav2Vec2Model(tf.Wav2Vec2Config(feat_extract_norm="layer", do_stable_layer_norm=True, **cnn))
+    elif arch == "wav2vec2-group":
+        model = tf.Wav2Vec2Model(tf.Wav2Vec2Config(feat_extract_norm="group", do_stable_layer_norm=False, **cnn))
+    elif arch == "hubert":
+        model = tf.HubertModel(tf.HubertConfig(feat_extract_norm="layer", do_stable_layer_norm=True, **cnn))
+    elif arch == "wavlm":
+        model = tf.WavLMModel(tf.WavLMConfig(feat_extract_norm="layer", do_stable_layer_norm=True,
+                                             num_buckets=32, max_bucket_distance=100, **cnn))
+    elif arch == "data2vec-audio":
+        cnn.pop("num_conv_pos_embedding_groups"), cnn.pop("num_conv_pos_embeddings")
+        model = tf.Data2VecAudioModel(tf.Data2VecAudioConfig(conv_pos_kernel_size=5, num_conv_pos_embeddings=5,
+                                                             num_conv_pos_embedding_groups=2, **cnn))
+    elif arch == "whisper":
+        model = tf.WhisperModel(tf.WhisperConfig(
+            d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32,
+            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32, num_mel_bins=80,
+            max_source_positions=1500, max_target_positions=16, vocab_size=64,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1))
+    else:
+        raise ValueError(f"unknown tiny speech architecture {arch!r}; known: {SPEECH_ARCHS}")
+    with torch.no_grad():  # random, non-trivial layer norms and biases
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def speech_audio(n_samples: int, seed: int = 0) -> np.ndarray:
+    """Speech-like test audio: a few harmonics with a slow envelope plus noise, float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_samples) / 16000
+    f0 = 120 + 40 * rng.random()
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.random() * 6) / k for k in range(1, 6))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t + rng.random() * 6)
+    return (0.2 * x * env + 0.01 * rng.standard_normal(n_samples)).astype(np.float32)
+
+
 # --- SER fixtures (models/ser*.py) ----------------------------------------------------------------
 
 #: Narrow SER widths for fast CPU tests (same architecture, fewer channels/units).
