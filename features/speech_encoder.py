@@ -1,0 +1,304 @@
+"""The ``wav2vec`` stage: all hidden states of a speech encoder per 20 ms frame, fp16 (T, L, D).
+
+Backends (``SpeechEncoderConfig.model``):
+
+* a transformers folder: Wav2Vec2, HuBERT, WavLM, Data2VecAudio (``AutoModel``) or Whisper (its
+  encoder, run by ``features/whisper_ct2.py``);
+* a fairseq wav2vec 2.0 checkpoint (``*.pt``), converted in memory (``features/fairseq_convert.py``);
+* an installed CTranslate2 Whisper short name (``whisper-tiny.en``, ``whisper-base``).
+
+Frames: the audio is padded with ``features.frames.pad_for_frames`` so the 400/320 CNN front end
+yields exactly ``num_frames(n)`` frames (Whisper windows are framed the same way).
+
+Layers: L = Transformer layers + 1: the input of the first layer, then every layer's output; the
+last is taken after the encoder's final layer norm when the model has one (pre-LN "stable layer
+norm" wav2vec2-large, WavLM-large, Whisper), i.e. what the model returns as ``last_hidden_state``.
+(transformers 5.x's own ``hidden_states[-1]`` is pre-norm for wav2vec2 but post-norm for Whisper;
+we use one rule for all.)
+
+Batching: utterances are sorted by length and packed so that ``batch size x longest`` stays under
+``frame_budget`` encoder frames, with attention masks over the padding. Models whose CNN uses
+group norm (``feat_extract_norm == "group"``, e.g. wav2vec2-base) normalise over time, and
+data2vec-audio's stacked positional convolutions leak padded frames into valid ones, so padding
+would change their output: they only batch utterances of identical length.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from features.base import Extractor, ItemInput, Output, tree_checksum
+from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
+from pipeline.errors import ItemError, StageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpeechEncoderConfig:
+    #: transformers folder, fairseq ``.pt`` checkpoint, or installed CTranslate2 Whisper short name
+    model: str = "whisper-base"
+    #: "auto": bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU;
+    #: or "float32", "bfloat16", "float16" (autocast; CUDA only for the half types)
+    dtype: str = "auto"
+    #: encoder frames per forward pass, padding included (50 frames = 1 s); bounds memory
+    frame_budget: int = 6000
+    #: Whisper only: run each window at its own length instead of padding to 30 s (faster on short
+    #: clips; deep layers drift from the faithful output, see features/whisper_ct2.py)
+    unpadded_whisper: bool = False
+    #: per-utterance zero-mean unit-variance input: "auto" (as the model was trained), "true", "false"
+    normalize: str = "auto"
+
+
+class _HFBackend:
+    """A wav2vec2-family ``*Model`` on padded raw audio; returns (B, T, L, D) per batch."""
+
+    def __init__(self, model: torch.nn.Module, normalize: bool, source: str):
+        cfg = model.config
+        stride = int(np.prod(cfg.conv_stride))
+        field = 1
+        for k, s in zip(reversed(cfg.conv_kernel), reversed(cfg.conv_stride)):
+            field = (field - 1) * s + k
+        if stride != HOP or field != WIN:
+            raise StageError(f"{source}: CNN front end has stride {stride} / receptive field {field}; "
+                             f"the shared frame grid needs {HOP} / {WIN}")
+        self.model = model.eval().requires_grad_(False)
+        self.normalize = normalize
+        # Outputs that padding would change: group-norm CNNs normalise over time, and data2vec's
+        # stacked positional convolutions carry padded frames into valid ones (HF and fairseq).
+        self.padding_sensitive = (getattr(cfg, "feat_extract_norm", "layer") == "group"
+                                  or cfg.model_type == "data2vec-audio")
+        self.num_layers = cfg.num_hidden_layers + 1
+        self.dim = cfg.hidden_size
+        self.kind = type(model).__name__
+
+    def cost(self, n_samples: int) -> int:
+        return num_frames(n_samples)
+
+    def group_key(self, n_samples: int) -> int | None:
+        return n_samples if self.padding_sensitive else None
+
+    def run(self, audios: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        """Per utterance (num_frames(n), L, D) on ``device``."""
+        if self.normalize:
+            audios = [(a - a.mean()) / np.sqrt(a.var() + 1e-7) for a in audios]
+        padded = [pad_for_frames(np.asarray(a, dtype=np.float32)) for a in audios]
+        longest = max(len(p) for p in padded)
+        x = torch.zeros(len(padded), longest)  # (B, S)
+        mask = torch.zeros(len(padded), longest, dtype=torch.long)
+        for i, p in enumerate(padded):
+            x[i, :len(p)] = torch.from_numpy(p)
+            mask[i, :len(p)] = 1
+        use_mask = not self.padding_sensitive and len({len(p) for p in padded}) > 1
+        out = self.model(x.to(device), attention_mask=mask.to(device) if use_mask else None,
+                         output_hidden_states=True)
+        states = list(out.hidden_states)  # L x (B, T', D)
+        states[-1] = out.last_hidden_state  # after the final layer norm (module docstring)
+        feats = torch.stack(states, dim=2)  # (B, T', L, D)
+        return [feats[i, :num_frames(len(a))] for i, a in enumerate(audios)]
+
+
+class _WhisperBackend:
+    """A Whisper encoder through :class:`features.whisper_ct2.WhisperFrames`."""
+
+    def __init__(self, encoder, unpadded: bool):
+        from features.whisper_ct2 import WhisperFrames
+
+        self.frames = WhisperFrames(encoder, unpadded=unpadded)
+        self.num_layers, self.dim = self.frames.num_layers, self.frames.dim
+        self.kind = "WhisperEncoder"
+        self.model = self.frames
+
+    def cost(self, n_samples: int) -> int:
+        return self.frames.cost(n_samples)
+
+    def group_key(self, n_samples: int) -> int | None:
+        return None
+
+    def run(self, audios: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        return self.frames(list(audios))
+
+
+def model_files(model: str) -> list[Path]:
+    """The files that hold ``model``'s weights (and architecture), for its checksum."""
+    from features.whisper_ct2 import CT2_MODELS, ct2_files
+
+    if model in CT2_MODELS:
+        return ct2_files(model)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        files = [p for p in sorted(path.iterdir()) if p.suffix in (".safetensors", ".bin")]
+        if not files:
+            raise StageError(f"{path}: no weight files (*.safetensors, *.bin) in this folder")
+        return files + [p for p in [path / "config.json"] if p.is_file()]
+    if path.is_file() and path.suffix == ".pt":
+        return [path]
+    raise StageError(f"wav2vec.model={model!r} is neither a transformers folder, a fairseq .pt "
+                     f"checkpoint nor an installed Whisper short name ({', '.join(CT2_MODELS)})")
+
+
+def _hf_folder(path: Path, cfg: SpeechEncoderConfig):
+    from transformers import AutoConfig, AutoModel
+
+    mcfg = AutoConfig.from_pretrained(path)
+    if mcfg.model_type == "whisper":
+        from transformers import WhisperModel
+
+        return _WhisperBackend(WhisperModel.from_pretrained(path).get_encoder(), cfg.unpadded_whisper)
+    model = AutoModel.from_pretrained(path)
+    pre = path / "preprocessor_config.json"
+    if pre.is_file():
+        trained_normalized = bool(json.loads(pre.read_text()).get("do_normalize", True))
+    else:  # transformers' convention: layer-norm front ends were trained on normalised input
+        trained_normalized = getattr(mcfg, "feat_extract_norm", "layer") == "layer"
+    return _HFBackend(model, _normalize(cfg, trained_normalized), str(path))
+
+
+def _normalize(cfg: SpeechEncoderConfig, trained: bool) -> bool:
+    if cfg.normalize not in ("auto", "true", "false"):
+        raise StageError(f"wav2vec.normalize={cfg.normalize!r}: expected auto, true or false")
+    return trained if cfg.normalize == "auto" else cfg.normalize == "true"
+
+
+def load_backend(cfg: SpeechEncoderConfig):
+    """The backend for ``cfg.model`` (folder, ``.pt`` or installed short name), on CPU."""
+    from features.whisper_ct2 import CT2_MODELS, load_ct2_whisper
+
+    model_files(cfg.model)  # raises a clear StageError for an unusable ``model``
+    if cfg.model in CT2_MODELS:
+        encoder, _ = load_ct2_whisper(cfg.model)
+        return _WhisperBackend(encoder, cfg.unpadded_whisper)
+    path = Path(cfg.model).expanduser()
+    if path.is_dir():
+        return _hf_folder(path, cfg)
+    from features.fairseq_convert import load_fairseq_wav2vec2
+
+    model, trained_normalized = load_fairseq_wav2vec2(path)
+    return _HFBackend(model, _normalize(cfg, trained_normalized), str(path))
+
+
+def plan_batches(lengths: Sequence[int], cost, budget: int, group_key=lambda n: None) -> list[list[int]]:
+    """Indices grouped into batches: sorted by length, ``len(batch) * max cost <= budget``.
+
+    Items with different ``group_key`` never share a batch. An item costlier than the budget
+    runs alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (str(group_key(lengths[i])), -lengths[i]))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cur_max, cur_key = 0, None
+    for i in order:
+        c, k = cost(lengths[i]), group_key(lengths[i])
+        if cur and (k != cur_key or (len(cur) + 1) * max(cur_max, c) > budget):
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max, cur_key = max(cur_max, c), k
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise StageError(f"wav2vec.dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
+    if device.type != "cuda" or dtype == "float32":
+        if dtype in ("bfloat16", "float16") and device.type != "cuda":
+            log.warning("wav2vec.dtype=%s applies on CUDA only; running float32 on %s", dtype, device)
+        return contextlib.nullcontext()
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return torch.autocast("cuda", dtype=getattr(torch, dtype))
+
+
+def check_audio(item: ItemInput) -> np.ndarray:
+    """The item's audio as float32, or an ItemError for audio no encoder can take."""
+    a = item.audio
+    if a is None or len(a) == 0:
+        raise ItemError(item.utt_id, "no audio samples")
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim != 1:
+        raise ItemError(item.utt_id, f"expected mono audio (n,), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ItemError(item.utt_id, "audio contains NaN or infinite samples")
+    return a
+
+
+class SpeechEncoderExtractor(Extractor):
+    """All hidden states of a speech encoder: ``{"feats": float16 (T, L, D)}`` per utterance."""
+
+    name = "wav2vec"
+    VERSION = 1
+    Config = SpeechEncoderConfig
+    layout = {"feats": {"dims": "T,L,D", "dtype": "float16", "frame_rate": FRAME_RATE}}
+
+    def __init__(self, config: SpeechEncoderConfig | None = None, device: str = "cpu"):
+        super().__init__(config, device)
+        self.backend = load_backend(self.config)
+        self._checksum: str | None = None
+        self.torch_device = torch.device(device)
+        self.backend.model.to(self.torch_device)
+        _autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
+        log.info("wav2vec: %s (%s), L=%d D=%d on %s", self.config.model, self.backend.kind,
+                 self.backend.num_layers, self.backend.dim, device)
+
+    def weights_checksum(self) -> str:
+        if self._checksum is None:
+            self._checksum = tree_checksum(model_files(self.config.model))
+        return self._checksum
+
+    def attrs(self) -> dict:
+        return {"num_layers": self.backend.num_layers, "dim": self.backend.dim,
+                "frame_rate": FRAME_RATE, "encoder": self.backend.kind,
+                "layers": "0 = input of the first Transformer layer; i = output of layer i; "
+                          "the last after the encoder's final layer norm where it has one"}
+
+    def _run(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode(), _autocast(self.torch_device, self.config.dtype):
+            feats = self.backend.run(audios, self.torch_device)
+        # one device-to-host copy per batch, in fp16
+        stacked = torch.nn.utils.rnn.pad_sequence([f.to(torch.float16) for f in feats], batch_first=True)
+        host = stacked.cpu().numpy()  # (B, T_max, L, D)
+        return [host[i, :len(f)] for i, f in enumerate(feats)]
+
+    def __call__(self, items: Sequence[ItemInput]) -> list[Output | ItemError]:
+        results: list[Output | ItemError | None] = [None] * len(items)
+        audios: dict[int, np.ndarray] = {}
+        for i, item in enumerate(items):
+            try:
+                audios[i] = check_audio(item)
+            except ItemError as e:
+                results[i] = e
+        idx = list(audios)
+        lengths = [len(audios[i]) for i in idx]
+        for batch in plan_batches(lengths, self.backend.cost, self.config.frame_budget,
+                                  self.backend.group_key):
+            members = [idx[j] for j in batch]
+            try:
+                outs = self._run([audios[i] for i in members])
+            except RuntimeError as e:  # e.g. out of memory: retry alone so one item can't sink all
+                if len(members) == 1:
+                    results[members[0]] = ItemError(items[members[0]].utt_id, f"encoder failed: {e}")
+                    continue
+                log.warning("batch of %d failed (%s); retrying one by one", len(members), e)
+                outs = []
+                for i in members:
+                    try:
+                        outs.append(self._run([audios[i]])[0])
+                    except RuntimeError as e1:
+                        outs.append(ItemError(items[i].utt_id, f"encoder failed: {e1}"))
+            for i, out in zip(members, outs):
+                if isinstance(out, ItemError):
+                    results[i] = out
+                elif not np.isfinite(out).all():
+                    results[i] = ItemError(items[i].utt_id, "encoder output overflows float16")
+                else:
+                    results[i] = {"feats": out}
+        return results  # type: ignore[return-value]

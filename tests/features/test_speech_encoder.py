@@ -1,0 +1,135 @@
+"""The ``wav2vec`` stage extractor on tiny random models of every supported architecture."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from features.base import ItemInput
+from features.frames import num_frames, pad_for_frames
+from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, plan_batches
+from pipeline.errors import ItemError, StageError
+from tests.helpers import SPEECH_ARCHS, speech_audio, tiny_speech_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Each tiny architecture saved as a transformers folder: {arch: (path, model)}."""
+    out = {}
+    for arch in SPEECH_ARCHS:
+        path = tmp_path_factory.mktemp(arch)
+        model = tiny_speech_model(arch)
+        model.save_pretrained(path)
+        out[arch] = (path, model)
+    return out
+
+
+def _extract(folder, audios, **cfg):
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folder), **cfg))
+    return ext, ext([ItemInput(f"u{i}", a) for i, a in enumerate(audios)])
+
+
+def _reference_last(arch: str, model, audio: np.ndarray) -> np.ndarray:
+    """The model's own last_hidden_state for one utterance, computed without the extractor."""
+    with torch.no_grad():
+        if arch == "whisper":
+            from features.whisper_ct2 import whisper_log_mel, window_audio
+            mel = whisper_log_mel(torch.from_numpy(window_audio(audio, False)[0])[None], 80)
+            out = model.get_encoder()(mel).last_hidden_state[0]
+        else:
+            x = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)  # layer-norm CNNs: normalised
+            if arch == "wav2vec2-group":
+                x = audio
+            out = model(torch.from_numpy(pad_for_frames(x))[None]).last_hidden_state[0]
+    return out[:num_frames(len(audio))].numpy()
+
+
+@pytest.mark.parametrize("arch", SPEECH_ARCHS)
+def test_all_layers_batched_equals_single_and_model(folders, arch):
+    path, model = folders[arch]
+    audios = [speech_audio(n, seed=n) for n in (16000 + 5, 3217, 8000)]
+    ext, batched = _extract(path, audios)
+    _, single = zip(*[(None, _extract(path, [a])[1][0]) for a in audios])
+    n_layers = model.config.encoder_layers if arch == "whisper" else model.config.num_hidden_layers
+    for a, b, s in zip(audios, batched, single):
+        feats = b["feats"]
+        assert feats.dtype == np.float16
+        assert feats.shape == (num_frames(len(a)), n_layers + 1, 16)
+        np.testing.assert_allclose(feats.astype(np.float32), s["feats"].astype(np.float32),
+                                   rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(feats[:, -1].astype(np.float32), _reference_last(arch, model, a),
+                                   rtol=2e-3, atol=2e-3)
+    assert ext.attrs()["num_layers"] == n_layers + 1
+    assert len(ext.weights_checksum()) == 64
+
+
+@pytest.mark.parametrize("arch,unpadded", [("wav2vec2", False), ("wav2vec2-group", False),
+                                           ("whisper", False), ("whisper", True)])
+def test_frame_count_over_many_lengths(folders, arch, unpadded):
+    rng = np.random.default_rng(1)
+    edges = [1, 2, 79, 80, 81, 319, 320, 321, 399, 400, 401, 639, 640, 641, 959, 960, 961]
+    lengths = edges + list(range(1000, 20000, 1237)) + [int(x) for x in rng.integers(1, 48000, 20)]
+    audios = [speech_audio(n, seed=i) for i, n in enumerate(lengths)]
+    _, out = _extract(folders[arch][0], audios, unpadded_whisper=unpadded, frame_budget=400)
+    assert [o["feats"].shape[0] for o in out] == [num_frames(n) for n in lengths]
+
+
+def test_long_audio_whisper_windows(folders):
+    """Beyond 30 s Whisper runs consecutive 30 s windows; the frame count stays exact."""
+    n = 16000 * 61 + 123
+    _, out = _extract(folders["whisper"][0], [speech_audio(n)])
+    assert out[0]["feats"].shape[0] == num_frames(n)
+
+
+def test_group_norm_models_never_see_padding(folders):
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2-group"][0])))
+    lengths = [16000, 16000, 8000, 16000, 8000, 5000]
+    batches = plan_batches(lengths, ext.backend.cost, 10_000, ext.backend.group_key)
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    # Layer-norm models do share batches across lengths.
+    ext2 = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2"][0])))
+    assert len(plan_batches(lengths, ext2.backend.cost, 10_000, ext2.backend.group_key)) == 1
+
+
+def test_plan_batches_respects_budget():
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.integers(1, 400_000, 200)]
+    cost = num_frames
+    batches = plan_batches(lengths, cost, 3000)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(cost(lengths[i]) for i in b) <= 3000
+
+
+def test_bad_audio_is_an_item_error_and_the_rest_goes_on(folders):
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2"][0])))
+    nan = speech_audio(4000)
+    nan[100] = np.nan
+    items = [ItemInput("empty", np.zeros(0, np.float32)), ItemInput("nan", nan),
+             ItemInput("none", None), ItemInput("one", np.ones(1, np.float32)),
+             ItemInput("silence", np.zeros(5000, np.float32)),
+             ItemInput("clipped", np.clip(speech_audio(5000) * 50, -1, 1))]
+    out = ext(items)
+    assert [type(o).__name__ for o in out[:3]] == ["ItemError"] * 3
+    assert "NaN" in out[1].reason
+    assert out[3]["feats"].shape[0] == 1
+    for o in out[4:]:
+        assert np.isfinite(o["feats"]).all()
+
+
+def test_stage_registration_and_bad_model(folders):
+    from pipeline.stages import get_stage
+    stage = get_stage("wav2vec")
+    assert stage.needs_gpu and stage.config_cls is SpeechEncoderConfig
+    cfg = stage.make_config({"model": str(folders["hubert"][0]), "frame_budget": "500"})
+    assert cfg.frame_budget == 500
+    assert len(stage.checksum(cfg)) == 64
+    ext = stage.build(cfg, "cpu")
+    assert ext([ItemInput("a", speech_audio(1600))])[0]["feats"].shape == (5, 3, 16)
+    with pytest.raises(StageError, match="neither"):
+        SpeechEncoderExtractor(SpeechEncoderConfig(model="/nonexistent/model"))
+    with pytest.raises(StageError, match="dtype"):
+        SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["hubert"][0]), dtype="int8"))
