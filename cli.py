@@ -276,5 +276,41 @@ def probe_speaker_cmd(run, epochs, activation, seed, device, workdir) -> None:
 # --------------------------------------------------------------------------- end SER
 
 
+# --------------------------------------------------------------------------- fuse / report
+@cli.command()
+@click.option("--ser-run", default="small", show_default=True, help="SER run (runs/ser/<name>).")
+@click.option("--ter-run", default="cnn", show_default=True, help="TER run (runs/ter/<name>).")
+@click.option("--grid", type=int, default=21, show_default=True,
+              help="Number of speech weights λ in [0, 1] tried on validation predictions.")
+@WORKDIR
+def fuse(ser_run, ter_run, grid, workdir) -> None:
+    """Late fusion p = w1·p_speech + w2·p_text. Weights are searched per fold on validation
+    predictions inside the training groups (never the test fold); the paper's fixed
+    (0.6, 1.0) is evaluated too. Utterances without text fall back to speech alone."""
+    from models.fusion import FusionConfig, fuse as run
+    from pipeline.progress import console, table
+    out = run(workdir, FusionConfig(ser_run, ter_run, grid))
+    rows = [[kind, f"{100 * m['mean']['wa']:.1f}", f"{100 * m['mean']['ua']:.1f}",
+             f"{100 * m['pooled']['ua']:.1f}", m["speech_only"]]
+            for kind, m in out.items() if kind != "weights"]
+    console.print(table(f"fusion {ser_run}+{ter_run}", ["weights", "WA", "UA", "pooled UA",
+                                                         "speech-only utts"], rows))
+    console.print("weights per fold (w1, w2): " + ", ".join(
+        f"{f} ({w['w1']:.2f}, {w['w2']:.2f})" for f, w in out["weights"].items()))
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Report folder (default: <workdir>/report).")
+@WORKDIR
+def report(out, workdir) -> None:
+    """Write report.md with per-fold and pooled WA/UA/macro-F1, confusion matrices (PNG and
+    Markdown), learned layer weights, the paper's numbers beside ours, and run metadata."""
+    from models.report import write_report
+    from pipeline.progress import console
+    path = write_report(workdir, out)
+    console.print(f"report: {path}")
+
+
 if __name__ == "__main__":
     cli()

@@ -192,7 +192,8 @@ def _versions() -> dict[str, str]:
 def publish(workdir: str, plan: StagePlan, corpus_utts: list[Utterance]) -> dict[str, Any]:
     """After all shards are complete: run the stage's finalize step and point readers at it."""
     pointer = current_pointer(workdir, plan.stage.name)
-    meta: dict[str, Any] = {"identity": plan.identity_key, "params": plan.identity["config"]}
+    meta: dict[str, Any] = {"identity": plan.identity_key, "params": plan.identity["config"],
+                            "weights": plan.identity["weights"]}
     if plan.stage.finalize is not None:
         from pipeline.fingerprint import digest
         extra_key = digest(sorted(plan.utt_keys.items()))

@@ -331,3 +331,29 @@ def ser_source(corpus: Corpus, n_layers: int = 3, dim: int = 16, frames=(60, 220
         v = rng.normal(size=256)
         spk[s] = (v / np.linalg.norm(v)).astype(np.float32)
     return ArraySource(mel, ph, spk, enc)
+
+
+# --- finished runs (fusion/report) ---------------------------------------------------------------
+
+def fake_run(workdir, task, run, folds, rng, informative, skip=()):
+    """A finished run of random predictions whose true-class logit is raised by ``informative``."""
+    from models.metrics import classification_metrics
+    from models.runs import RunPaths, prediction_rows, write_json, write_predictions
+    from models.trainer import summarize_run
+    CLASSES = list(DEFAULT_CLASSES)
+    paths = RunPaths(workdir, task, run)
+    for fold in folds:
+        rows = []
+        for split, n in (("test", 20), ("val", 16)):
+            ids = [f"{fold}_{split}_{i}" for i in range(n) if f"{fold}_{split}_{i}" not in skip]
+            y = [CLASSES[i % 4] for i in range(len(ids))]
+            logits = rng.normal(0, 1, (len(ids), 4))
+            logits[np.arange(len(ids)), [CLASSES.index(c) for c in y]] += informative
+            p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            rows += prediction_rows(ids, p, dict(zip(ids, y)), fold, split)
+        write_predictions(paths.predictions(fold), rows)
+        t = [r for r in rows if r["split"] == "test"]
+        write_json(paths.fold_metrics(fold), {"test": classification_metrics(
+            [r["label"] for r in t], [int(np.argmax(r["probs"])) for r in t], CLASSES)})
+    summarize_run(paths, CLASSES, folds)
+    return paths

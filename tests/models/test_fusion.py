@@ -1,0 +1,45 @@
+"""Fusion: weights come from validation rows only; speech-only fallback is counted."""
+from __future__ import annotations
+
+import numpy as np
+
+from models.fusion import FusionConfig, fuse
+from models.runs import RunPaths, read_predictions, write_predictions
+from models.trainer import summarize_run
+from tests.helpers import fake_run
+
+CLASSES = ["neutral", "happy", "sad", "angry"]
+
+
+def test_fusion_ignores_test_labels_and_counts_speech_only(tmp_path):
+    rng = np.random.default_rng(0)
+    folds = ["A", "B"]
+    ser = fake_run(tmp_path, "ser", "small", folds, rng, 1.0)
+    fake_run(tmp_path, "ter", "cnn", folds, rng, 2.0, skip={"A_test_3", "B_val_5"})
+    out = fuse(tmp_path, FusionConfig())
+    w = out["weights"]
+    assert set(w) == set(folds) and all(0 <= v["w1"] <= 1 for v in w.values())
+    assert out["searched on validation"]["speech_only"] == 1
+    fused = read_predictions(RunPaths(tmp_path, "fusion", "small+cnn").predictions("A"))
+    assert {r["split"] for r in fused} == {"test", "val"}
+    # Perturb every test-fold label and probability of both inputs: weights must not move.
+    for task, run in (("ser", "small"), ("ter", "cnn")):
+        paths = RunPaths(tmp_path, task, run)
+        for fold in folds:
+            rows = read_predictions(paths.predictions(fold))
+            for r in rows:
+                if r["split"] == "test":
+                    r["label"] = CLASSES[(CLASSES.index(r["label"]) + 1) % 4]
+                    r["probs"] = list(rng.dirichlet(np.ones(4)))
+            write_predictions(paths.predictions(fold), rows)
+    assert fuse(tmp_path, FusionConfig())["weights"] == w
+    assert ser.metrics.exists()
+
+
+def test_fusion_helps_when_text_is_informative(tmp_path):
+    rng = np.random.default_rng(1)
+    fake_run(tmp_path, "ser", "small", ["A", "B", "C"], rng, 1.0)
+    fake_run(tmp_path, "ter", "cnn", ["A", "B", "C"], rng, 1.5)
+    out = fuse(tmp_path)
+    ser_ua = summarize_run(RunPaths(tmp_path, "ser", "small"), CLASSES, ["A", "B", "C"])["pooled"]["ua"]
+    assert out["searched on validation"]["pooled"]["ua"] > ser_ua
