@@ -231,8 +231,9 @@ def train_fold(workdir, config: SERRunConfig, fold: Fold | str, device: str = "c
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     metrics = trainer.train_fold(task, fold, config.train_config(), paths, device, on_step=on_step)
-    if metrics is not None:
+    if metrics is not None:  # the learned layer weights, next to the fold's metrics and in them
         metrics["alpha"] = _write_alpha(paths, fold.name, task.model_cfg, config.select)
+        write_json(paths.fold_metrics(fold.name), metrics)
     return metrics
 
 

@@ -1,0 +1,70 @@
+"""Speaker probe: code vectors as in the paper, a probe that works, and the run-level command."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.probe import ProbeConfig, SpeakerProbe, code_vectors, probe_accuracy, probe_speaker
+from models.runs import RunPaths, read_json
+from models.ser import SERModel, make_config
+from models.ser_data import load_set
+from models.ser_train import SERRunConfig, train_ser
+from pipeline.errors import TrainingError
+from tests.helpers import TINY_SER, make_corpus, ser_source
+
+torch.set_num_threads(1)
+FAST = ProbeConfig(hidden=(64, 64), epochs=15, batch_size=16, lr=1e-3)  # narrow, for speed
+
+
+def test_probe_architecture():
+    net = SpeakerProbe(10)
+    assert [m.in_features for m in net.net if isinstance(m, torch.nn.Linear)] == [2048, 1024, 1024]
+    assert net(torch.zeros(3, 2048)).shape == (3, 10)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in SpeakerProbe(4, ProbeConfig(activation="relu")).net) == 2
+
+
+@pytest.mark.parametrize("preset,per_window", [("small", 2 * 16), ("large", 48 * 256)])
+def test_code_vectors_are_window_codes_in_time_order_padded_or_truncated(preset, per_window):
+    corpus = make_corpus(n_groups=1, per_class=1)
+    src = ser_source(corpus, frames=(150, 150))  # 2 windows each
+    ids = [u.id for u in corpus.utterances]
+    model = SERModel(make_config(preset, n_layers=3, feat_dim=16, **TINY_SER)).eval()
+    data = load_set(src, ids, {u.id: u.speaker for u in corpus.utterances}, {}, True, "cpu", "yes")
+    x = code_vectors(model, data)
+    assert x.shape == (4, 2048)
+    b = data.utterance(0, 96)
+    with torch.no_grad():
+        codes = model.encode(b.feats, b.spk).flatten(1).reshape(-1).numpy()  # both windows, in order
+    n = min(2048, 2 * per_window)
+    np.testing.assert_allclose(x[0, :n], codes[:n], rtol=1e-6)
+    assert not x[0, n:].any()
+
+
+def test_probe_separates_speakers_when_codes_carry_them():
+    rng = np.random.default_rng(0)
+    spk = [f"s{i % 4}" for i in range(80)]
+    centers = rng.normal(size=(4, 2048))
+    x = np.stack([centers[int(s[1])] + rng.normal(size=2048) for s in spk]).astype(np.float32)
+    r = probe_accuracy(x, spk, FAST)
+    assert r["accuracy"] > 0.95 and len(r["per_split"]) == 5 and r["n_speakers"] == 4
+    noise = rng.normal(size=(80, 2048)).astype(np.float32)
+    assert probe_accuracy(noise, spk, FAST)["accuracy"] < 0.6
+
+
+def test_probe_needs_enough_utterances_per_speaker():
+    with pytest.raises(TrainingError, match="at least 5"):
+        probe_accuracy(np.zeros((6, 2048), np.float32), ["a"] * 3 + ["b"] * 3)
+
+
+def test_probe_speaker_on_a_trained_run(tmp_path):
+    corpus = make_corpus(n_groups=2, per_class=3)
+    src = ser_source(corpus)
+    cfg = SERRunConfig(preset="small", model=dict(TINY_SER), steps=3, eval_every=3, batch_size=2, progress=False)
+    train_ser(tmp_path, cfg, "all", corpus=corpus, source=src)
+    r = probe_speaker(tmp_path, "small", ProbeConfig(epochs=2), corpus=corpus, source=src)
+    assert r["n"] == len(corpus.utterances) and r["n_speakers"] == 2
+    assert 0.0 <= r["accuracy"] <= 1.0
+    assert read_json(RunPaths(tmp_path, "ser", "small").root / "probe_speaker.json")["accuracy"] == r["accuracy"]
+    with pytest.raises(TrainingError, match="no finished SER run"):
+        probe_speaker(tmp_path, "large", corpus=corpus, source=src)

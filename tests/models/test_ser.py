@@ -1,0 +1,114 @@
+"""The SER network: shapes for every preset and encoder size, official details, it can learn."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.ser import PRESETS, Encoder, LayerWeights, SERModel, make_config, ser_loss
+from pipeline.errors import TrainingError
+from tests.helpers import TINY_SER
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("n_layers,dim", [(25, 1024), (7, 512), (5, 384)])
+def test_shapes_for_each_config_and_encoder_size(preset, n_layers, dim):
+    cfg = make_config(preset, n_layers=n_layers, feat_dim=dim)
+    if preset == "spec":  # the mel ablation's input is the mel, whatever the encoder
+        assert (cfg.n_layers, cfg.feat_dim) == (1, 80)
+    torch.manual_seed(0)
+    model = SERModel(cfg).eval()
+    feats = torch.randn(1, 96, cfg.n_layers, cfg.feat_dim).half()  # (B, T, L, D) fp16 as cached
+    with torch.no_grad():
+        out = model(feats, torch.randn(1, 256), torch.zeros(1, 96, 128))
+    d, f = cfg.dim_neck, cfg.freq
+    assert out["codes"].shape == (1, 96 // f, 2 * d)
+    assert out["logits"].shape == (1, 4)
+    assert out["mel_r1"].shape == out["mel_r2"].shape == (1, 96, 80)
+    assert model.classifier.net[0].in_features == 2 * d * (96 // f)
+    assert model.layers.alpha.shape == (cfg.n_layers,)
+
+
+def test_presets_match_the_paper():
+    assert make_config("small").code_size == 32  # 2 codes × 16 values
+    assert (make_config("large").dim_neck, make_config("large").freq) == (128, 2)
+    spec = make_config("spec")
+    assert spec.input == "mel" and spec.code_size == 32
+
+
+def test_free_values_and_validation():
+    cfg = make_config("small", dim_neck=16, freq=24, n_layers=13, feat_dim=768)
+    assert cfg.code_size == 2 * 16 * 4
+    with pytest.raises(TrainingError, match="must divide"):
+        make_config("small", freq=50)
+    with pytest.raises(TrainingError, match="unknown SER config"):
+        make_config("huge")
+
+
+def test_layer_weights_raw_are_sum_normalised_and_start_as_the_mean():
+    lw = LayerWeights(3, "raw")
+    x = torch.randn(2, 5, 3, 4)  # (B, T, L, D)
+    torch.testing.assert_close(lw(x), x.mean(2))
+    with torch.no_grad():
+        lw.alpha.copy_(torch.tensor([1.0, 2.0, 5.0]))
+    expected = (1 * x[:, :, 0] + 2 * x[:, :, 1] + 5 * x[:, :, 2]) / 8
+    torch.testing.assert_close(lw(x), expected)
+    sm = LayerWeights(3, "softmax")
+    with torch.no_grad():
+        sm.alpha.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    w = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0)
+    torch.testing.assert_close(sm(x), torch.einsum("btld,l->btd", x, w))
+
+
+def test_codes_take_forward_state_at_block_end_and_backward_at_block_start():
+    cfg = make_config("small", n_layers=1, feat_dim=6, dim_neck=3, freq=4, crop=8, **TINY_SER)
+    enc = Encoder(cfg).eval()
+    x, spk = torch.randn(2, 8, 6), torch.randn(2, 256)
+    with torch.no_grad():
+        codes = enc(x, spk)  # (2, 2, 6)
+        h = torch.cat([x, spk[:, None].expand(2, 8, 256)], -1).transpose(1, 2)
+        for conv in enc.convs:
+            h = torch.relu(conv(h))
+        out, _ = enc.lstm(h.transpose(1, 2))  # (2, 8, 6)
+    for k, i in enumerate(range(0, 8, 4)):
+        torch.testing.assert_close(codes[:, k, :3], out[:, i + 3, :3])  # forward at i+f-1
+        torch.testing.assert_close(codes[:, k, 3:], out[:, i, 3:])  # backward at i
+
+
+def test_classifier_is_linear_by_default_with_a_relu_option():
+    lin = SERModel(make_config("small", n_layers=2, feat_dim=8, **TINY_SER)).classifier.net
+    relu = SERModel(make_config("small", n_layers=2, feat_dim=8, classifier_act="relu", **TINY_SER)).classifier.net
+    assert not any(isinstance(m, torch.nn.ReLU) for m in lin)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in relu) == 2
+    assert [type(m).__name__ for m in lin] == ["Linear", "Linear", "Dropout", "Linear"]
+
+
+def test_decoder_sees_upsampled_codes_speaker_and_phones():
+    cfg = make_config("small", n_layers=2, feat_dim=8, **TINY_SER)
+    model = SERModel(cfg)
+    assert model.decoder.lstm1.input_size == 2 * cfg.dim_neck + 256 + 2 * cfg.dim_phone
+    assert len(model.postnet.convs) == 5
+
+
+def test_overfits_a_tiny_batch():
+    torch.manual_seed(0)
+    cfg = make_config("small", n_layers=3, feat_dim=16, dropout=0.0, **TINY_SER)
+    model = SERModel(cfg)
+    feats = torch.randn(4, 96, 3, 16)
+    spk, labels = torch.randn(4, 256), torch.tensor([0, 1, 2, 3])
+    phones = torch.nn.functional.one_hot(torch.randint(0, 128, (4, 96)), 128).float()
+    mel = torch.rand(4, 96, 80)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        terms = ser_loss(model(feats, spk, phones), mel, labels)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        first = first or {k: float(v.detach()) for k, v in terms.items()}
+    assert float(terms["ce"]) < 0.05 < first["ce"]
+    assert float(terms["r2"]) < 0.3 * first["r2"]
+    model.eval()
+    with torch.no_grad():
+        assert model.classify(feats, spk).argmax(-1).tolist() == [0, 1, 2, 3]

@@ -1,0 +1,126 @@
+"""SER training: schedule and lr rule, window inference, exact resume, CPU end-to-end run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.folds import make_folds
+from models.runs import RunPaths, read_json, read_predictions
+from models.ser import SERModel, make_config
+from models.ser_data import load_set
+from models.ser_train import SERRunConfig, SERTask, train_fold, train_ser, window_probs
+from tests.helpers import TINY_SER, make_corpus, ser_source
+
+torch.set_num_threads(1)
+
+
+def _cfg(**kw) -> SERRunConfig:
+    base = dict(preset="small", model=dict(TINY_SER), batch_size=4, steps=12, eval_every=4,
+                progress=False, lr=1e-3)
+    return SERRunConfig(**{**base, **kw})
+
+
+def test_schedule_in_crops_and_the_large_batch_lr_rule():
+    assert SERRunConfig().resolved_steps() == 1_000_000 and SERRunConfig().resolved_lr() == 1e-4
+    c = SERRunConfig(batch_size=64, crops=2_000_000)
+    assert c.resolved_steps() == 31_250
+    assert c.resolved_lr() == pytest.approx(1e-4 * np.sqrt(32))
+    assert SERRunConfig(batch_size=512).resolved_lr() == pytest.approx(1e-3)  # capped
+    assert SERRunConfig(batch_size=8, lr_rule="linear").resolved_lr() == pytest.approx(4e-4)
+    assert SERRunConfig(batch_size=8, lr_rule="none").resolved_lr() == 1e-4
+    assert SERRunConfig(batch_size=8, lr=5e-5).resolved_lr() == 5e-5
+    assert SERRunConfig(steps=10, batch_size=8).resolved_steps() == 10
+
+
+def test_window_inference_equals_manual_averaging():
+    corpus = make_corpus(n_groups=1, per_class=2)
+    src = ser_source(corpus, frames=(40, 300))
+    ids = [u.id for u in corpus.utterances]
+    spk = {u.id: u.speaker for u in corpus.utterances}
+    torch.manual_seed(0)
+    model = SERModel(make_config("small", n_layers=3, feat_dim=16, **TINY_SER)).eval()
+    data = load_set(src, ids, spk, {}, True, "cpu", "yes")
+    got = window_probs(model, data, 96, max_windows=3)
+    for i, u in enumerate(ids):
+        x = torch.from_numpy(src.encoder(u).astype(np.float32))  # (T, L, D)
+        t = len(x)
+        w = -(-t // 96)
+        x = torch.cat([x, torch.zeros(w * 96 - t, 3, 16)]).view(w, 96, 3, 16)
+        s = torch.from_numpy(src.speaker_mean(spk[u]))[None].expand(w, 256)
+        with torch.no_grad():
+            p = torch.softmax(model.classify(x, s), -1).mean(0)
+        np.testing.assert_allclose(got[i], p.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_crops_are_a_pure_function_of_the_step():
+    corpus = make_corpus(n_groups=2, per_class=2)
+    task = SERTask(corpus, ser_source(corpus), _cfg())
+    task.prepare([u.id for u in corpus.utterances], "cpu", seed=5)
+    a = task.train_batch(3, torch.Generator())
+    task.train_batch(4, torch.Generator())
+    assert torch.equal(task.train_batch(3, torch.Generator()).feats, a.feats)
+    assert not torch.equal(task.train_batch(2, torch.Generator()).feats, a.feats)
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
+    corpus = make_corpus(n_groups=2, per_class=2)
+    src = ser_source(corpus)
+    (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
+    cfg = _cfg(steps=8, eval_every=3)
+    train_fold(tmp_path / "a", cfg, fold, corpus=corpus, source=src)
+
+    def kill(step):
+        if step == 5:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train_fold(tmp_path / "b", cfg, fold, corpus=corpus, source=src, on_step=kill)
+    assert torch.load(RunPaths(tmp_path / "b", "ser", "small").checkpoint("G0"), weights_only=True)["step"] == 3
+    train_fold(tmp_path / "b", cfg, fold, corpus=corpus, source=src)
+    ca, cb = (torch.load(RunPaths(tmp_path / w, "ser", "small").checkpoint("G0"), weights_only=True) for w in "ab")
+    assert ca["step"] == cb["step"] == 8
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    pa, pb = (read_predictions(RunPaths(tmp_path / w, "ser", "small").predictions("G0")) for w in "ab")
+    assert pa == pb
+
+
+def test_cpu_end_to_end_learns_and_writes_the_run_layout(tmp_path):
+    corpus = make_corpus(n_groups=2, per_class=6)
+    src = ser_source(corpus, signal=3.0)
+    cfg = _cfg(steps=60, eval_every=20, batch_size=8, select="val")
+    summary = train_ser(tmp_path, cfg, "all", corpus=corpus, source=src)
+    paths = RunPaths(tmp_path, "ser", "small")
+    assert set(summary["folds"]) == {"G0", "G1"}
+    assert summary["mean"]["ua"] > 0.6, summary["mean"]  # 4 classes: chance 0.25
+    config = read_json(paths.config)
+    assert config["task"] == "ser" and config["model"]["model"]["dim_neck"] == 8
+    assert config["train"]["steps"] == 60 and config["train"]["select"] == "val"
+    for f in make_folds(corpus, "all", cfg.val_fraction, cfg.seed):
+        rows = read_predictions(paths.predictions(f.name))
+        assert {r["id"] for r in rows if r["split"] == "test"} == set(f.test)
+        assert {r["id"] for r in rows if r["split"] == "val"} == set(f.val)
+        assert all(len(r["probs"]) == 4 and abs(sum(r["probs"]) - 1) < 1e-5 for r in rows)
+        alpha = read_json(paths.fold_dir(f.name) / "alpha.json")
+        assert len(alpha["weights"]) == 3 and abs(sum(alpha["weights"]) - 1) < 1e-5
+        assert alpha["selected"] == "val"
+        assert read_json(paths.fold_metrics(f.name))["alpha"] == alpha
+    assert len(read_json(paths.root / "alpha.json")["mean_weights"]) == 3
+    json.dumps(read_json(paths.metrics))  # strict JSON
+
+
+def test_mel_ablation_trains_without_encoder_features(tmp_path):
+    corpus = make_corpus(n_groups=2, per_class=2)
+    src = ser_source(corpus)
+    src._enc = None  # a source with no encoder stage at all
+    summary = train_ser(tmp_path, _cfg(preset="spec", steps=3, eval_every=3), "G1", corpus=corpus, source=src)
+    assert summary["folds"]["G1"]["n"] == 8
+    ckpt = torch.load(RunPaths(tmp_path, "ser", "spec").checkpoint("G1"), weights_only=True)
+    assert ckpt["model"]["layers.alpha"].shape == (1,)
