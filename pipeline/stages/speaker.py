@@ -1,0 +1,48 @@
+"""Stage ``speaker``: Resemblyzer utterance embeddings, then per-speaker means (features/speaker.py)."""
+from __future__ import annotations
+
+import logging
+
+from features.speaker import SpeakerConfig, SpeakerExtractor, speaker_means, weights_path
+from pipeline.errors import CacheError
+from pipeline.fingerprint import files_checksum
+from pipeline.stages import Stage, register
+
+log = logging.getLogger(__name__)
+
+
+def finalize(reader, utterances, config: SpeakerConfig) -> dict:
+    """{speaker id: unit-norm mean (256,)} over up to ``config.max_utterances`` utterances each.
+
+    ``reader``: the stage's reader (``.get(utt_id, "embed")``, ``.failed``); ``utterances``: the
+    corpus utterances (``.id``, ``.speaker``). Failed or missing utterances are left out.
+    """
+    embeds, speakers = {}, {}
+    for u in utterances:
+        if u.id in reader.failed:
+            continue
+        try:
+            embeds[u.id] = reader.get(u.id, "embed")
+        except (CacheError, KeyError):
+            log.warning("speaker: no embedding for %s; left out of the speaker mean", u.id)
+            continue
+        speakers[u.id] = u.speaker
+    means = speaker_means(embeds, speakers, config.max_utterances, config.seed)
+    missing = sorted({u.speaker for u in utterances if u.speaker is not None} - set(means))
+    if missing:
+        log.warning("speaker: no usable utterance for speaker(s) %s", missing)
+    return means
+
+
+register(Stage(
+    name="speaker",
+    config_cls=SpeakerConfig,
+    build=lambda cfg, device: SpeakerExtractor(cfg, device),
+    version=SpeakerExtractor.VERSION,
+    checksum=lambda cfg: files_checksum([weights_path()]),
+    needs_audio=True,
+    needs_gpu=True,
+    finalize=finalize,
+    help="Resemblyzer 256-d speaker embedding per utterance, and per speaker the unit-norm mean "
+         "of up to 100 utterances drawn with a fixed seed.",
+))
