@@ -11,6 +11,7 @@ Shapes: B batch, T frames (a 96-frame crop in training), L layers, D feature dim
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,35 @@ def conv_stack(c_in: int, c_out: int, n: int = 3) -> nn.ModuleList:
     )
 
 
+_RNN_AUTOCAST_OK: dict[tuple[str, int | None], bool] = {}
+
+
+def _rnn_autocast_ok(device: torch.device) -> bool:
+    """Whether cuDNN LSTMs run under this device's autocast dtype (checked once per device)."""
+    key = (device.type, device.index)
+    if key not in _RNN_AUTOCAST_OK:
+        dtype = torch.get_autocast_dtype(device.type)
+        try:
+            lstm = nn.LSTM(8, 8, batch_first=True).to(device)
+            with torch.autocast(device.type, dtype=dtype):
+                out, _ = lstm(torch.randn(2, 3, 8, device=device, dtype=dtype))
+            out.float().sum().backward()
+            _RNN_AUTOCAST_OK[key] = True
+        except RuntimeError as e:
+            logging.getLogger(__name__).warning("LSTMs under %s autocast fail on %s (%s); they run in "
+                                                "float32", dtype, device, str(e).splitlines()[0])
+            _RNN_AUTOCAST_OK[key] = False
+    return _RNN_AUTOCAST_OK[key]
+
+
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
+    """``lstm(x)`` outputs; in float32 where the autocast dtype has no cuDNN RNN kernel."""
+    if x.is_cuda and torch.is_autocast_enabled("cuda") and not _rnn_autocast_ok(x.device):
+        with torch.autocast("cuda", enabled=False):
+            return lstm(x.float())[0]
+    return lstm(x)[0]
+
+
 class LayerWeights(nn.Module):
     """Learnable average of L layers (s3prl's Featurizer): (B, T, L, D) → (B, T, D)."""
 
@@ -146,7 +176,7 @@ class Encoder(nn.Module):
         h = torch.cat([x, spk.to(x.dtype)[:, None, :].expand(b, t, -1)], -1).transpose(1, 2)  # (B, D+S, T)
         for conv in self.convs:
             h = F.relu(conv(h))  # (B, 512, T)
-        out, _ = self.lstm(h.transpose(1, 2))  # (B, T, 2d)
+        out = run_lstm(self.lstm, h.transpose(1, 2))  # (B, T, 2d)
         fwd = out[:, self.freq - 1 :: self.freq, : self.dim_neck]  # forward state at i+f-1: (B, T/f, d)
         bwd = out[:, :: self.freq, self.dim_neck :]  # backward state at i: (B, T/f, d)
         return torch.cat([fwd, bwd], -1)  # (B, T/f, 2d)
@@ -164,8 +194,7 @@ class PhoneEncoder(nn.Module):
         h = phones.transpose(1, 2)  # (B, 128, T)
         for conv in self.convs:
             h = F.relu(conv(h))  # (B, 512, T)
-        out, _ = self.lstm(h.transpose(1, 2))  # (B, T, 256)
-        return out
+        return run_lstm(self.lstm, h.transpose(1, 2))  # (B, T, 256)
 
 
 class Decoder(nn.Module):
@@ -180,11 +209,11 @@ class Decoder(nn.Module):
         self.proj = linear_norm(cfg.dim_dec, cfg.n_mels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, _ = self.lstm1(x)  # (B, T, 512)
+        h = run_lstm(self.lstm1, x)  # (B, T, 512)
         h = h.transpose(1, 2)  # (B, 512, T)
         for conv in self.convs:
             h = F.relu(conv(h))
-        h, _ = self.lstm2(h.transpose(1, 2))  # (B, T, 1024)
+        h = run_lstm(self.lstm2, h.transpose(1, 2))  # (B, T, 1024)
         return self.proj(h)  # (B, T, 80)
 
 

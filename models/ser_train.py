@@ -143,11 +143,14 @@ class SERTask:
         return SERModel(self.model_cfg)
 
     def prepare(self, train_ids: Sequence[str], device: str, seed: int) -> None:
-        self.device = torch.device(device)
-        self.train = load_set(self.source, train_ids, self.speakers, self.label_of, self.use_encoder,
-                              self.device, self.config.resident)
-        self._gen = torch.Generator(device=self.train.gen_device)
-        self._seed = seed
+        data = load_set(self.source, train_ids, self.speakers, self.label_of, self.use_encoder,
+                        torch.device(device), self.config.resident)
+        self.attach(data, device, seed)
+
+    def attach(self, data: ResidentSet | StreamingSet, device: str, seed: int) -> None:
+        """Train on an already loaded set (``prepare`` without the loading; benches use it)."""
+        self.device, self.train, self._seed = torch.device(device), data, seed
+        self._gen = torch.Generator(device=data.gen_device)
 
     def train_batch(self, step: int, generator: torch.Generator) -> Batch:
         # The crops of step s are a pure function of (fold seed, s): resuming needs no sampler
