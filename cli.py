@@ -276,6 +276,51 @@ def probe_speaker_cmd(run, epochs, activation, seed, device, workdir) -> None:
 # --------------------------------------------------------------------------- end SER
 
 
+# --------------------------------------------------------------------------- TER (helper "text")
+@train.command("ter")
+@click.option("--folds", default="all", show_default=True,
+              help="'all', a count k (first k groups) or comma-separated group names.")
+@click.option("--epochs", type=float, default=40, show_default=True,
+              help="Passes over each fold's training utterances.")
+@click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --epochs).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Adam learning rate.")
+@click.option("--paper", is_flag=True,
+              help="The paper's schedule: batch 4, lr 1e-4, 412,800 steps per fold (overrides the above).")
+@click.option("--official", is_flag=True,
+              help="Reproduce the official quirks: sigmoid before the cross-entropy and average "
+                   "pooling over 118 positions including padding.")
+@click.option("--max-tokens", type=int, default=122, show_default=True,
+              help="Token features are zero-padded/truncated to this length (official 122).")
+@click.option("--select", type=click.Choice(["val", "last"]), default="val", show_default=True,
+              help="val: best validation UA inside the training groups; last: the final model.")
+@click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
+@click.option("--run", "run_name", default="cnn", show_default=True, help="Run folder: runs/ter/<name>.")
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@WORKDIR
+def train_ter_cmd(folds, epochs, steps, batch_size, lr, paper, official, max_tokens, select, eval_every,
+                  run_name, amp, seed, device, workdir) -> None:
+    """Train the text model (the official 1-D CNN on cached `text` token features) with
+    leave-one-group-out cross-validation; writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
+    from models.ter import TERConfig
+    from models.ter_train import TERRun, train_ter
+    from models.trainer import TrainConfig
+    from pipeline.progress import console
+    if paper:
+        steps, epochs, batch_size, lr = 412_800, 0.0, 4, 1e-4
+    model = TERConfig(max_tokens=max_tokens, sigmoid_logits=official,
+                      pooling="official" if official else "masked")
+    train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
+                            seed=seed, eval_every=eval_every, select=select)
+    s = train_ter(workdir, TERRun(folds=folds, run=run_name, model=model, amp=amp, train=train_cfg),
+                  _device(device))
+    m = s["mean"]
+    console.print(f"TER {run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
+                  f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
+
+
 # --------------------------------------------------------------------------- fuse / report
 @cli.command()
 @click.option("--ser-run", default="small", show_default=True, help="SER run (runs/ser/<name>).")
