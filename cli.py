@@ -357,5 +357,63 @@ def report(out, workdir) -> None:
     console.print(f"report: {path}")
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="A tiny corpus and few steps (a smoke test, ~1-2 min).")
+@WORKDIR
+def demo(quick, workdir) -> None:
+    """The whole journey on the built-in espeak-ng corpus, offline on CPU: prepare → extract
+    (real Whisper-base, Resemblyzer, MiniLM weights) → train SER + TER → fuse → report.
+    A second run reuses every cached stage and trained fold."""
+    from models.demo import QUICK, DemoConfig, run_demo
+    from pipeline.progress import console, stage_progress, table
+    t = time.perf_counter()
+    with stage_progress() as prog:
+        out = run_demo(workdir, QUICK if quick else DemoConfig(), progress=prog,
+                       say=console.print)
+    console.print(table("demo: UA (mean over leave-one-session-out folds)", ["model", "UA %"],
+                        [[k, f"{100 * v:.1f}"] for k, v in out["ua"].items()]))
+    console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["times"].items()) +
+                  f"; total {time.perf_counter() - t:.0f} s")
+    console.print(f"report: [bold]{out['report']}[/bold]")
+
+
+@cli.command()
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--text", "texts", multiple=True,
+              help="Transcript of each AUDIO file, in order (repeat once per file).")
+@click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
+              help="TSV file: audio path <TAB> transcript.")
+@click.option("--transcribe", is_flag=True,
+              help="No transcript? Transcribe with the installed Whisper tiny.en, then fuse.")
+@click.option("--ser-run", default="small", show_default=True)
+@click.option("--ter-run", default="cnn", show_default=True)
+@click.option("--fold", default=None, help="Use one fold's models (default: average all folds).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@WORKDIR
+def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, as_json, workdir) -> None:
+    """Emotion of AUDIO files with the trained checkpoints in the work directory; features are
+    computed on the fly (no cache needed). Speech alone, or fused with text when a transcript
+    is given or transcribed."""
+    import json as _json
+    from models.predict import predict as run
+    from pipeline.progress import console, table
+    if texts and len(texts) != len(audio):
+        raise click.BadParameter(f"{len(texts)} --text for {len(audio)} files", param_hint="--text")
+    given = list(texts) if texts else [None] * len(audio)
+    if transcripts:
+        rows = dict(line.rstrip("\n").split("\t", 1) for line in
+                    Path(transcripts).read_text(encoding="utf-8").splitlines() if "\t" in line)
+        given = [rows.get(a, g) for a, g in zip(audio, given)]
+    preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe)
+    if as_json:
+        click.echo(_json.dumps([p.__dict__ for p in preds], indent=2))
+        return
+    classes = list(next((p.probs for p in preds if p.probs), {}))
+    console.print(table("predictions", ["file", "label", *classes, "text"],
+                        [[p.file, p.label or f"error: {p.error}",
+                          *[f"{p.probs[c]:.2f}" for c in classes] if p.probs else [""] * len(classes),
+                          "" if p.text is None else (p.transcript or "")[:40]] for p in preds]))
+
+
 if __name__ == "__main__":
     cli()
