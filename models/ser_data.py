@@ -43,6 +43,7 @@ class Batch:
     phones: torch.Tensor  # (B, crop, 128) one-hot float32, zero rows on padding
     spk: torch.Tensor  # (B, 256) float32
     labels: torch.Tensor  # (B,) int64
+    frames: torch.Tensor  # (B,) int64 real (unpadded) frames per crop
 
 
 class Source(Protocol):
@@ -242,7 +243,7 @@ class ResidentSet:
         else:
             feats = self.feats[idx] * m[..., None].to(self.feats.dtype)  # (B, crop, L, D)
         ph = F.one_hot(self.phones[idx].long().clamp(0, N_PHONES - 1), N_PHONES).float() * m  # (B, crop, 128)
-        return Batch(feats, mel.float(), ph, self.spk[u], self.labels[u])
+        return Batch(feats, mel.float(), ph, self.spk[u], self.labels[u], valid.sum(1))
 
     def utterance(self, i: int, crop: int) -> Batch:
         """Utterance ``i`` of this set cut into non-overlapping windows, last one zero-padded."""
@@ -309,7 +310,7 @@ class StreamingSet:
         spk = torch.from_numpy(np.stack([self.source.speaker_mean(self.speakers[u]) for u, _ in items]))
         labels = torch.tensor([self.label_of.get(u, -1) for u, _ in items])
         dev = self.device
-        return Batch(feats.to(dev), mel.to(dev), ph.to(dev), spk.float().to(dev), labels.to(dev))
+        return Batch(feats.to(dev), mel.to(dev), ph.to(dev), spk.float().to(dev), labels.to(dev), n.to(dev))
 
 
 def resident_bytes(source: Source, ids: Sequence[str], use_encoder: bool) -> int:

@@ -59,6 +59,7 @@ class SERRunConfig:
     amp: str = "bf16"  # bf16 autocast on CUDA; "off" = float32 (always float32 on CPU)
     resident: str = "auto"  # keep a fold's training features on the device: auto | yes | no
     window_batch: int = 256  # inference windows per forward pass
+    window_weighting: str = "equal"  # official: plain mean over windows; "frames": by real frames
     grad_clip: float = 0.0
     keys: StoreKeys = StoreKeys()
     progress: bool = True
@@ -176,12 +177,20 @@ class SERTask:
             self._eval = {key: load_set(self.source, ids, self.speakers, self.label_of, self.use_encoder,
                                         self.device, self.config.resident, reserve_bytes=12 << 30)}
         with self._autocast():
-            return window_probs(model, self._eval[key], self.model_cfg.crop, self.config.window_batch)
+            return window_probs(model, self._eval[key], self.model_cfg.crop, self.config.window_batch,
+                                self.config.window_weighting)
 
 
 @torch.no_grad()
-def window_probs(model: SERModel, data: ResidentSet | StreamingSet, crop: int, max_windows: int = 256) -> np.ndarray:
-    """Mean softmax over non-overlapping windows of every utterance of ``data``: (n, C)."""
+def window_probs(model: SERModel, data: ResidentSet | StreamingSet, crop: int, max_windows: int = 256,
+                 weighting: str = "equal") -> np.ndarray:
+    """Mean softmax over non-overlapping windows of every utterance of ``data``: (n, C).
+
+    ``weighting="equal"`` (official) averages windows alike, the zero-padded last one included;
+    ``"frames"`` weights each window by its real frames.
+    """
+    if weighting not in ("equal", "frames"):
+        raise TrainingError(f"window_weighting must be equal or frames, not {weighting!r}")
     n, c = len(data), model.cfg.n_classes
     dev = next(model.parameters()).device
     sums = torch.zeros((n, c), dtype=torch.float64, device=dev)
@@ -189,8 +198,9 @@ def window_probs(model: SERModel, data: ResidentSet | StreamingSet, crop: int, m
     for owner, b in iter_windows(data, crop, max_windows):
         probs = torch.softmax(model.classify(b.feats, b.spk).float(), -1).double()  # (W, C)
         own = torch.tensor(owner, device=dev)
-        sums.index_add_(0, own, probs)
-        counts.index_add_(0, own, torch.ones_like(own, dtype=torch.float64))
+        w = b.frames.double() if weighting == "frames" else torch.ones(len(owner), dtype=torch.float64, device=dev)
+        sums.index_add_(0, own, probs * w[:, None])
+        counts.index_add_(0, own, w)
     return (sums / counts[:, None]).cpu().numpy()
 
 

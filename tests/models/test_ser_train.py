@@ -35,7 +35,8 @@ def test_schedule_in_crops_and_the_large_batch_lr_rule():
     assert SERRunConfig(steps=10, batch_size=8).resolved_steps() == 10
 
 
-def test_window_inference_equals_manual_averaging():
+@pytest.mark.parametrize("weighting", ["equal", "frames"])
+def test_window_inference_equals_manual_averaging(weighting):
     corpus = make_corpus(n_groups=1, per_class=2)
     src = ser_source(corpus, frames=(40, 300))
     ids = [u.id for u in corpus.utterances]
@@ -43,15 +44,17 @@ def test_window_inference_equals_manual_averaging():
     torch.manual_seed(0)
     model = SERModel(make_config("small", n_layers=3, feat_dim=16, **TINY_SER)).eval()
     data = load_set(src, ids, spk, {}, True, "cpu", "yes")
-    got = window_probs(model, data, 96, max_windows=3)
+    got = window_probs(model, data, 96, max_windows=3, weighting=weighting)
     for i, u in enumerate(ids):
         x = torch.from_numpy(src.encoder(u).astype(np.float32))  # (T, L, D)
         t = len(x)
         w = -(-t // 96)
         x = torch.cat([x, torch.zeros(w * 96 - t, 3, 16)]).view(w, 96, 3, 16)
         s = torch.from_numpy(src.speaker_mean(spk[u]))[None].expand(w, 256)
+        real = torch.tensor([min(96, t - 96 * k) for k in range(w)], dtype=torch.float32)
+        weights = real / real.sum() if weighting == "frames" else torch.full((w,), 1 / w)
         with torch.no_grad():
-            p = torch.softmax(model.classify(x, s), -1).mean(0)
+            p = (torch.softmax(model.classify(x, s), -1) * weights[:, None]).sum(0)
         np.testing.assert_allclose(got[i], p.numpy(), rtol=1e-5, atol=1e-6)
 
 
