@@ -411,8 +411,9 @@ def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, as_js
     classes = list(next((p.probs for p in preds if p.probs), {}))
     console.print(table("predictions", ["file", "label", *classes, "text"],
                         [[p.file, p.label or f"error: {p.error}",
-                          *[f"{p.probs[c]:.2f}" for c in classes] if p.probs else [""] * len(classes),
-                          "" if p.text is None else (p.transcript or "")[:40]] for p in preds]))
+                          *([f"{p.probs[c]:.2f}" for c in classes] if p.probs
+                            else [""] * len(classes)),
+                          (p.transcript or "")[:40]] for p in preds]))
 
 
 if __name__ == "__main__":
