@@ -25,6 +25,7 @@ would change their output: they only batch utterances of identical length.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -239,15 +240,28 @@ class SpeechEncoderExtractor(Extractor):
     Config = SpeechEncoderConfig
     layout = {"feats": {"dims": "T,L,D", "dtype": "float16", "frame_rate": FRAME_RATE}}
 
-    def __init__(self, config: SpeechEncoderConfig | None = None, device: str = "cpu"):
+    def __init__(self, config: SpeechEncoderConfig | None = None, device: str = "cpu",
+                 backend=None):
         super().__init__(config, device)
-        self.backend = load_backend(self.config)
+        self.backend = backend if backend is not None else load_backend(self.config)
         self._checksum: str | None = None
         self.torch_device = torch.device(device)
         self.backend.model.to(self.torch_device)
         _autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
         log.info("wav2vec: %s (%s), L=%d D=%d on %s", self.config.model, self.backend.kind,
                  self.backend.num_layers, self.backend.dim, device)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, config: SpeechEncoderConfig | None = None,
+                   device: str = "cpu", normalize: bool = True) -> "SpeechEncoderExtractor":
+        """Wrap an in-memory transformers wav2vec2-family model (benchmarks, tests)."""
+        ext = cls(config or SpeechEncoderConfig(model="<in-memory>"), device,
+                  backend=_HFBackend(model, normalize, "in-memory model"))
+        h = hashlib.sha256()
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode() + t.detach().float().cpu().numpy().tobytes())
+        ext._checksum = h.hexdigest()
+        return ext
 
     def weights_checksum(self) -> str:
         if self._checksum is None:

@@ -17,9 +17,12 @@ padding; the only difference is a 10 ms shift and zeros instead of reflection be
 **Modes.** ``unpadded=False`` (default, faithful): every 30 s window is zero-padded to 30 s
 (3,000 mel frames) as Whisper was trained; longer audio is cut into consecutive 30 s windows.
 ``unpadded=True``: a window holds only the audio (positional embeddings sliced to its length);
-several times faster on short clips, but deep layers drift from the faithful output (measured
-numbers in ``tests/features/test_whisper_ct2.py`` and the module docstring of
-``bench/extract_speech.py`` report).
+much faster on short clips, but deeper layers drift from the faithful output. Measured
+(``bench/extract_speech.py``, emodb4: 40 clips of 2 s + 10 of 4 s, whisper-base), per-frame cosine
+faithful vs unpadded, layers 0..6: mean 1.000 0.996 0.990 0.983 0.965 0.957 0.927, 5th
+percentile 1.000 0.990 0.981 0.966 0.932 0.901 0.828 (tiny.en, 12 x 2 s, layers 0..4: mean
+1.000 0.995 0.988 0.975 0.934). Speed on 2 s clips (2-core Xeon VM, shared and loaded, 1 thread):
+tiny.en 286 vs 8 ms, base 866 vs 36 ms per second of audio (faithful vs unpadded).
 
 **Layers.** L = encoder_layers + 1 states: the input of the first Transformer layer (conv stem +
 positions), then each layer's output, where the last one is taken *after* the encoder's final
