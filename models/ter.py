@@ -31,6 +31,18 @@ class TERConfig:
     sigmoid_logits: bool = False  # official quirk: sigmoid on the logits before cross-entropy
     dropout: float = 0.0  # before the final linear layer (official: none)
 
+    @property
+    def trim_margin(self) -> int:
+        """Zero tokens kept after the longest sentence when a batch is trimmed (masked pooling):
+        enough that the valid outputs never reach a conv's own padding, so trimming is exact."""
+        return sum(self.kernels) + 2 * self.conv_padding * len(self.kernels)
+
+    def batch_length(self, longest: int) -> int:
+        """Tokens a batch needs: all ``max_tokens`` for official pooling, else longest + margin."""
+        if self.pooling == "official":
+            return self.max_tokens
+        return min(self.max_tokens, max(longest + self.trim_margin, sum(self.kernels)))
+
     def out_length(self, n: int | torch.Tensor):
         """Conv-stack output length for an input of length ``n``."""
         return n + len(self.kernels) * 2 * self.conv_padding - sum(k - 1 for k in self.kernels)

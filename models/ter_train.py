@@ -79,17 +79,25 @@ class TERTask:
     def prepare(self, train_ids: Sequence[str], device: str, seed: int) -> None:
         """Move all features to ``device`` once (U x N' x D fp16: 1.4 GB for IEMOCAP at 1024-d)."""
         if self._x.device != torch.device(device):
-            self._x, self._len, self._y = (t.to(device) for t in (self._x, self._len, self._y))
-        self.train_rows = torch.tensor([self._row[i] for i in train_ids], device=device)  # (n,)
+            self._x, self._y = self._x.to(device), self._y.to(device)
+            self._len_dev = self._len.to(device)
+        self.train_rows = torch.tensor([self._row[i] for i in train_ids])  # (n,) on the CPU
         self.sampler = EpochSampler(len(train_ids), self.batch_size, seed)
 
     def _autocast(self):
         enabled = self.amp and self._x.device.type == "cuda"
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
 
+    def _batch(self, rows: torch.Tensor):
+        """Rows (CPU) -> (B, P, D) fp16 tokens trimmed to what the batch needs, (B,) lengths."""
+        p = self.model_config.batch_length(int(self._len[rows].max()))  # CPU lengths: no GPU sync
+        dev_rows = rows.to(self._x.device)
+        lengths = self._len_dev[dev_rows] if self._x.device.type != "cpu" else self._len[rows]
+        return self._x[dev_rows, :p], lengths, dev_rows
+
     def train_batch(self, step: int, generator: torch.Generator):
-        rows = self.train_rows[self.sampler.indices(step).to(self.train_rows.device)]  # (B,)
-        return self._x[rows], self._len[rows], self._y[rows]  # (B, N', D) fp16, (B,), (B,)
+        x, lengths, dev_rows = self._batch(self.train_rows[self.sampler.indices(step)])
+        return x, lengths, self._y[dev_rows]  # (B, P, D) fp16, (B,), (B,)
 
     def loss(self, model: TextCNN, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, lengths, y = batch
@@ -98,12 +106,12 @@ class TERTask:
         return F.cross_entropy(logits.float(), y), {}
 
     def predict(self, model: TextCNN, ids: Sequence[str]) -> np.ndarray:
-        rows = torch.tensor([self._row[i] for i in ids], device=self._x.device)
+        rows = torch.tensor([self._row[i] for i in ids])
         out = []
         for s in range(0, len(rows), self.predict_batch):
-            r = rows[s:s + self.predict_batch]
+            x, lengths, _ = self._batch(rows[s:s + self.predict_batch])
             with self._autocast():
-                logits = model(self._x[r], self._len[r])
+                logits = model(x, lengths)
             out.append(TextCNN.probabilities(logits.float()).cpu())
         return torch.cat(out).numpy()  # (n, C)
 

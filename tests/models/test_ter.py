@@ -1,6 +1,8 @@
 """The TER CNN (official shapes and quirks) and the TER task on the shared trainer."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,17 @@ def test_bad_config_raises():
         TextCNN(TERConfig(pooling="max"))
     with pytest.raises(ValueError):
         TextCNN(TERConfig(max_tokens=5, conv_padding=0))
+
+
+def test_trimmed_batches_equal_full_padding():
+    """Masked pooling: a batch trimmed to its longest sentence + margin gives the same logits."""
+    torch.manual_seed(0)
+    cfg = TERConfig(input_dim=8, max_tokens=122)
+    model = TextCNN(cfg)
+    rng = np.random.default_rng(1)
+    feats = [rng.normal(size=(n, 8)).astype(np.float16) for n in (1, 5, 17)]
+    x, lengths = pad_tokens(feats, 122)
+    p = cfg.batch_length(17)
+    assert p < 122 and cfg.batch_length(200) == 122
+    assert dataclasses.replace(cfg, pooling="official").batch_length(3) == 122
+    torch.testing.assert_close(model(x[:, :p], lengths), model(x, lengths), rtol=1e-5, atol=1e-6)
