@@ -237,13 +237,13 @@ class ResidentSet:
     def _gather(self, idx: torch.Tensor, valid: torch.Tensor, u: torch.Tensor) -> Batch:
         """Frames ``idx`` (B, crop) with ``valid`` mask → Batch (invalid frames zeroed)."""
         m = valid[..., None]  # (B, crop, 1)
-        mel = self.mel[idx] * m  # (B, crop, 80)
+        mel = self.mel[idx].float().mul_(m)  # (B, crop, 80)
         if self.feats is None:
             feats = mel[:, :, None, :].half()  # (B, crop, 1, 80)
-        else:
-            feats = self.feats[idx] * m[..., None].to(self.feats.dtype)  # (B, crop, L, D)
+        else:  # gathered copy, padding zeroed in place (no second crop-sized buffer)
+            feats = self.feats[idx].mul_(m[..., None].to(self.feats.dtype))  # (B, crop, L, D)
         ph = F.one_hot(self.phones[idx].long().clamp(0, N_PHONES - 1), N_PHONES).float() * m  # (B, crop, 128)
-        return Batch(feats, mel.float(), ph, self.spk[u], self.labels[u], valid.sum(1))
+        return Batch(feats, mel, ph, self.spk[u], self.labels[u], valid.sum(1))
 
     def utterance(self, i: int, crop: int) -> Batch:
         """Utterance ``i`` of this set cut into non-overlapping windows, last one zero-padded."""

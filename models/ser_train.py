@@ -128,7 +128,9 @@ class SERTask:
     # --- Task protocol -----------------------------------------------------------------------
     def config_dict(self) -> dict:
         c = dataclasses.asdict(self.config)
-        for k in ("progress", "resident", "window_batch", "run"):  # do not change the result
+        # Not part of the model's identity: speed/memory knobs, and the schedule length (the
+        # trainer records its steps and allows extending a finished run).
+        for k in ("progress", "resident", "window_batch", "run", "crops", "steps"):
             c.pop(k)
         return {"model": self.model_cfg.to_dict(), "run": c}
 

@@ -1,0 +1,181 @@
+"""SER accuracy on real speech: EmoDB (4 classes), Whisper-base layers, small / large / spec vs MFCC.
+
+Data: ../shared/data/emodb4 (German acted speech, 339 clips of exactly 2.0 s, 10 speakers; see
+its README). Speakers are paired into 5 groups (03+08, 09+10, 11+12, 13+14, 15+16: one male and
+one female each) → 5 speaker-independent leave-one-group-out folds, validation split inside the
+training groups (models.folds). Everything goes through the real pipeline in one work directory:
+``prepare manifest`` → ``extract`` (wav2vec stage with real Whisper-base: 7 layers × 512; mel;
+phones; Resemblyzer speaker means) → ``train ser`` per config → ``probe speaker``.
+
+Reported, all in this run on the same folds:
+  * UA / WA (mean over folds) of ``small`` (d=8, f=48), ``large`` (d=128, f=2), ``spec`` (mel in);
+  * the baseline: per-utterance MFCC statistics (20 MFCC + Δ, mean and std → 80-d), standardised
+    logistic regression (class-balanced), trained on the fold's training groups;
+  * the speaker probe (2048 → 1024 → 1024 → 10, speaker-dependent 80/20 × 5) on small vs large codes.
+
+CPU mode (default, ≈ 15 min on 2 cores): the SER networks keep their architecture but with
+narrower convolutions/LSTMs (``--widths cpu``: conv 64, decoder 64/128, phone LSTM 32) and a short
+schedule; ``--widths paper --device cuda --crops 200000 --batch-size 64`` runs the paper's widths.
+Note on EmoDB clips (100 frames): inference sees one full window and one of 4 frames + padding
+(``--window-weighting`` equal = official, or frames).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.folds import make_folds  # noqa: E402
+from models.metrics import classification_metrics, mean_over_folds  # noqa: E402
+from models.probe import ProbeConfig, probe_speaker  # noqa: E402
+from models.ser_data import StoreKeys  # noqa: E402
+from models.ser_train import SERRunConfig, train_ser  # noqa: E402
+from pipeline.corpus import load_corpus  # noqa: E402
+
+log = logging.getLogger(__name__)
+EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb4"
+PAIRS = [("03", "08"), ("09", "10"), ("11", "12"), ("13", "14"), ("15", "16")]
+WIDTHS = {"paper": {}, "cpu": {"dim_conv": 64, "dim_pre": 64, "dim_dec": 128, "dim_phone": 32}}
+
+
+def write_manifest(data: Path, out: Path) -> Path:
+    """emodb4's manifest with absolute audio paths and a speaker-pair ``group`` column."""
+    group = {s: f"{a}+{b}" for a, b in PAIRS for s in (a, b)}
+    with open(data / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["audio"] = str((data / r["audio"]).resolve())
+        r["group"] = group[r["speaker"]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+def prepare_and_extract(workdir: Path, data: Path, encoder: str, device: str) -> dict:
+    """Corpus + the four SER stages; returns seconds per stage."""
+    from pipeline.extract import extract
+    from pipeline.prepare import prepare_manifest
+    prepare_manifest(workdir, write_manifest(data, workdir / "emodb4_pairs.csv"))
+    gpus = [0] if device.startswith("cuda") else None
+    times = {}
+    for stage, params in (("wav2vec", {"model": encoder}), ("mel", {}), ("phones", {}), ("speaker", {})):
+        t = time.perf_counter()
+        extract(workdir, [stage], {stage: params} if params else None, workers=1, gpus=gpus)
+        times[stage] = round(time.perf_counter() - t, 1)
+        log.warning("extracted %s in %.1f s", stage, times[stage])
+    return times
+
+
+def mfcc_baseline(workdir: Path, val_fraction: float, seed: int) -> dict:
+    """MFCC(20)+Δ mean/std → standardised, class-balanced logistic regression, same folds."""
+    import librosa
+    import soundfile as sf
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    corpus = load_corpus(workdir)
+    feats = {}
+    for u in corpus.utterances:
+        y, sr = sf.read(u.audio, dtype="float32")
+        m = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, n_fft=400, hop_length=160)  # (20, T)
+        m = np.concatenate([m, librosa.feature.delta(m)])  # (40, T)
+        feats[u.id] = np.concatenate([m.mean(1), m.std(1)])  # (80,)
+    labels = {u.id: u.label for u in corpus.utterances}
+    per_fold = {}
+    for f in make_folds(corpus, "all", val_fraction, seed):
+        tr = list(f.train) + list(f.val)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+        clf.fit(np.stack([feats[i] for i in tr]), [labels[i] for i in tr])
+        pred = clf.predict(np.stack([feats[i] for i in f.test]))
+        per_fold[f.name] = classification_metrics([labels[i] for i in f.test], list(pred), corpus.classes)
+    return {"folds": per_fold, "mean": mean_over_folds(per_fold)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=EMODB)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ser_accuracy"))
+    ap.add_argument("--encoder", default="whisper-base", help="wav2vec stage model (installed short name or folder)")
+    ap.add_argument("--configs", default="small,large,spec")
+    ap.add_argument("--widths", choices=list(WIDTHS), default="cpu")
+    ap.add_argument("--crops", type=int, default=1600, help="training crops per fold")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3, help="0: the sqrt rule from 1e-4 at batch 2")
+    ap.add_argument("--select", choices=["last", "val"], default="last")
+    ap.add_argument("--window-weighting", choices=["equal", "frames"], default="equal")
+    ap.add_argument("--probe-epochs", type=int, default=40)
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    machine = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
+               else f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)")
+    t_start = time.perf_counter()
+
+    stage_s = prepare_and_extract(args.workdir, args.data, args.encoder, args.device)
+    t = time.perf_counter()
+    baseline = mfcc_baseline(args.workdir, args.val_fraction, args.seed)
+    baseline_s = time.perf_counter() - t
+
+    results, probes = {}, {}
+    for preset in args.configs.split(","):
+        cfg = SERRunConfig(preset=preset, model=WIDTHS[args.widths], crops=args.crops, batch_size=args.batch_size,
+                           lr=args.lr, select=args.select, val_fraction=args.val_fraction, seed=args.seed,
+                           window_weighting=args.window_weighting, keys=StoreKeys(encoder_stage="wav2vec"),
+                           progress=False)
+        t = time.perf_counter()
+        s = train_ser(args.workdir, cfg, "all", args.device)
+        results[preset] = {"mean": s["mean"], "pooled_ua": s["pooled"]["ua"], "seconds": time.perf_counter() - t,
+                           "steps_per_fold": cfg.resolved_steps(), "lr": cfg.resolved_lr()}
+        log.warning("SER %s: UA %.3f (%.0f s)", preset, s["mean"]["ua"], results[preset]["seconds"])
+        if preset in ("small", "large"):
+            t = time.perf_counter()
+            p = probe_speaker(args.workdir, preset, ProbeConfig(epochs=args.probe_epochs, seed=args.seed),
+                              args.device)
+            probes[preset] = {k: p[k] for k in ("accuracy", "accuracy_std", "chance", "n", "n_speakers")}
+            probes[preset]["seconds"] = time.perf_counter() - t
+
+    total = time.perf_counter() - t_start
+    print(f"\nSER accuracy on emodb4 (5 speaker-pair folds, 339 clips), {args.encoder} layers; machine: {machine}")
+    print(f"widths {args.widths}, {args.crops} crops/fold at batch {args.batch_size}, select {args.select}, "
+          f"windows {args.window_weighting}; extraction {stage_s} s; total {total / 60:.1f} min")
+    print(f"{'model':<22}{'UA':>8}{'± sd':>8}{'WA':>8}{'pooled UA':>11}")
+    rows = [("MFCC+LR baseline", baseline["mean"], None)] + [(f"SER {k}", v["mean"], v["pooled_ua"])
+                                                             for k, v in results.items()]
+    for name, m, pooled in rows:
+        print(f"{name:<22}{m['ua']:8.3f}{m['ua_std']:8.3f}{m['wa']:8.3f}"
+              + (f"{pooled:11.3f}" if pooled is not None else ""))
+    for k, p in probes.items():
+        print(f"speaker probe on {k} codes: accuracy {p['accuracy']:.3f} ± {p['accuracy_std']:.3f} "
+              f"(chance {p['chance']:.3f}, {p['n_speakers']} speakers)")
+    if "small" in results:
+        print(f"small − baseline UA: {results['small']['mean']['ua'] - baseline['mean']['ua']:+.3f}"
+              + (f"; small − spec UA: {results['small']['mean']['ua'] - results['spec']['mean']['ua']:+.3f}"
+                 if "spec" in results else ""))
+    summary = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "extract_s": stage_s,
+               "baseline": baseline["mean"], "baseline_s": baseline_s, "ser": results, "probe": probes,
+               "total_s": total}
+    (args.workdir / "ser_accuracy.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
