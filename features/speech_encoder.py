@@ -86,8 +86,8 @@ class _HFBackend:
     def group_key(self, n_samples: int) -> int | None:
         return n_samples if self.padding_sensitive else None
 
-    def run(self, audios: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-        """Per utterance (num_frames(n), L, D) on ``device``."""
+    def run(self, audios: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+        """(B, T_max, L, D) float16 on ``device`` and each utterance's num_frames(n)."""
         if self.normalize:
             audios = [(a - a.mean()) / np.sqrt(a.var() + 1e-7) for a in audios]
         padded = [pad_for_frames(np.asarray(a, dtype=np.float32)) for a in audios]
@@ -102,8 +102,9 @@ class _HFBackend:
                          output_hidden_states=True)
         states = list(out.hidden_states)  # L x (B, T', D)
         states[-1] = out.last_hidden_state  # after the final layer norm (module docstring)
-        feats = torch.stack(states, dim=2)  # (B, T', L, D)
-        return [feats[i, :num_frames(len(a))] for i, a in enumerate(audios)]
+        lengths = [num_frames(len(a)) for a in audios]
+        # fp16 per layer before stacking (autocast mixes bf16 and fp32 outputs)
+        return torch.stack([h[:, :max(lengths)].to(torch.float16) for h in states], dim=2), lengths
 
 
 class _WhisperBackend:
@@ -123,8 +124,9 @@ class _WhisperBackend:
     def group_key(self, n_samples: int) -> int | None:
         return None
 
-    def run(self, audios: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-        return self.frames(list(audios))
+    def run(self, audios: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+        feats = [f.to(torch.float16) for f in self.frames(list(audios))]  # (T_i, L, D) each
+        return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), [len(f) for f in feats]
 
 
 def model_files(model: str) -> list[Path]:
@@ -276,11 +278,9 @@ class SpeechEncoderExtractor(Extractor):
 
     def _run(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode(), _autocast(self.torch_device, self.config.dtype):
-            feats = self.backend.run(audios, self.torch_device)
-        # one device-to-host copy per batch, in fp16
-        stacked = torch.nn.utils.rnn.pad_sequence([f.to(torch.float16) for f in feats], batch_first=True)
-        host = stacked.cpu().numpy()  # (B, T_max, L, D)
-        return [host[i, :len(f)] for i, f in enumerate(feats)]
+            feats, lengths = self.backend.run(audios, self.torch_device)  # (B, T_max, L, D) fp16
+        host = feats.cpu().numpy()  # one device-to-host copy per batch
+        return [host[i, :n] for i, n in enumerate(lengths)]
 
     def __call__(self, items: Sequence[ItemInput]) -> list[Output | ItemError]:
         results: list[Output | ItemError | None] = [None] * len(items)

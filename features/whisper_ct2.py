@@ -139,10 +139,13 @@ def load_ct2_whisper(name: str):
 
 @lru_cache(maxsize=4)
 def _mel_filters(n_mels: int) -> torch.Tensor:
-    """(n_mels, 201) Slaney mel filters, as Whisper's own ``mel_filters.npz`` (librosa)."""
-    import librosa
+    """(n_mels, 201) Slaney mel filters, as Whisper's ``mel_filters.npz`` (librosa's, to 1e-9)."""
+    from transformers.audio_utils import mel_filter_bank
 
-    return torch.from_numpy(librosa.filters.mel(sr=16000, n_fft=N_FFT, n_mels=n_mels))
+    bank = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=n_mels,
+                           min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
+                           norm="slaney", mel_scale="slaney")  # (201, n_mels)
+    return torch.from_numpy(np.ascontiguousarray(bank.T, dtype=np.float32))
 
 
 def whisper_log_mel(windows: torch.Tensor, n_mels: int) -> torch.Tensor:
