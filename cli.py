@@ -215,6 +215,9 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--select", type=click.Choice(["last", "val"]), default="last", show_default=True,
               help="last: the final model (official); val: best validation UA inside the training groups.")
 @click.option("--run", "run_name", default="", help="Run folder name (default: the config name).")
+@click.option("--widths", type=click.Choice(["paper", "cpu"]), default="paper", show_default=True,
+              help="paper: the official layer widths; cpu: narrower convs/LSTMs (same architecture) "
+                   "for CPU runs.")
 @click.option("--model", "-m", "model_values", multiple=True, metavar="FIELD=VALUE",
               help="Free architecture values, e.g. -m dim_neck=16 -m freq=24 -m classifier_act=relu.")
 @click.option("--encoder-stage", default="wav2vec", show_default=True,
@@ -230,15 +233,17 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run folds on an existing Dask cluster (workers must see the work directory).")
 @WORKDIR
-def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, model_values,
-                  encoder_stage, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
+def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
+                  model_values, encoder_stage, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
     """Train the SER model (AutoVC-like cross-representation network) with leave-one-group-out
     cross-validation; writes runs/ser/<config>/ (checkpoints, predictions, metrics, layer weights)."""
+    from models.ser import CPU_WIDTHS
     from models.ser_data import StoreKeys
     from models.ser_train import SERRunConfig, train_ser
     from pipeline.progress import console
     from pipeline.scheduler import parse_gpus
-    cfg = SERRunConfig(preset=preset, run=run_name, model=_model_overrides(model_values), crops=crops,
+    model = {**(CPU_WIDTHS if widths == "cpu" else {}), **_model_overrides(model_values)}
+    cfg = SERRunConfig(preset=preset, run=run_name, model=model, crops=crops,
                        steps=steps, batch_size=batch_size, lr=lr, lr_rule=lr_rule, select=select,
                        eval_every=eval_every, seed=seed, amp=amp, resident=resident,
                        keys=StoreKeys(encoder_stage=encoder_stage))

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.folds import make_folds  # noqa: E402
 from models.metrics import classification_metrics, mean_over_folds  # noqa: E402
 from models.probe import ProbeConfig, probe_speaker  # noqa: E402
+from models.ser import CPU_WIDTHS  # noqa: E402
 from models.ser_data import StoreKeys  # noqa: E402
 from models.ser_train import SERRunConfig, train_ser  # noqa: E402
 from pipeline.corpus import load_corpus  # noqa: E402
@@ -44,7 +45,7 @@ from pipeline.corpus import load_corpus  # noqa: E402
 log = logging.getLogger(__name__)
 EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb4"
 PAIRS = [("03", "08"), ("09", "10"), ("11", "12"), ("13", "14"), ("15", "16")]
-WIDTHS = {"paper": {}, "cpu": {"dim_conv": 64, "dim_pre": 64, "dim_dec": 128, "dim_phone": 32}}
+WIDTHS = {"paper": {}, "cpu": CPU_WIDTHS}
 
 
 def write_manifest(data: Path, out: Path) -> Path:

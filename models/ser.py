@@ -76,6 +76,9 @@ PRESETS: dict[str, SERConfig] = {
     "spec": SERConfig(name="spec", input="mel", n_layers=1, feat_dim=80, dim_neck=8, freq=48),
 }
 
+#: Narrower convolutions/LSTMs, same architecture, for CPU runs (demo, benches): ~20× fewer FLOPs.
+CPU_WIDTHS: dict[str, int] = {"dim_conv": 64, "dim_pre": 64, "dim_dec": 128, "dim_phone": 32}
+
 
 def make_config(preset: str = "small", **overrides: Any) -> SERConfig:
     """A preset with fields overridden (e.g. ``n_layers=7, feat_dim=512`` for Whisper base)."""
