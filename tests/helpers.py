@@ -357,3 +357,33 @@ def fake_run(workdir, task, run, folds, rng, informative, skip=()):
             [r["label"] for r in t], [int(np.argmax(r["probs"])) for r in t], CLASSES)})
     summarize_run(paths, CLASSES, folds)
     return paths
+
+
+def write_ser_store(workdir, corpus: Corpus, source) -> None:
+    """The prepared corpus and the four SER stages (wav2vec, mel, phones, speaker + its per-speaker
+    means) written as real shards and pointers, from an in-memory source (``ser_source``)."""
+    import json
+    from pathlib import Path
+    import h5py
+    from pipeline.corpus import write_corpus
+    from pipeline.store import ShardWriter, current_pointer, shard_name, stage_dir
+
+    write_corpus(workdir, corpus)
+    ids = [u.id for u in corpus.utterances]
+    stages = [("wav2vec", "feats", source.encoder), ("mel", "mel", source.mel), ("phones", "ids", source.phones)]
+    for stage, name, get in stages + [("speaker", None, None)]:
+        identity = f"{stage}-test-identity"
+        d = stage_dir(workdir, stage, identity)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"identity": identity}
+        if get is not None:
+            w = ShardWriter(Path(d) / shard_name(0, "testkey"), {"identity": {"stage": stage}})
+            for u in ids:
+                w.write(u, {name: get(u)}, {"key": "testkey"})
+            w.commit()
+        else:
+            with h5py.File(Path(d) / "extra-test.h5", "w") as f:
+                for s in corpus.speakers:
+                    f.create_dataset(s, data=source.speaker_mean(s))
+            meta["extra"] = "extra-test.h5"
+        current_pointer(workdir, stage).write_text(json.dumps(meta))

@@ -127,3 +127,34 @@ def test_mel_ablation_trains_without_encoder_features(tmp_path):
     assert summary["folds"]["G1"]["n"] == 8
     ckpt = torch.load(RunPaths(tmp_path, "ser", "spec").checkpoint("G1"), weights_only=True)
     assert ckpt["model"]["layers.alpha"].shape == (1,)
+
+
+def test_cli_train_ser_and_probe_speaker_on_the_shard_store(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+    from models.ser_data import StoreKeys, StoreSource
+    from tests.helpers import write_ser_store
+
+    corpus = make_corpus(n_groups=2, per_class=2)
+    src = ser_source(corpus)
+    write_ser_store(tmp_path, corpus, src)
+    store = StoreSource(tmp_path, StoreKeys())
+    u = corpus.utterances[0]
+    assert store.length(u.id) == src.length(u.id) and store.encoder_shape(u.id) == (3, 16)
+    np.testing.assert_array_equal(store.encoder(u.id, slice(5, 9)), src.encoder(u.id)[5:9])
+    np.testing.assert_array_equal(store.speaker_mean(u.speaker), src.speaker_mean(u.speaker))
+    assert store.stage_identities()["wav2vec"] == "wav2vec-test-identity"
+
+    run = CliRunner().invoke(cli, ["train", "ser", "--config", "small", "--steps", "2", "--batch-size", "2",
+                                   "--widths", "cpu", "--device", "cpu", "--resident", "no", "-w", str(tmp_path)])
+    assert run.exit_code == 0, run.output
+    paths = RunPaths(tmp_path, "ser", "small")
+    assert paths.fold_names() == ["G0", "G1"] and "UA" in run.output
+    ckpt = torch.load(paths.checkpoint("G0"), weights_only=True)
+    assert ckpt["feature_keys"]["mel"] == "mel-test-identity"
+    assert ckpt["config"]["model"]["model"]["dim_dec"] == 128  # --widths cpu
+    probe = CliRunner().invoke(cli, ["probe", "speaker", "--config", "small", "--epochs", "1",
+                                     "--device", "cpu", "-w", str(tmp_path)])
+    assert probe.exit_code == 0, probe.output
+    assert "accuracy" in probe.output and (paths.root / "probe_speaker.json").exists()
