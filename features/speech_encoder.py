@@ -103,8 +103,10 @@ class _HFBackend:
         states = list(out.hidden_states)  # L x (B, T', D)
         states[-1] = out.last_hidden_state  # after the final layer norm (module docstring)
         lengths = [num_frames(len(a)) for a in audios]
-        # fp16 per layer before stacking (autocast mixes bf16 and fp32 outputs)
-        return torch.stack([h[:, :max(lengths)].to(torch.float16) for h in states], dim=2), lengths
+        # fp16 per layer before stacking (autocast mixes bf16 and fp32 outputs), outside autocast
+        with torch.autocast(device.type, enabled=False):
+            feats = torch.stack([h[:, :max(lengths)].to(torch.float16) for h in states], dim=2)
+        return feats, lengths
 
 
 class _WhisperBackend:
@@ -125,8 +127,10 @@ class _WhisperBackend:
         return None
 
     def run(self, audios: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
-        feats = [f.to(torch.float16) for f in self.frames(list(audios))]  # (T_i, L, D) each
-        return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), [len(f) for f in feats]
+        feats = self.frames(list(audios))  # (T_i, L, D) each
+        with torch.autocast(device.type, enabled=False):
+            feats = [f.to(torch.float16) for f in feats]
+            return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), [len(f) for f in feats]
 
 
 def model_files(model: str) -> list[Path]:

@@ -133,3 +133,16 @@ def test_stage_registration_and_bad_model(folders):
         SpeechEncoderExtractor(SpeechEncoderConfig(model="/nonexistent/model"))
     with pytest.raises(StageError, match="dtype"):
         SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["hubert"][0]), dtype="int8"))
+
+
+@pytest.mark.parametrize("arch", ["wav2vec2", "whisper"])
+def test_mixed_precision_path(folders, arch):
+    """The CUDA autocast path, exercised with CPU bf16 autocast: fp16 out, close to fp32."""
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders[arch][0])))
+    audios = [speech_audio(n, seed=n) for n in (16000, 5000)]
+    with torch.inference_mode():
+        ref, _ = ext.backend.run(audios, torch.device("cpu"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, lengths = ext.backend.run(audios, torch.device("cpu"))
+    assert low.dtype == torch.float16 and lengths == [50, 16]
+    assert (low.float() - ref.float()).abs().max() < 0.05 * ref.float().abs().max()
