@@ -6,14 +6,19 @@ one group per utterance, one *contiguous* dataset per output name (so a 96-frame
 the per-utterance keys, failed items with reasons, the layout and library versions, and
 ``complete=True`` written last. A shard is written by one process to a temporary name in the
 same folder and renamed into place (DVC-style); a file that fails to open or lacks the
-completeness marker is treated as a miss, logged and deleted.
+completeness marker is treated as a miss, logged and deleted. Each dataset carries the CRC-32
+of its bytes (attribute ``crc32``), checked on every full read (:meth:`StageReader.get`) and by
+:func:`verify_shard`; HDF5 checksums its own metadata, not the data. A mismatch is a miss too.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import threading
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -43,25 +48,40 @@ def shard_index(path: Path) -> int:
     return int(path.name.split("-")[1])
 
 
+#: Free space kept on the cache's disk beyond each array written. libhdf5 handles a full disk
+#: badly (errors in destructors, even a crash), so a shard stops cleanly before that point.
+MIN_FREE_BYTES = 64 * 2**20
+
+
 class ShardWriter:
-    """Writes one shard to a temp file; ``commit()`` marks it complete and renames it."""
+    """Writes one shard to a temp file; ``commit()`` marks it complete and renames it.
+
+    A write that fails (disk full, I/O error) removes the temp file and raises CacheError;
+    nothing is published, and shards completed earlier are kept.
+    """
 
     def __init__(self, path: Path, attrs: Mapping[str, Any]):
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        self._f = h5py.File(self.tmp, "w", libver="latest")
-        for k, v in attrs.items():
-            self._f.attrs[k] = _attr(v)
         self.items: dict[str, Any] = {}
         self.failed: dict[str, str] = {}
         self.nbytes = 0
+        self._f = None
+        with self._failing("create"):
+            self._check_space(0)
+            self._f = h5py.File(self.tmp, "w", libver="latest")
+            for k, v in attrs.items():
+                self._f.attrs[k] = _attr(v)
 
     def write(self, utt_id: str, outputs: Mapping[str, np.ndarray], meta: Any) -> None:
-        g = self._f.create_group(utt_id)
-        for name, arr in outputs.items():
-            arr = np.ascontiguousarray(arr)
-            g.create_dataset(name, data=arr)  # contiguous, uncompressed (see bench/store_io.py)
-            self.nbytes += arr.nbytes
+        with self._failing("write"):
+            arrays = {k: np.ascontiguousarray(a) for k, a in outputs.items()}
+            self._check_space(sum(a.nbytes for a in arrays.values()))
+            g = self._f.create_group(utt_id)
+            for name, arr in arrays.items():
+                ds = g.create_dataset(name, data=arr)  # contiguous, uncompressed (bench/store_io.py)
+                ds.attrs[CHECKSUM_ATTR] = checksum(arr)
+                self.nbytes += arr.nbytes
         self.items[utt_id] = meta
 
     def fail(self, utt_id: str, reason: str, meta: Any) -> None:
@@ -69,22 +89,124 @@ class ShardWriter:
         self.items[utt_id] = meta
 
     def commit(self) -> Path:
-        self._f.attrs["items"] = json.dumps(self.items)
-        self._f.attrs["failed"] = json.dumps(self.failed)
-        self._f.attrs["complete"] = True
-        self._f.flush()
-        self._f.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
+        with self._failing("publish"):
+            self._f.attrs["items"] = json.dumps(self.items)
+            self._f.attrs["failed"] = json.dumps(self.failed)
+            self._f.attrs["complete"] = True
+            self._f.flush()
+            self._f.close()
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
         try:
-            self._f.close()
+            if self._f is not None:
+                self._f.close()
         except Exception:  # noqa: BLE001 - closing a half-written file may fail in many ways
             pass
         self.tmp.unlink(missing_ok=True)
+
+    def _check_space(self, nbytes: int) -> None:
+        st = os.statvfs(self.path.parent)
+        free = st.f_bavail * st.f_frsize
+        if free < nbytes + MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, f"{free / 2**20:.1f} MiB free, {nbytes / 2**20:.1f} MiB "
+                                        f"to write plus {MIN_FREE_BYTES / 2**20:.0f} MiB spare")
+
+    @contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """OSError/RuntimeError (h5py's I/O errors) -> abort, then a CacheError that says what to do."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            self.abort()
+            full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+            raise CacheError(
+                f"cannot {what} cache shard {self.path.name} in {self.path.parent}: "
+                f"{'disk full (' + str(e) + ')' if full else e}; free disk space and re-run "
+                f"extract (completed shards are kept)") from e
+
+
+CHECKSUM_ATTR = "crc32"
+
+
+def checksum(arr: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order); ~2 GB/s, small next to reading them."""
+    return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+
+
+def open_dataset(f: h5py.File, utt_id: str, name: str) -> h5py.Dataset:
+    """``f[utt_id][name]``; KeyError if the shard lacks that output, CacheError if the
+    metadata that leads to it is damaged (HDF5 checksums it)."""
+    try:
+        return f[utt_id][name]
+    except (KeyError, OSError, RuntimeError) as e:
+        try:
+            absent = name not in f[utt_id]
+        except (KeyError, OSError, RuntimeError):
+            absent = False
+        if absent:
+            raise KeyError(f"{utt_id} has no output {name!r} in {f.filename}") from None
+        raise CacheError(f"{utt_id}/{name} in {f.filename} cannot be opened ({e})") from None
+
+
+def read_verified(ds: h5py.Dataset) -> np.ndarray:
+    """The whole dataset; raises CacheError if it cannot be read or its bytes do not match the
+    stored CRC-32 (shards written before checksums existed have none and are not checked)."""
+    try:
+        arr = ds[()]
+        want = ds.attrs.get(CHECKSUM_ATTR)
+    except (OSError, RuntimeError, KeyError) as e:
+        raise CacheError(f"{ds.name} in {ds.file.filename} cannot be read ({e})") from None
+    if want is not None and checksum(np.asarray(arr)) != int(want):
+        raise CacheError(f"{ds.name} in {ds.file.filename}: data do not match their checksum")
+    return arr
+
+
+def verify_shard(path: Path) -> list[str]:
+    """Problems of one shard (unreadable file or metadata, checksum mismatches); [] if sound."""
+    problems: list[str] = []
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete"):
+                return ["no completeness marker"]
+            for utt, group in f.items():
+                for name in group:
+                    try:
+                        read_verified(open_dataset(f, utt, name))
+                    except (CacheError, KeyError) as e:
+                        problems.append(f"{utt}/{name}: {e}")
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        problems.append(f"unreadable: {e}")
+    return problems
+
+
+def verify_cache(workdir: str | Path, stages: list[str] | None = None,
+                 remove: bool = True) -> dict[str, Any]:
+    """Read and check every shard of ``stages`` (default: all cached) under every identity.
+
+    Returns ``{"shards": n_checked, "corrupt": {path: [problems]}}``; corrupt shards are
+    deleted unless ``remove`` is False, so that the next ``extract`` recomputes them.
+    """
+    root = cache_root(workdir)
+    names = stages
+    if names is None:
+        names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.exists() else []
+    corrupt: dict[str, list[str]] = {}
+    n = 0
+    for stage in names:
+        for path in sorted((root / stage).glob(f"*/{SHARD_GLOB}")):
+            n += 1
+            problems = verify_shard(path)
+            if problems:
+                corrupt[str(path)] = problems
+                log.warning("cache shard %s is corrupt: %s%s", path, "; ".join(problems[:3]),
+                            "" if remove else " (kept)")
+                if remove:
+                    path.unlink(missing_ok=True)
+    return {"shards": n, "corrupt": corrupt}
 
 
 def _attr(v: Any) -> Any:
@@ -99,14 +221,15 @@ def read_shard_attrs(path: Path) -> dict[str, Any] | None:
             attrs = dict(f.attrs)
             if not attrs.get("complete"):
                 raise CacheError("no completeness marker")
-    except (OSError, CacheError, KeyError, ValueError) as e:
+        for k in ("items", "failed", "identity", "layout", "attrs"):
+            if isinstance(attrs.get(k), str):
+                attrs[k] = json.loads(attrs[k])
+    except (OSError, RuntimeError, CacheError, KeyError, ValueError) as e:  # h5py: OSError or
+        # RuntimeError for damaged metadata; a damaged JSON attribute: ValueError
         log.warning("cache shard %s is unreadable (%s); deleting it, it will be recomputed",
                     path, e)
         path.unlink(missing_ok=True)
         return None
-    for k in ("items", "failed", "identity", "layout", "attrs"):
-        if isinstance(attrs.get(k), str):
-            attrs[k] = json.loads(attrs[k])
     return attrs
 
 
@@ -180,13 +303,37 @@ class StageReader:
         return f
 
     def get(self, utt_id: str, name: str) -> np.ndarray:
+        """The whole array, checked against its CRC-32. A corrupt shard is deleted (a cache
+        miss) and a CacheError tells to re-run extract."""
         with self._lock:
-            return self._file(utt_id)[utt_id][name][()]
+            f = self._file(utt_id)
+            try:
+                return read_verified(open_dataset(f, utt_id, name))
+            except CacheError as e:
+                raise self._corrupt(utt_id, e) from None
+
+    def _corrupt(self, utt_id: str, error: CacheError) -> CacheError:
+        """Forget and delete the corrupt shard holding ``utt_id`` (caller holds the lock)."""
+        path = self._index[utt_id]
+        log.warning("cache shard %s is corrupt (%s); deleting it, it will be recomputed",
+                    path, error)
+        f = self._handles.pop(path, None)
+        if f is not None:
+            f.close()
+        self._index = {u: p for u, p in self._index.items() if p != path}
+        path.unlink(missing_ok=True)
+        return CacheError(f"{utt_id}: {error}; the shard was deleted: run `python cli.py "
+                          f"extract --stage {self.stage}` to recompute it")
+
 
     def dataset(self, utt_id: str, name: str) -> h5py.Dataset:
         """The h5py dataset itself, for partial reads (``ds[t0:t0 + 96]``)."""
         with self._lock:
-            return self._file(utt_id)[utt_id][name]
+            f = self._file(utt_id)
+            try:
+                return open_dataset(f, utt_id, name)
+            except CacheError as e:
+                raise self._corrupt(utt_id, e) from None
 
     def shape(self, utt_id: str, name: str) -> tuple[int, ...]:
         return tuple(self.dataset(utt_id, name).shape)
