@@ -7,7 +7,9 @@ naming the utterance and the file.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,10 +49,13 @@ class AudioInfo:
 def probe(utt_id: str, path: str) -> AudioInfo:
     """Header facts of an audio file, or ItemError if it cannot be opened."""
     try:
-        if os.path.getsize(path) == 0:
-            raise ItemError(utt_id, f"audio file {path} is empty (0 bytes)")
+        st = os.stat(path)
     except OSError:
         raise ItemError(utt_id, f"audio file missing: {path}") from None
+    if not stat.S_ISREG(st.st_mode):  # a directory, FIFO or device (reading a FIFO would block)
+        raise ItemError(utt_id, f"audio path {path} is not a regular file")
+    if st.st_size == 0:
+        raise ItemError(utt_id, f"audio file {path} is empty (0 bytes)")
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -61,6 +66,8 @@ def probe(utt_id: str, path: str) -> AudioInfo:
 def load_audio(utt_id: str, path: str, start: float | None = None, end: float | None = None,
                max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """(n,) float32 16 kHz mono samples of ``path`` between ``start`` and ``end`` seconds."""
+    if any(t is not None and not math.isfinite(t) for t in (start, end)):
+        raise ItemError(utt_id, f"segment [{start}, {end}] s is not a finite time range")
     info = probe(utt_id, path)
     if info.frames == 0:
         raise ItemError(utt_id, f"audio {path} is empty (0 samples)")
