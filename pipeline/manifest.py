@@ -27,11 +27,11 @@ def read_manifest_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         raw = path.read_bytes()
     except OSError as e:
         raise CorpusError(f"cannot read manifest {path}: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"manifest {path} is not UTF-8 (byte {e.start}); re-save it as UTF-8") \
-            from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CorpusError(f"manifest {path} is UTF-16; re-save it as UTF-8")
+    # Undecodable bytes become lone surrogates: the rows holding them are rejected one by one
+    # (see :func:`undecodable`), so one Latin-1 transcript does not sink the whole manifest.
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
     if path.suffix.lower() in (".jsonl", ".json"):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -49,3 +49,18 @@ def read_manifest_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
                           f"required: {', '.join(REQUIRED)}")
     for n, row in enumerate(reader, 2):
         yield n, {k: (v or "") for k, v in row.items() if k is not None}
+
+
+def undecodable(row: dict) -> str | None:
+    """A reason if a row read by :func:`read_manifest_rows` held bytes that are not UTF-8."""
+    for column, value in row.items():
+        bad = [c for c in value if "\udc80" <= c <= "\udcff"]
+        if bad:
+            return (f"column {column!r} is not UTF-8 (byte 0x{ord(bad[0]) - 0xdc00:02x}); "
+                    "re-save the manifest as UTF-8")
+    return None
+
+
+def printable(value: str) -> str:
+    """``value`` with undecodable bytes shown as U+FFFD (safe to write as UTF-8)."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

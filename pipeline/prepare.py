@@ -6,7 +6,9 @@ is kept and converted at extraction (noted in the same file as ``kept``).
 """
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,8 +17,8 @@ from pathlib import Path
 from pipeline.audio import MAX_SECONDS, probe
 from pipeline.corpus import DEFAULT_CLASSES, Corpus, Utterance, write_corpus, write_rejected
 from pipeline.errors import CorpusError, ItemError
-from pipeline.labels import normalise_label
-from pipeline.manifest import read_manifest_rows
+from pipeline.labels import LABEL_ALIASES, normalise_label
+from pipeline.manifest import printable, read_manifest_rows, undecodable
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,11 @@ def check_items(utts: list[Utterance], source: str) -> tuple[list[Utterance], li
         if info.frames == 0:
             rejected.append((u.id, u.audio, "audio is empty (0 samples)"))
             continue
-        dur = (u.end - u.start) if u.start is not None and u.end is not None else info.seconds
+        bad_segment = segment_problem(u.start, u.end, info.seconds)
+        if bad_segment:
+            rejected.append((u.id, u.audio, bad_segment))
+            continue
+        dur = (u.end if u.end is not None else info.seconds) - (u.start or 0.0)
         if dur > MAX_SECONDS:
             rejected.append((u.id, u.audio, f"{dur:.0f} s long, over the {MAX_SECONDS:.0f} s "
                                             "limit; cut it into utterances"))
@@ -74,6 +80,18 @@ def check_items(utts: list[Utterance], source: str) -> tuple[list[Utterance], li
     return good, rejected, notes, total
 
 
+def segment_problem(start: float | None, end: float | None, seconds: float) -> str | None:
+    """Why [start, end] (seconds, None = file start/end) is unusable in a ``seconds``-long file."""
+    if any(t is not None and not math.isfinite(t) for t in (start, end)):
+        return f"segment [{start}, {end}] s is not a finite time range"
+    first, last = start or 0.0, seconds if end is None else end
+    if first < 0 or last <= first:
+        return f"segment [{start}, {end}] s is empty or reversed"
+    if last > seconds + 0.01:  # the 10 ms tolerance of load_audio
+        return f"segment [{start}, {end}] s ends after the audio ({seconds:.2f} s)"
+    return None
+
+
 def finish(workdir: str | Path, name: str, source: str, utts: list[Utterance],
            rejected: list, stats: dict | None = None,
            classes: tuple[str, ...] = DEFAULT_CLASSES) -> PrepareResult:
@@ -81,11 +99,18 @@ def finish(workdir: str | Path, name: str, source: str, utts: list[Utterance],
     rejected = rejected + bad
     if not good:
         write_rejected(workdir, rejected + notes)
-        raise CorpusError(f"no usable utterances in {source}; see {Path(workdir) / 'rejected.tsv'}")
+        first = f" (first: {rejected[0][0]}: {rejected[0][2]})" if rejected else ""
+        raise CorpusError(f"no usable utterances in {source}{first}; "
+                          f"see {Path(workdir) / 'rejected.tsv'}")
     corpus = Corpus(name, tuple(classes), tuple(good), source)
     write_corpus(workdir, corpus)
     write_rejected(workdir, [(i, s, f"rejected: {r}") for i, s, r in rejected] + notes)
     return PrepareResult(corpus, rejected, notes, seconds, stats or {})
+
+
+def _did_you_mean(raw: str) -> str:
+    close = difflib.get_close_matches(raw.strip().lower(), LABEL_ALIASES, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def prepare_manifest(workdir: str | Path, manifest: str | Path) -> PrepareResult:
@@ -95,14 +120,18 @@ def prepare_manifest(workdir: str | Path, manifest: str | Path) -> PrepareResult
     for line, row in read_manifest_rows(manifest):
         uid = row.get("id", "").strip()
         where = f"{manifest}:{line}"
+        encoding = undecodable(row)
+        if encoding:
+            rejected.append((printable(uid) or f"line {line}", where, encoding))
+            continue
         missing = [c for c in ("id", "audio", "speaker", "label") if not row.get(c, "").strip()]
         if missing:
             rejected.append((uid or f"line {line}", where, f"empty field(s) {missing}"))
             continue
         label = normalise_label(row["label"])
         if label is None:
-            rejected.append((uid, where, f"unknown label {row['label']!r}; expected one of "
-                                         f"{', '.join(DEFAULT_CLASSES)} (or an alias)"))
+            rejected.append((uid, where, f"unknown label {row['label']!r}{_did_you_mean(row['label'])}"
+                                         f"; expected one of {', '.join(DEFAULT_CLASSES)} (or an alias)"))
             continue
         try:
             start = float(row["start"]) if row.get("start") else None
@@ -111,7 +140,11 @@ def prepare_manifest(workdir: str | Path, manifest: str | Path) -> PrepareResult
             rejected.append((uid, where, "start/end are not numbers"))
             continue
         audio = Path(row["audio"])
-        audio = (audio if audio.is_absolute() else base / audio).resolve()
+        try:  # absolute paths and `..` are accepted: the manifest is trusted like a script
+            audio = (audio if audio.is_absolute() else base / audio).resolve()
+        except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+            rejected.append((uid, where, f"audio path {row['audio']!r} cannot be resolved ({e})"))
+            continue
         utts.append(Utterance(id=uid, audio=str(audio), speaker=row["speaker"].strip(),
                               label=label, group=(row.get("group") or row["speaker"]).strip(),
                               text=row.get("text") or None, start=start, end=end,
