@@ -22,7 +22,8 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from features import espeak
-from features.dtw import DtwConfig, MfccConfig, adapt, dtw_path, mfcc, syllable_rate, warp_times
+from features.dtw import DtwConfig, MfccConfig, dtw_path, mfcc, syllable_rate, warp_times
+from features.pauses import snap_pauses, speech_span
 from features.espeak_phones import is_english, is_pause, to_arpabet
 from features.phone_vocab import position_tags
 from features.pronounce import lookup, transfer_times
@@ -32,6 +33,7 @@ from pipeline.errors import MMERError
 log = logging.getLogger(__name__)
 
 SR = 16_000
+PAD_S = (0.1, 0.3)  # silence added before/after the synthesized reference
 
 
 class AlignmentError(MMERError):
@@ -47,11 +49,11 @@ class EmbeddedConfig:
     max_skip: int = 3  # real speech may be up to this many times faster than espeak's
     # DTW step costs (distances are ~1): staying costs more than skipping, which counters the
     # warp's tendency to lag behind real speech (tuned on a third of EmoDB, see bench/align.py)
-    stay_penalty: float = 0.2
+    stay_penalty: float = 0.3
     skip_penalty: float = 0.05
     n_mfcc: int = 7  # c0-c6 (+ deltas): the coarse spectral envelope is what two voices share
     rate_adapt: bool = True  # re-synthesize at the speaker's syllable rate
-    adapt_iters: int = 0  # re-warp after mapping real features linearly onto the synthetic voice
+    min_pause_s: float = 0.1  # silences this long between words become gaps (0: off)
 
 
 def espeak_voice(language: str | None, voice: str = "") -> str:
@@ -77,6 +79,7 @@ class EmbeddedAligner:
     def __init__(self, config: EmbeddedConfig = EmbeddedConfig()):
         self.config = config
         self.mfcc_cfg = MfccConfig(sample_rate=SR, n_mfcc=config.n_mfcc)
+        self._voices: dict[str, str] = {}  # language -> espeak voice that works
         self.dtw_cfg = DtwConfig(max_skip=config.max_skip, stay_penalty=config.stay_penalty,
                                  skip_penalty=config.skip_penalty, open_end=config.open_end)
 
@@ -97,27 +100,49 @@ class EmbeddedAligner:
                 synth, words = self.synthesize(tr.words, tr.spans, tr.speech_text(), language,
                                                rate)
                 y = resample_poly(synth.audio, SR, synth.sample_rate).astype(np.float32)
+        # espeak ends the utterance right after the last phoneme; real recordings have silence
+        # around the speech: pad the reference so that silence has frames to match
+        y = np.concatenate([np.zeros(int(PAD_S[0] * SR), np.float32), y,
+                            np.zeros(int(PAD_S[1] * SR), np.float32)])
         x_feat, y_feat = mfcc(audio, self.mfcc_cfg), mfcc(y, self.mfcc_cfg)
         path, cost = dtw_path(x_feat, y_feat, self.dtw_cfg)
-        for _ in range(self.config.adapt_iters):
-            x_feat = adapt(x_feat, y_feat, path)
-            path, cost = dtw_path(x_feat, y_feat, self.dtw_cfg)
         log.debug("dtw mean distance %.3f", cost)
-        out: list[AlignedWord] = []
-        for word, sw in zip(tr.words, words):
-            out.append(self._place(word, sw, path, duration))
+        out = [self._place(word, sw, path, duration, PAD_S[0])
+               for word, sw in zip(tr.words, words)]
+        if self.config.min_pause_s > 0:
+            snap_pauses(out, audio, self.config.min_pause_s)
         return Alignment(out, tr.tokens_before, duration, backend="embedded")
+
+    def _voice(self, language: str | None) -> str:
+        """The espeak voice for a language; an unknown one falls back to its base language,
+        then to English (words and pauses still align; phones are English guesses)."""
+        key = language or ""
+        if key not in self._voices:
+            want = espeak_voice(language, self.config.voice)
+            for cand in dict.fromkeys([want, want.split("-")[0], "en-us"]):
+                try:
+                    espeak.synthesize("a", voice=cand)
+                except espeak.EspeakError:
+                    continue
+                if cand != want:
+                    log.warning("espeak has no voice %r; aligning %r text with voice %r",
+                                want, language, cand)
+                self._voices[key] = cand
+                break
+            else:
+                raise AlignmentError(f"espeak has no voice for language {language!r}")
+        return self._voices[key]
 
     def synthesize(self, words: Sequence[str], spans: Sequence[tuple[int, int]], text: str,
                    language: str | None, rate: int | None = None
                    ) -> tuple[espeak.Synthesis, list[_SynthWord | None]]:
         """Synthesize ``text`` and place every word's phones on the synthesized time axis."""
-        voice = espeak_voice(language, self.config.voice)
+        voice = self._voice(language)
         try:
             synth = espeak.synthesize(text, voice=voice, rate=rate or self.config.rate)
         except espeak.EspeakError as e:
             raise AlignmentError(str(e)) from e
-        english = is_english(language) if not self.config.voice else voice.startswith("en")
+        english = voice.startswith("en")
         # espeak word event -> transcript word (by character position; 1-based in espeak)
         ev_word = [_word_at(pos - 1, spans) for pos, _ in synth.word_text]
         sources: list[list[tuple[str, float, float]]] = [[] for _ in words]
@@ -181,11 +206,11 @@ class EmbeddedAligner:
         return out
 
     def _place(self, word: str, sw: _SynthWord | None, path: np.ndarray,
-               duration: float) -> AlignedWord:
-        """Map one word's synthesized phone times onto the real audio."""
+               duration: float, offset: float) -> AlignedWord:
+        """Map one word's synthesized phone times (+ ``offset`` of padding) onto the real audio."""
         if sw is None or not sw.phones:
             return AlignedWord(word, NOT_FOUND, aligned_word="")
-        edges = np.array([sw.times[0][0]] + [b for _, b in sw.times])  # (P+1,) synthesized
+        edges = offset + np.array([sw.times[0][0]] + [b for _, b in sw.times])  # (P+1,)
         real = np.minimum(warp_times(edges, path), duration)  # (P+1,)
         real = np.maximum.accumulate(real)
         if real[0] >= duration - 1e-6:
@@ -208,3 +233,32 @@ def _word_at(char: int, spans: Sequence[tuple[int, int]]) -> int:
         if a <= char:
             best = k
     return best
+
+
+def uniform_alignment(audio: np.ndarray, text: str | None, language: str | None = "en",
+                      aligner: EmbeddedAligner | None = None) -> Alignment:
+    """Fallback: the transcript's phones spread evenly over the speech span (no acoustics).
+
+    Phones come from the embedded aligner's pronunciations (CMUdict / espeak); if espeak cannot
+    speak the language either, every word is one ``oov_S`` phone (Gentle's out-of-vocabulary
+    word). Words share the span in proportion to their phone counts.
+    """
+    duration = len(audio) / SR
+    tr = parse_transcript(text)
+    if not tr.words:
+        return Alignment([], tr.tokens_before, duration, backend="uniform")
+    try:
+        _, sw = (aligner or EmbeddedAligner()).synthesize(tr.words, tr.spans, tr.speech_text(),
+                                                          language)
+        phones = [list(w.phones) if w is not None and w.source != "oov" else ["oov"] for w in sw]
+    except AlignmentError:
+        phones = [["oov"] for _ in tr.words]
+    start, end = speech_span(audio)
+    edges = np.linspace(start, end, sum(len(p) for p in phones) + 1)
+    words, i = [], 0
+    for word, ph in zip(tr.words, phones):
+        tags = ["oov_S"] if ph == ["oov"] else position_tags(ph)
+        seg = [(tag, float(edges[i + k]), float(edges[i + k + 1])) for k, tag in enumerate(tags)]
+        words.append(AlignedWord(word, SUCCESS, seg[0][1], seg[-1][2], seg, word.lower()))
+        i += len(tags)
+    return Alignment(words, tr.tokens_before, duration, backend="uniform")

@@ -144,16 +144,6 @@ def warp_times(times_s: np.ndarray, path: np.ndarray) -> np.ndarray:
     return np.searchsorted(path, j, side="left") * HOP_S
 
 
-def adapt(real: np.ndarray, synth: np.ndarray, path: np.ndarray, ridge: float = 1.0) -> np.ndarray:
-    """Map real frames (N, D) linearly onto the synthetic voice's feature space, fitted on the
-    frame pairs of a warping ``path`` (ridge least squares), renormalised per dimension."""
-    x = np.concatenate([real, np.ones((len(real), 1), real.dtype)], axis=1).astype(np.float64)
-    y = synth[path].astype(np.float64)  # (N, D)
-    w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)  # (D+1, D)
-    out = x @ w
-    return ((out - out.mean(0)) / (out.std(0) + 1e-8)).astype(np.float32)
-
-
 def syllable_rate(audio: np.ndarray, sample_rate: int = 16_000) -> float:
     """Vowel nuclei per second of speech: peaks (>= 3 dB prominence, within 25 dB of the
     loudest) of the smoothed 300-2500 Hz band energy, over the span from the first to the last

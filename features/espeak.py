@@ -274,7 +274,8 @@ def event_lag(rate: int) -> float:
     Measured on this library (median over ~250 landmarks per rate: energy drop into the closure
     of p/t/k after a vowel, energy rise into a vowel after a voiceless consonant): 62 ms at 100
     wpm, 40 ms at 175, 32 ms at 240, 25 ms at 350, the same for German and for every variant
-    tried; fitted as 40 ms x (175 / rate)^0.7. :func:`synthesize` subtracts it.
+    tried; fitted as 40 ms x (175 / rate)^0.7. It applies between two speech phonemes only:
+    onsets after a pause, and the start of a pause, are on time (within 5 ms).
     """
     return 0.040 * (175.0 / min(max(int(rate), 80), 450)) ** 0.7
 
@@ -282,19 +283,27 @@ def event_lag(rate: int) -> float:
 def _timings(audio: np.ndarray, sr: int, events: list, lag: float = 0.0) -> Synthesis:
     """Turn the event stream into (symbol, start, end) phonemes and (start, end) words.
 
-    Event times are moved ``lag`` seconds earlier (see :func:`event_lag`). A phoneme ends where
-    the next phoneme starts (or at the end of the audio). A phoneme
+    A phoneme that follows another (not a pause) starts ``lag`` seconds before its event (see
+    :func:`event_lag`; onsets after a pause and the start of a pause are on time), but keeps at
+    least half of its predecessor's duration. A phoneme ends where the next one starts. A phoneme
     belongs to the last WORD event before it in the stream (espeak posts WORD, then the word's
     phonemes); a word spans its non-pause phonemes.
     """
     n = len(audio)
     starts: list[tuple[int, str, int]] = []  # (sample, symbol, word index)
     word_text: list[tuple[int, int]] = []
+    shift = int(round(lag * sr))
+    prev_raw, prev_new, prev_speech = 0, 0, False
     for t, smp, sym, pos, ln in events:
         if t == _EV_WORD:
             word_text.append((pos, ln))
         elif t == _EV_PHONEME:
-            starts.append((min(max(smp - int(round(lag * sr)), 0), n), sym, len(word_text) - 1))
+            speech = not sym.lstrip("',").startswith("_")
+            new = smp
+            if speech and prev_speech:  # only speech-to-speech transitions are stamped late
+                new = max(smp - shift, prev_new + (smp - prev_raw) // 2)
+            starts.append((min(max(new, 0), n), sym, len(word_text) - 1))
+            prev_raw, prev_new, prev_speech = smp, new, speech
     phonemes, owner = [], []
     for i, (a, sym, w) in enumerate(starts):
         b = starts[i + 1][0] if i + 1 < len(starts) else n

@@ -139,7 +139,8 @@ def segments(words: Sequence, tokens_before: Sequence[Sequence[str]], duration: 
     bracket tokens between word k-1 and word k (``tokens_before[len(words)]``: after the last).
     A gap before a word gets id 1 if the previous word was not found, else the id of the bracket
     token just before the word, else 0; the gap after the last word likewise. Segments shorter
-    than a tenth of a frame are dropped, as in the official code.
+    than a tenth of a frame are dropped, as in the official code. Without words (an empty
+    transcript, or only bracket tokens) the whole utterance is the last token, or silence.
     """
     segs: list[tuple[int, float, float]] = []
     cursor, prev_unknown = 0.0, False
@@ -163,13 +164,6 @@ def segments(words: Sequence, tokens_before: Sequence[Sequence[str]], duration: 
         prev_unknown = False
     _put(segs, gap_id(len(words)), cursor, duration)
     return segs
-
-
-def constant_segments(tokens: Sequence[str], duration: float,
-                      stats: PhoneStats | None = None) -> list[tuple[int, float, float]]:
-    """Timeline for a transcript without words: its first bracket token (or silence) throughout."""
-    ident = token_id(tokens[0], stats) if tokens else SILENCE
-    return [(ident, 0.0, duration)] if duration > 0 else []
 
 
 def frame_ids(segs: Sequence[tuple[int, float, float]], n_samples: int) -> np.ndarray:
