@@ -387,3 +387,23 @@ def write_ser_store(workdir, corpus: Corpus, source) -> None:
                     f.create_dataset(s, data=source.speaker_mean(s))
             meta["extra"] = "extra-test.h5"
         current_pointer(workdir, stage).write_text(json.dumps(meta))
+
+
+# --- shard-store inspection (pipeline tests) -----------------------------------------------------
+
+def shard_files(workdir, stage: str) -> list:
+    """Published shard files of ``stage`` under every identity, sorted."""
+    from pathlib import Path
+    return sorted(Path(workdir, "cache", stage).glob("*/shard-*.h5"))
+
+
+def stage_arrays(workdir, stage: str) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """Every cached output of ``stage`` ({utt: {name: array}}, read through the checksums) and
+    its failed items ({utt: reason}), for comparing two work directories exactly."""
+    from pipeline.store import StageReader
+    with StageReader(workdir, stage) as r:
+        out = {}
+        for u in r.ids():
+            names = list(r._file(u)[u].keys())  # noqa: SLF001 - test inspection
+            out[u] = {n: r.get(u, n) for n in names}
+        return out, dict(r.failed)
