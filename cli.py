@@ -249,7 +249,7 @@ def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, 
                        keys=StoreKeys(encoder_stage=encoder_stage))
     console.print(f"SER {cfg.run_name}: {cfg.resolved_steps()} steps × batch {batch_size} per fold, "
                   f"lr {cfg.resolved_lr():g}")
-    s = train_ser(workdir, cfg, folds, _device(device), parse_gpus(gpus), scheduler)
+    s = train_ser(workdir, cfg, folds, device, parse_gpus(gpus), scheduler)
     m = s["mean"]
     console.print(f"SER {cfg.run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
                   f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
@@ -285,7 +285,7 @@ def probe_speaker_cmd(run, epochs, activation, seed, device, workdir) -> None:
 @train.command("ter")
 @click.option("--folds", default="all", show_default=True,
               help="'all', a count k (first k groups) or comma-separated group names.")
-@click.option("--epochs", type=float, default=40, show_default=True,
+@click.option("--epochs", type=float, default=20, show_default=True,
               help="Passes over each fold's training utterances.")
 @click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --epochs).")
 @click.option("--batch-size", type=int, default=32, show_default=True)

@@ -64,14 +64,14 @@ def write_manifest(data: Path, out: Path) -> Path:
     return out
 
 
-def prepare_and_extract(workdir: Path, data: Path, encoder: str, device: str) -> dict:
+def prepare_and_extract(workdir: Path, data: Path, encoder: str, unpadded: bool, device: str) -> dict:
     """Corpus + the four SER stages; returns seconds per stage."""
     from pipeline.extract import extract
     from pipeline.prepare import prepare_manifest
     prepare_manifest(workdir, write_manifest(data, workdir / "emodb4_pairs.csv"))
     gpus = [0] if device.startswith("cuda") else None
     times = {}
-    for stage, params in (("wav2vec", {"model": encoder}), ("mel", {}), ("phones", {}), ("speaker", {})):
+    for stage, params in (("wav2vec", {"model": encoder, "unpadded_whisper": unpadded}), ("mel", {}), ("phones", {}), ("speaker", {})):
         t = time.perf_counter()
         extract(workdir, [stage], {stage: params} if params else None, workers=1, gpus=gpus)
         times[stage] = round(time.perf_counter() - t, 1)
@@ -110,6 +110,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=EMODB)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ser_accuracy"))
     ap.add_argument("--encoder", default="whisper-base", help="wav2vec stage model (installed short name or folder)")
+    ap.add_argument("--whisper", choices=["unpadded", "faithful"], default=None,
+                    help="Whisper windows: faithful = padded to 30 s as trained (slow on CPU); unpadded = "
+                         "clip length (~25× faster, deep layers drift: cosine ≈ 0.93 at the last layer). "
+                         "Default: unpadded on CPU, faithful on CUDA")
     ap.add_argument("--configs", default="small,large,spec")
     ap.add_argument("--widths", choices=list(WIDTHS), default="cpu")
     ap.add_argument("--crops", type=int, default=1600, help="training crops per fold")
@@ -130,7 +134,8 @@ def main() -> None:
                else f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)")
     t_start = time.perf_counter()
 
-    stage_s = prepare_and_extract(args.workdir, args.data, args.encoder, args.device)
+    whisper = args.whisper or ("faithful" if args.device.startswith("cuda") else "unpadded")
+    stage_s = prepare_and_extract(args.workdir, args.data, args.encoder, whisper == "unpadded", args.device)
     t = time.perf_counter()
     baseline = mfcc_baseline(args.workdir, args.val_fraction, args.seed)
     baseline_s = time.perf_counter() - t
@@ -154,7 +159,8 @@ def main() -> None:
             probes[preset]["seconds"] = time.perf_counter() - t
 
     total = time.perf_counter() - t_start
-    print(f"\nSER accuracy on emodb4 (5 speaker-pair folds, 339 clips), {args.encoder} layers; machine: {machine}")
+    print(f"\nSER accuracy on emodb4 (5 speaker-pair folds, 339 clips), {args.encoder} layers ({whisper}); "
+          f"machine: {machine}")
     print(f"widths {args.widths}, {args.crops} crops/fold at batch {args.batch_size}, select {args.select}, "
           f"windows {args.window_weighting}; extraction {stage_s} s; total {total / 60:.1f} min")
     print(f"{'model':<22}{'UA':>8}{'± sd':>8}{'WA':>8}{'pooled UA':>11}")

@@ -222,6 +222,13 @@ def _write_alpha(paths: RunPaths, fold: str, model_cfg: SERConfig, select: str) 
     return rec
 
 
+def resolve_device(device: str) -> str:
+    """"auto" → "cuda" when this process sees a GPU, else "cpu" (resolved where the fold runs)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def open_source(workdir, config: SERRunConfig):
     """The shard-store source for ``config`` (the mel ablation reads no encoder stage)."""
     keys = config.keys
@@ -236,6 +243,7 @@ def train_fold(workdir, config: SERRunConfig, fold: Fold | str, device: str = "c
 
     Picklable and self-contained, so a Dask worker (one per GPU) can run it.
     """
+    device = resolve_device(device)
     corpus = corpus or load_corpus(workdir)
     if isinstance(fold, str):
         (fold,) = make_folds(corpus, fold, config.val_fraction, config.seed)
@@ -252,7 +260,7 @@ def train_fold(workdir, config: SERRunConfig, fold: Fold | str, device: str = "c
     return metrics
 
 
-def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: str = "cpu",
+def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: str = "auto",
               gpus: list[int] | None = None, scheduler: str | None = None,
               corpus: Corpus | None = None, source=None) -> dict:
     """All requested folds (on a Dask cluster when ``gpus`` has several or ``scheduler`` is set),
@@ -261,24 +269,29 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
     fold_list = make_folds(corpus, folds, config.val_fraction, config.seed)
     paths = RunPaths(workdir, "ser", config.run_name)
     task = SERTask(corpus, source or open_source(workdir, config), config)
+    distributed = bool(scheduler or (gpus and len(gpus) > 1))
+    if not distributed:
+        device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
     write_json(paths.config, {
         "task": "ser", "train": dataclasses.asdict(config.train_config()), "model": task.config_dict(),
         "classes": list(corpus.classes), "feature_keys": task.feature_keys(), "device": str(device),
         "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in fold_list}})
-    if scheduler or (gpus and len(gpus) > 1):
+    if distributed:
         from pipeline.scheduler import dask_client
         with dask_client(len(gpus or []), gpus, scheduler) as client:
+            # "auto" is resolved on each worker (an external cluster's workers may have GPUs
+            # where this process has none).
             futures = [client.submit(train_fold, str(workdir), config, f, "cuda" if gpus else device,
                                      pure=False, key=f"ser-{config.run_name}-{f.name}") for f in fold_list]
             results = client.gather(futures)
     else:
         results = [train_fold(workdir, config, f, device, corpus=corpus, source=source) for f in fold_list]
-    done = [f.name for f, m in zip(fold_list, results) if m is not None]
+    done = {f.name: m for f, m in zip(fold_list, results) if m is not None}
     if not done:
         raise TrainingError("no SER fold had test utterances with features")
-    summary = trainer.summarize_run(paths, corpus.classes, done)
-    alphas = np.array([r["alpha"]["weights"] for r in results if r is not None])
+    summary = trainer.summarize_run(paths, corpus.classes, list(done))
+    alphas = np.array([m["alpha"]["weights"] for m in done.values()])
     write_json(paths.root / "alpha.json", {"mean_weights": alphas.mean(0).round(6).tolist(),
-                                           "per_fold": {n: r["alpha"] for n, r in zip(done, [r for r in results if r])}})
+                                           "per_fold": {n: m["alpha"] for n, m in done.items()}})
     return summary
 

@@ -1,6 +1,7 @@
 """SER training: schedule and lr rule, window inference, exact resume, CPU end-to-end run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -158,3 +159,23 @@ def test_cli_train_ser_and_probe_speaker_on_the_shard_store(tmp_path):
                                      "--device", "cpu", "-w", str(tmp_path)])
     assert probe.exit_code == 0, probe.output
     assert "accuracy" in probe.output and (paths.root / "probe_speaker.json").exists()
+
+
+@pytest.mark.slow  # starts a 2-process Dask cluster (~10 s idle machine, ~40 s loaded)
+def test_folds_on_a_dask_cluster_match_the_serial_run(tmp_path):
+    from distributed import LocalCluster
+
+    from tests.helpers import write_ser_store
+
+    corpus = make_corpus(n_groups=2, per_class=2)
+    write_ser_store(tmp_path, corpus, ser_source(corpus))
+    cfg = _cfg(steps=3, eval_every=3)
+    serial = train_ser(tmp_path, dataclasses.replace(cfg, run="serial"), "all", "cpu")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"OMP_NUM_THREADS": "1"}) as cluster:
+        parallel = train_ser(tmp_path, dataclasses.replace(cfg, run="dask"), "all", "cpu",
+                             scheduler=cluster.scheduler_address)
+    assert parallel["folds"] == serial["folds"]
+    for fold in ("G0", "G1"):
+        a, b = (read_predictions(RunPaths(tmp_path, "ser", r).predictions(fold)) for r in ("serial", "dask"))
+        assert a == b
