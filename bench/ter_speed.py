@@ -104,7 +104,6 @@ def main() -> None:
     model = TERConfig(max_tokens=args.max_tokens)
     big = TERTask(corpus, reader, model, batch_size=args.batch_size, amp=args.amp)
     small = TERTask(corpus, reader, model, batch_size=PAPER_BATCH, amp=args.amp)
-    small._x, small._len, small._y = big._x, big._len, big._y  # share one copy of the features
     t_load = time.perf_counter() - t0
     folds = make_folds(corpus, "all", val_fraction=0.1)
     steps = -(-args.samples_per_fold // args.batch_size)
@@ -113,6 +112,9 @@ def main() -> None:
         # warm-up (CUDA context, cuDNN autotuning), not timed
         timed_folds(big, folds[:1], TrainConfig(steps=20, batch_size=args.batch_size, progress=False),
                     Path(tmp) / "warm", args.device, "warm")
+        for name in ("_x", "_len", "_y", "_len_dev"):  # share big's device copy of the features
+            if hasattr(big, name):
+                setattr(small, name, getattr(big, name))
         base_cfg = TrainConfig(steps=args.baseline_steps, batch_size=PAPER_BATCH, lr=1e-4,
                                eval_every=args.baseline_steps, progress=False)
         stamps = {}

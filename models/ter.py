@@ -35,7 +35,7 @@ class TERConfig:
     def trim_margin(self) -> int:
         """Zero tokens kept after the longest sentence when a batch is trimmed (masked pooling):
         enough that the valid outputs never reach a conv's own padding, so trimming is exact."""
-        return sum(self.kernels) + 2 * self.conv_padding * len(self.kernels)
+        return sum(k - 1 for k in self.kernels) + 2 * self.conv_padding  # >= the receptive field
 
     def batch_length(self, longest: int) -> int:
         """Tokens a batch needs: all ``max_tokens`` for official pooling, else longest + margin."""

@@ -127,7 +127,7 @@ class TERRun:
     # SER, TER and fusion share the same validation rows whatever their training seeds
     model: TERConfig = TERConfig()
     amp: bool = False  # bf16 autocast on CUDA
-    train: TrainConfig = TrainConfig(steps=0, epochs=40, batch_size=32, lr=3e-4)
+    train: TrainConfig = TrainConfig(steps=0, epochs=20, batch_size=32, lr=3e-4)
 
 
 def model_from_checkpoint(ckpt: dict, select: str = "val") -> TextCNN:

@@ -98,9 +98,11 @@ def test_trimmed_batches_equal_full_padding():
     cfg = TERConfig(input_dim=8, max_tokens=122)
     model = TextCNN(cfg)
     rng = np.random.default_rng(1)
-    feats = [rng.normal(size=(n, 8)).astype(np.float16) for n in (1, 5, 17)]
+    feats = [rng.normal(size=(n, 8)).astype(np.float16) for n in range(1, 41)]
     x, lengths = pad_tokens(feats, 122)
-    p = cfg.batch_length(17)
-    assert p < 122 and cfg.batch_length(200) == 122
+    full = model(x, lengths)
+    for n in range(1, 41):  # each sentence alone, trimmed to its own length + margin
+        p = cfg.batch_length(n)
+        torch.testing.assert_close(model(x[n - 1:n, :p], lengths[n - 1:n]), full[n - 1:n], rtol=1e-5, atol=1e-6)
+    assert cfg.batch_length(5) < 30 and cfg.batch_length(200) == 122
     assert dataclasses.replace(cfg, pooling="official").batch_length(3) == 122
-    torch.testing.assert_close(model(x[:, :p], lengths), model(x, lengths), rtol=1e-5, atol=1e-6)
