@@ -170,6 +170,27 @@ def status(stages, workdir) -> None:
             console.print(f"  [red]{r['stage']}[/red] failed {utt}: {reason}")
 
 
+# --------------------------------------------------------------------------- verify (helper "reliability")
+@cli.command()
+@click.option("--stage", "-s", "stages", multiple=True, help="Only these stages (default: all cached).")
+@click.option("--keep", is_flag=True, help="Only report corrupt shards; do not delete them.")
+@WORKDIR
+def verify(stages, keep, workdir) -> None:
+    """Read every cached feature and check it against its stored checksum. Corrupt shards are
+    deleted, so that the next `extract` recomputes them; exit status 1 if any was found."""
+    from pipeline.errors import CacheError
+    from pipeline.progress import console
+    from pipeline.store import verify_cache
+    out = verify_cache(workdir, list(stages) or None, remove=not keep)
+    for path, problems in out["corrupt"].items():
+        console.print(f"  [red]corrupt[/red] {path}: {'; '.join(problems[:3])}")
+    if out["corrupt"]:
+        raise CacheError(f"{len(out['corrupt'])} of {out['shards']} shard(s) corrupt"
+                         + ("" if keep else "; deleted: run `python cli.py extract` to recompute them"))
+    console.print(f"{out['shards']} shard(s) verified, no corruption found")
+# --------------------------------------------------------------------------- end verify
+
+
 @cli.group(cls=_Group)
 def train() -> None:
     """Train a model with leave-one-group-out cross-validation."""
