@@ -26,7 +26,8 @@ from pipeline.corpus import Utterance
 from pipeline.errors import ItemError
 from pipeline.plan import ShardPlan, StagePlan, build_cached
 from pipeline.stages import get_stage
-from pipeline.store import StageReader, ShardWriter, current_pointer, read_shard_attrs
+from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
+    read_shard_attrs
 
 log = logging.getLogger(__name__)
 
@@ -119,43 +120,58 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
 
 
 def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_item) -> None:
-    """Decode (background thread) → extract (this thread) → write, batch by batch."""
+    """Decode (thread) → extract (this thread) → write (thread), so that audio decoding and
+    HDF5 writes overlap the encoder (on a GPU the encoder releases the GIL)."""
     utts = _by_length(sp.utts)
-    q: queue.Queue = queue.Queue(maxsize=2 * BATCH_ITEMS)
     stop = object()
+    decoded: queue.Queue = queue.Queue(maxsize=2 * BATCH_ITEMS)
+    outputs: queue.Queue = queue.Queue(maxsize=2)  # (items, results) batches awaiting write
+    write_error: list[BaseException] = []
 
     def produce() -> None:
         for x in _inputs(stage, utts, upstream):
-            q.put(x)
-        q.put(stop)
+            decoded.put(x)
+        decoded.put(stop)
+
+    def consume() -> None:
+        while (job := outputs.get()) is not stop:
+            if write_error:
+                continue  # keep draining so the extractor never blocks
+            try:
+                for item, res in zip(*job):
+                    if isinstance(res, ItemError):
+                        writer.fail(item.utt_id, res.reason, sp.meta[item.utt_id])
+                        log.warning("%s: %s", stage.name, res)
+                    else:
+                        writer.write(item.utt_id, res, sp.meta[item.utt_id])
+                if on_item:
+                    on_item(len(job[0]))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                write_error.append(e)
 
     threading.Thread(target=produce, daemon=True).start()
-    done = False
-    while not done:
-        batch: list[ItemInput] = []
-        while len(batch) < BATCH_ITEMS:
-            x = q.get()
-            if x is stop:
-                done = True
-                break
-            if isinstance(x, ItemError):
-                writer.fail(x.item_id, x.reason, sp.meta[x.item_id])
-                log.warning("%s: %s", stage.name, x)
-                if on_item:
-                    on_item(1)
-                continue
-            batch.append(x)
-        if not batch:
-            continue
-        results = extractor(batch)
-        for item, res in zip(batch, results):
-            if isinstance(res, ItemError):
-                writer.fail(item.utt_id, res.reason, sp.meta[item.utt_id])
-                log.warning("%s: %s", stage.name, res)
-            else:
-                writer.write(item.utt_id, res, sp.meta[item.utt_id])
-        if on_item:
-            on_item(len(batch))
+    writer_thread = threading.Thread(target=consume, daemon=True)
+    writer_thread.start()
+    try:
+        done = False
+        while not done and not write_error:
+            batch: list[ItemInput] = []
+            failed: list[ItemError] = []
+            while len(batch) < BATCH_ITEMS:
+                x = decoded.get()
+                if x is stop:
+                    done = True
+                    break
+                (failed if isinstance(x, ItemError) else batch).append(x)
+            if failed:
+                outputs.put(([ItemInput(e.item_id) for e in failed], failed))
+            if batch:
+                outputs.put((batch, extractor(batch)))
+    finally:
+        outputs.put(stop)
+        writer_thread.join()
+    if write_error:
+        raise write_error[0]
 
 
 def _by_length(utts: list[Utterance]) -> list[Utterance]:
@@ -209,7 +225,7 @@ def publish(workdir: str, plan: StagePlan, corpus_utts: list[Utterance]) -> dict
                 reader.close()
             with h5py.File(tmp, "w") as f:
                 for k, v in result.items():
-                    f.create_dataset(k, data=v)
+                    f.create_dataset(extra_key_name(k), data=v)
             os.replace(tmp, path)
         meta["extra"] = name
     pointer.parent.mkdir(parents=True, exist_ok=True)

@@ -233,6 +233,11 @@ def read_shard_attrs(path: Path) -> dict[str, Any] | None:
     return attrs
 
 
+def extra_key_name(key: str) -> str:
+    """HDF5 name of a finalize output key (a '/' in a speaker id would make nested groups)."""
+    return key.replace("%", "%25").replace("/", "%2F")
+
+
 def current_pointer(workdir: str | Path, stage: str) -> Path:
     return cache_root(workdir) / stage / "current.json"
 
@@ -367,10 +372,11 @@ class StageReader:
             raise CacheError(f"stage {self.stage!r} has no finalize output in {self.workdir}")
         with h5py.File(self.dir / self._extra_file, "r") as f:
             if key is not None:
-                if key not in f:
+                name = extra_key_name(key)
+                if name not in f:
                     raise CacheError(f"{key!r} not in {self.stage!r} finalize output")
-                return f[key][()]
-            return {k: f[k][()] for k in f}
+                return f[name][()]
+            return {k.replace("%2F", "/").replace("%25", "%"): f[k][()] for k in f}
 
     def close(self) -> None:
         with self._lock:
