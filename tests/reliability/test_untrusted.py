@@ -119,33 +119,52 @@ def _kw(call: ast.Call, key: str):
     return next((k.value for k in call.keywords if k.arg == key), None)
 
 
+def unsafe_calls(source: str, where: str) -> list[str]:
+    """Shell strings, eval/exec, unrestricted unpickling and pickle-enabled loads in ``source``."""
+    problems = []
+    for call in _calls(ast.parse(source, where)):
+        name, at = _name(call.func), f"{where}:{call.lineno}"
+        shell = _kw(call, "shell")
+        if shell is not None and not (isinstance(shell, ast.Constant) and shell.value is False):
+            problems.append(f"{at}: shell=")
+        if name in ("os.system", "os.popen", "eval", "exec", "pickle.load", "pickle.loads",
+                    "yaml.load", "marshal.loads") or name.startswith(("os.exec", "os.spawn")):
+            problems.append(f"{at}: {name}()")
+        if name.startswith("subprocess.") and call.args and not isinstance(
+                call.args[0], (ast.List, ast.Tuple)):
+            problems.append(f"{at}: {name} with a command that is not a literal list")
+        if name == "torch.load":
+            wo = _kw(call, "weights_only")
+            safe = isinstance(wo, ast.Constant) and wo.value is True
+            restricted = _kw(call, "pickle_module") is not None  # fairseq's restricted one
+            if not (safe or restricted):
+                problems.append(f"{at}: torch.load without weights_only=True")
+        if name.endswith("np.load") or name == "numpy.load":
+            ap = _kw(call, "allow_pickle")
+            if ap is not None and not (isinstance(ap, ast.Constant) and ap.value is False):
+                problems.append(f"{at}: np.load(allow_pickle=...)")
+    return problems
+
+
+def test_the_static_check_flags_unsafe_calls():
+    bad = """
+import os, subprocess, torch, numpy as np
+subprocess.run("sox " + path, shell=True)
+subprocess.check_output(f"ffmpeg -i {path}")
+os.system("rm " + path)
+torch.load(p)
+torch.load(p, weights_only=False)
+np.load(p, allow_pickle=True)
+eval(expr)
+subprocess.run(["git", "rev-parse"], shell=False)
+torch.load(p, weights_only=True)
+"""
+    assert len(unsafe_calls(bad, "bad.py")) == 8  # the two last lines are fine
+
+
 def test_product_code_has_no_shell_no_eval_and_only_safe_loads():
     """Static check of cli.py, pipeline/, features/, models/, bench/."""
-    problems = []
-    for path in PRODUCT:
-        tree = ast.parse(path.read_text(), str(path))
-        rel = path.relative_to(REPO)
-        for call in _calls(tree):
-            name, where = _name(call.func), f"{rel}:{call.lineno}"
-            shell = _kw(call, "shell")
-            if shell is not None and not (isinstance(shell, ast.Constant) and shell.value is False):
-                problems.append(f"{where}: shell=")
-            if name in ("os.system", "os.popen", "eval", "exec", "pickle.load", "pickle.loads",
-                        "yaml.load", "marshal.loads") or name.startswith(("os.exec", "os.spawn")):
-                problems.append(f"{where}: {name}()")
-            if name.startswith("subprocess.") and call.args and not isinstance(
-                    call.args[0], (ast.List, ast.Tuple)):
-                problems.append(f"{where}: {name} with a command that is not a literal list")
-            if name == "torch.load":
-                wo = _kw(call, "weights_only")
-                safe = isinstance(wo, ast.Constant) and wo.value is True
-                restricted = _kw(call, "pickle_module") is not None  # fairseq's restricted one
-                if not (safe or restricted):
-                    problems.append(f"{where}: torch.load without weights_only=True")
-            if name.endswith("np.load") or name == "numpy.load":
-                ap = _kw(call, "allow_pickle")
-                if ap is not None and not (isinstance(ap, ast.Constant) and ap.value is False):
-                    problems.append(f"{where}: np.load(allow_pickle=...)")
+    problems = [x for p in PRODUCT for x in unsafe_calls(p.read_text(), str(p.relative_to(REPO)))]
     assert problems == []
 
 
