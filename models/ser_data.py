@@ -326,6 +326,7 @@ def resident_bytes(source: Source, ids: Sequence[str], use_encoder: bool) -> int
 def free_bytes(device: torch.device) -> int:
     """Free memory on ``device`` (GPU: CUDA's count; CPU: available physical pages)."""
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # blocks cached by the allocator count as free here
         return torch.cuda.mem_get_info(device)[0]
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 

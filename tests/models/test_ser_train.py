@@ -179,3 +179,28 @@ def test_folds_on_a_dask_cluster_match_the_serial_run(tmp_path):
     for fold in ("G0", "G1"):
         a, b = (read_predictions(RunPaths(tmp_path, "ser", r).predictions(fold)) for r in ("serial", "dask"))
         assert a == b
+
+
+@pytest.mark.slow  # real extractors (Whisper-base, espeak aligner, Resemblyzer) on the demo corpus
+def test_cli_end_to_end_on_the_demo_corpus(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    w = str(tmp_path)
+    steps = [["prepare", "demo", "--per-cell", "2", "-w", w],
+             ["extract", "-s", "wav2vec", "-s", "mel", "-s", "phones", "-s", "speaker", "--workers", "1",
+              "-p", "wav2vec.model=whisper-base", "-p", "wav2vec.unpadded_whisper=true", "-w", w],
+             ["train", "ser", "--config", "small", "--steps", "2", "--batch-size", "4", "--widths", "cpu",
+              "--device", "cpu", "-w", w],
+             ["train", "ser", "--config", "spec", "--steps", "2", "--batch-size", "4", "--widths", "cpu",
+              "--folds", "1", "--device", "cpu", "-w", w],
+             ["probe", "speaker", "--config", "small", "--epochs", "1", "--device", "cpu", "-w", w]]
+    for args in steps:
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, (args, r.output)
+    summary = read_json(RunPaths(w, "ser", "small").metrics)
+    assert summary["pooled"]["n"] == 48 and len(summary["folds"]) >= 2
+    alpha = read_json(RunPaths(w, "ser", "small").root / "alpha.json")
+    assert len(alpha["mean_weights"]) == 7  # Whisper base: input + 6 layers
+    assert read_json(RunPaths(w, "ser", "small").root / "probe_speaker.json")["n"] == 48
