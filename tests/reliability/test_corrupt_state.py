@@ -282,3 +282,16 @@ def data_offset_named(shard: Path, name: str) -> tuple[str, int, int]:
         utt = sorted(f)[0]
         ds = f[utt][name]
         return utt, ds.id.get_offset(), ds.id.get_storage_size()
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline/corpus.py: a torn or hand-broken corpus.jsonl "
+                   "raises a bare JSONDecodeError (a traceback) instead of a CorpusError that "
+                   "names the line and says to re-run prepare")
+def test_torn_corpus_file_gives_a_clear_error(tmp_path):
+    from pipeline.corpus import load_corpus
+    from pipeline.errors import CorpusError
+    w = tone_corpus(tmp_path, n=3, seconds=(0.4, 0.6))
+    f = Path(w) / "corpus.jsonl"
+    f.write_bytes(f.read_bytes()[:150])
+    with pytest.raises(CorpusError, match="prepare"):
+        load_corpus(w)

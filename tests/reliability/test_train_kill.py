@@ -57,14 +57,13 @@ def soak_train(tmp_path, task: str, steps: int, n_kills: int, seed: int) -> int:
         p = start([PY, "-m", "tests.reliability.train_job", task, str(work), str(steps)], log)
         wait_until(lambda: p.poll() is not None or "TRAIN-READY" in log.read_text(), 120,
                    "the training job to start")
+        # Kill within a window sized so that all n_kills land before the run can finish.
         if rng.random() < 0.75:  # after this run has checkpointed at least once
             before = ckpt_path.stat().st_mtime_ns if ckpt_path.exists() else 0
             wait_until(lambda: p.poll() is not None or
                        (ckpt_path.exists() and ckpt_path.stat().st_mtime_ns != before), 120,
                        "a checkpoint")
-            time.sleep(rng.uniform(0, duration / 4))
-        else:
-            time.sleep(rng.uniform(0, duration))
+        time.sleep(rng.uniform(0, duration / (n_kills + 1)))
         if not kill(p):
             assert p.returncode == 0, log.read_text()[-3000:]
             break
@@ -94,9 +93,9 @@ def test_ser_kill_resume_ci(tmp_path):
 
 @pytest.mark.slow
 def test_ser_kill_resume_soak(tmp_path):
-    assert soak_train(tmp_path, "ser", steps=120, n_kills=10, seed=1) == 10
+    assert soak_train(tmp_path, "ser", steps=400, n_kills=10, seed=1) == 10
 
 
 @pytest.mark.slow
 def test_ter_kill_resume_soak(tmp_path):
-    assert soak_train(tmp_path, "ter", steps=1500, n_kills=10, seed=2) == 10
+    assert soak_train(tmp_path, "ter", steps=3000, n_kills=10, seed=2) == 10
