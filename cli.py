@@ -140,13 +140,15 @@ def extract(stages, param, force, workers, gpus, scheduler, workdir) -> None:
     with stage_progress() as prog:
         reports = run(workdir, list(stages), _parse_params(stages, param), force=force,
                       workers=workers, gpus=parse_gpus(gpus), scheduler=scheduler, progress=prog)
-    rows = [[r.stage, r.identity, r.shards_total, r.computed, r.reused, len(r.failed)]
-            for r in reports]
-    console.print(table("extract", ["stage", "key", "shards", "computed", "reused", "failed items"],
-                        rows))
+    rows = [[r.stage, r.identity, r.shards_total, r.computed, r.reused, len(r.failed),
+             len(r.notes)] for r in reports]
+    console.print(table("extract", ["stage", "key", "shards", "computed", "reused", "failed items",
+                                    "kept with remarks"], rows))
     for r in reports:
         for utt, reason in list(r.failed.items())[:5]:
             console.print(f"  [yellow]{r.stage}[/yellow] failed {utt}: {reason}")
+        for utt, note in list(r.notes.items())[:3]:
+            console.print(f"  [yellow]{r.stage}[/yellow] {utt}: {note}")
     console.print(f"done in {time.perf_counter() - t:.1f} s")
 
 
@@ -159,9 +161,11 @@ def status(stages, workdir) -> None:
     from pipeline.progress import console, human_bytes, table
     rows = get(workdir, list(stages) or None)
     console.print(table(f"status of {workdir}",
-                        ["stage", "key", "complete", "stale", "missing", "failed items", "on disk"],
+                        ["stage", "key", "complete", "stale", "missing", "failed items",
+                         "kept with remarks", "on disk"],
                         [[r["stage"], r["key"], r["shards"]["complete"], r["shards"]["stale"],
-                          r["shards"]["missing"], len(r["failed"]), human_bytes(r["bytes"])]
+                          r["shards"]["missing"], len(r["failed"]), len(r["notes"]),
+                          human_bytes(r["bytes"])]
                          for r in rows]))
     for r in rows:
         for why in r["why_stale"]:

@@ -20,6 +20,10 @@ from pipeline.errors import ItemError
 
 Output = dict[str, np.ndarray]
 
+#: Output key an extractor may add to an item: a remark (bytes) such as "fallback used". The
+#: pipeline records it for ``status`` instead of storing it as a feature.
+NOTE_KEY = "_note"
+
 
 @dataclass
 class ItemInput:

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from features.aligner import AlignmentError, EmbeddedAligner, EmbeddedConfig, uniform_alignment
-from features.base import Extractor, ItemInput, Output
+from features.base import NOTE_KEY, Extractor, ItemInput, Output
 from features.espeak import EspeakError
 from features.frames import SAMPLE_RATE
 from features.gentle import GentleClient, GentleConfig, GentleError
@@ -111,7 +111,10 @@ class PhonesExtractor(Extractor):
             self.fallbacks[item.utt_id] = reason
             al = uniform_alignment(item.audio, item.text, item.language or self.config.language,
                                    self.embedded)
-            aligned = 0
+            out = self.outputs(al, len(item.audio), 0)
+            out[NOTE_KEY] = np.bytes_(f"alignment failed, uniform segmentation used: {reason}"
+                                      .encode("utf-8"))
+            return out
         return self.outputs(al, len(item.audio), aligned)
 
     def outputs(self, al: Alignment, n_samples: int, aligned: int = 1) -> Output:

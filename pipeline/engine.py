@@ -239,6 +239,7 @@ def shard_summary(plan: StagePlan) -> dict[str, Any]:
     """Counts for ``status``: complete/stale/missing shards, failed items, bytes on disk."""
     states = {"complete": 0, "stale": 0, "missing": 0}
     failed: dict[str, str] = {}
+    notes: dict[str, str] = {}
     nbytes = 0
     for sp in plan.shards:
         states[sp.state] += 1
@@ -247,4 +248,5 @@ def shard_summary(plan: StagePlan) -> dict[str, Any]:
             attrs = read_shard_attrs(sp.path)
             if attrs:
                 failed.update(attrs["failed"])
-    return {"shards": states, "failed": failed, "bytes": nbytes}
+                notes.update(attrs["notes"])
+    return {"shards": states, "failed": failed, "notes": notes, "bytes": nbytes}

@@ -28,6 +28,7 @@ class StageReport:
     reused: int
     failed: dict[str, str]
     seconds: float
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def merged_params(workdir: str | Path, overrides: dict[str, dict[str, Any]] | None
@@ -87,7 +88,7 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
         reports.append(StageReport(name, plan.identity_key[:16], len(plan.shards),
                                    sum(1 for r in results if not r.skipped),
                                    len(plan.shards) - len(pending), summary["failed"],
-                                   sum(r.seconds for r in results)))
+                                   sum(r.seconds for r in results), summary["notes"]))
     return reports
 
 

@@ -25,11 +25,13 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
+from features.base import NOTE_KEY
 from pipeline.errors import CacheError
 
 log = logging.getLogger(__name__)
 
 SHARD_GLOB = "shard-*.h5"
+
 
 
 def cache_root(workdir: str | Path) -> Path:
@@ -65,6 +67,7 @@ class ShardWriter:
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         self.items: dict[str, Any] = {}
         self.failed: dict[str, str] = {}
+        self.notes: dict[str, str] = {}  # kept items with a remark (e.g. an aligner fallback)
         self.nbytes = 0
         self._f = None
         with self._failing("create"):
@@ -74,6 +77,10 @@ class ShardWriter:
                 self._f.attrs[k] = _attr(v)
 
     def write(self, utt_id: str, outputs: Mapping[str, np.ndarray], meta: Any) -> None:
+        """``outputs[NOTE_KEY]``, if present, is a remark recorded for ``status``, not stored."""
+        outputs = dict(outputs)
+        if NOTE_KEY in outputs:
+            self.notes[utt_id] = bytes(outputs.pop(NOTE_KEY)).decode("utf-8", "replace")
         with self._failing("write"):
             arrays = {k: np.ascontiguousarray(a) for k, a in outputs.items()}
             self._check_space(sum(a.nbytes for a in arrays.values()))
@@ -92,6 +99,7 @@ class ShardWriter:
         with self._failing("publish"):
             self._f.attrs["items"] = json.dumps(self.items)
             self._f.attrs["failed"] = json.dumps(self.failed)
+            self._f.attrs["notes"] = json.dumps(self.notes)
             self._f.attrs["complete"] = True
             self._f.flush()
             self._f.close()
@@ -221,7 +229,8 @@ def read_shard_attrs(path: Path) -> dict[str, Any] | None:
             attrs = dict(f.attrs)
             if not attrs.get("complete"):
                 raise CacheError("no completeness marker")
-        for k in ("items", "failed", "identity", "layout", "attrs"):
+        attrs.setdefault("notes", "{}")
+        for k in ("items", "failed", "notes", "identity", "layout", "attrs"):
             if isinstance(attrs.get(k), str):
                 attrs[k] = json.loads(attrs[k])
     except (OSError, RuntimeError, CacheError, KeyError, ValueError) as e:  # h5py: OSError or

@@ -150,7 +150,11 @@ def test_failed_items_are_recorded(work):
     assert "u02" in rep.failed and "empty" in rep.failed["u02"]
     with StageReader(work, "toy") as r:
         assert "u02" not in r and len(r) == 7 and "u02" in r.failed
-    assert "u02" in status(work, ["toy"])[0]["failed"]
+    st = status(work, ["toy"])[0]
+    assert "u02" in st["failed"] and st["notes"] == {"u05": "fallback used"}
+    assert rep.notes == {"u05": "fallback used"}
+    with StageReader(work, "toy") as r:
+        assert "u05" in r and "_note" not in r.dataset("u05", "energy").parent
 
 
 def _cli(workdir, *args, **kw):
