@@ -39,6 +39,11 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
     """A distributed ``Client``: external (``scheduler``), one worker per GPU, or CPU workers."""
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
+    # importing distributed configures its loggers at INFO: keep cluster chatter out of the way
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny",
+                 "distributed.worker", "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
     if scheduler:
         log.info("connecting to Dask scheduler %s", scheduler)
         client = Client(scheduler, timeout="30s")
@@ -57,7 +62,8 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
             "cls": Scheduler, "options": {"dashboard_address": None}}, silence_logs=logging.WARNING)
     else:
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, env=dict(_ONE_THREAD),
+                               dashboard_address=None, worker_dashboard_address=None,
+                               env=dict(_ONE_THREAD),
                                silence_logs=logging.WARNING)
     client = Client(cluster)
     logging.getLogger("distributed").setLevel(logging.ERROR)  # cluster start/stop chatter
