@@ -22,6 +22,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".tmp*"):  # left by a writer killed mid-save
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)
     tmp.replace(path)

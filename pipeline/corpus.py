@@ -86,10 +86,15 @@ def load_corpus(workdir: str | Path) -> Corpus:
         )
     meta = json.loads(paths["meta"].read_text())
     utts = []
-    with open(paths["utterances"], encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+    with open(paths["utterances"], encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
                 utts.append(Utterance.from_dict(json.loads(line)))
+            except (ValueError, TypeError) as e:
+                raise CorpusError(f"{paths['utterances']}:{n} is damaged ({e}); re-run "
+                                  "`python cli.py prepare ...` to rebuild it") from None
     return Corpus(meta["name"], tuple(meta["classes"]), tuple(utts), meta.get("source", ""))
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 from features.base import ItemInput
 from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
-from pipeline.errors import ItemError
+from pipeline.errors import CacheError, ItemError, StageError
 from pipeline.plan import ShardPlan, StagePlan, build_cached
 from pipeline.stages import get_stage
 from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
@@ -65,7 +65,8 @@ def shard_lock(path: Path, blocking: bool) -> Iterator[bool]:
 
 
 def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> Iterator[Any]:
-    """ItemInput per utterance (or ItemError), decoded in order."""
+    """ItemInput per utterance (or ItemError), decoded in order; a StageError (last) if an
+    upstream shard turned out corrupt: it is deleted so that the next run recomputes it."""
     for u in utts:
         try:
             audio = load_audio(u.id, u.audio, u.start, u.end) if stage.needs_audio else None
@@ -74,6 +75,14 @@ def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> I
             yield ItemInput(u.id, audio, u.text, u.language, u.speaker, ups)
         except ItemError as e:
             yield e
+        except CacheError as e:
+            bad = next((r.shard_of(u.id) for r in upstream.values() if u.id in r), None)
+            if bad is not None:
+                log.warning("upstream shard %s is corrupt (%s); deleting it", bad, e)
+                bad.unlink(missing_ok=True)
+            yield StageError(f"{stage.name}: an upstream feature of {u.id} is corrupt ({e}); "
+                             "the upstream shard was deleted: re-run extract to recompute it")
+            return
         except Exception as e:  # noqa: BLE001 - a bad upstream entry is that item's failure
             yield ItemError(u.id, f"{type(e).__name__}: {e}")
 
@@ -162,6 +171,8 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
                 if x is stop:
                     done = True
                     break
+                if isinstance(x, StageError):
+                    raise x  # the shard is not published; completed shards are kept
                 (failed if isinstance(x, ItemError) else batch).append(x)
             if failed:
                 outputs.put(([ItemInput(e.item_id) for e in failed], failed))

@@ -293,6 +293,10 @@ class StageReader:
     def ids(self) -> list[str]:
         return sorted(self._index)
 
+    def shard_of(self, utt_id: str) -> Path | None:
+        """The shard file holding ``utt_id`` (None if it has no feature)."""
+        return self._index.get(utt_id)
+
     def __contains__(self, utt_id: str) -> bool:
         return utt_id in self._index
 

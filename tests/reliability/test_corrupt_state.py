@@ -257,9 +257,6 @@ def test_disk_full_real_tmpfs(tmp_path, reference, monkeypatch):
         subprocess.run(["umount", "-l", str(work)], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, reason="engine._inputs turns an upstream CacheError into a "
-                   "permanent item failure of the downstream shard; it should fail the shard "
-                   "(not publish it) so that the next extract recomputes upstream, then it")
 def test_corrupt_upstream_shard_is_recomputed_not_recorded_as_failed_items(tmp_path):
     from tests.helpers import register_toy_stages
     register_toy_stages()
@@ -284,9 +281,6 @@ def data_offset_named(shard: Path, name: str) -> tuple[str, int, int]:
         return utt, ds.id.get_offset(), ds.id.get_storage_size()
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/corpus.py: a torn or hand-broken corpus.jsonl "
-                   "raises a bare JSONDecodeError (a traceback) instead of a CorpusError that "
-                   "names the line and says to re-run prepare")
 def test_torn_corpus_file_gives_a_clear_error(tmp_path):
     from pipeline.corpus import load_corpus
     from pipeline.errors import CorpusError

@@ -187,8 +187,6 @@ def test_only_the_gentle_client_speaks_http():
     assert found == []
 
 
-@pytest.mark.xfail(strict=True, reason="models/checkpoint.py: a kill inside torch.save leaves "
-                   "checkpoint.pt.tmp<pid> (a model-sized file) that nothing removes")
 def test_a_killed_checkpoint_write_leaves_no_temp_file_behind(tmp_path):
     task, fold, cfg, paths = _fold(tmp_path, "run")
     litter = paths.checkpoint("G0").with_name("checkpoint.pt.tmp99999")
