@@ -8,7 +8,8 @@ Measured in one run, with the real TER task on the shared trainer (validation pa
 checkpoints and final predictions included):
   * large batch: every fold sees the paper's samples, 412,800 steps x batch 4 = 1,651,200
     samples, i.e. 1,651,200 / B steps at batch B;
-  * paper schedule: batch 4 timed for ``--baseline-steps`` steps, extrapolated to
+  * paper schedule: batch 4 timed for ``--baseline-steps`` steps (training steps only: no
+    validation, checkpoints or predictions, so the ratio is conservative), extrapolated to
     412,800 steps x 5 folds.
 Prints both, their ratio, and the machine. GPU: ``python bench/ter_speed.py --device cuda``.
 CPU smoke test: ``--utterances 200 --dim 64 --samples-per-fold 4000 --baseline-steps 20``.
