@@ -1,6 +1,7 @@
 """Command line: ``python cli.py --help``. A thin click layer over pipeline/ and models/."""
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -31,6 +32,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MMERError as e:
             click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(1)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            click.secho(f"error: disk full writing {e.filename or 'the work directory'}: free "
+                        "space and re-run; completed work is kept", fg="red", err=True)
             sys.exit(1)
 
 

@@ -154,12 +154,12 @@ def model_files(model: str) -> list[Path]:
 def _hf_folder(path: Path, cfg: SpeechEncoderConfig):
     from transformers import AutoConfig, AutoModel
 
-    mcfg = AutoConfig.from_pretrained(path)
+    mcfg = AutoConfig.from_pretrained(path, local_files_only=True)
     if mcfg.model_type == "whisper":
         from transformers import WhisperModel
 
-        return _WhisperBackend(WhisperModel.from_pretrained(path).get_encoder(), cfg.unpadded_whisper)
-    model = AutoModel.from_pretrained(path)
+        return _WhisperBackend(WhisperModel.from_pretrained(path, local_files_only=True).get_encoder(), cfg.unpadded_whisper)
+    model = AutoModel.from_pretrained(path, local_files_only=True)
     pre = path / "preprocessor_config.json"
     if pre.is_file():
         trained_normalized = bool(json.loads(pre.read_text()).get("do_normalize", True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
 
 def save_params(workdir: str | Path, params: dict[str, dict[str, Any]]) -> None:
     p = Path(workdir) / PARAMS_FILE
-    tmp = p.with_name(p.name + ".tmp")
+    tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     tmp.replace(p)
 

@@ -158,7 +158,11 @@ def tone_corpus(root, n: int = 8, seconds=(0.5, 1.7), n_speakers: int = 2) -> st
 
 
 def register_toy_stages() -> None:
-    """Test-only stages: ``toy`` (frame energies) and ``toy2`` (depends on toy), counting calls."""
+    """Test-only stages: ``toy`` (frame energies) and ``toy2`` (depends on toy), counting calls.
+
+    Idempotent: every caller shares the same classes (``register_toy_stages.classes``)."""
+    if getattr(register_toy_stages, "classes", None):
+        return
     from dataclasses import dataclass
     from features.base import Extractor, run_each
     from features.frames import num_frames
