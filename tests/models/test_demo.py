@@ -1,0 +1,55 @@
+"""The whole user journey on a tiny demo corpus (real Whisper-base, Resemblyzer, MiniLM weights):
+prepare → extract → train SER/TER → fuse → report, then a cached re-run, then predict."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.demo import DemoConfig, run_demo
+from models.predict import predict
+from pipeline.corpus import load_corpus
+
+TINY = DemoConfig(per_cell=2, ser_steps=12, ser_batch=8, ter_epochs=3)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    first = run_demo(work, TINY, say=lambda s: None)
+    return work, first
+
+
+def test_demo_end_to_end(demo_dir):
+    work, out = demo_dir
+    report = Path(out["report"]).read_text()
+    assert "## ser / small" in report and "## ter / cnn" in report and "## fusion / small+cnn" in report
+    assert (work / "report" / "confusion_fusion_small_cnn.png").stat().st_size > 1000
+    assert (work / "report" / "alpha_ser_small.png").exists()
+    assert set(out["ua"]) == {"SER small", "TER cnn", "fusion (weights searched on validation)",
+                              "fusion (paper's fixed weights)"}
+    assert all(0.0 <= v <= 1.0 for v in out["ua"].values())
+    params = json.loads((work / "stage_params.json").read_text())
+    assert params["wav2vec"]["model"] == "whisper-base"  # real weights, labelled in the report
+
+
+def test_demo_second_run_reuses_everything(demo_dir, monkeypatch):
+    work, _ = demo_dir
+    import pipeline.extract as extract
+    monkeypatch.setattr(extract, "run_shard", lambda *a, **k: pytest.fail("a shard was recomputed"))
+    import models.trainer as trainer
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda *a, **k: pytest.fail("a fold retrained"))
+    out = run_demo(work, TINY, say=lambda s: None)
+    assert out["times"]["extract"] < 30
+
+
+def test_predict_on_a_demo_wav(demo_dir):
+    work, _ = demo_dir
+    utt = load_corpus(work).utterances[0]
+    preds = predict(work, [utt.audio, str(work / "missing.wav")], [utt.text, None])
+    ok = next(p for p in preds if p.file == utt.audio)
+    assert ok.label in ("neutral", "happy", "sad", "angry") and ok.text is not None
+    assert abs(sum(ok.probs.values()) - 1) < 1e-5
+    bad = next(p for p in preds if p.file.endswith("missing.wav"))
+    assert bad.label is None and "missing" in bad.error
