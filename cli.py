@@ -298,16 +298,19 @@ def probe() -> None:
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--activation", type=click.Choice(["none", "relu"]), default="none", show_default=True,
               help="Between the probe's linear layers (paper: linear layers).")
+@click.option("--pooling", type=click.Choice(["flatten", "mean"]), default="flatten", show_default=True,
+              help="flatten: codes in time order cut/padded to 2048 (paper; large keeps only its first "
+                   "16 frames); mean: the codes' mean over the utterance (same coverage for any d, f).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @WORKDIR
-def probe_speaker_cmd(run, epochs, activation, seed, device, workdir) -> None:
+def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -> None:
     """Speaker-ID probe (2048 → 1024 → 1024 → speakers) on a SER run's encoder codes,
     speaker-dependent 80/20 splits × 5; lower accuracy = better disentanglement."""
     from models.probe import ProbeConfig, probe_speaker
     from pipeline.progress import console
-    r = probe_speaker(workdir, run, ProbeConfig(epochs=epochs, activation=activation, seed=seed),
-                      _device(device))
+    r = probe_speaker(workdir, run, ProbeConfig(epochs=epochs, activation=activation, pooling=pooling,
+                                                seed=seed), _device(device))
     console.print(f"speaker probe on SER {run}: accuracy {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
                   f"({r['n_speakers']} speakers, chance {r['chance']:.3f}, n={r['n']})")
 # --------------------------------------------------------------------------- end SER

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.runs import RunPaths, read_predictions, write_json
-from models.ser import SERConfig, SERModel
-from models.ser_data import ResidentSet, StoreKeys, StoreSource, StreamingSet, iter_windows, load_set
+from models.runs import RunPaths, write_json
+from models.ser import SERModel
+from models.ser_data import ResidentSet, StreamingSet, iter_windows
 from pipeline.corpus import Corpus, load_corpus
 from pipeline.errors import TrainingError
 
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ProbeConfig:
     input_size: int = 2048
+    #: "flatten" (paper): every window's codes in time order, zero-padded/truncated to input_size
+    #: (with f=2, d=128 that keeps only the first 8 codes = 16 frames); "mean": the codes' mean
+    #: over the utterance's real frames (2d values, zero-padded), the same coverage for any d, f.
+    pooling: str = "flatten"
     hidden: tuple[int, ...] = (1024, 1024)
     activation: str = "none"  # "none": linear layers as written in the paper; "relu"
     epochs: int = 60
@@ -56,18 +60,22 @@ class SpeakerProbe(nn.Module):
 
 @torch.no_grad()
 def code_vectors(model: SERModel, data: ResidentSet | StreamingSet, size: int = 2048,
-                 max_windows: int = 256) -> np.ndarray:
-    """(n, size): each utterance's window codes flattened in time order, padded/truncated."""
+                 max_windows: int = 256, pooling: str = "flatten") -> np.ndarray:
+    """(n, size): each utterance's codes, flattened in time order or mean-pooled (see ProbeConfig)."""
+    if pooling not in ("flatten", "mean"):
+        raise TrainingError(f"probe pooling must be flatten or mean, not {pooling!r}")
     model.eval()
-    crop = model.cfg.crop
+    f = model.cfg.freq
     per_utt: list[list[torch.Tensor]] = [[] for _ in range(len(data))]
-    for owner, b in iter_windows(data, crop, max_windows):
-        codes = model.encode(b.feats, b.spk).float().flatten(1).cpu()  # (W, crop/f · 2d)
-        for i, c in zip(owner, codes):
-            per_utt[i].append(c)
+    for owner, b in iter_windows(data, model.cfg.crop, max_windows):
+        codes = model.encode(b.feats, b.spk).float().cpu()  # (W, crop/f, 2d)
+        for i, c, n in zip(owner, codes, b.frames.tolist()):
+            # flatten keeps padded windows whole (as the paper); mean uses codes whose block starts
+            # on a real frame
+            per_utt[i].append(c.flatten() if pooling == "flatten" else c[: -(-n // f)])
     out = np.zeros((len(data), size), dtype=np.float32)
     for i, parts in enumerate(per_utt):
-        v = torch.cat(parts).numpy()[:size]
+        v = (torch.cat(parts) if pooling == "flatten" else torch.cat(parts).mean(0)).numpy()[:size]
         out[i, :len(v)] = v
     return out
 
@@ -106,36 +114,14 @@ def probe_accuracy(x: np.ndarray, speakers: Sequence[str], cfg: ProbeConfig = Pr
             "n": len(y), "n_speakers": len(names), "chance": float(np.bincount(y).max() / len(y))}
 
 
-def _fold_model(ckpt: dict) -> tuple[SERModel, dict]:
-    rec = ckpt["config"]["model"]
-    model = SERModel(SERConfig(**rec["model"]))
-    run = rec["run"]
-    use_best = run.get("select") == "val" and ckpt.get("best_model") is not None
-    model.load_state_dict(ckpt["best_model"] if use_best else ckpt["model"])
-    return model, run
-
-
 def run_codes(workdir, run: str, corpus: Corpus | None = None, source=None, device: str = "cpu",
-              size: int = 2048) -> tuple[list[str], np.ndarray]:
+              size: int = 2048, pooling: str = "flatten") -> tuple[list[str], np.ndarray]:
     """Code vectors of every test utterance of a finished SER run: (ids, (n, size))."""
-    corpus = corpus or load_corpus(workdir)
-    paths = RunPaths(workdir, "ser", run)
-    folds = paths.fold_names()
-    if not folds:
-        raise TrainingError(f"no finished SER run {run!r} in {workdir}: run `python cli.py train ser "
-                            f"--config {run}` first")
-    speakers = {u.id: u.speaker for u in corpus.utterances}
+    from models.ser_train import iter_test_folds
+
     ids_all, xs = [], []
-    for name in folds:
-        ckpt = torch.load(paths.checkpoint(name), map_location="cpu", weights_only=True)
-        model, run_cfg = _fold_model(ckpt)
-        model.to(device)
-        if source is None:
-            keys = {**run_cfg["keys"], **({} if model.cfg.input == "encoder" else {"encoder_stage": None})}
-            source = StoreSource(workdir, StoreKeys(**keys))
-        test = [r["id"] for r in read_predictions(paths.predictions(name)) if r["split"] == "test"]
-        data = load_set(source, test, speakers, {}, model.cfg.input == "encoder", device, "auto")
-        xs.append(code_vectors(model, data, size))
+    for _, model, test, data in iter_test_folds(workdir, run, corpus, source, device):
+        xs.append(code_vectors(model, data, size, pooling=pooling))
         ids_all += test
     return ids_all, np.concatenate(xs)
 
@@ -144,11 +130,12 @@ def probe_speaker(workdir, run: str, cfg: ProbeConfig = ProbeConfig(), device: s
                   corpus: Corpus | None = None, source=None) -> dict:
     """Codes of run ``run`` → probe accuracy; writes ``runs/ser/<run>/probe_speaker.json``."""
     corpus = corpus or load_corpus(workdir)
-    ids, x = run_codes(workdir, run, corpus, source, device, cfg.input_size)
+    ids, x = run_codes(workdir, run, corpus, source, device, cfg.input_size, cfg.pooling)
     spk = {u.id: u.speaker for u in corpus.utterances}
     result = {"run": run, **probe_accuracy(x, [spk[i] for i in ids], cfg, device),
               "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}}
-    write_json(RunPaths(workdir, "ser", run).root / "probe_speaker.json", result)
+    name = "probe_speaker.json" if cfg.pooling == "flatten" else f"probe_speaker_{cfg.pooling}.json"
+    write_json(RunPaths(workdir, "ser", run).root / name, result)
     log.info("speaker probe on %s codes: accuracy %.3f (chance %.3f, %d speakers)", run,
              result["accuracy"], result["chance"], result["n_speakers"])
     return result

@@ -25,7 +25,7 @@ import torch
 
 from models import trainer
 from models.folds import Fold, make_folds
-from models.runs import RunPaths, write_json
+from models.runs import RunPaths, read_predictions, write_json
 from models.ser import SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
                              iter_windows, load_set, usable)
@@ -295,3 +295,34 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
                                            "per_fold": {n: m["alpha"] for n, m in done.items()}})
     return summary
 
+
+def model_from_checkpoint(ckpt: dict) -> tuple[SERModel, dict]:
+    """The selected model of a fold checkpoint (best-val or last, as the run chose) and its run
+    config dict; no command line needed."""
+    rec = ckpt["config"]["model"]
+    model = SERModel(SERConfig(**rec["model"]))
+    run = rec["run"]
+    use_best = run.get("select") == "val" and ckpt.get("best_model") is not None
+    model.load_state_dict(ckpt["best_model"] if use_best else ckpt["model"])
+    return model.eval(), run
+
+
+def iter_test_folds(workdir, run: str, corpus: Corpus | None = None, source=None, device: str = "cpu"):
+    """(fold, model, test ids, test set) of every finished fold of SER run ``run``."""
+    corpus = corpus or load_corpus(workdir)
+    paths = RunPaths(workdir, "ser", run)
+    folds = paths.fold_names()
+    if not folds:
+        raise TrainingError(f"no finished SER run {run!r} in {workdir}: run `python cli.py train ser "
+                            f"--config {run}` first")
+    speakers = _speakers(corpus)
+    for name in folds:
+        ckpt = torch.load(paths.checkpoint(name), map_location="cpu", weights_only=True)
+        model, run_cfg = model_from_checkpoint(ckpt)
+        src = source
+        if src is None:
+            keys = {**run_cfg["keys"], **({} if model.cfg.input == "encoder" else {"encoder_stage": None})}
+            src = StoreSource(workdir, StoreKeys(**keys))
+        test = [r["id"] for r in read_predictions(paths.predictions(name)) if r["split"] == "test"]
+        yield name, model.to(device), test, load_set(src, test, speakers, {}, model.cfg.input == "encoder",
+                                                      device, "auto")

@@ -68,3 +68,20 @@ def test_probe_speaker_on_a_trained_run(tmp_path):
     assert read_json(RunPaths(tmp_path, "ser", "small").root / "probe_speaker.json")["accuracy"] == r["accuracy"]
     with pytest.raises(TrainingError, match="no finished SER run"):
         probe_speaker(tmp_path, "large", corpus=corpus, source=src)
+
+
+def test_mean_pooling_averages_the_codes_of_real_frames():
+    corpus = make_corpus(n_groups=1, per_class=1)
+    src = ser_source(corpus, frames=(100, 100))  # a full window, then 4 real frames + padding
+    ids = [u.id for u in corpus.utterances]
+    model = SERModel(make_config("small", n_layers=3, feat_dim=16, **TINY_SER)).eval()
+    data = load_set(src, ids, {u.id: u.speaker for u in corpus.utterances}, {}, True, "cpu", "yes")
+    x = code_vectors(model, data, pooling="mean")
+    b = data.utterance(0, 96)
+    with torch.no_grad():
+        codes = model.encode(b.feats, b.spk)  # (2 windows, 2 codes, 16)
+    expected = torch.stack([codes[0, 0], codes[0, 1], codes[1, 0]]).mean(0).numpy()  # code (1,1) is padding
+    np.testing.assert_allclose(x[0, :16], expected, rtol=1e-5)
+    assert not x[0, 16:].any()
+    with pytest.raises(TrainingError, match="pooling"):
+        code_vectors(model, data, pooling="max")
