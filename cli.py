@@ -281,6 +281,9 @@ def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, 
                        keys=StoreKeys(encoder_stage=encoder_stage))
     console.print(f"SER {cfg.run_name}: {cfg.resolved_steps()} steps × batch {batch_size} per fold, "
                   f"lr {cfg.resolved_lr():g}")
+    from pipeline.scheduler import visible_gpus
+    if parse_gpus(gpus) and not visible_gpus():
+        raise click.UsageError("--gpus given, but no CUDA GPU is visible to torch here; drop it")
     s = train_ser(workdir, cfg, folds, device, parse_gpus(gpus), scheduler)
     m = s["mean"]
     console.print(f"SER {cfg.run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
