@@ -27,7 +27,7 @@ t extract_wav2vec_2gpu python3 cli.py extract -s wav2vec --force --gpus 0,1 -w "
 t status python3 cli.py status -w "$W"
 t train_ser_2gpu python3 cli.py train ser --config small --folds all --crops "$CROPS" \
   --batch-size "$BATCH" --gpus 0,1 -w "$W"
-t train_ter python3 cli.py train ter --folds all --steps 6450 --batch-size 256 --lr 1e-3 --amp -w "$W"  # the paper's 1.65 M samples per fold
+t train_ter python3 cli.py train ter --folds all --steps "${TER_STEPS:-6450}" --batch-size 256 --lr 1e-3 --amp -w "$W"  # 6450 x 256 = the paper's 1.65 M samples per fold
 t fuse python3 cli.py fuse -w "$W"
 t report python3 cli.py report -w "$W"
 cp "$W"/report/report.md "$OUT/" 2>/dev/null
