@@ -254,6 +254,9 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
               help="Free architecture values, e.g. -m dim_neck=16 -m freq=24 -m classifier_act=relu.")
 @click.option("--encoder-stage", default="wav2vec", show_default=True,
               help="Cached speech-encoder stage whose layers are the input (not used by spec).")
+@click.option("--window-weighting", type=click.Choice(["equal", "frames"]), default="equal", show_default=True,
+              help="Inference: equal = plain mean over 96-frame windows, the zero-padded last one "
+                   "included (official); frames = windows weighted by their real frames.")
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="bf16", show_default=True,
               help="bf16 autocast on CUDA.")
@@ -266,7 +269,7 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
               help="Run folds on an existing Dask cluster (workers must see the work directory).")
 @WORKDIR
 def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
-                  model_values, encoder_stage, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
+                  model_values, encoder_stage, window_weighting, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
     """Train the SER model (AutoVC-like cross-representation network) with leave-one-group-out
     cross-validation; writes runs/ser/<config>/ (checkpoints, predictions, metrics, layer weights)."""
     from models.ser import CPU_WIDTHS
@@ -278,7 +281,7 @@ def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, 
     cfg = SERRunConfig(preset=preset, run=run_name, model=model, crops=crops,
                        steps=steps, batch_size=batch_size, lr=lr, lr_rule=lr_rule, select=select,
                        eval_every=eval_every, seed=seed, amp=amp, resident=resident,
-                       keys=StoreKeys(encoder_stage=encoder_stage))
+                       window_weighting=window_weighting, keys=StoreKeys(encoder_stage=encoder_stage))
     console.print(f"SER {cfg.run_name}: {cfg.resolved_steps()} steps × batch {batch_size} per fold, "
                   f"lr {cfg.resolved_lr():g}")
     from pipeline.scheduler import visible_gpus

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import platform
@@ -39,7 +40,7 @@ from models.metrics import classification_metrics, mean_over_folds  # noqa: E402
 from models.probe import ProbeConfig, probe_speaker  # noqa: E402
 from models.ser import CPU_WIDTHS  # noqa: E402
 from models.ser_data import StoreKeys  # noqa: E402
-from models.ser_train import SERRunConfig, train_ser  # noqa: E402
+from models.ser_train import SERRunConfig, iter_test_folds, train_ser, window_probs  # noqa: E402
 from pipeline.corpus import load_corpus  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,17 @@ def mfcc_baseline(workdir: Path, val_fraction: float, seed: int) -> dict:
     return {"folds": per_fold, "mean": mean_over_folds(per_fold)}
 
 
+def reweighted_ua(workdir: Path, run: str, weighting: str, device: str) -> dict:
+    """Test metrics of a finished run's fold models with another window weighting (no retraining)."""
+    corpus = load_corpus(workdir)
+    labels = {u.id: u.label for u in corpus.utterances}
+    per_fold = {}
+    for fold, model, test, data in iter_test_folds(workdir, run, corpus, device=device):
+        probs = window_probs(model, data, model.cfg.crop, weighting=weighting)
+        per_fold[fold] = classification_metrics([labels[i] for i in test], probs.argmax(1), corpus.classes)
+    return mean_over_folds(per_fold)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=EMODB)
@@ -117,10 +129,14 @@ def main() -> None:
     ap.add_argument("--configs", default="small,large,spec")
     ap.add_argument("--widths", choices=list(WIDTHS), default="cpu")
     ap.add_argument("--crops", type=int, default=1600, help="training crops per fold")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3, help="0: the sqrt rule from 1e-4 at batch 2")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3, help="0: the sqrt rule from 1e-4 at batch 2")
+    ap.add_argument("--evals", type=int, default=1, help="validation passes per fold (monitoring only "
+                                                       "with --select last)")
     ap.add_argument("--select", choices=["last", "val"], default="last")
-    ap.add_argument("--window-weighting", choices=["equal", "frames"], default="equal")
+    ap.add_argument("--window-weighting", choices=["equal", "frames"], default="frames",
+                    help="default frames: every clip is 100 frames, so its second window is 4 frames + "
+                         "92 of padding; the official equal mean is reported alongside")
     ap.add_argument("--probe-epochs", type=int, default=40)
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
@@ -146,29 +162,35 @@ def main() -> None:
                            lr=args.lr, select=args.select, val_fraction=args.val_fraction, seed=args.seed,
                            window_weighting=args.window_weighting, keys=StoreKeys(encoder_stage="wav2vec"),
                            progress=False)
+        cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.resolved_steps() // args.evals))
         t = time.perf_counter()
         s = train_ser(args.workdir, cfg, "all", args.device)
         results[preset] = {"mean": s["mean"], "pooled_ua": s["pooled"]["ua"], "seconds": time.perf_counter() - t,
                            "steps_per_fold": cfg.resolved_steps(), "lr": cfg.resolved_lr()}
+        other = "frames" if args.window_weighting == "equal" else "equal"
+        results[preset][f"mean_{other}_windows"] = reweighted_ua(args.workdir, preset, other, args.device)
         log.warning("SER %s: UA %.3f (%.0f s)", preset, s["mean"]["ua"], results[preset]["seconds"])
         if preset in ("small", "large"):
-            t = time.perf_counter()
-            p = probe_speaker(args.workdir, preset, ProbeConfig(epochs=args.probe_epochs, seed=args.seed),
-                              args.device)
-            probes[preset] = {k: p[k] for k in ("accuracy", "accuracy_std", "chance", "n", "n_speakers")}
-            probes[preset]["seconds"] = time.perf_counter() - t
+            for pooling in ("flatten", "mean"):
+                t = time.perf_counter()
+                p = probe_speaker(args.workdir, preset, ProbeConfig(epochs=args.probe_epochs, seed=args.seed,
+                                                                    pooling=pooling), args.device)
+                probes[f"{preset} ({pooling})"] = {k: p[k] for k in ("accuracy", "accuracy_std", "chance", "n",
+                                                                     "n_speakers")}
+                probes[f"{preset} ({pooling})"]["seconds"] = time.perf_counter() - t
 
     total = time.perf_counter() - t_start
     print(f"\nSER accuracy on emodb4 (5 speaker-pair folds, 339 clips), {args.encoder} layers ({whisper}); "
           f"machine: {machine}")
     print(f"widths {args.widths}, {args.crops} crops/fold at batch {args.batch_size}, select {args.select}, "
           f"windows {args.window_weighting}; extraction {stage_s} s; total {total / 60:.1f} min")
-    print(f"{'model':<22}{'UA':>8}{'± sd':>8}{'WA':>8}{'pooled UA':>11}")
-    rows = [("MFCC+LR baseline", baseline["mean"], None)] + [(f"SER {k}", v["mean"], v["pooled_ua"])
-                                                             for k, v in results.items()]
-    for name, m, pooled in rows:
+    other = "frames" if args.window_weighting == "equal" else "equal"
+    print(f"{'model':<22}{'UA':>8}{'± sd':>8}{'WA':>8}{'pooled UA':>11}{'UA ' + other + ' windows':>20}")
+    rows = [("MFCC+LR baseline", baseline["mean"], None, None)] + [
+        (f"SER {k}", v["mean"], v["pooled_ua"], v[f"mean_{other}_windows"]["ua"]) for k, v in results.items()]
+    for name, m, pooled, alt in rows:
         print(f"{name:<22}{m['ua']:8.3f}{m['ua_std']:8.3f}{m['wa']:8.3f}"
-              + (f"{pooled:11.3f}" if pooled is not None else ""))
+              + (f"{pooled:11.3f}{alt:20.3f}" if pooled is not None else ""))
     for k, p in probes.items():
         print(f"speaker probe on {k} codes: accuracy {p['accuracy']:.3f} ± {p['accuracy_std']:.3f} "
               f"(chance {p['chance']:.3f}, {p['n_speakers']} speakers)")
