@@ -151,10 +151,16 @@ def write_report(workdir: str | Path, out: str | Path | None = None) -> Path:
                 f"{f} ({v['w1']:.2f}, {v['w2']:.2f})" for f, v in per_fold.items())]
         alpha = RunPaths(workdir, task, run).root / "alpha.json"
         if alpha.exists():
-            w = read_json(alpha)["mean_weights"]
-            apng = out / f"alpha_{task}_{run}.png"
-            alpha_png(w, f"{task} {run}: learned layer weights α (mean over folds)", apng)
-            lines += ["", f"![layer weights]({apng.name})"]
+            w = np.array([np.nan if v is None else v for v in read_json(alpha)["mean_weights"]],
+                         dtype=float)
+            if np.all(np.isfinite(w)):
+                apng = out / f"alpha_{task}_{run}.png"
+                alpha_png(list(w), f"{task} {run}: learned layer weights α (mean over folds)", apng)
+                lines += ["", f"![layer weights]({apng.name})"]
+            else:  # Σα·x/Σα with raw α: Σα can reach 0 (the official parameterisation's hazard)
+                lines += ["", "Learned layer weights α: not finite in at least one fold (Σα reached "
+                          "0 under the official raw-weight parameterisation; `--model "
+                          "layer_weighting=softmax` avoids it); see alpha.json."]
         lines.append("")
     lines += ["## Features", "", "| stage | key | model checksum | parameters |",
               "|---|---|---|---|"]
