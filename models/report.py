@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -36,40 +37,42 @@ def _pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
 
 
-def confusion_png(cm: list[list[int]], classes: list[str], title: str, path: Path) -> None:
+@contextmanager
+def _figure(path: Path, title: str, size: tuple[float, float]) -> Iterator[Any]:
+    """A matplotlib (Agg) axes whose figure is titled, laid out and saved to ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def confusion_png(cm: list[list[int]], classes: list[str], title: str, path: Path) -> None:
     cm_arr = np.asarray(cm, dtype=float)
     norm = cm_arr / np.maximum(cm_arr.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{int(cm_arr[i, j])}\n{100 * norm[i, j]:.0f}%", ha="center", va="center",
-                    fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=30)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, title, (4.2, 3.8)) as ax:
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, f"{int(cm_arr[i, j])}\n{100 * norm[i, j]:.0f}%", ha="center",
+                        va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=30)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
 
 
 def alpha_png(weights: list[float], title: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 2.8))
-    ax.bar(range(len(weights)), weights)
-    ax.set_xlabel("layer (0 = CNN projection / embeddings)")
-    ax.set_ylabel("normalised weight")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, title, (6, 2.8)) as ax:
+        ax.bar(range(len(weights)), weights)
+        ax.set_xlabel("layer (0 = CNN projection / embeddings)")
+        ax.set_ylabel("normalised weight")
 
 
 def cm_markdown(cm: list[list[int]], classes: list[str]) -> str:
