@@ -54,6 +54,9 @@ class SERRunConfig:
     lr_max: float = 1e-3
     select: str = "last"  # official: the last step; "val": best validation UA
     val_fraction: float = 0.1
+    #: Seeds the validation draw, apart from ``seed``: SER, TER and fusion must share the same
+    #: validation rows whatever their training seeds (TER uses 0 too).
+    split_seed: int = 0
     eval_every: int = 0  # steps between validation passes; 0 = about 20 per fold
     seed: int = 0
     amp: str = "bf16"  # bf16 autocast on CUDA; "off" = float32 (always float32 on CPU)
@@ -246,7 +249,7 @@ def train_fold(workdir, config: SERRunConfig, fold: Fold | str, device: str = "c
     device = resolve_device(device)
     corpus = corpus or load_corpus(workdir)
     if isinstance(fold, str):
-        (fold,) = make_folds(corpus, fold, config.val_fraction, config.seed)
+        (fold,) = make_folds(corpus, fold, config.val_fraction, config.split_seed)
     source = source or open_source(workdir, config)
     task = SERTask(corpus, source, config)
     paths = RunPaths(workdir, "ser", config.run_name)
@@ -266,7 +269,7 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
     """All requested folds (on a Dask cluster when ``gpus`` has several or ``scheduler`` is set),
     then the run's config.json, metrics.json (per fold, mean, pooled) and alpha.json."""
     corpus = corpus or load_corpus(workdir)
-    fold_list = make_folds(corpus, folds, config.val_fraction, config.seed)
+    fold_list = make_folds(corpus, folds, config.val_fraction, config.split_seed)
     paths = RunPaths(workdir, "ser", config.run_name)
     task = SERTask(corpus, source or open_source(workdir, config), config)
     distributed = bool(scheduler or (gpus and len(gpus) > 1))
