@@ -29,7 +29,7 @@ DEMO_PARAMS = {
 @dataclass(frozen=True)
 class DemoConfig:
     per_cell: int = 12  # utterances per speaker × emotion (6 speakers × 4 emotions)
-    ser_steps: int = 400  # per fold, batch 16 (the paper: 1 M steps at batch 2)
+    ser_steps: int = 250  # per fold, batch 16 (the paper: 1 M steps at batch 2)
     ser_batch: int = 16
     ter_epochs: float = 30
     seed: int = 0
