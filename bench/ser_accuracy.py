@@ -13,7 +13,7 @@ Reported, all in this run on the same folds:
     logistic regression (class-balanced), trained on the fold's training groups;
   * the speaker probe (2048 → 1024 → 1024 → 10, speaker-dependent 80/20 × 5) on small vs large codes.
 
-CPU mode (default; ≈ 6 min on 2 idle cores, 20-30 min when the cores are shared): the SER
+CPU mode (default; ≈ 12 min on 2 idle cores, 30 min when they are shared): the SER
 networks keep their architecture with narrower convolutions/LSTMs (``--widths cpu`` =
 models.ser.CPU_WIDTHS) and a short schedule (6,400 crops per fold, batch 32, lr 2e-3); Whisper runs
 on clip-length windows (``--whisper unpadded``). GPU, the paper's widths:
