@@ -70,7 +70,7 @@ def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> I
     for u in utts:
         try:
             audio = load_audio(u.id, u.audio, u.start, u.end) if stage.needs_audio else None
-            ups = {s: {n: r.get(u.id, n) for n in _output_names(r, u.id)}
+            ups = {s: {n: r.get(u.id, n) for n in r.names(u.id)}
                    for s, r in upstream.items()}
             yield ItemInput(u.id, audio, u.text, u.language, u.speaker, ups)
         except ItemError as e:
@@ -85,10 +85,6 @@ def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> I
             return
         except Exception as e:  # noqa: BLE001 - a bad upstream entry is that item's failure
             yield ItemError(u.id, f"{type(e).__name__}: {e}")
-
-
-def _output_names(reader: StageReader, utt_id: str) -> list[str]:
-    return list(reader._file(utt_id)[utt_id].keys())  # noqa: SLF001 - same package
 
 
 def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, Any],

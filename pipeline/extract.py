@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.corpus import load_corpus
-from pipeline.engine import ShardResult, publish, run_shard, shard_summary
+from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary
+from pipeline.errors import StageError
 from pipeline.fingerprint import FileHashCache
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params
 from pipeline.scheduler import dask_client, default_workers, visible_gpus
@@ -79,7 +80,6 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
         plan = plan_stage(workdir, name, corpus, params.get(name), keys, hashes)
         missing = plan.pending()
         if missing:
-            from pipeline.errors import StageError
             raise StageError(f"stage {name}: {len(missing)} shard(s) could not be completed; "
                              "see the log above, then re-run extract (completed shards are kept)")
         publish(workdir, plan, list(corpus.utterances))
@@ -118,7 +118,6 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
     # Shards another process was writing: wait for its lock, then compute here if it died.
     for sp in pending:
         if not sp.path.exists():
-            from pipeline.engine import shard_lock
             with shard_lock(sp.path, blocking=True):
                 pass
             if not sp.path.exists():

@@ -293,6 +293,11 @@ class StageReader:
     def ids(self) -> list[str]:
         return sorted(self._index)
 
+    def names(self, utt_id: str) -> list[str]:
+        """Output names stored for ``utt_id``."""
+        with self._lock:
+            return list(self._file(utt_id)[utt_id].keys())
+
     def shard_of(self, utt_id: str) -> Path | None:
         """The shard file holding ``utt_id`` (None if it has no feature)."""
         return self._index.get(utt_id)
