@@ -69,14 +69,19 @@ def write_manifest(data: Path, out: Path) -> Path:
     return out
 
 
-def prepare_and_extract(workdir: Path, data: Path, encoder: str, unpadded: bool, device: str) -> dict:
-    """Corpus + the four SER stages; returns seconds per stage."""
+def prepare_and_extract(workdir: Path, data: Path, encoder: str, unpadded: bool, device: str,
+                        stages: tuple[str, ...] = ("wav2vec", "mel", "phones", "speaker")) -> dict:
+    """Corpus + the SER stages in ``stages`` (the others must be in ``workdir`` already); seconds per stage."""
     from pipeline.extract import extract
     from pipeline.prepare import prepare_manifest
-    prepare_manifest(workdir, write_manifest(data, workdir / "emodb4_pairs.csv"))
+    from pipeline.corpus import corpus_paths
+    if stages or not corpus_paths(workdir)["meta"].exists():  # --extract "": use the work directory as is
+        prepare_manifest(workdir, write_manifest(data, workdir / "emodb4_pairs.csv"))
     gpus = [0] if device.startswith("cuda") else None
     times = {}
-    for stage, params in (("wav2vec", {"model": encoder, "unpadded_whisper": unpadded}), ("mel", {}), ("phones", {}), ("speaker", {})):
+    params_of = {"wav2vec": {"model": encoder, "unpadded_whisper": unpadded}}
+    for stage in stages:
+        params = params_of.get(stage)
         t = time.perf_counter()
         extract(workdir, [stage], {stage: params} if params else None, workers=1, gpus=gpus)
         times[stage] = round(time.perf_counter() - t, 1)
@@ -130,6 +135,9 @@ def main() -> None:
                     help="Whisper windows: faithful = padded to 30 s as trained (slow on CPU); unpadded = "
                          "clip length (~25× faster, deep layers drift: cosine ≈ 0.93 at the last layer). "
                          "Default: unpadded on CPU, faithful on CUDA")
+    ap.add_argument("--extract", default="wav2vec,mel,phones,speaker",
+                    help="stages to extract here; the others must already be in --workdir (e.g. the "
+                         "CPU stages extracted on another machine and copied over)")
     ap.add_argument("--configs", default="small,large,spec")
     ap.add_argument("--widths", choices=list(WIDTHS), default="cpu")
     ap.add_argument("--crops", type=int, default=6400, help="training crops per fold")
@@ -155,13 +163,14 @@ def main() -> None:
     t_start = time.perf_counter()
 
     whisper = args.whisper or ("faithful" if args.device.startswith("cuda") else "unpadded")
-    stage_s = prepare_and_extract(args.workdir, args.data, args.encoder, whisper == "unpadded", args.device)
+    stage_s = prepare_and_extract(args.workdir, args.data, args.encoder, whisper == "unpadded", args.device,
+                                  tuple(s for s in args.extract.split(",") if s))
     t = time.perf_counter()
     baseline = mfcc_baseline(args.workdir, args.val_fraction, args.seed)
     baseline_s = time.perf_counter() - t
 
     results, probes = {}, {}
-    for preset in args.configs.split(","):
+    for preset in [c for c in args.configs.split(",") if c]:
         cfg = SERRunConfig(preset=preset, model=WIDTHS[args.widths], crops=args.crops, batch_size=args.batch_size,
                            lr=args.lr, select=args.select, val_fraction=args.val_fraction, seed=args.seed,
                            window_weighting=args.window_weighting, keys=StoreKeys(encoder_stage="wav2vec"),

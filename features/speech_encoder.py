@@ -158,8 +158,10 @@ def _hf_folder(path: Path, cfg: SpeechEncoderConfig):
     if mcfg.model_type == "whisper":
         from transformers import WhisperModel
 
-        return _WhisperBackend(WhisperModel.from_pretrained(path, local_files_only=True).get_encoder(), cfg.unpadded_whisper)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+        model = WhisperModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        return _WhisperBackend(model.get_encoder(), cfg.unpadded_whisper)
+    # float32 master weights whatever the folder stores (fp16 checkpoints): autocast does the rest
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     pre = path / "preprocessor_config.json"
     if pre.is_file():
         trained_normalized = bool(json.loads(pre.read_text()).get("do_normalize", True))

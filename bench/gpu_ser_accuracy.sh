@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# emodb4 SER accuracy at the paper's widths on 2 GPUs: the follow-up of the CPU table in the
+# closing note of issue #8 (bench/ser_accuracy.py). Real Whisper-base layers, real Resemblyzer means.
+#   bash bench/gpu_ser_accuracy.sh OUT_DIR          (CROPS, BATCH, LR override the schedule)
+# The GPU host has no espeak-ng, no Resemblyzer wheel, no network and a 64 MiB carry limit, so three
+# things are prepared on a CPU machine and carried (none of them is committed):
+#   .carry/emo_flac        emodb4 as lossless FLAC + its manifest (14 MB instead of 23 MB of wav)
+#   .carry/emo_work        a work directory with the phones and speaker stages extracted there
+#                          (bench/ser_accuracy.py --data .carry/emo_flac --workdir .carry/emo_work
+#                           --extract phones,speaker --configs "")
+#   .carry/whisper-base-hf the packaged CTranslate2 Whisper-base encoder exported to a transformers
+#                          folder in fp16 (per-frame cosine to the CT2 original: 1.0000 on every layer)
+set -u
+OUT=${1:-/tmp/gpu-ser-accuracy}
+CROPS=${CROPS:-160000}; BATCH=${BATCH:-256}; LR=${LR:-5e-4}
+W=/tmp/emo_work
+mkdir -p "$OUT"; rm -rf "$W"; cp -r .carry/emo_work "$W"
+export PYTHONUNBUFFERED=1
+run() { python3 bench/ser_accuracy.py --data .carry/emo_flac --workdir "$W" --device cuda \
+  --encoder "$PWD/.carry/whisper-base-hf" --widths paper --crops "$CROPS" --batch-size "$BATCH" \
+  --lr "$LR" --evals 4 --probe-epochs 60 --threads 4 "$@"; }
+s=$(date +%s)
+run --extract wav2vec,mel --configs "" > "$OUT/extract.log" 2>&1; echo "extract: exit $? $(( $(date +%s) - s )) s"
+CUDA_VISIBLE_DEVICES=0 run --extract "" --configs small --out "$OUT/small.json" > "$OUT/small.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=1 run --extract "" --configs large --out "$OUT/large.json" > "$OUT/large.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=1 run --extract "" --configs spec --out "$OUT/spec.json" > "$OUT/spec.log" 2>&1 &
+wait; echo "train + probes: $(( $(date +%s) - s )) s"
+python3 cli.py probe speaker --config small --device cuda -w "$W" 2>&1 | grep -v "it/s" | tail -4
+for f in small large spec; do grep -v "it/s" "$OUT/$f.log" | tail -9; done
