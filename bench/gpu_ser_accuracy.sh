@@ -25,5 +25,6 @@ CUDA_VISIBLE_DEVICES=0 run --extract "" --configs small --out "$OUT/small.json" 
 CUDA_VISIBLE_DEVICES=1 run --extract "" --configs large --out "$OUT/large.json" > "$OUT/large.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=1 run --extract "" --configs spec --out "$OUT/spec.json" > "$OUT/spec.log" 2>&1 &
 wait; echo "train + probes: $(( $(date +%s) - s )) s"
+for r in small large spec; do cp "$W/runs/ser/$r/metrics.json" "$OUT/metrics_$r.json"; done
 python3 cli.py probe speaker --config small --device cuda -w "$W" 2>&1 | grep -v "it/s" | tail -4
 for f in small large spec; do grep -v "it/s" "$OUT/$f.log" | tail -9; done

@@ -156,8 +156,9 @@ class LayerWeights(nn.Module):
         return torch.softmax(a, 0) if self.mode == "softmax" else a / a.sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp16 features stay fp16 on the GPU (matmul accumulates in fp32); float elsewhere.
-        dtype = x.dtype if x.is_cuda else torch.float32
+        # fp16 features stay fp16 under GPU autocast (matmul accumulates in fp32); otherwise the
+        # output follows the model's own dtype (fp32 master weights, or a model cast by the caller)
+        dtype = x.dtype if x.is_cuda and torch.is_autocast_enabled("cuda") else self.alpha.dtype
         with torch.autocast(x.device.type, enabled=False):
             return torch.matmul(self.weights().to(dtype), x.to(dtype))  # (B, T, D)
 

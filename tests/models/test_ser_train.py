@@ -59,6 +59,22 @@ def test_window_inference_equals_manual_averaging(weighting):
         np.testing.assert_allclose(got[i], p.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_window_inference_casts_fp16_features_to_the_model_dtype_outside_autocast():
+    # resident features are fp16; a caller outside autocast (a GPU evaluation, predict) must still
+    # get probabilities: the features follow the model's dtype (here bf16, as on a GPU)
+    corpus = make_corpus(n_groups=1, per_class=2)
+    src = ser_source(corpus, frames=(40, 120))
+    ids = [u.id for u in corpus.utterances]
+    spk = {u.id: u.speaker for u in corpus.utterances}
+    torch.manual_seed(0)
+    model = SERModel(make_config("small", n_layers=3, feat_dim=16, **TINY_SER)).eval()
+    data = load_set(src, ids, spk, {}, True, "cpu", "yes")
+    ref = window_probs(model, data, 96)
+    got = window_probs(model.to(torch.bfloat16), data, 96)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, atol=0.05)
+
+
 def test_crops_are_a_pure_function_of_the_step():
     corpus = make_corpus(n_groups=2, per_class=2)
     task = SERTask(corpus, ser_source(corpus), _cfg())
