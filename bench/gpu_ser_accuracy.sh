@@ -13,6 +13,7 @@
 set -u
 OUT=${1:-/tmp/gpu-ser-accuracy}
 CROPS=${CROPS:-160000}; BATCH=${BATCH:-256}; LR=${LR:-5e-4}
+CONFIGS=${CONFIGS:-"small:0 large:1 spec:1"}  # config:GPU
 W=/tmp/emo_work
 mkdir -p "$OUT"; rm -rf "$W"; cp -r .carry/emo_work "$W"
 export PYTHONUNBUFFERED=1
@@ -21,10 +22,10 @@ run() { python3 bench/ser_accuracy.py --data .carry/emo_flac --workdir "$W" --de
   --lr "$LR" --evals 4 --probe-epochs 60 --threads 4 "$@"; }
 s=$(date +%s)
 run --extract wav2vec,mel --configs "" > "$OUT/extract.log" 2>&1; echo "extract: exit $? $(( $(date +%s) - s )) s"
-CUDA_VISIBLE_DEVICES=0 run --extract "" --configs small --out "$OUT/small.json" > "$OUT/small.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=1 run --extract "" --configs large --out "$OUT/large.json" > "$OUT/large.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=1 run --extract "" --configs spec --out "$OUT/spec.json" > "$OUT/spec.log" 2>&1 &
+for cg in $CONFIGS; do  # one process per config, on the GPU named after the colon
+  c=${cg%%:*}; CUDA_VISIBLE_DEVICES=${cg##*:} run --extract "" --configs "$c" --out "$OUT/$c.json" > "$OUT/$c.log" 2>&1 &
+done
 wait; echo "train + probes: $(( $(date +%s) - s )) s"
-for r in small large spec; do cp "$W/runs/ser/$r/metrics.json" "$OUT/metrics_$r.json"; done
+for cg in $CONFIGS; do c=${cg%%:*}; cp "$W/runs/ser/$c/metrics.json" "$OUT/metrics_$c.json"; done
 python3 cli.py probe speaker --config small --device cuda -w "$W" 2>&1 | grep -v "it/s" | tail -4
-for f in small large spec; do grep -v "it/s" "$OUT/$f.log" | tail -9; done
+for cg in $CONFIGS; do f=${cg%%:*}; grep -v "it/s" "$OUT/$f.log" | tail -9; done
