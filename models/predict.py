@@ -54,7 +54,8 @@ def _ser_models(workdir: Path, run: str, fold: str | None, device: str):
     conf = read_json(paths.config)
     cfg = SERConfig(**{k: tuple(v) if isinstance(v, list) else v
                        for k, v in conf["model"]["model"].items()})
-    select = conf["model"]["run"].get("select", "last")
+    run_cfg = conf["model"]["run"]
+    select = run_cfg.get("select", "last")
     models = []
     for f in folds:
         ckpt = torch.load(paths.checkpoint(f), map_location="cpu", weights_only=True)
@@ -62,7 +63,7 @@ def _ser_models(workdir: Path, run: str, fold: str | None, device: str):
         m.load_state_dict(ckpt["best_model"] if select == "val" and ckpt.get("best_model")
                           else ckpt["model"])
         models.append(m.to(device).eval())
-    return cfg, models
+    return cfg, models, run_cfg.get("window_weighting", "equal")
 
 
 def _ter_models(workdir: Path, run: str, fold: str | None):
@@ -106,7 +107,7 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
     from models.ter import TextCNN, pad_tokens
     workdir = Path(workdir)
     classes = read_json(RunPaths(workdir, "ser", ser_run).metrics)["classes"]
-    cfg, ser_models = _ser_models(workdir, ser_run, fold, device)
+    cfg, ser_models, weighting = _ser_models(workdir, ser_run, fold, device)  # as the run was evaluated
     texts = list(texts) if texts is not None else [None] * len(files)
     out: list[Prediction] = []
     items, ids = [], []
@@ -135,7 +136,7 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
     gid = [items[i].utt_id for i in good]
     data = load_set(src, gid, {items[i].utt_id: items[i].speaker for i in good},
                     {u: 0 for u in gid}, cfg.input == "encoder", device, "yes")
-    p_speech = np.mean([window_probs(m, data, cfg.crop) for m in ser_models], axis=0)  # (n, C)
+    p_speech = np.mean([window_probs(m, data, cfg.crop, weighting=weighting) for m in ser_models], axis=0)
     text_items = [items[i] for i in good if items[i].text]
     p_text: dict[str, np.ndarray] = {}
     if text_items:

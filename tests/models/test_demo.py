@@ -53,3 +53,23 @@ def test_predict_on_a_demo_wav(demo_dir):
     assert abs(sum(ok.probs.values()) - 1) < 1e-5
     bad = next(p for p in preds if p.file.endswith("missing.wav"))
     assert bad.label is None and "missing" in bad.error
+
+
+def test_predict_weights_windows_as_the_run_was_evaluated(demo_dir):
+    # a run trained with --window-weighting frames is also applied that way by predict
+    work, _ = demo_dir
+    import soundfile as sf
+    utt = max(load_corpus(work).utterances, key=lambda u: sf.info(u.audio).frames)  # several windows
+    assert sf.info(utt.audio).duration > 1.92  # more than one 96-frame window
+    config = work / "runs" / "ser" / "small" / "config.json"
+    original = config.read_text()
+    try:
+        equal = predict(work, [utt.audio])[0].speech
+        conf = json.loads(original)
+        conf["model"]["run"]["window_weighting"] = "frames"
+        config.write_text(json.dumps(conf))
+        frames = predict(work, [utt.audio])[0].speech
+    finally:
+        config.write_text(original)
+    assert equal.keys() == frames.keys()
+    assert max(abs(equal[k] - frames[k]) for k in equal) > 1e-6
