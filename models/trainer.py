@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -197,8 +198,11 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
             "rng": capture_rng(generator), "config": record, "feature_keys": keys,
             "fold": fold.name, "done": done})
 
+    # in a log file (no terminal: nohup, Slurm) a line every 30 s instead of ~10 redraws per second
+    tty = sys.stderr.isatty()
     bar = tqdm(total=steps, initial=state["step"], desc=f"{task.name} {fold.name}",
-               disable=not config.progress, dynamic_ncols=True, leave=False)
+               disable=not config.progress, dynamic_ncols=True, leave=False,
+               mininterval=0.1 if tty else 30.0)
     sums: dict[str, torch.Tensor] = {}
     n_sum, t0 = 0, time.perf_counter()
     model.train()
