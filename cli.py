@@ -129,6 +129,9 @@ def _parse_params(stage: tuple[str, ...], param: tuple[str, ...]) -> dict[str, d
               help="Stage to bring up to date (repeatable), or 'all'. Upstream stages run first.")
 @click.option("--param", "-p", multiple=True, metavar="STAGE.FIELD=VALUE",
               help="Stage parameter, remembered in the work directory (repeatable).")
+@click.option("--reset-params", is_flag=True,
+              help="Forget the remembered parameters of the --stage stages (all with 'all') "
+                   "before applying --param: back to the defaults.")
 @click.option("--force", is_flag=True, help="Recompute even up-to-date shards of these stages.")
 @click.option("--workers", type=int, default=None,
               help="CPU worker processes (default: one per core, at most one per shard; "
@@ -138,15 +141,20 @@ def _parse_params(stage: tuple[str, ...], param: tuple[str, ...]) -> dict[str, d
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Use an existing Dask cluster; its workers must see the work directory.")
 @WORKDIR
-def extract(stages, param, force, workers, gpus, scheduler, workdir) -> None:
-    """Compute features into the HDF5 shard cache; only what changed is recomputed."""
+def extract(stages, param, reset_params, force, workers, gpus, scheduler, workdir) -> None:
+    """Compute features into the HDF5 shard cache; only what changed is recomputed.
+
+    Parameters given with -p are remembered in WORKDIR/stage_params.json and used by later runs;
+    --reset-params forgets them for the named stages.
+    """
     from pipeline.extract import extract as run
     from pipeline.progress import console, human_bytes, stage_progress, table
     from pipeline.scheduler import parse_gpus
     t = time.perf_counter()
     with stage_progress() as prog:
         reports = run(workdir, list(stages), _parse_params(stages, param), force=force,
-                      workers=workers, gpus=parse_gpus(gpus), scheduler=scheduler, progress=prog)
+                      workers=workers, gpus=parse_gpus(gpus), scheduler=scheduler, progress=prog,
+                      reset_params=reset_params)
     rows = [[r.stage, r.identity, r.shards_total, r.computed, r.reused, len(r.failed),
              len(r.notes)] for r in reports]
     console.print(table("extract", ["stage", "key", "shards", "computed", "reused", "failed items",

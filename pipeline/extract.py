@@ -32,44 +32,67 @@ class StageReport:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def merged_params(workdir: str | Path, overrides: dict[str, dict[str, Any]] | None
-                  ) -> dict[str, dict[str, Any]]:
-    """Saved stage parameters of this work directory, updated by ``overrides``, saved back."""
+def merged_params(workdir: str | Path, overrides: dict[str, dict[str, Any]] | None,
+                  reset: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Saved stage parameters of this work directory, updated by ``overrides``, saved back.
+
+    Stages in ``reset`` first forget what was remembered for them (back to their defaults).
+    """
     params = load_params(workdir)
+    for stage in reset or []:
+        get_stage(stage)  # an unknown name is an error, not a silent no-op
+        params.pop(stage, None)
     for stage, kv in (overrides or {}).items():
         get_stage(stage).make_config({**params.get(stage, {}), **kv})  # validate early
         params.setdefault(stage, {}).update(kv)
-    if overrides:
+    if overrides or reset:
         save_params(workdir, params)
     return params
+
+
+class _Planner:
+    """Plans stages upstream first; a stage's plan sees its upstream stages' utterance keys."""
+
+    def __init__(self, workdir: str | Path, params: dict[str, dict[str, Any]]):
+        self.workdir, self.params = workdir, params
+        self.corpus = load_corpus(workdir)
+        self.hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json")
+        self.keys: dict[str, dict[str, str]] = {}
+
+    def plan(self, name: str) -> StagePlan:
+        return plan_stage(self.workdir, name, self.corpus, self.params.get(name), self.keys, self.hashes)
+
+    def settle(self, plan: StagePlan) -> None:
+        """``plan`` is final: downstream stages key on its utterance keys."""
+        self.keys[plan.stage.name] = plan.utt_keys
 
 
 def plans_for(workdir: str | Path, names: list[str],
               params: dict[str, dict[str, Any]]) -> list[StagePlan]:
     """Plans of ``names`` and their upstream stages, upstream first."""
-    corpus = load_corpus(workdir)
-    hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json")
-    plans, keys = [], {}
+    planner, plans = _Planner(workdir, params), []
     for name in resolve_order(names):
-        p = plan_stage(workdir, name, corpus, params.get(name), keys, hashes)
-        keys[name] = p.utt_keys
-        plans.append(p)
+        plans.append(planner.plan(name))
+        planner.settle(plans[-1])
     return plans
 
 
 def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[str, Any]] | None = None,
             force: bool = False, workers: int | None = None, gpus: list[int] | None = None,
-            scheduler: str | None = None, progress: Callable | None = None) -> list[StageReport]:
-    """Compute every missing or stale shard of ``stages`` (``["all"]`` = every stage)."""
+            scheduler: str | None = None, progress: Callable | None = None,
+            reset_params: bool = False) -> list[StageReport]:
+    """Compute every missing or stale shard of ``stages`` (``["all"]`` = every stage).
+
+    ``reset_params``: the named stages forget their remembered parameters before ``overrides``.
+    """
     workdir = str(workdir)
     names = stage_names() if stages == ["all"] else stages
-    params = merged_params(workdir, overrides)
-    corpus = load_corpus(workdir)
+    params = merged_params(workdir, overrides, names if reset_params else None)
+    planner = _Planner(workdir, params)
+    corpus = planner.corpus
     reports: list[StageReport] = []
-    keys: dict[str, dict[str, str]] = {}
-    hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json")
     for name in resolve_order(names):
-        plan = plan_stage(workdir, name, corpus, params.get(name), keys, hashes)
+        plan = planner.plan(name)
         if force and name in names:
             for sp in plan.shards:
                 if sp.state == "complete":
@@ -77,14 +100,14 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
                     sp.state = "missing"
         pending = plan.pending()
         results = _run(workdir, plan, pending, workers, gpus, scheduler, progress)
-        plan = plan_stage(workdir, name, corpus, params.get(name), keys, hashes)
+        plan = planner.plan(name)
         missing = plan.pending()
         if missing:
             raise StageError(f"stage {name}: {len(missing)} shard(s) could not be completed; "
                              "see the log above, then re-run extract (completed shards are kept)")
         publish(workdir, plan, list(corpus.utterances))
         summary = shard_summary(plan)
-        keys[name] = plan.utt_keys
+        planner.settle(plan)
         reports.append(StageReport(name, plan.identity_key[:16], len(plan.shards),
                                    sum(1 for r in results if not r.skipped),
                                    len(plan.shards) - len(pending), summary["failed"],

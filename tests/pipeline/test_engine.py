@@ -73,6 +73,21 @@ def test_invalidation_param_change_recomputes_stage_and_dependants(work):
     assert rows["toy"]["shards"]["complete"] == 3 and rows["toy2"]["shards"]["stale"] == 0
 
 
+def test_parameters_are_remembered_until_reset(work):
+    from pipeline.plan import load_params
+    extract(work, ["toy2"], {"toy2": {"scale": "2"}, "toy": {"scale": "3"}}, workers=1)
+    extract(work, ["toy2"], workers=1)  # no -p: the remembered values stay in force
+    assert load_params(work) == {"toy": {"scale": "3"}, "toy2": {"scale": "2"}}
+    Toy.calls.clear(), Toy2.calls.clear()
+    extract(work, ["toy2"], workers=1, reset_params=True)  # toy2 only: toy keeps its value
+    assert load_params(work) == {"toy": {"scale": "3"}}
+    assert Toy.calls == [] and len(Toy2.calls) == 8
+    Toy2.calls.clear()
+    extract(work, ["toy", "toy2"], {"toy2": {"scale": "2"}}, workers=1, reset_params=True)
+    assert load_params(work) == {"toy2": {"scale": "2"}}  # reset first, then the new -p
+    assert len(Toy.calls) == 8 and len(Toy2.calls) == 8
+
+
 def test_invalidation_one_wav_changes_one_shard(work):
     extract(work, ["toy2"], workers=1)
     before = snapshot(work, "toy")
