@@ -146,3 +146,27 @@ def test_mixed_precision_path(folders, arch):
             low, lengths = ext.backend.run(audios, torch.device("cpu"))
     assert low.dtype == torch.float16 and lengths == [50, 16]
     assert (low.float() - ref.float()).abs().max() < 0.05 * ref.float().abs().max()
+
+
+def test_items_whose_real_frames_overflow_fp16_fail_alone(folders):
+    # the finiteness check runs on the batch on the device, over real frames only
+    from features.speech_encoder import _finite_items
+    feats = torch.zeros(3, 5, 2, 4, dtype=torch.float16)
+    feats[1, 2, 1, 3] = float("inf")  # a real frame of item 1
+    feats[2, 4, 0, 0] = float("nan")  # padding of item 2 (2 real frames)
+    assert _finite_items(feats, [5, 5, 2]) == [True, False, True]
+
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2"][0])))
+    run = ext.backend.run
+
+    def overflow_second(audios, device):
+        out, lengths = run(audios, device)
+        big = [i for i, a in enumerate(audios) if len(a) == 6400]
+        out[big, 0] = float("inf")
+        return out, lengths
+
+    ext.backend.run = overflow_second
+    out = ext([ItemInput("a", speech_audio(4000)), ItemInput("b", speech_audio(6400)),
+               ItemInput("c", speech_audio(5000))])
+    assert isinstance(out[1], ItemError) and "overflows float16" in out[1].reason
+    assert all(np.isfinite(o["feats"]).all() for o in (out[0], out[2]))
