@@ -36,15 +36,20 @@ def test_schedule_in_crops_and_the_large_batch_lr_rule():
     assert SERRunConfig(steps=10, batch_size=8).resolved_steps() == 10
 
 
-@pytest.mark.parametrize("weighting", ["equal", "frames"])
-def test_window_inference_equals_manual_averaging(weighting):
+def _window_setup(frames: tuple[int, int]):
+    """A tiny small-config model and a resident set of utterances of ``frames`` lengths."""
     corpus = make_corpus(n_groups=1, per_class=2)
-    src = ser_source(corpus, frames=(40, 300))
+    src = ser_source(corpus, frames=frames)
     ids = [u.id for u in corpus.utterances]
     spk = {u.id: u.speaker for u in corpus.utterances}
     torch.manual_seed(0)
     model = SERModel(make_config("small", n_layers=3, feat_dim=16, **TINY_SER)).eval()
-    data = load_set(src, ids, spk, {}, True, "cpu", "yes")
+    return src, ids, spk, model, load_set(src, ids, spk, {}, True, "cpu", "yes")
+
+
+@pytest.mark.parametrize("weighting", ["equal", "frames"])
+def test_window_inference_equals_manual_averaging(weighting):
+    src, ids, spk, model, data = _window_setup((40, 300))
     got = window_probs(model, data, 96, max_windows=3, weighting=weighting)
     for i, u in enumerate(ids):
         x = torch.from_numpy(src.encoder(u).astype(np.float32))  # (T, L, D)
@@ -62,13 +67,7 @@ def test_window_inference_equals_manual_averaging(weighting):
 def test_window_inference_casts_fp16_features_to_the_model_dtype_outside_autocast():
     # resident features are fp16; a caller outside autocast (a GPU evaluation, predict) must still
     # get probabilities: the features follow the model's dtype (here bf16, as on a GPU)
-    corpus = make_corpus(n_groups=1, per_class=2)
-    src = ser_source(corpus, frames=(40, 120))
-    ids = [u.id for u in corpus.utterances]
-    spk = {u.id: u.speaker for u in corpus.utterances}
-    torch.manual_seed(0)
-    model = SERModel(make_config("small", n_layers=3, feat_dim=16, **TINY_SER)).eval()
-    data = load_set(src, ids, spk, {}, True, "cpu", "yes")
+    _, _, _, model, data = _window_setup((40, 120))
     ref = window_probs(model, data, 96)
     got = window_probs(model.to(torch.bfloat16), data, 96)
     assert got.shape == ref.shape and np.isfinite(got).all()
