@@ -100,6 +100,9 @@ def _speakers(corpus: Corpus) -> dict[str, str]:
 class SERTask:
     """The SER task for :func:`models.trainer.train_fold` (see its ``Task`` protocol)."""
 
+    divergence_hint = (" or, with the official raw layer weights, train with --model "
+                       "layer_weighting=softmax (raw weights are divided by their sum, which can approach 0)")
+
     name = "ser"
 
     def __init__(self, corpus: Corpus, source, config: SERRunConfig, model_cfg: SERConfig | None = None):

@@ -192,6 +192,17 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         state.update({k: ckpt[k] for k in state})
         log.info("fold %s: resuming at step %d of %d", fold.name, state["step"], steps)
 
+    def check_finite(value: float, step: int) -> None:
+        """A non-finite loss stops the fold before it is checkpointed or published."""
+        if math.isfinite(value):
+            return
+        hint = getattr(task, "divergence_hint", "")
+        raise TrainingError(
+            f"{task.name} fold {fold.name}: the training loss is {value} by step {step} (diverged). "
+            f"Nothing of this fold is published; its last checkpoint (before the divergence) is kept. "
+            f"Retrain with a lower learning rate (--lr, now {config.lr:g}){hint}, after deleting "
+            f"{ckpt_path.parent} (a changed configuration does not resume).")
+
     def save(done: bool) -> None:
         save_checkpoint(ckpt_path, {
             **state, "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
@@ -221,6 +232,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         n_sum += 1
         if step % eval_every == 0 or step == steps:
             logged = {k: float(v) / n_sum for k, v in sums.items()}
+            check_finite(logged["loss"], step)
             sums, n_sum = {}, 0
             entry = {"step": step, **logged}
             if ids["val"]:
@@ -240,6 +252,8 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
                              "val_ua": f"{entry.get('val_ua', float('nan')):.3f}",
                              "best": f"{state['best_ua']:.3f}"}, refresh=False)
         if step % ckpt_every == 0 and step < steps and not state["stopped_early"]:
+            if "loss" in sums:  # steps since the last evaluation (synced here, not every step)
+                check_finite(float(sums["loss"]), step)
             save(done=False)
         bar.update(1)
         if on_step is not None:

@@ -107,3 +107,24 @@ def test_epoch_sampler_covers_each_item_once_per_epoch():
     assert sorted(flat[:10].tolist()) == list(range(10)) and sorted(flat[10:].tolist()) == list(range(10))
     assert torch.equal(EpochSampler(10, 4, seed=1).indices(3), s.indices(3))
     assert len(EpochSampler(3, 8, seed=0).indices(0)) == 8  # batch larger than the set
+
+
+class _DivergingTask(LinearTask):
+    divergence_hint = " or try the task's remedy"
+
+    def loss(self, model, batch):
+        loss, terms = super().loss(model, batch)
+        step = self.calls = getattr(self, "calls", 0) + 1
+        return (loss * float("nan") if step > 25 else loss), terms
+
+
+def test_a_diverging_loss_stops_the_fold_with_a_remedy_and_keeps_the_last_good_checkpoint(tmp_path):
+    corpus = make_corpus(n_groups=2, per_class=4)
+    (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
+    paths = RunPaths(tmp_path, "toy", "r")
+    with pytest.raises(TrainingError, match=r"loss is nan by step 30 .*--lr.*task's remedy"):
+        train_fold(_DivergingTask(corpus), fold, CFG, paths)
+    ckpt = torch.load(paths.checkpoint(fold.name), weights_only=True)
+    assert ckpt["step"] == 20 and not ckpt["done"]  # saved at step 20, before the divergence
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not paths.fold_metrics(fold.name).exists()
