@@ -119,7 +119,7 @@ def write_report(workdir: str | Path, out: str | Path | None = None) -> Path:
                   f"{corpus['speakers']} speakers, {len(corpus['groups'])} cross-validation "
                   f"groups ({', '.join(corpus['groups'])}); source: {corpus['source']}.", ""]
     if not runs:
-        lines += ["No trained runs yet: run `python cli.py train ser`, `train ter`, `fuse`."]
+        lines += ["No trained runs yet: run `python cli.py train ser`, `train ter`, `fuse`.", ""]
     lines += ["## Results (leave-one-group-out; % )", "",
               "| task | run | folds | WA mean ± sd | UA mean ± sd | macro-F1 | pooled WA | pooled UA "
               "| paper UA (paper-reported, IEMOCAP) |", "|---|---|---|---|---|---|---|---|---|"]
