@@ -1,0 +1,168 @@
+"""``train ser|ter`` and ``probe speaker``: the click layer over the trainers (added to cli.py)."""
+from __future__ import annotations
+
+import click
+
+from pipeline.cli_base import WORKDIR, ProjectGroup
+
+
+@click.group(cls=ProjectGroup)
+def train() -> None:
+    """Train a model with leave-one-group-out cross-validation."""
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _model_overrides(values: tuple[str, ...]) -> dict:
+    from models.ser import SERConfig
+    import dataclasses
+    fields = {f.name: f for f in dataclasses.fields(SERConfig)}
+    out = {}
+    for v in values:
+        key, _, val = v.partition("=")
+        if key not in fields or not val:
+            raise click.BadParameter(f"{v!r}: expected FIELD=VALUE with FIELD one of "
+                                     f"{', '.join(sorted(fields))}", param_hint="--model")
+        default = getattr(SERConfig(), key)
+        out[key] = type(default)(val) if not isinstance(default, str) else val
+    return out
+
+
+@train.command("ser")
+@click.option("--config", "preset", type=click.Choice(["small", "large", "spec"]), default="small",
+              show_default=True, help="small: d=8, f=48 (the paper's); large: d=128, f=2; "
+                                      "spec: mel spectrogram as input (ablation).")
+@click.option("--folds", default="all", show_default=True,
+              help="'all', a count k (first k groups) or comma-separated group names.")
+@click.option("--crops", type=int, default=2_000_000, show_default=True,
+              help="Training crops seen per fold (paper: 2 M = batch 2 × 1 M steps).")
+@click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --crops).")
+@click.option("--batch-size", type=int, default=2, show_default=True,
+              help="Crops per step; the learning rate follows --lr-rule unless --lr is given.")
+@click.option("--lr", type=float, default=0.0, help="Fixed learning rate (default: the rule).")
+@click.option("--lr-rule", type=click.Choice(["sqrt", "linear", "none"]), default="sqrt",
+              show_default=True, help="sqrt: 1e-4·sqrt(B/2) capped at 1e-3.")
+@click.option("--select", type=click.Choice(["last", "val"]), default="last", show_default=True,
+              help="last: the final model (official); val: best validation UA inside the training groups.")
+@click.option("--run", "run_name", default="", help="Run folder name (default: the config name).")
+@click.option("--widths", type=click.Choice(["paper", "cpu"]), default="paper", show_default=True,
+              help="paper: the official layer widths; cpu: narrower convs/LSTMs (same architecture) "
+                   "for CPU runs.")
+@click.option("--model", "-m", "model_values", multiple=True, metavar="FIELD=VALUE",
+              help="Free architecture values, e.g. -m dim_neck=16 -m freq=24 -m classifier_act=relu.")
+@click.option("--encoder-stage", default="wav2vec", show_default=True,
+              help="Cached speech-encoder stage whose layers are the input (not used by spec).")
+@click.option("--window-weighting", type=click.Choice(["equal", "frames"]), default="equal", show_default=True,
+              help="Inference: equal = plain mean over 96-frame windows, the zero-padded last one "
+                   "included (official); frames = windows weighted by their real frames.")
+@click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
+@click.option("--amp", type=click.Choice(["bf16", "off"]), default="bf16", show_default=True,
+              help="bf16 autocast on CUDA.")
+@click.option("--resident", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="Keep a fold's training features in device memory (auto: when they fit).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--gpus", default=None, metavar="0,1", help="Run folds in parallel, one per GPU.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run folds on an existing Dask cluster (workers must see the work directory).")
+@WORKDIR
+def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
+                  model_values, encoder_stage, window_weighting, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
+    """Train the SER model (AutoVC-like cross-representation network) with leave-one-group-out
+    cross-validation; writes runs/ser/<config>/ (checkpoints, predictions, metrics, layer weights)."""
+    from models.ser import CPU_WIDTHS
+    from models.ser_data import StoreKeys
+    from models.ser_train import SERRunConfig, train_ser
+    from pipeline.progress import console
+    from pipeline.scheduler import parse_gpus
+    model = {**(CPU_WIDTHS if widths == "cpu" else {}), **_model_overrides(model_values)}
+    cfg = SERRunConfig(preset=preset, run=run_name, model=model, crops=crops,
+                       steps=steps, batch_size=batch_size, lr=lr, lr_rule=lr_rule, select=select,
+                       eval_every=eval_every, seed=seed, amp=amp, resident=resident,
+                       window_weighting=window_weighting, keys=StoreKeys(encoder_stage=encoder_stage))
+    console.print(f"SER {cfg.run_name}: {cfg.resolved_steps()} steps × batch {batch_size} per fold, "
+                  f"lr {cfg.resolved_lr():g}")
+    from pipeline.scheduler import visible_gpus
+    if parse_gpus(gpus) and not visible_gpus():
+        raise click.UsageError("--gpus given, but no CUDA GPU is visible to torch here; drop it")
+    s = train_ser(workdir, cfg, folds, device, parse_gpus(gpus), scheduler)
+    m = s["mean"]
+    console.print(f"SER {cfg.run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
+                  f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
+
+
+@click.group(cls=ProjectGroup)
+def probe() -> None:
+    """Probes on trained models' representations."""
+
+
+@probe.command("speaker")
+@click.option("--config", "run", default="small", show_default=True,
+              help="The SER run whose encoder codes are probed (small, large, or a --run name).")
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--activation", type=click.Choice(["none", "relu"]), default="none", show_default=True,
+              help="Between the probe's linear layers (paper: linear layers).")
+@click.option("--pooling", type=click.Choice(["flatten", "mean"]), default="flatten", show_default=True,
+              help="flatten: codes in time order cut/padded to 2048 (paper; large keeps only its first "
+                   "16 frames); mean: the codes' mean over the utterance (same coverage for any d, f).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@WORKDIR
+def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -> None:
+    """Speaker-ID probe (2048 → 1024 → 1024 → speakers) on a SER run's encoder codes,
+    speaker-dependent 80/20 splits × 5; lower accuracy = better disentanglement."""
+    from models.probe import ProbeConfig, probe_speaker
+    from pipeline.progress import console
+    r = probe_speaker(workdir, run, ProbeConfig(epochs=epochs, activation=activation, pooling=pooling,
+                                                seed=seed), _device(device))
+    console.print(f"speaker probe on SER {run}: accuracy {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
+                  f"({r['n_speakers']} speakers, chance {r['chance']:.3f}, n={r['n']})")
+
+
+@train.command("ter")
+@click.option("--folds", default="all", show_default=True,
+              help="'all', a count k (first k groups) or comma-separated group names.")
+@click.option("--epochs", type=float, default=20, show_default=True,
+              help="Passes over each fold's training utterances.")
+@click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --epochs).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Adam learning rate.")
+@click.option("--paper", is_flag=True,
+              help="The paper's schedule: batch 4, lr 1e-4, 412,800 steps per fold (overrides the above).")
+@click.option("--official", is_flag=True,
+              help="Reproduce the official quirks: sigmoid before the cross-entropy and average "
+                   "pooling over 118 positions including padding.")
+@click.option("--max-tokens", type=int, default=122, show_default=True,
+              help="Token features are zero-padded/truncated to this length (official 122).")
+@click.option("--select", type=click.Choice(["val", "last"]), default="val", show_default=True,
+              help="val: best validation UA inside the training groups; last: the final model.")
+@click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
+@click.option("--run", "run_name", default="cnn", show_default=True, help="Run folder: runs/ter/<name>.")
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@WORKDIR
+def train_ter_cmd(folds, epochs, steps, batch_size, lr, paper, official, max_tokens, select, eval_every,
+                  run_name, amp, seed, device, workdir) -> None:
+    """Train the text model (the official 1-D CNN on cached `text` token features) with
+    leave-one-group-out cross-validation; writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
+    from models.ter import TERConfig
+    from models.ter_train import TERRun, train_ter
+    from models.trainer import TrainConfig
+    from pipeline.progress import console
+    if paper:
+        steps, epochs, batch_size, lr = 412_800, 0.0, 4, 1e-4
+    model = TERConfig(max_tokens=max_tokens, sigmoid_logits=official,
+                      pooling="official" if official else "masked")
+    train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
+                            seed=seed, eval_every=eval_every, select=select)
+    s = train_ter(workdir, TERRun(folds=folds, run=run_name, model=model, amp=amp, train=train_cfg),
+                  _device(device))
+    m = s["mean"]
+    console.print(f"TER {run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
+                  f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
