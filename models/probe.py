@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.runs import RunPaths, write_json
+from models.runs import RunPaths, read_json, write_json
 from models.ser import SERModel
 from models.ser_data import ResidentSet, StreamingSet, iter_windows
 from pipeline.corpus import Corpus, load_corpus
@@ -80,6 +80,11 @@ def code_vectors(model: SERModel, data: ResidentSet | StreamingSet, size: int = 
     return out
 
 
+def flatten_frames_seen(dim_neck: int, freq: int, size: int = 2048) -> int:
+    """Frames of an utterance whose codes fit the first ``size`` flattened values (2d per code)."""
+    return (size // (2 * dim_neck)) * freq
+
+
 def probe_accuracy(x: np.ndarray, speakers: Sequence[str], cfg: ProbeConfig = ProbeConfig(),
                    device: str = "cpu") -> dict:
     """Mean test accuracy of the probe over ``cfg.n_splits`` speaker-stratified 80/20 splits."""
@@ -134,6 +139,15 @@ def probe_speaker(workdir, run: str, cfg: ProbeConfig = ProbeConfig(), device: s
     spk = {u.id: u.speaker for u in corpus.utterances}
     result = {"run": run, **probe_accuracy(x, [spk[i] for i in ids], cfg, device),
               "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}}
+    if cfg.pooling == "flatten":
+        model = read_json(RunPaths(workdir, "ser", run).config)["model"]["model"]
+        seen = flatten_frames_seen(model["dim_neck"], model["freq"], cfg.input_size)
+        result["frames_seen"] = seen
+        if seen < model["crop"]:
+            log.warning("flatten pooling: %d-value vectors hold only the first %d frames (%.2f s) of "
+                        "each utterance for this run's codes (d=%d, f=%d); --pooling mean covers every "
+                        "frame and compares runs of different d, f fairly", cfg.input_size, seen,
+                        seen / 50, model["dim_neck"], model["freq"])
     name = "probe_speaker.json" if cfg.pooling == "flatten" else f"probe_speaker_{cfg.pooling}.json"
     write_json(RunPaths(workdir, "ser", run).root / name, result)
     log.info("speaker probe on %s codes: accuracy %.3f (chance %.3f, %d speakers)", run,

@@ -1,6 +1,9 @@
 """Speaker probe: code vectors as in the paper, a probe that works, and the run-level command."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -57,7 +60,7 @@ def test_probe_needs_enough_utterances_per_speaker():
         probe_accuracy(np.zeros((6, 2048), np.float32), ["a"] * 3 + ["b"] * 3)
 
 
-def test_probe_speaker_on_a_trained_run(tmp_path):
+def test_probe_speaker_on_a_trained_run(tmp_path, caplog):
     corpus = make_corpus(n_groups=2, per_class=3)
     src = ser_source(corpus)
     cfg = SERRunConfig(preset="small", model=dict(TINY_SER), steps=3, eval_every=3, batch_size=2, progress=False)
@@ -66,8 +69,13 @@ def test_probe_speaker_on_a_trained_run(tmp_path):
     assert r["n"] == len(corpus.utterances) and r["n_speakers"] == 2
     assert 0.0 <= r["accuracy"] <= 1.0
     assert read_json(RunPaths(tmp_path, "ser", "small").root / "probe_speaker.json")["accuracy"] == r["accuracy"]
+    assert r["frames_seen"] == 6144  # small's codes: the whole utterance fits 2048 values
     with pytest.raises(TrainingError, match="no finished SER run"):
         probe_speaker(tmp_path, "large", corpus=corpus, source=src)
+    train_ser(tmp_path, dataclasses.replace(cfg, preset="large"), "all", corpus=corpus, source=src)
+    with caplog.at_level(logging.WARNING, logger="models.probe"):
+        r = probe_speaker(tmp_path, "large", ProbeConfig(epochs=2), corpus=corpus, source=src)
+    assert r["frames_seen"] == 16 and "only the first 16 frames" in caplog.text
 
 
 def test_mean_pooling_averages_the_codes_of_real_frames():
@@ -85,3 +93,9 @@ def test_mean_pooling_averages_the_codes_of_real_frames():
     assert not x[0, 16:].any()
     with pytest.raises(TrainingError, match="pooling"):
         code_vectors(model, data, pooling="max")
+
+
+def test_flatten_coverage_of_the_paper_configs():
+    from models.probe import flatten_frames_seen
+    assert flatten_frames_seen(8, 48) == 6144  # small: 128 codes of 16 values, ~2 minutes
+    assert flatten_frames_seen(128, 2) == 16  # large: 8 codes of 256 values, the first 0.32 s
