@@ -2,14 +2,11 @@
 # emodb4 SER accuracy at the paper's widths on 2 GPUs: the follow-up of the CPU table in the
 # closing note of issue #8 (bench/ser_accuracy.py). Real Whisper-base layers, real Resemblyzer means.
 #   bash bench/gpu_ser_accuracy.sh OUT_DIR          (CROPS, BATCH, LR override the schedule)
-# The GPU host has no espeak-ng, no Resemblyzer wheel, no network and a 64 MiB carry limit, so three
-# things are prepared on a CPU machine and carried (none of them is committed):
-#   .carry/emo_flac        emodb4 as lossless FLAC + its manifest (14 MB instead of 23 MB of wav)
-#   .carry/emo_work        a work directory with the phones and speaker stages extracted there
-#                          (bench/ser_accuracy.py --data .carry/emo_flac --workdir .carry/emo_work
-#                           --extract phones,speaker --configs "")
-#   .carry/whisper-base-hf the packaged CTranslate2 Whisper-base encoder exported to a transformers
-#                          folder in fp16 (per-frame cosine to the CT2 original: 1.0000 on every layer)
+# The GPU host has no espeak-ng, no Resemblyzer or CTranslate2 Whisper packages, no network and a
+# 64 MiB carry limit: `python bench/prepare_gpu_carry.py --out .carry` prepares, on a CPU machine,
+# .carry/emo_flac (emodb4 as FLAC), .carry/emo_work (phones + speaker stages extracted there) and
+# .carry/whisper-base-hf (the packaged encoder as an fp16 transformers folder; per-frame cosine to
+# the CT2 original 1.0000 on every layer). Carry .carry and the missing wheels (.whl_gpu).
 set -u
 OUT=${1:-/tmp/gpu-ser-accuracy}
 CROPS=${CROPS:-160000}; BATCH=${BATCH:-256}; LR=${LR:-5e-4}

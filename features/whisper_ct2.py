@@ -137,6 +137,27 @@ def load_ct2_whisper(name: str):
     return encoder_from_ct2(model.variables), model.checksum
 
 
+def export_hf_folder(name: str, out: str | Path, half: bool = True) -> Path:
+    """Write an installed CTranslate2 Whisper's encoder as a transformers folder (``wav2vec.model=``).
+
+    Only the encoder's weights are stored (the decoder is never used here; transformers initialises
+    it on load and says so), in fp16 by default: Whisper-base is then 41 MB instead of the package's
+    145 MB, small enough to carry to a GPU machine without the CTranslate2 packages. Loading casts
+    back to float32 (see ``features/speech_encoder.py``).
+    """
+    from safetensors.torch import save_file
+
+    encoder, _ = load_ct2_whisper(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = encoder.config
+    cfg.dtype = "float16" if half else "float32"
+    cfg.save_pretrained(out)
+    state = {f"encoder.{k}": (v.half() if half else v).contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
 @lru_cache(maxsize=4)
 def _mel_filters(n_mels: int) -> torch.Tensor:
     """(n_mels, 201) Slaney mel filters, as Whisper's ``mel_filters.npz`` (librosa's, to 1e-9)."""

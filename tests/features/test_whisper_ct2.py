@@ -151,3 +151,20 @@ def test_unpadded_stays_close_to_faithful_in_shallow_layers():
 def test_unknown_short_name():
     with pytest.raises(StageError, match="unknown Whisper"):
         ct2_files("whisper-huge")
+
+
+@needs_tiny
+def test_exported_transformers_folder_gives_the_same_features(tmp_path):
+    # real tiny.en weights: CT2 package -> fp16 transformers folder -> the wav2vec stage's loader
+    from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor
+    from features.whisper_ct2 import export_hf_folder
+    from features.base import ItemInput
+    folder = export_hf_folder("whisper-tiny.en", tmp_path / "tiny-hf")
+    assert (folder / "model.safetensors").stat().st_size < 20e6  # encoder only, fp16
+    audio = _real_speech()
+    outs = [SpeechEncoderExtractor(SpeechEncoderConfig(model=m, unpadded_whisper=True))(
+        [ItemInput("u", audio)])[0]["feats"] for m in ("whisper-tiny.en", str(folder))]
+    a, b = (torch.from_numpy(o.astype(np.float32)) for o in outs)
+    assert a.shape == b.shape == (num_frames(len(audio)), 5, 384)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)  # (T, L)
+    assert cos.min() > 0.999
