@@ -87,6 +87,10 @@ def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, 
                        window_weighting=window_weighting, keys=StoreKeys(encoder_stage=encoder_stage))
     console.print(f"SER {cfg.run_name}: {cfg.resolved_steps()} steps × batch {batch_size} per fold, "
                   f"lr {cfg.resolved_lr():g}")
+    if not (gpus or scheduler) and _device(device) == "cpu" and cfg.resolved_steps() > 20_000:
+        console.print(f"[yellow]warning:[/yellow] {cfg.resolved_steps():,} steps per fold on the CPU "
+                      "take days (the paper's schedule is a GPU job); for a CPU run try "
+                      "--widths cpu --steps 500 --batch-size 16")
     from pipeline.scheduler import visible_gpus
     if parse_gpus(gpus) and not visible_gpus():
         raise click.UsageError("--gpus given, but no CUDA GPU is visible to torch here; drop it")
