@@ -133,8 +133,8 @@ def previous_host_path(ext):
     return _run
 
 
-def run_e2e(ext, corpus, out_dir: Path, writer_thread: bool = True) -> float:
-    """Decode thread -> extractor -> shard writes (inline or in a writer thread); seconds."""
+def run_e2e(ext, corpus, out_dir: Path) -> float:
+    """Decode thread -> extractor -> shard writes in a writer thread (as the engine); seconds."""
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     groups = engine_groups(corpus)
@@ -156,19 +156,12 @@ def run_e2e(ext, corpus, out_dir: Path, writer_thread: bool = True) -> float:
     t0 = time.perf_counter()
     threading.Thread(target=decode, daemon=True).start()
     wt = threading.Thread(target=write)
-    if writer_thread:
-        wt.start()
+    wt.start()
     for g in groups:
         items = [decoded.get() for _ in g]
-        outs = ext(items)
-        if writer_thread:
-            results.put([(it.utt_id, o) for it, o in zip(items, outs)])
-        else:  # as pipeline/engine.py: write in the compute thread
-            for it, o in zip(items, outs):
-                sink.add(it.utt_id, o)
-    if writer_thread:
-        results.put(None)
-        wt.join()
+        results.put([(it.utt_id, o) for it, o in zip(items, ext(items))])
+    results.put(None)
+    wt.join()
     sink.close()
     return time.perf_counter() - t0
 
@@ -270,7 +263,7 @@ def _worker(rank, args, corpus, barrier, results):
     ext = build_extractor(args.arch, device, args.frame_budget)
     run_e2e(ext, corpus, Path(args.dir) / f"e2e-gpu{rank}")  # warm-up pass: every batch shape seen once
     barrier.wait()
-    results.put((rank, run_e2e(ext, corpus, Path(args.dir) / f"e2e-gpu{rank}", writer_thread=True)))
+    results.put((rank, run_e2e(ext, corpus, Path(args.dir) / f"e2e-gpu{rank}")))
 
 
 def multi_gpu(args, corpus) -> float:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from features.frames import FRAME_RATE
 from models.runs import RunPaths, read_json, write_json
 from models.ser import SERModel
 from models.ser_data import ResidentSet, StreamingSet, iter_windows
@@ -147,7 +148,7 @@ def probe_speaker(workdir, run: str, cfg: ProbeConfig = ProbeConfig(), device: s
             log.warning("flatten pooling: %d-value vectors hold only the first %d frames (%.2f s) of "
                         "each utterance for this run's codes (d=%d, f=%d); --pooling mean covers every "
                         "frame and compares runs of different d, f fairly", cfg.input_size, seen,
-                        seen / 50, model["dim_neck"], model["freq"])
+                        seen / FRAME_RATE, model["dim_neck"], model["freq"])
     name = "probe_speaker.json" if cfg.pooling == "flatten" else f"probe_speaker_{cfg.pooling}.json"
     write_json(RunPaths(workdir, "ser", run).root / name, result)
     log.info("speaker probe on %s codes: accuracy %.3f (chance %.3f, %d speakers)", run,
