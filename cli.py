@@ -38,7 +38,7 @@ def prepare() -> None:
     """Read a corpus into the work directory (corpus.jsonl, rejected.tsv) and summarise it."""
 
 
-def _summary(result, seconds: float) -> None:
+def _summary(result, seconds: float, workdir: str) -> None:
     from pipeline.progress import console, table
     c = result.corpus
     rows = [[g] + [n[k] for k in c.classes] + [sum(n.values())] for g, n in result.table().items()]
@@ -54,7 +54,21 @@ def _summary(result, seconds: float) -> None:
         console.print(f"  [red]rejected[/red] {item}: {reason} ({src})")
     if len(result.rejected) > 10:
         console.print(f"  … {len(result.rejected) - 10} more in rejected.tsv")
+    _warn_trained_runs(workdir)
 
+
+def _warn_trained_runs(workdir: str) -> None:
+    """After a prepare over a work dir with trained runs: which of their folds it made stale."""
+    from models.trained import run_states
+    from pipeline.progress import console
+    runs = run_states(workdir)
+    changed = [r for r in runs if r["stale"]]
+    if changed:
+        console.print(f"[yellow]note[/yellow]: this work directory holds {len(runs)} trained run(s); "
+                      "the corpus now differs for " + ", ".join(
+                          f"{r['task']}/{r['run']} ({len(r['stale'])} fold(s))" for r in changed)
+                      + ". `train` retrains those folds; `fuse`, `report` and `predict` leave them "
+                        "out until then.")
 
 @prepare.command("iemocap")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
@@ -64,7 +78,7 @@ def prepare_iemocap_cmd(root: str, workdir: str) -> None:
     excited merged into happy, leave-one-session-out groups."""
     from pipeline.prepare import prepare_iemocap
     t = time.perf_counter()
-    _summary(prepare_iemocap(workdir, root), time.perf_counter() - t)
+    _summary(prepare_iemocap(workdir, root), time.perf_counter() - t, workdir)
 
 
 @prepare.command("manifest")
@@ -75,7 +89,7 @@ def prepare_manifest_cmd(manifest: str, workdir: str) -> None:
     (optional text,group,start,end,language; audio paths relative to the manifest)."""
     from pipeline.prepare import prepare_manifest
     t = time.perf_counter()
-    _summary(prepare_manifest(workdir, manifest), time.perf_counter() - t)
+    _summary(prepare_manifest(workdir, manifest), time.perf_counter() - t, workdir)
 
 
 @prepare.command("demo")
@@ -88,7 +102,7 @@ def prepare_demo_cmd(per_cell: int, seed: int, workdir: str) -> None:
     emotion-dependent prosody, generated offline in seconds."""
     from pipeline.prepare import prepare_demo
     t = time.perf_counter()
-    _summary(prepare_demo(workdir, per_cell, seed), time.perf_counter() - t)
+    _summary(prepare_demo(workdir, per_cell, seed), time.perf_counter() - t, workdir)
 
 
 # --------------------------------------------------------------------------- extract / status
@@ -167,26 +181,71 @@ def status(stages, workdir) -> None:
             console.print(f"  [yellow]{r['stage']}[/yellow] stale: {why}")
         for utt, reason in list(r["failed"].items())[:5]:
             console.print(f"  [red]{r['stage']}[/red] failed {utt}: {reason}")
+        for path in r.get("orphans", []):
+            console.print(f"  [yellow]{r['stage']}[/yellow] orphan shard {path} (never read; "
+                          "`gc` removes it)")
+    _run_status(workdir)
+
+
+def _run_status(workdir: str) -> None:
+    """Trained runs: folds current for the corpus, stale (and why), missing."""
+    from models.trained import run_states
+    from pipeline.progress import console, table
+    runs = run_states(workdir)
+    if not runs:
+        return
+    console.print(table("trained runs", ["run", "current folds", "stale", "missing"],
+                        [[f"{r['task']}/{r['run']}", len(r["current"]), len(r["stale"]),
+                          len(r["missing"])] for r in runs]))
+    for r in runs:
+        for fold, why in list(r["stale"].items())[:5]:
+            console.print(f"  [yellow]{r['task']}/{r['run']}[/yellow] fold {fold} stale: {why}")
 
 
 # --------------------------------------------------------------------------- verify
 @cli.command()
 @click.option("--stage", "-s", "stages", multiple=True, help="Only these stages (default: all cached).")
-@click.option("--keep", is_flag=True, help="Only report corrupt shards; do not delete them.")
+@click.option("--repair", is_flag=True,
+              help="Delete corrupt and orphaned shards, so that the next `extract` recomputes them.")
 @WORKDIR
-def verify(stages, keep, workdir) -> None:
-    """Read every cached feature and check it against its stored checksum. Corrupt shards are
-    deleted, so that the next `extract` recomputes them; exit status 1 if any was found."""
+def verify(stages, repair, workdir) -> None:
+    """Read every cached feature and check it against its stored checksum; list orphaned shards
+    (never read). Read-only unless --repair; exit status 1 if any corrupt shard was found."""
     from pipeline.errors import CacheError
     from pipeline.progress import console
     from pipeline.store import verify_cache
-    out = verify_cache(workdir, list(stages) or None, remove=not keep)
+    out = verify_cache(workdir, list(stages) or None, repair=repair)
     for path, problems in out["corrupt"].items():
         console.print(f"  [red]corrupt[/red] {path}: {'; '.join(problems[:3])}")
+    for path in out["orphans"]:
+        console.print(f"  orphan {path}: not listed in its stage's index; never read"
+                      + ("; removed" if repair else " (`verify --repair` or `gc` removes it)"))
     if out["corrupt"]:
         raise CacheError(f"{len(out['corrupt'])} of {out['shards']} shard(s) corrupt"
-                         + ("" if keep else "; deleted: run `python cli.py extract` to recompute them"))
+                         + ("; deleted: run `python cli.py extract` to recompute them" if repair
+                            else ": run `python cli.py verify --repair`, then `extract`"))
     console.print(f"{out['shards']} shard(s) verified, no corruption found")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed, with sizes.")
+@click.option("--runs", "with_runs", is_flag=True,
+              help="Also remove trained runs with no fold trained on the current corpus.")
+@WORKDIR
+def gc(dry_run, with_runs, workdir) -> None:
+    """Remove cached features that nothing current references: earlier stage settings no trained
+    run used, orphaned shards, unused speaker means (and with --runs, stale runs)."""
+    from models.trained import collect_garbage
+    from pipeline.gc import remove
+    from pipeline.progress import console, human_bytes
+    items = collect_garbage(workdir, with_runs)
+    for g in items:
+        console.print(f"  {human_bytes(g.nbytes):>9}  {g.path}  ({g.why})")
+    total = sum(g.nbytes for g in items)
+    if dry_run:
+        console.print(f"{len(items)} item(s), {human_bytes(total)} would be freed (dry run)")
+        return
+    console.print(f"{len(items)} item(s) removed, {human_bytes(remove(items))} freed")
 
 
 # --------------------------------------------------------------------------- fuse / report / demo / predict
@@ -215,13 +274,26 @@ def fuse(ser_run, ter_run, grid, workdir) -> None:
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Report folder (default: <workdir>/report).")
+@click.option("--compare", nargs=2, multiple=True, metavar="TASK/RUN TASK/RUN",
+              help="Also test one run against another (paired), e.g. --compare ser/small ser/large.")
 @WORKDIR
-def report(out, workdir) -> None:
-    """Write report.md with per-fold and pooled WA/UA/macro-F1, confusion matrices (PNG and
-    Markdown), learned layer weights, the paper's numbers beside ours, and run metadata."""
+def report(out, compare, workdir) -> None:
+    """Write report.md: pooled UA/WA with 95 % bootstrap CIs, per-fold tables, per-class
+    precision/recall/F1, chance and majority lines, paired tests of fusion against each modality
+    (and of --compare pairs), each run's setup (commit, corpus, features, command), confusion
+    matrices, layer weights and speaker-probe results. Runs trained on another corpus are set
+    apart. Written atomically: on failure the previous report stays intact."""
     from models.report import write_report
+    from pipeline.errors import MMERError
     from pipeline.progress import console
-    path = write_report(workdir, out)
+    if not (Path(workdir) / "corpus.json").exists():
+        raise click.BadParameter(f"{workdir} holds no prepared corpus (run `prepare` first, or "
+                                 "check --workdir)", param_hint="--workdir")
+    try:
+        path = write_report(workdir, out, list(compare))
+    except OSError as e:
+        raise MMERError(f"report not written ({e.strerror or e}); the previous report in "
+                        f"{out or Path(workdir) / 'report'} is intact") from e
     console.print(f"report: {path}")
 
 
@@ -275,13 +347,23 @@ def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, as_js
     preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe)
     if as_json:
         click.echo(_json.dumps([p.__dict__ for p in preds], indent=2))
-        return
+        return _fail_if_any(preds)
     classes = list(next((p.probs for p in preds if p.probs), {}))
     console.print(table("predictions", ["file", "label", *classes, "text"],
                         [[p.file, p.label or f"error: {p.error}",
                           *([f"{p.probs[c]:.2f}" for c in classes] if p.probs
                             else [""] * len(classes)),
                           (p.transcript or "")[:40]] for p in preds]))
+    _fail_if_any(preds)
+
+
+def _fail_if_any(preds) -> None:
+    """Exit status 1 when any input failed (the others were still predicted and shown)."""
+    from pipeline.errors import MMERError
+    failed = [p for p in preds if p.error]
+    if failed:
+        raise MMERError(f"{len(failed)} of {len(preds)} input(s) failed: "
+                        + "; ".join(f"{p.file}: {p.error}" for p in failed[:3]))
 
 
 cli.add_command(train)

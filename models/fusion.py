@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from models.metrics import classification_metrics
-from models.runs import RunPaths, prediction_rows, read_json, read_predictions, write_json, \
-    write_predictions
+from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
 from models.trainer import summarize_run
+from pipeline.corpus import load_corpus
 from pipeline.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -71,44 +71,95 @@ def search_weight(ser_val: dict[str, dict], ter_val: dict[str, dict], classes: S
 
 
 def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> dict:
-    """Fuse every fold that both runs have; writes runs/fusion/<ser>+<ter>[-paper]/…"""
-    ser_paths = RunPaths(Path(workdir), "ser", config.ser_run)
-    ter_paths = RunPaths(Path(workdir), "ter", config.ter_run)
-    folds = sorted(set(ser_paths.fold_names()) & set(ter_paths.fold_names()))
+    """Fuse every fold that both runs have trained on the current corpus; writes
+    runs/fusion/<ser>+<ter>[-paper]/… Stale folds of either run are left out, with a warning."""
+    from models.provenance import provenance
+    from models.trained import load_run
+    corpus = load_corpus(workdir)
+    ser_run = load_run(workdir, "ser", config.ser_run, corpus)
+    ter_run = load_run(workdir, "ter", config.ter_run, corpus)
+    if ser_run.classes != ter_run.classes:
+        raise TrainingError(f"SER run {config.ser_run!r} has classes {ser_run.classes} but TER run "
+                            f"{config.ter_run!r} has {ter_run.classes}: retrain one of them")
+    folds = sorted(set(ser_run.folds) & set(ter_run.folds))
+    for run in (ser_run, ter_run):
+        for f, why in run.stale.items():
+            log.warning("fuse: %s fold %s left out: %s", run.paths.task, f, why)
     if not folds:
         raise TrainingError(
-            f"no fold has both SER ({ser_paths.root}) and TER ({ter_paths.root}) predictions; "
-            "run `python cli.py train ser` and `python cli.py train ter` first")
-    classes = read_json(ser_paths.metrics)["classes"]
+            f"no fold has current predictions of both SER ({ser_run.paths.root}) and TER "
+            f"({ter_run.paths.root}); run `python cli.py train ser` and `python cli.py train ter`")
+    classes = ser_run.classes
     name = f"{config.ser_run}+{config.ter_run}"
     searched = RunPaths(Path(workdir), "fusion", name)
     fixed = RunPaths(Path(workdir), "fusion", name + "-paper")
     weights = {}
     for fold in folds:
-        ser = _by_split(read_predictions(ser_paths.predictions(fold)))
-        ter = _by_split(read_predictions(ter_paths.predictions(fold)))
+        ser, ter = _by_split(ser_run.predictions(fold)), _by_split(ter_run.predictions(fold))
         if not ser["val"]:
             raise TrainingError(f"SER fold {fold} has no validation predictions to choose "
                                 "fusion weights on (the test fold is never used)")
         lam, val_ua = search_weight(ser["val"], ter["val"], classes, config.grid)
-        weights[fold] = {"w1": lam, "w2": 1 - lam, "val_ua": val_ua}
+        weights[fold] = {"w1": lam, "w2": 1 - lam, "val_ua": val_ua,
+                         **validation_baselines(ser["val"], ter["val"], classes)}
+        digest = read_json(ser_run.paths.fold_metrics(fold))["fold_digest"]
         for paths, (w1, w2) in ((searched, (lam, 1 - lam)), (fixed, PAPER_WEIGHTS)):
-            rows = []
-            for split in ("test", "val"):
-                ids, p, y, alone = combine(ser[split], ter[split], w1, w2)
-                rows += prediction_rows(ids, p, dict(zip(ids, y)), fold, split)
-                if split == "test":
-                    m = classification_metrics(list(y), list(p.argmax(1)), classes)
-                    m["speech_only"] = alone
-            write_predictions(paths.predictions(fold), rows)
-            write_json(paths.fold_metrics(fold), {"test": m, "weights": {"w1": w1, "w2": w2}})
+            _write_fold(paths, fold, ser, ter, w1, w2, classes, digest)
+    _warn_if_losing(weights)
     out = {}
+    record = {"task": "fusion", "ser_run": config.ser_run, "ter_run": config.ter_run,
+              "classes": classes, "split": ser_run.config.get("split", {}),
+              "train": {"select": "val"}, "provenance": provenance(workdir)}
     for paths, kind in ((searched, "searched on validation"), (fixed, "paper's fixed 0.6/1.0")):
-        write_json(paths.config, {"ser_run": config.ser_run, "ter_run": config.ter_run,
-                                  "weights": kind, "per_fold": weights if paths is searched
+        write_json(paths.config, {**record, "weights": kind, "per_fold": weights if paths is searched
                                   else {f: dict(zip(("w1", "w2"), PAPER_WEIGHTS)) for f in folds}})
+        _remove_other_folds(paths, folds)
         out[kind] = summarize_run(paths, classes, folds)
         out[kind]["speech_only"] = sum(read_json(paths.fold_metrics(f))["test"]["speech_only"]
                                        for f in folds)
     out["weights"] = weights
     return out
+
+
+def validation_baselines(ser_val: dict, ter_val: dict, classes: Sequence[str]) -> dict[str, float]:
+    """Validation UA of speech alone, text alone (speech where there is no text) and the
+    paper's fixed weights, to compare the chosen weights with."""
+    def val_ua(w1: float, w2: float) -> float:
+        _, p, y, _ = combine(ser_val, ter_val, w1, w2)
+        return classification_metrics(list(y), list(p.argmax(1)), classes)["ua"]
+    return {"val_ua_speech": val_ua(1.0, 0.0), "val_ua_text": val_ua(0.0, 1.0),
+            "val_ua_paper": val_ua(*PAPER_WEIGHTS)}
+
+
+def _warn_if_losing(weights: dict[str, dict]) -> None:
+    """Say so when fused weights do not beat the best single modality on validation."""
+    for fold, w in weights.items():
+        best = max(w["val_ua_speech"], w["val_ua_text"])
+        for kind, ua in (("searched", w["val_ua"]), ("paper's fixed", w["val_ua_paper"])):
+            if ua < best - 1e-9:
+                log.warning("fuse: fold %s: %s weights reach validation UA %.3f, below the best "
+                            "single modality (%.3f)", fold, kind, ua, best)
+            elif kind == "searched" and ua <= best + 1e-9:
+                w["note"] = "no fused weight beats the best single modality on validation"
+
+
+def _write_fold(paths: RunPaths, fold: str, ser: dict, ter: dict, w1: float, w2: float,
+                classes: Sequence[str], digest: str) -> None:
+    rows = []
+    for split in ("test", "val"):
+        ids, p, y, alone = combine(ser[split], ter[split], w1, w2)
+        rows += prediction_rows(ids, p, dict(zip(ids, y)), fold, split)
+        if split == "test":
+            m = classification_metrics(list(y), list(p.argmax(1)), classes)
+            m["speech_only"] = alone
+    write_predictions(paths.predictions(fold), rows)
+    write_json(paths.fold_metrics(fold), {"fold": fold, "test": m, "weights": {"w1": w1, "w2": w2},
+                                          "fold_digest": digest})
+
+
+def _remove_other_folds(paths: RunPaths, folds: Sequence[str]) -> None:
+    """Fusion outputs of folds not fused this time (stale) would mislead: remove them."""
+    import shutil
+    for name in paths.fold_names():
+        if name not in folds:
+            shutil.rmtree(paths.fold_dir(name), ignore_errors=True)

@@ -1,14 +1,13 @@
 """``predict``: emotion of new audio files with trained checkpoints, no cache needed.
 
-Features are computed on the fly with the same stage parameters the work directory was trained
-with (``stage_params.json``); the new speaker's embedding is the file's own Resemblyzer
+Features are computed on the fly with the stage parameters each run recorded when it was trained
+(refused if the model weights or code changed since); the new speaker's embedding is the file's own Resemblyzer
 embedding. SER probabilities are averaged over the folds' models (an ensemble) or taken from
 one fold; with a transcript (given, or transcribed with the installed Whisper model) the TER
 probabilities are fused with the weights ``fuse`` chose (mean over folds), else the paper's.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from features.base import ItemInput
 from models.fusion import PAPER_WEIGHTS
 from models.runs import RunPaths, read_json
 from pipeline.audio import load_audio
-from pipeline.errors import ItemError, TrainingError
-from pipeline.plan import load_params
+from models.trained import TrainedRun
+from pipeline.corpus import load_corpus
+from pipeline.errors import ItemError, StageError
 from pipeline.stages import get_stage
 
 log = logging.getLogger(__name__)
@@ -39,39 +39,40 @@ class Prediction:
     error: str | None = None
 
 
-def _extract(workdir: Path, stage: str, items: list[ItemInput], device: str) -> list:
+def _extractor(run: TrainedRun, stage: str, device: str):
+    """The stage's extractor with the parameters the run was trained with; StageError if the
+    features it would compute are not the ones the run learned from (changed model weights or
+    code version), so that a run never gets other features than it was trained on."""
+    from pipeline.fingerprint import digest
+    from pipeline.plan import build_cached, stage_identity
     st = get_stage(stage)
-    cfg = st.make_config(load_params(workdir).get(stage))
-    return st.build(cfg, device)(items)
+    rec = run.config.get("stages", {}).get(stage)
+    if rec is None:
+        raise StageError(f"{run.paths.task} run {run.paths.run!r} does not record the settings of its "
+                         f"{stage!r} features (trained by an older version): train it again")
+    cfg = st.make_config(rec.get("params") or {})
+    if digest(stage_identity(st, cfg)) != rec["identity"]:
+        raise StageError(f"the {stage!r} features for {run.paths.task} run {run.paths.run!r} can no "
+                         f"longer be computed as it was trained (model weights or code version "
+                         f"changed since); train the run again")
+    return build_cached(st, cfg, device)
 
 
-def _ser_models(workdir: Path, run: str, fold: str | None, device: str):
+def _ser_models(run: TrainedRun, device: str):
     from models.ser import SERConfig, SERModel
-    paths = RunPaths(workdir, "ser", run)
-    folds = [fold] if fold else paths.fold_names()
-    if not folds or not paths.config.exists():
-        raise TrainingError(f"no trained SER run in {paths.root}: run `python cli.py train ser`")
-    conf = read_json(paths.config)
     cfg = SERConfig(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in conf["model"]["model"].items()})
-    run_cfg = conf["model"]["run"]
-    select = run_cfg.get("select", "last")
+                       for k, v in run.config["model"]["model"].items()})
     models = []
-    for f in folds:
-        ckpt = torch.load(paths.checkpoint(f), map_location="cpu", weights_only=True)
+    for f in run.folds:
         m = SERModel(cfg)
-        m.load_state_dict(ckpt["best_model"] if select == "val" and ckpt.get("best_model")
-                          else ckpt["model"])
+        m.load_state_dict(run.selected_state(f))
         models.append(m.to(device).eval())
-    return cfg, models, run_cfg.get("window_weighting", "equal")
+    return cfg, models, run.config["model"]["run"].get("window_weighting", "equal")
 
 
-def _ter_models(workdir: Path, run: str, fold: str | None):
-    from models.ter_train import model_from_checkpoint
-    paths = RunPaths(workdir, "ter", run)
-    folds = [fold] if fold else paths.fold_names()
-    return [model_from_checkpoint(torch.load(paths.checkpoint(f), map_location="cpu",
-                                             weights_only=True)) for f in folds]
+def _ter_models(run: TrainedRun):
+    from models.ter_train import model_from_state
+    return [model_from_state(run.config, run.selected_state(f)) for f in run.folds]
 
 
 def fusion_weights(workdir: Path, ser_run: str, ter_run: str) -> tuple[float, float]:
@@ -102,67 +103,82 @@ def transcribe(audio: np.ndarray) -> str:
 def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | None] | None = None,
             ser_run: str = "small", ter_run: str = "cnn", fold: str | None = None,
             do_transcribe: bool = False, device: str = "cpu") -> list[Prediction]:
-    from models.ser_data import ArraySource, load_set
-    from models.ser_train import window_probs
-    from models.ter import TextCNN, pad_tokens
+    """One Prediction per input file, in input order (a failed file has ``error`` set)."""
+    from models.trained import load_run
     workdir = Path(workdir)
-    classes = read_json(RunPaths(workdir, "ser", ser_run).metrics)["classes"]
-    cfg, ser_models, weighting = _ser_models(workdir, ser_run, fold, device)  # as the run was evaluated
+    corpus = load_corpus(workdir)
+    ser = load_run(workdir, "ser", ser_run, corpus, fold)
     texts = list(texts) if texts is not None else [None] * len(files)
-    out: list[Prediction] = []
-    items, ids = [], []
+    out: list[Prediction] = [Prediction(f, None, {}, {}, None, None) for f in files]
+    items: dict[int, ItemInput] = {}
     for k, f in enumerate(files):
         try:
             audio = load_audio(f, f)
         except ItemError as e:
-            out.append(Prediction(f, None, {}, {}, None, None, error=e.reason))
+            out[k].error = e.reason
             continue
         if texts[k] is None and do_transcribe:
             texts[k] = transcribe(audio)
-        ids.append(f"file{k}")
-        items.append(ItemInput(f"file{k}", audio, texts[k], "en", f"spk{k}"))
+        out[k].transcript = texts[k]
+        items[k] = ItemInput(f"file{k}", audio, texts[k], "en", f"spk{k}")
     if not items:
         return out
-    enc = _extract(workdir, "wav2vec", items, device) if cfg.input == "encoder" else None
-    mel = _extract(workdir, "mel", items, device)
-    spk = _extract(workdir, "speaker", items, device)
-    good = [i for i, it in enumerate(items)
-            if not any(isinstance(r[i], ItemError) for r in (mel, spk) + ((enc,) if enc else ()))]
-    src = ArraySource(
-        mel={items[i].utt_id: mel[i]["mel"] for i in good},
-        phones={items[i].utt_id: np.zeros(len(mel[i]["mel"]), np.int64) for i in good},
-        speakers={items[i].speaker: spk[i]["embed"] for i in good},
-        encoder={items[i].utt_id: enc[i]["feats"] for i in good} if enc else None)
-    gid = [items[i].utt_id for i in good]
-    data = load_set(src, gid, {items[i].utt_id: items[i].speaker for i in good},
-                    {u: 0 for u in gid}, cfg.input == "encoder", device, "yes")
-    p_speech = np.mean([window_probs(m, data, cfg.crop, weighting=weighting) for m in ser_models], axis=0)
-    text_items = [items[i] for i in good if items[i].text]
-    p_text: dict[str, np.ndarray] = {}
-    if text_items:
-        tok = _extract(workdir, "text", text_items, device)
-        ter_models = _ter_models(workdir, ter_run, fold)
-        feats = {it.utt_id: r["tokens"] for it, r in zip(text_items, tok)
-                 if not isinstance(r, ItemError)}
-        if feats and ter_models:
-            x, lengths = pad_tokens(list(feats.values()), ter_models[0].config.max_tokens)
-            with torch.no_grad():
-                probs = np.mean([TextCNN.probabilities(m(x, lengths)).numpy()
-                                 for m in ter_models], axis=0)
-            p_text = dict(zip(feats, probs))
+    p_speech = _speech_probs(ser, items, out, device)
+    p_text = _text_probs(load_run(workdir, "ter", ter_run, corpus, fold), items, out, device) \
+        if any(it.text for k, it in items.items() if k in p_speech) else {}
     w1, w2 = fusion_weights(workdir, ser_run, ter_run)
-    for row, i in enumerate(good):
-        it = items[i]
-        ps = p_speech[row]
-        pt = p_text.get(it.utt_id)
+    for k, ps in p_speech.items():
+        pt = p_text.get(k)
         p = ps if pt is None else (w1 * ps + w2 * pt) / (w1 + w2)
-        out.append(Prediction(files[i], classes[int(np.argmax(p))],
-                              dict(zip(classes, map(float, p))), dict(zip(classes, map(float, ps))),
-                              dict(zip(classes, map(float, pt))) if pt is not None else None,
-                              it.text))
-    for i, it in enumerate(items):
-        if i not in good:
-            reason = next(r[i].reason for r in (mel, spk) + ((enc,) if enc else ())
-                          if isinstance(r[i], ItemError))
-            out.append(Prediction(files[i], None, {}, {}, None, it.text, error=reason))
+        out[k].label = ser.classes[int(np.argmax(p))]
+        out[k].probs = dict(zip(ser.classes, map(float, p)))
+        out[k].speech = dict(zip(ser.classes, map(float, ps)))
+        out[k].text = dict(zip(ser.classes, map(float, pt))) if pt is not None else None
     return out
+
+
+def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Prediction],
+                  device: str) -> dict[int, np.ndarray]:
+    """Fold-ensemble SER probabilities per input index; failures are recorded in ``out``."""
+    from models.ser_data import ArraySource, load_set
+    from models.ser_train import window_probs
+    cfg, models, weighting = _ser_models(run, device)
+    keys, its = list(items), list(items.values())
+    stages = (["wav2vec"] if cfg.input == "encoder" else []) + ["mel", "speaker"]
+    res = {s: _extractor(run, s, device)(its) for s in stages}
+    good = []
+    for j, k in enumerate(keys):
+        err = next((r[j] for r in res.values() if isinstance(r[j], ItemError)), None)
+        if err is not None:
+            out[k].error = err.reason
+        else:
+            good.append(j)
+    if not good:
+        return {}
+    mel, spk, enc = res["mel"], res["speaker"], res.get("wav2vec")
+    src = ArraySource(
+        mel={its[j].utt_id: mel[j]["mel"] for j in good},
+        phones={its[j].utt_id: np.zeros(len(mel[j]["mel"]), np.int64) for j in good},
+        speakers={its[j].speaker: spk[j]["embed"] for j in good},
+        encoder={its[j].utt_id: enc[j]["feats"] for j in good} if enc else None)
+    gid = [its[j].utt_id for j in good]
+    data = load_set(src, gid, {its[j].utt_id: its[j].speaker for j in good},
+                    {u: 0 for u in gid}, cfg.input == "encoder", device, "yes")
+    probs = np.mean([window_probs(m, data, cfg.crop, weighting=weighting) for m in models], axis=0)
+    return {keys[j]: probs[row] for row, j in enumerate(good)}
+
+
+def _text_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Prediction],
+                device: str) -> dict[int, np.ndarray]:
+    """Fold-ensemble TER probabilities of the inputs with a transcript."""
+    from models.ter import TextCNN, pad_tokens
+    with_text = [k for k, it in items.items() if it.text and out[k].error is None]
+    tok = _extractor(run, "text", device)([items[k] for k in with_text])
+    feats = {k: r["tokens"] for k, r in zip(with_text, tok) if not isinstance(r, ItemError)}
+    if not feats:
+        return {}
+    models = _ter_models(run)
+    x, lengths = pad_tokens(list(feats.values()), models[0].config.max_tokens)
+    with torch.no_grad():
+        probs = np.mean([TextCNN.probabilities(m(x, lengths)).numpy() for m in models], axis=0)
+    return dict(zip(feats, probs))

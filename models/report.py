@@ -1,12 +1,13 @@
 """``report``: one Markdown report over every run in a work directory, with plots.
 
-Reads only what the trainers and ``fuse`` wrote (runs/*/*/metrics.json, predictions, alpha.json)
-and the cache pointers, so every number in the report can be recomputed from saved predictions.
+Reads only what the trainers and ``fuse`` wrote (config, predictions, alpha.json, probe results)
+and the cache indexes; every number is recomputed from the saved test predictions of the folds
+that are current for the corpus (runs or folds trained on other data are set apart, never
+mixed in). Every file is written atomically: a failed report leaves the previous one intact.
 """
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,23 +15,18 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from models.provenance import code_version, corpus_fingerprint
+from models.run_eval import RunEval, evaluate, paired, summary
 from models.runs import RunPaths, read_json
+from models.trained import TrainedRun, find_runs, load_run
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.corpus import load_corpus
+from pipeline.errors import TrainingError
 from pipeline.store import cache_root
 
 #: Paper-reported UA (%) on IEMOCAP 4-class, leave-one-session-out (Makiuchi et al., 2021).
 PAPER_UA = {"ser": 70.1, "ter": 66.1, "fusion": 73.0}
 TASKS = ("ser", "ter", "fusion")
-
-
-def find_runs(workdir: Path) -> list[RunPaths]:
-    out = []
-    for task in TASKS:
-        root = workdir / "runs" / task
-        for d in sorted(root.glob("*")) if root.exists() else []:
-            if (d / "metrics.json").exists():
-                out.append(RunPaths(workdir, task, d.name))
-    return out
 
 
 def _pct(x: float | None) -> str:
@@ -39,7 +35,8 @@ def _pct(x: float | None) -> str:
 
 @contextmanager
 def _figure(path: Path, title: str, size: tuple[float, float]) -> Iterator[Any]:
-    """A matplotlib (Agg) axes whose figure is titled, laid out and saved to ``path``."""
+    """A matplotlib (Agg) axes whose figure is titled, laid out and saved to ``path`` atomically."""
+    import io
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -48,7 +45,9 @@ def _figure(path: Path, title: str, size: tuple[float, float]) -> Iterator[Any]:
         yield ax
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=110, format="png")
+        atomic_write_bytes(path, buf.getvalue())
     finally:
         plt.close(fig)
 
@@ -83,92 +82,191 @@ def cm_markdown(cm: list[list[int]], classes: list[str]) -> str:
 
 
 def metadata(workdir: Path) -> dict[str, Any]:
-    meta: dict[str, Any] = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-        c = load_corpus(workdir)
-        meta["corpus"] = {"name": c.name, "source": c.source, "utterances": len(c.utterances),
-                          "speakers": len(c.speakers), "groups": c.groups}
-    except Exception as e:  # noqa: BLE001 - a report without corpus metadata is still useful
-        meta["corpus"] = f"unavailable: {e}"
+    meta: dict[str, Any] = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), **code_version(),
+                            "corpus_fingerprint": corpus_fingerprint(workdir)}
+    c = load_corpus(workdir)
+    meta["corpus"] = {"name": c.name, "source": c.source, "utterances": len(c.utterances),
+                      "speakers": len(c.speakers), "groups": c.groups}
     stages = {}
     for ptr in sorted(cache_root(workdir).glob("*/current.json")):
         cur = json.loads(ptr.read_text())
         stages[ptr.parent.name] = {"key": cur["identity"][:16], "params": cur.get("params", {}),
                                    "weights": cur.get("weights", "")[:16]}
     meta["stages"] = stages
-    try:
-        repo = Path(__file__).resolve().parents[1]
-        meta["commit"] = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                                        capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        meta["commit"] = "unknown"
     return meta
 
 
-def write_report(workdir: str | Path, out: str | Path | None = None) -> Path:
+def _ci(s: dict, key: str) -> str:
+    lo, hi = s["ci"][key]
+    return f"{_pct(s['pooled'][key])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def results_table(evals: list[RunEval], sums: dict[str, dict]) -> list[str]:
+    lines = ["## Results (leave-one-group-out; %)", "",
+             "Pooled over the test rows of every current fold, with 95 % bootstrap confidence "
+             "intervals (utterances resampled within each fold, 1,000 replicates); mean ± sd over "
+             "folds beside them.", "",
+             "| task | run | folds | UA [95 % CI] | WA [95 % CI] | UA mean ± sd | macro-F1 | n "
+             "| paper UA (IEMOCAP) |", "|---|---|---|---|---|---|---|---|---|"]
+    for ev in evals:
+        s, task = sums[ev.name], ev.run.paths.task
+        lines.append(f"| {task} | {ev.run.paths.run} | {s['mean']['n_folds']} | {_ci(s, 'ua')} | "
+                     f"{_ci(s, 'wa')} | {_pct(s['mean']['ua'])} ± {_pct(s['mean']['ua_std'])} | "
+                     f"{_pct(s['pooled']['macro_f1'])} | {s['pooled']['n']} | {PAPER_UA[task]} |")
+    if evals:
+        b = sums[evals[0].name]["baselines"]
+        lines += ["", f"Reference lines: chance UA {_pct(b['chance_ua'])} (any constant guess); "
+                  f"majority-class WA {_pct(b['majority_wa'])}."]
+    lines += ["", "Paper numbers are from Makiuchi et al. (ASRU 2021) on IEMOCAP with wav2vec "
+              "2.0-large and BERT-large features; they are not comparable with a different corpus "
+              "or smaller encoders.", ""]
+    return lines
+
+
+def paired_section(evals: list[RunEval], compare: list[tuple[str, str]]) -> list[str]:
+    """Fusion vs each of its modalities, and any pairs the user named."""
+    by_name = {ev.name: ev for ev in evals}
+    pairs = []
+    for ev in evals:
+        if ev.run.paths.task == "fusion":
+            cfg = ev.run.config
+            pairs += [(ev.name, f"ser/{cfg.get('ser_run')}"), (ev.name, f"ter/{cfg.get('ter_run')}")]
+    pairs += list(compare)
+    rows = []
+    for a, b in pairs:
+        if a not in by_name or b not in by_name:
+            rows.append(f"| {a} | {b} | – | – | – | not available (run missing or stale) |")
+            continue
+        t = paired(by_name[a], by_name[b])
+        if t is None:
+            rows.append(f"| {a} | {b} | – | – | – | no common test utterances |")
+            continue
+        verdict = ("a better" if t["diff"] > 0 else "b better") if t["p"] < 0.05 else \
+            "no significant difference"
+        rows.append(f"| {a} | {b} | {t['n']} | {_pct(t['ua_a'])} vs {_pct(t['ua_b'])} | "
+                    f"{t['p']:.3f} | {verdict} |")
+    if not rows:
+        return []
+    return ["## Paired tests", "", "Two-sided paired randomisation test of the UA difference on "
+            "the test utterances both runs predicted (2,000 permutations; p < 0.05 = significant).",
+            "", "| a | b | n | UA a vs b | p | verdict |", "|---|---|---|---|---|---|", *rows, ""]
+
+
+def setup_table(evals: list[RunEval], fingerprint: str) -> list[str]:
+    """How each run was obtained, from what it recorded at training time."""
+    lines = ["## Setup of each run", "",
+             "| run | commit | trained | corpus | features (stage: key) | schedule | device | command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for ev in evals:
+        c = ev.run.config
+        prov = c.get("provenance", {})
+        dirty = {True: " (dirty)", False: "", None: ""}[prov.get("dirty")]
+        corpus = prov.get("corpus", "?")
+        corpus += " (current)" if corpus == fingerprint else " (other)"
+        feats = ", ".join(f"{s}: `{v.get('identity', '')[:10]}`" for s, v in c.get("stages", {}).items())
+        t = c.get("train", {})
+        sched = (f"{t.get('steps') or t.get('epochs', '')} {'steps' if t.get('steps') else 'epochs'}, "
+                 f"batch {t.get('batch_size')}, lr {t.get('lr')}, select {t.get('select')}"
+                 if "batch_size" in t else (c.get("weights") or "–"))
+        lines.append(f"| {ev.name} | `{prov.get('commit', 'unknown')}`{dirty} | {prov.get('created', '?')} "
+                     f"| `{corpus}` | {feats or '–'} | {sched} | {prov.get('device') or c.get('device', '?')} "
+                     f"| `{prov.get('command', '?')}` |")
+    return lines + [""]
+
+
+def run_section(ev: RunEval, s: dict, out: Path) -> list[str]:
+    task, run, classes = ev.run.paths.task, ev.run.paths.run, ev.run.classes
+    pooled = s["pooled"]
+    png = out / f"confusion_{task}_{run}.png".replace("+", "_")
+    confusion_png(pooled["confusion"], classes, f"{task} {run}: pooled confusion", png)
+    lines = [f"## {task} / {run}", ""]
+    if ev.run.stale:
+        lines += ["Left out (stale): " + "; ".join(f"fold {f}: {r}" for f, r in ev.run.stale.items()), ""]
+    lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | {_pct(v['precision'])} | {_pct(v['recall'])} | {_pct(v['f1'])} | {v['support']} |"
+              for c, v in s["per_class"].items()]
+    lines += ["", f"![confusion]({png.name})", "", cm_markdown(pooled["confusion"], classes), "",
+              "| fold | n | WA | UA | macro-F1 |", "|---|---|---|---|---|"]
+    lines += [f"| {f} | {fm['n']} | {_pct(fm['wa'])} | {_pct(fm['ua'])} | {_pct(fm['macro_f1'])} |"
+              for f, fm in s["folds"].items()]
+    if task == "fusion":
+        per_fold = ev.run.config.get("per_fold", {})
+        lines += ["", "Fusion weights per fold (w1 speech, w2 text): " + ", ".join(
+            f"{f} ({v['w1']:.2f}, {v['w2']:.2f})" for f, v in per_fold.items() if f in ev.run.folds)]
+    lines += alpha_lines(ev.run, out) + probe_lines(ev.run) + [""]
+    return lines
+
+
+def alpha_lines(run: TrainedRun, out: Path) -> list[str]:
+    alpha = run.paths.root / "alpha.json"
+    if not alpha.exists():
+        return []
+    w = np.array([np.nan if v is None else v for v in read_json(alpha)["mean_weights"]], dtype=float)
+    if not np.all(np.isfinite(w)):  # Σα·x/Σα with raw α: Σα can reach 0 (official parameterisation)
+        return ["", "Learned layer weights α: not finite in at least one fold (Σα reached 0 under "
+                "the official raw-weight parameterisation; `--model layer_weighting=softmax` avoids "
+                "it); see alpha.json."]
+    apng = out / f"alpha_{run.paths.task}_{run.paths.run}.png"
+    alpha_png(list(w), f"{run.paths.task} {run.paths.run}: learned layer weights α (mean over folds)", apng)
+    return ["", f"![layer weights]({apng.name})"]
+
+
+def probe_lines(run: TrainedRun) -> list[str]:
+    out = []
+    for p in sorted(run.paths.root.glob("probe_speaker*.json")):
+        r = read_json(p)
+        pooling = r.get("config", {}).get("pooling", "flatten")
+        out.append(f"Speaker probe on the codes ({pooling} pooling): accuracy {_pct(r.get('accuracy'))} "
+                   f"(majority {_pct(r.get('chance'))}, {r.get('n_speakers')} speakers; lower = "
+                   "less speaker identity).")
+    return ["", *out] if out else []
+
+
+def load_runs(workdir: Path) -> tuple[list[TrainedRun], list[tuple[RunPaths, str]]]:
+    """Runs with at least one fold current for the corpus, and the others with the reason."""
+    corpus = load_corpus(workdir)
+    good, apart = [], []
+    for rp in find_runs(workdir):
+        try:
+            good.append(load_run(workdir, rp.task, rp.run, corpus))
+        except TrainingError as e:
+            apart.append((rp, str(e)))
+    return good, apart
+
+
+def write_report(workdir: str | Path, out: str | Path | None = None,
+                 compare: list[tuple[str, str]] = ()) -> Path:
+    """Write ``report.md``, figures and ``metadata.json`` to ``out`` (default workdir/report)."""
     workdir = Path(workdir)
     out = Path(out) if out else workdir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    runs = find_runs(workdir)
+    runs, apart = load_runs(workdir)
     meta = metadata(workdir)
-    lines = ["# Emotion recognition report", "",
-             f"Work directory `{workdir}`, {meta['created']}, code commit `{meta['commit']}`.", ""]
+    out.mkdir(parents=True, exist_ok=True)
     corpus = meta["corpus"]
-    if isinstance(corpus, dict):
-        lines += [f"Corpus **{corpus['name']}**: {corpus['utterances']} utterances, "
-                  f"{corpus['speakers']} speakers, {len(corpus['groups'])} cross-validation "
-                  f"groups ({', '.join(corpus['groups'])}); source: {corpus['source']}.", ""]
+    dirty = " (uncommitted changes)" if meta.get("dirty") else ""
+    lines = ["# Emotion recognition report", "",
+             f"Work directory `{workdir}`, {meta['created']}, code commit `{meta['commit']}`{dirty}.", "",
+             f"Corpus **{corpus['name']}**: {corpus['utterances']} utterances, {corpus['speakers']} "
+             f"speakers, {len(corpus['groups'])} cross-validation groups ({', '.join(corpus['groups'])}); "
+             f"source: {corpus['source']}; fingerprint `{meta['corpus_fingerprint']}`.", ""]
     if not runs:
-        lines += ["No trained runs yet: run `python cli.py train ser`, `train ter`, `fuse`.", ""]
-    lines += ["## Results (leave-one-group-out; % )", "",
-              "| task | run | folds | WA mean ± sd | UA mean ± sd | macro-F1 | pooled WA | pooled UA "
-              "| paper UA (paper-reported, IEMOCAP) |", "|---|---|---|---|---|---|---|---|---|"]
-    summaries = {}
-    for rp in runs:
-        m = read_json(rp.metrics)
-        summaries[(rp.task, rp.run)] = m
-        mean, pooled = m["mean"], m["pooled"]
-        lines.append(f"| {rp.task} | {rp.run} | {mean['n_folds']} | {_pct(mean['wa'])} ± "
-                     f"{_pct(mean['wa_std'])} | {_pct(mean['ua'])} ± {_pct(mean['ua_std'])} | "
-                     f"{_pct(mean['macro_f1'])} | {_pct(pooled['wa'])} | {_pct(pooled['ua'])} | "
-                     f"{PAPER_UA[rp.task]} |")
-    lines += ["", "Paper numbers are from Makiuchi et al. (ASRU 2021) on IEMOCAP with "
-              "wav2vec 2.0-large and BERT-large features; they are not comparable with a "
-              "different corpus or smaller encoders.", ""]
-    for (task, run), m in summaries.items():
-        classes = m["classes"]
-        pooled = m["pooled"]
-        png = out / f"confusion_{task}_{run}.png".replace("+", "_")
-        confusion_png(pooled["confusion"], classes, f"{task} {run}: pooled confusion", png)
-        lines += [f"## {task} / {run}", "",
-                  "Per-class recall (pooled): " + ", ".join(
-                      f"{c} {_pct(pooled['per_class_recall'][c])}" for c in classes), "",
-                  f"![confusion]({png.name})", "", cm_markdown(pooled["confusion"], classes), "",
-                  "| fold | n | WA | UA | macro-F1 |", "|---|---|---|---|---|"]
-        lines += [f"| {f} | {fm['n']} | {_pct(fm['wa'])} | {_pct(fm['ua'])} | "
-                  f"{_pct(fm['macro_f1'])} |" for f, fm in m["folds"].items()]
-        cfg = RunPaths(workdir, task, run).config
-        if task == "fusion" and cfg.exists():
-            per_fold = read_json(cfg)["per_fold"]
-            lines += ["", "Fusion weights per fold (w1 speech, w2 text): " + ", ".join(
-                f"{f} ({v['w1']:.2f}, {v['w2']:.2f})" for f, v in per_fold.items())]
-        alpha = RunPaths(workdir, task, run).root / "alpha.json"
-        if alpha.exists():
-            w = np.array([np.nan if v is None else v for v in read_json(alpha)["mean_weights"]],
-                         dtype=float)
-            if np.all(np.isfinite(w)):
-                apng = out / f"alpha_{task}_{run}.png"
-                alpha_png(list(w), f"{task} {run}: learned layer weights α (mean over folds)", apng)
-                lines += ["", f"![layer weights]({apng.name})"]
-            else:  # Σα·x/Σα with raw α: Σα can reach 0 (the official parameterisation's hazard)
-                lines += ["", "Learned layer weights α: not finite in at least one fold (Σα reached "
-                          "0 under the official raw-weight parameterisation; `--model "
-                          "layer_weighting=softmax` avoids it); see alpha.json."]
-        lines.append("")
-    lines += ["## Features", "", "| stage | key | model checksum | parameters |",
+        lines += ["No trained runs for this corpus yet: run `python cli.py train ser`, `train ter`, "
+                  "`fuse`.", ""]
+    evals = [evaluate(r) for r in runs]
+    sums = {ev.name: summary(ev) for ev in evals}
+    lines += results_table(evals, sums) + paired_section(evals, list(compare))
+    lines += setup_table(evals, meta["corpus_fingerprint"]) if evals else []
+    for ev in evals:
+        lines += run_section(ev, sums[ev.name], out)
+    if apart:
+        lines += ["## Runs set apart (not trained on the current corpus)", ""]
+        lines += [f"- {rp.task}/{rp.run}: {why}" for rp, why in apart] + [""]
+    lines += ["## Features (current cache)", "", "| stage | key | model checksum | parameters |",
               "|---|---|---|---|"]
     lines += [f"| {s} | `{v['key']}` | `{v['weights'] or '–'}` | {json.dumps(v['params'])} |"
               for s, v in meta["stages"].items()]
-    (out / "metadata.json").write_text(json.dumps(meta, indent=2))
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    meta["runs"] = {ev.name: {k: sums[ev.name][k] for k in ("pooled", "mean", "ci", "per_class")}
+                    for ev in evals}
+    atomic_write_text(out / "metadata.json", json.dumps(meta, indent=2, default=str))
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

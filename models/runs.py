@@ -13,13 +13,17 @@ with ``probs`` in the corpus class order. Every file is written to a temp name a
 from __future__ import annotations
 
 import json
-import os
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from urllib.parse import quote, unquote
+
 import numpy as np
+
+from pipeline.atomic import atomic_write_text
+from pipeline.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,13 @@ class RunPaths:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
+    def __post_init__(self) -> None:
+        check_run_name(self.run)
+
     def fold_dir(self, fold: str) -> Path:
-        return self.root / f"fold-{fold}"
+        """``fold-<name>`` with the group name percent-encoded: a name is data, never a path
+        (``a/../b`` stays one folder inside the run)."""
+        return self.root / f"fold-{quote(fold, safe='')}"
 
     def checkpoint(self, fold: str) -> Path:
         return self.fold_dir(fold) / "checkpoint.pt"
@@ -58,16 +67,16 @@ class RunPaths:
         """Folds that have predictions, in name order."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name[len("fold-"):] for p in self.root.glob("fold-*")
+        return sorted(unquote(p.name[len("fold-"):]) for p in self.root.glob("fold-*")
                       if (p / "predictions.jsonl").exists())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def check_run_name(name: str) -> None:
+    """A run name becomes one folder under runs/<task>/: no separators, no dot-names."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name \
+            or len(name) > 120:
+        raise TrainingError(f"invalid run name {name!r}: use letters, digits, '-', '_', '+' "
+                            "(no '/', not starting with '.', at most 120 characters)")
 
 
 def _json_safe(obj):

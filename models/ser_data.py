@@ -20,9 +20,11 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from pipeline.fingerprint import digest
 import torch
 import torch.nn.functional as F
 
@@ -120,10 +122,18 @@ class StoreSource:
         self.spk_r = StageReader(workdir, keys.speaker_stage)
         self._spk_cache: dict[str, np.ndarray] = {}
 
+    def readers(self) -> dict[str, Any]:
+        """Stage name -> its StageReader."""
+        return {r.stage: r for r in (self.enc, self.mel_r, self.ph_r, self.spk_r) if r is not None}
+
     def stage_identities(self) -> dict[str, str]:
         """Stage -> identity of the features used (saved in checkpoints)."""
-        readers = [r for r in (self.enc, self.mel_r, self.ph_r, self.spk_r) if r is not None]
-        return {r.stage: r.identity for r in readers}
+        return {name: r.identity for name, r in self.readers().items()}
+
+    def utterance_key(self, utt_id: str, speaker: str) -> str:
+        """Key of everything this utterance's training example is read from."""
+        frames = [r.keys.get(utt_id, "") for r in (self.enc, self.mel_r, self.ph_r) if r is not None]
+        return digest(frames, self.spk_r.extra_name, speaker)
 
     def length(self, utt_id: str) -> int:
         lens = [self.mel_r.length(utt_id, self.keys.mel_name), self.ph_r.length(utt_id, self.keys.phones_name)]

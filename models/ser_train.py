@@ -145,6 +145,11 @@ class SERTask:
             return self.source.stage_identities()
         return {"arrays": "in-memory"}
 
+    def utterance_keys(self, ids: Sequence[str]) -> dict[str, str]:
+        if not hasattr(self.source, "utterance_key"):  # in-memory arrays: no cache keys
+            return {}
+        return {u: self.source.utterance_key(u, self.speakers[u]) for u in ids}
+
     def available(self, ids: Sequence[str]) -> list[str]:
         return usable(self.source, [i for i in ids if i in self.label_of], self.speakers)
 
@@ -235,12 +240,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def open_source(workdir, config: SERRunConfig):
-    """The shard-store source for ``config`` (the mel ablation reads no encoder stage)."""
+def open_source(workdir, config: SERRunConfig, corpus: Corpus):
+    """The shard-store source for ``config`` (the mel ablation reads no encoder stage), checked
+    to hold the features of ``corpus`` as it is now (CacheError otherwise)."""
     keys = config.keys
     if make_config(config.preset).input == "mel":
         keys = dataclasses.replace(keys, encoder_stage=None)
-    return StoreSource(workdir, keys)
+    return checked_source(workdir, keys, corpus)
+
+
+def checked_source(workdir, keys: StoreKeys, corpus: Corpus) -> StoreSource:
+    from pipeline.plan import check_current
+    source = StoreSource(workdir, keys)
+    check_current(workdir, corpus, source.readers())
+    return source
 
 
 def train_fold(workdir, config: SERRunConfig, fold: Fold | str, device: str = "cpu",
@@ -253,7 +266,7 @@ def train_fold(workdir, config: SERRunConfig, fold: Fold | str, device: str = "c
     corpus = corpus or load_corpus(workdir)
     if isinstance(fold, str):
         (fold,) = make_folds(corpus, fold, config.val_fraction, config.split_seed)
-    source = source or open_source(workdir, config)
+    source = source or open_source(workdir, config, corpus)
     task = SERTask(corpus, source, config)
     paths = RunPaths(workdir, "ser", config.run_name)
     if torch.device(device).type == "cuda":
@@ -274,14 +287,14 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
     corpus = corpus or load_corpus(workdir)
     fold_list = make_folds(corpus, folds, config.val_fraction, config.split_seed)
     paths = RunPaths(workdir, "ser", config.run_name)
-    task = SERTask(corpus, source or open_source(workdir, config), config)
+    task = SERTask(corpus, source or open_source(workdir, config, corpus), config)
     distributed = bool(scheduler or (gpus and len(gpus) > 1))
     if not distributed:
         device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
-    write_json(paths.config, {
-        "task": "ser", "train": dataclasses.asdict(config.train_config()), "model": task.config_dict(),
-        "classes": list(corpus.classes), "feature_keys": task.feature_keys(), "device": str(device),
-        "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in fold_list}})
+    write_json(paths.config, trainer.run_record(
+        trainer.config_record(task, config.train_config()), task.feature_keys(), fold_list,
+        device if not distributed else f"{len(gpus or [])} Dask GPU worker(s)", paths,
+        {"val_fraction": config.val_fraction, "split_seed": config.split_seed}))
     if distributed:
         from pipeline.scheduler import dask_client
         with dask_client(len(gpus or []), gpus, scheduler) as client:
@@ -328,7 +341,7 @@ def iter_test_folds(workdir, run: str, corpus: Corpus | None = None, source=None
         src = source
         if src is None:
             keys = {**run_cfg["keys"], **({} if model.cfg.input == "encoder" else {"encoder_stage": None})}
-            src = StoreSource(workdir, StoreKeys(**keys))
+            src = checked_source(workdir, StoreKeys(**keys), corpus)
         test = [r["id"] for r in read_predictions(paths.predictions(name)) if r["split"] == "test"]
         yield name, model.to(device), test, load_set(src, test, speakers, {}, model.cfg.input == "encoder",
                                                       device, "auto")

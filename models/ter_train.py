@@ -73,6 +73,10 @@ class TERTask:
     def available(self, ids: Sequence[str]) -> list[str]:
         return [i for i in ids if i in self._row]
 
+    def utterance_keys(self, ids: Sequence[str]) -> dict[str, str]:
+        keys = getattr(self.reader, "keys", {})
+        return {u: keys.get(u, "") for u in ids}
+
     def build_model(self) -> TextCNN:
         return TextCNN(self.model_config)
 
@@ -130,14 +134,14 @@ class TERRun:
     train: TrainConfig = TrainConfig(steps=0, epochs=20, batch_size=32, lr=3e-4)
 
 
-def model_from_checkpoint(ckpt: dict, select: str = "val") -> TextCNN:
-    """Rebuild the TER CNN from a checkpoint dict (best-validation or last weights)."""
+def model_from_state(run_config: dict, state: dict) -> TextCNN:
+    """The TER CNN of a run (``config.json`` or a checkpoint's ``config``) with ``state`` loaded;
+    which state (best-validation or last) is the run's choice: :meth:`TrainedRun.selected_state`."""
     names = {f.name for f in dataclasses.fields(TERConfig)}
     cfg = TERConfig(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in ckpt["config"]["model"].items() if k in names})
+                       for k, v in run_config["model"].items() if k in names})
     model = TextCNN(cfg)
-    weights = ckpt["best_model"] if select == "val" and ckpt.get("best_model") else ckpt["model"]
-    model.load_state_dict(weights)
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -150,12 +154,15 @@ def train_ter(workdir: str | Path, spec: TERRun = TERRun(), device: str | None =
     """Cross-validated TER training in ``workdir`` -> the run summary (see models.trainer)."""
     corpus = load_corpus(workdir)
     if reader is None:
+        from pipeline.plan import check_current
         from pipeline.store import StageReader
         reader = StageReader(workdir, "text")
+        check_current(workdir, corpus, {"text": reader})
     task = TERTask(corpus, reader, spec.model, batch_size=spec.train.batch_size, amp=spec.amp)
     folds = make_folds(corpus, spec.folds, val_fraction=spec.val_fraction, seed=spec.split_seed)
     paths = RunPaths(Path(workdir), "ter", spec.run)
     device = device or default_device()
     log.info("ter: %d utterances with text features, %d-d tokens, %d folds, device %s",
              len(task.ids), task.model_config.input_dim, len(folds), device)
-    return train_folds(task, folds, spec.train, paths, device)
+    return train_folds(task, folds, spec.train, paths, device,
+                       split={"val_fraction": spec.val_fraction, "split_seed": spec.split_seed})

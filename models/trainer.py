@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 from models.checkpoint import capture_rng, cpu_state_dict, load_checkpoint, restore_rng, save_checkpoint
 from models.folds import Fold, fold_seed
 from models.metrics import classification_metrics, mean_over_folds
+from models.run_identity import explain_change, fold_data, fold_digest
 from models.runs import (RunPaths, prediction_rows, read_json, read_predictions, write_json,
                          write_predictions)
 from pipeline.corpus import Corpus
 from pipeline.errors import TrainingError
+from pipeline.fingerprint import digest
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Task(Protocol):
     def feature_keys(self) -> dict[str, str]: ...  # stage -> fingerprint of the features used
 
     def available(self, ids: Sequence[str]) -> list[str]: ...  # ids with usable features
+
+    def utterance_keys(self, ids: Sequence[str]) -> dict[str, str]: ...  # id -> key of its features
 
     def build_model(self) -> torch.nn.Module: ...
 
@@ -134,21 +138,40 @@ def _predict(task: Task, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarr
     return probs
 
 
-def _config_record(task: Task, config: TrainConfig) -> dict:
+def config_record(task: Task, config: TrainConfig) -> dict:
     return {"task": task.name, "train": dataclasses.asdict(config), "model": task.config_dict(),
             "classes": list(task.corpus.classes)}
 
 
-def _check_resumable(ckpt: dict, record: dict, keys: dict, path) -> None:
+def _check_resumable(ckpt: dict, record: dict, path) -> None:
     old, new = dict(ckpt["config"]), dict(record)
     old_train = {k: v for k, v in old.pop("train").items() if k not in _RESUMABLE_CHANGES}
     new_train = {k: v for k, v in new.pop("train").items() if k not in _RESUMABLE_CHANGES}
     if old != new or old_train != new_train:
         raise TrainingError(f"{path} was written with another configuration; use another run name "
                             f"or delete that folder to start afresh")
-    if dict(ckpt["feature_keys"]) != dict(keys):
-        raise TrainingError(f"{path} was trained on other features ({dict(ckpt['feature_keys'])}); "
-                            f"delete that folder to retrain on the current ones ({keys})")
+
+
+def _load_unless_changed(task: Task, fold: Fold, record: dict, keys: dict, data: dict,
+                         paths: RunPaths) -> dict | None:
+    """The fold's checkpoint if it was made from exactly ``data`` (else its outputs are removed
+    and the fold retrains, saying why); a changed configuration is an error."""
+    ckpt = load_checkpoint(paths.checkpoint(fold.name))
+    if ckpt is None:
+        return None
+    _check_resumable(ckpt, record, paths.checkpoint(fold.name))
+    changes = explain_change(ckpt.get("data"), data)
+    old_keys = dict(ckpt.get("feature_keys") or {})
+    if old_keys != dict(keys):
+        changes.append("feature stages changed (" + ", ".join(
+            f"{s}: {str(old_keys.get(s))[:12]} -> {str(keys.get(s))[:12]}"
+            for s in sorted(set(old_keys) | set(keys)) if old_keys.get(s) != keys.get(s)) + ")")
+    if not changes:
+        return ckpt
+    log.warning("%s fold %s: retraining from the start: %s", task.name, fold.name, "; ".join(changes))
+    for old in (paths.checkpoint(fold.name), paths.predictions(fold.name), paths.fold_metrics(fold.name)):
+        old.unlink(missing_ok=True)
+    return None
 
 
 def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
@@ -166,7 +189,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     steps = config.resolve_steps(len(ids["train"]))
     eval_every = config.eval_every or max(1, steps // 20)
     ckpt_every = config.checkpoint_every or eval_every
-    record, keys = _config_record(task, config), task.feature_keys()
+    record, keys = config_record(task, config), task.feature_keys()
     ckpt_path = paths.checkpoint(fold.name)
     seed = fold_seed(config.seed, fold.name)
 
@@ -176,9 +199,10 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     generator = torch.Generator().manual_seed(seed + 1)
     state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
              "stopped_early": False, "evals_since_best": 0}
-    ckpt = load_checkpoint(ckpt_path)
+    labels = _labels(task.corpus)
+    data = fold_data(ids, labels, task.utterance_keys([u for v in ids.values() for u in v]))
+    ckpt = _load_unless_changed(task, fold, record, keys, data, paths)
     if ckpt is not None:
-        _check_resumable(ckpt, record, keys, ckpt_path)
         if ckpt["step"] > steps:
             raise TrainingError(f"{ckpt_path} is at step {ckpt['step']} > the {steps} steps asked for")
         if ckpt["done"] and (ckpt["step"] == steps or ckpt["stopped_early"]) and paths.fold_metrics(fold.name).exists():
@@ -207,7 +231,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         save_checkpoint(ckpt_path, {
             **state, "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
             "rng": capture_rng(generator), "config": record, "feature_keys": keys,
-            "fold": fold.name, "done": done})
+            "data": data, "fold": fold.name, "done": done})
 
     # in a log file (no terminal: nohup, Slurm) a line every 30 s instead of ~10 redraws per second
     tty = sys.stderr.isatty()
@@ -271,7 +295,8 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         selected = {"select": "last", "step": state["step"]}
     metrics = _write_fold_outputs(task, model, fold, ids, paths)
     metrics.update(selected=selected, steps=state["step"], train_seconds=round(train_s, 3),
-                   n_train=len(ids["train"]), n_val=len(ids["val"]), history=state["history"])
+                   n_train=len(ids["train"]), n_val=len(ids["val"]), history=state["history"],
+                   fold_digest=fold_digest(fold, labels), data_digest=digest(data))
     write_json(paths.fold_metrics(fold.name), metrics)
     model.load_state_dict(final_model)
     save(done=True)
@@ -293,13 +318,30 @@ def _write_fold_outputs(task: Task, model: torch.nn.Module, fold: Fold, ids: dic
     return metrics
 
 
+def run_record(record: dict, feature_keys: dict, folds: Sequence[Fold], device: str,
+               paths: RunPaths, split: dict) -> dict:
+    """The run's config.json: configs, the split settings (to tell current folds from stale
+    ones), the feature stages' settings at training time, and provenance."""
+    from models.provenance import provenance
+    from pipeline.store import read_pointer
+    stages = {}
+    for stage in feature_keys:
+        try:
+            meta = read_pointer(paths.workdir, stage)
+        except Exception:  # noqa: BLE001 - in-memory features (tests, benches) have no index
+            continue
+        stages[stage] = {k: meta.get(k) for k in ("identity", "params", "weights")}
+    return {**record, "feature_keys": feature_keys, "stages": stages, "split": split,
+            "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)}
+                      for f in folds}, "device": str(device),
+            "provenance": provenance(paths.workdir, device)}
+
+
 def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", split: dict | None = None) -> dict:
     """Train every fold (resuming finished/partial ones) and write the run's config and metrics."""
-    record = {**_config_record(task, config), "feature_keys": task.feature_keys(),
-              "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)}
-                        for f in folds}, "device": str(device)}
-    write_json(paths.config, record)
+    write_json(paths.config, run_record(config_record(task, config), task.feature_keys(), folds,
+                                        device, paths, split or {}))
     per_fold = {}
     for fold in folds:
         m = train_fold(task, fold, config, paths, device)

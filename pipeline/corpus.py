@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.atomic import atomic_write_text
 from pipeline.errors import CorpusError
 
 #: The paper's four classes, in the order used for probabilities and confusion matrices.
@@ -72,10 +72,10 @@ def write_corpus(workdir: str | Path, corpus: Corpus) -> None:
     """Write the corpus files atomically (temp file + rename)."""
     paths = corpus_paths(workdir)
     paths["utterances"].parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(paths["utterances"], "".join(u.to_json() + "\n" for u in corpus.utterances))
+    atomic_write_text(paths["utterances"], "".join(u.to_json() + "\n" for u in corpus.utterances))
     meta = {"name": corpus.name, "classes": list(corpus.classes), "source": corpus.source,
             "n_utterances": len(corpus.utterances)}
-    _atomic_write(paths["meta"], json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(paths["meta"], json.dumps(meta, indent=2) + "\n")
 
 
 def load_corpus(workdir: str | Path) -> Corpus:
@@ -99,16 +99,10 @@ def load_corpus(workdir: str | Path) -> Corpus:
     return Corpus(meta["name"], tuple(meta["classes"]), tuple(utts), meta.get("source", ""))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_rejected(workdir: str | Path, rejected: Iterable[tuple[str, str, str]]) -> Path:
     """``rejected`` rows are (item id, source file, reason)."""
     path = corpus_paths(workdir)["rejected"]
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = ["id\tsource\treason"] + ["\t".join(str(x).replace("\t", " ") for x in r) for r in rejected]
-    _atomic_write(path, "\n".join(rows) + "\n")
+    atomic_write_text(path, "\n".join(rows) + "\n")
     return path

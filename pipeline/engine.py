@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from features.base import ItemInput
+from pipeline.atomic import atomic_write_text
 from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
 from pipeline.errors import CacheError, ItemError, StageError
-from pipeline.plan import ShardPlan, StagePlan, build_cached
+from pipeline.plan import ShardPlan, StagePlan, build_cached, finalize_name
 from pipeline.stages import get_stage
-from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
-    read_shard_attrs
+from pipeline.store import SHARD_GLOB, StageReader, ShardWriter, current_pointer, discard_shard, \
+    extra_key_name, read_shard_attrs
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> I
             yield e
         except CacheError as e:
             bad = next((r.shard_of(u.id) for r in upstream.values() if u.id in r), None)
-            if bad is not None:
-                log.warning("upstream shard %s is corrupt (%s); deleting it", bad, e)
-                bad.unlink(missing_ok=True)
+            if bad is not None:  # extract is the writing side: it repairs the upstream stage
+                log.warning("upstream shard %s is corrupt (%s)", bad, e)
+                discard_shard(bad)
             yield StageError(f"{stage.name}: an upstream feature of {u.id} is corrupt ({e}); "
                              "the upstream shard was deleted: re-run extract to recompute it")
             return
@@ -94,8 +95,14 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
     t0 = time.perf_counter()
     stage = get_stage(stage_name)
     with shard_lock(sp.path, blocking=False) as got:
-        if not got or sp.path.exists():
+        if not got:
             return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
+        if sp.path.exists():
+            if (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
+                return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
+            # unreadable, or not what its name says (renamed, copied from elsewhere): replace it
+            log.warning("%s: %s is not the shard this plan expects; recomputing it", stage_name, sp.path)
+            discard_shard(sp.path)
         for stale in sp.path.parent.glob(f".shard-{sp.index:05d}-*.tmp-*"):
             log.info("removing temp file of an interrupted writer: %s", stale)
             stale.unlink(missing_ok=True)
@@ -213,19 +220,22 @@ def _versions() -> dict[str, str]:
 
 
 def publish(workdir: str, plan: StagePlan, corpus_utts: list[Utterance]) -> dict[str, Any]:
-    """After all shards are complete: run the stage's finalize step and point readers at it."""
+    """After all shards are complete: run the stage's finalize step and point readers at it.
+
+    The index lists exactly the plan's shards; shards of this identity that it does not list
+    (left by a larger corpus) are removed, so only the current corpus's features are served.
+    """
     pointer = current_pointer(workdir, plan.stage.name)
+    shards = [sp.path.name for sp in plan.shards]
     meta: dict[str, Any] = {"identity": plan.identity_key, "params": plan.identity["config"],
-                            "weights": plan.identity["weights"]}
+                            "weights": plan.identity["weights"], "shards": shards}
     if plan.stage.finalize is not None:
-        from pipeline.fingerprint import digest
-        extra_key = digest(sorted(plan.utt_keys.items()))
-        name = f"extra-{extra_key[:16]}.h5"
+        name = finalize_name(plan.utt_keys, corpus_utts)
         path = plan.dir / name
         if not path.exists():
             import h5py
             tmp = plan.dir / f".{name}.tmp-{os.getpid()}"
-            reader = StageReader(workdir, plan.stage.name, identity=plan.identity_key)
+            reader = StageReader(workdir, plan.stage.name, identity=plan.identity_key, shards=shards)
             try:
                 result = plan.stage.finalize(reader, corpus_utts, plan.config)
             finally:
@@ -235,10 +245,11 @@ def publish(workdir: str, plan: StagePlan, corpus_utts: list[Utterance]) -> dict
                     f.create_dataset(extra_key_name(k), data=v)
             os.replace(tmp, path)
         meta["extra"] = name
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.with_name(f"current.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(pointer)
+    atomic_write_text(pointer, json.dumps(meta, indent=2))
+    listed = set(shards)
+    for orphan in plan.dir.glob(SHARD_GLOB):
+        if orphan.name not in listed:
+            discard_shard(orphan)
     return meta
 
 

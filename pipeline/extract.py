@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +14,7 @@ from pipeline.fingerprint import FileHashCache
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params
 from pipeline.scheduler import dask_client, default_workers, visible_gpus
 from pipeline.stages import get_stage, resolve_order, stage_names
-from pipeline.store import cache_root
+from pipeline.store import cache_root, orphan_shards
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +156,7 @@ def status(workdir: str | Path, names: list[str] | None = None) -> list[dict[str
         s = shard_summary(plan)
         rows.append({"stage": plan.stage.name, "key": plan.identity_key[:16],
                      "params": plan.identity["config"], **s,
+                     "orphans": [str(p) for p in orphan_shards(workdir, plan.stage.name)],
                      "utterances": sum(len(sp.utts) for sp in plan.shards),
                      "why_stale": explain_stale(plan, workdir)})
     return rows

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from features.base import file_checksum
+from pipeline.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,7 @@ class FileHashCache:
         with self._lock:
             if not self._dirty:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(self._entries))
-            tmp.replace(self.path)
+            atomic_write_text(self.path, json.dumps(self._entries))
             self._dirty = False
 
 

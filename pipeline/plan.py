@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import atomic_write_text
 from pipeline.corpus import Corpus, Utterance
 from pipeline.fingerprint import FileHashCache, digest
 from pipeline.stages import Stage, get_stage
@@ -32,10 +32,7 @@ def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def save_params(workdir: str | Path, params: dict[str, dict[str, Any]]) -> None:
-    p = Path(workdir) / PARAMS_FILE
-    tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-    tmp.replace(p)
+    atomic_write_text(Path(workdir) / PARAMS_FILE, json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
 _BUILT: dict[tuple[str, str, str], Any] = {}
@@ -109,6 +106,31 @@ def utterance_inputs(stage: Stage, u: Utterance, audio_hashes: FileHashCache) ->
     return inputs
 
 
+def utterance_meta(ident_key: str, stage: Stage, u: Utterance, hashes: FileHashCache,
+                   upstream_keys: dict[str, dict[str, str]] | None) -> dict[str, Any]:
+    """``{"key", "inputs", "upstream"}`` of one utterance under the stage identity ``ident_key``."""
+    inputs = utterance_inputs(stage, u, hashes)
+    ups = {s: (upstream_keys or {}).get(s, {}).get(u.id) for s in stage.upstream}
+    return {"key": digest(ident_key, inputs, ups), "inputs": digest(inputs), "upstream": ups}
+
+
+def published_keys(workdir: str | Path, names: list[str], corpus: Corpus) -> dict[str, dict[str, str]]:
+    """Per stage of ``names`` (and its upstream), the key each utterance of ``corpus`` must have
+    under the identity the stage's index points at: a reader's stored key that differs (or is
+    absent) means the feature was extracted from other inputs than the corpus has now.
+    Cheap: no model is loaded, audio hashes come from the cache."""
+    from pipeline.stages import resolve_order
+    from pipeline.store import read_pointer
+    hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json")
+    keys: dict[str, dict[str, str]] = {}
+    for name in resolve_order(names):
+        stage, ident = get_stage(name), read_pointer(workdir, name)["identity"]
+        keys[name] = {u.id: utterance_meta(ident, stage, u, hashes, keys)["key"]
+                      for u in corpus.utterances}
+    hashes.save()
+    return keys
+
+
 def plan_stage(workdir: str | Path, name: str, corpus: Corpus,
                params: dict[str, Any] | None = None,
                upstream_keys: dict[str, dict[str, str]] | None = None,
@@ -124,13 +146,8 @@ def plan_stage(workdir: str | Path, name: str, corpus: Corpus,
         existing[shard_index(p)] = p
     shards, utt_keys = [], {}
     for idx, utts in assign_shards(list(corpus.utterances), stage.shard_size).items():
-        meta = {}
-        for u in utts:
-            inputs = utterance_inputs(stage, u, hashes)
-            ups = {s: (upstream_keys or {}).get(s, {}).get(u.id) for s in stage.upstream}
-            key = digest(ident_key, inputs, ups)
-            meta[u.id] = {"key": key, "inputs": digest(inputs), "upstream": ups}
-            utt_keys[u.id] = key
+        meta = {u.id: utterance_meta(ident_key, stage, u, hashes, upstream_keys) for u in utts}
+        utt_keys.update((k, m["key"]) for k, m in meta.items())
         key = digest(ident_key, sorted((k, v["key"]) for k, v in meta.items()))
         sp = ShardPlan(idx, key, sdir / shard_name(idx, key), utts, meta)
         if sp.path.exists() and (read_shard_attrs(sp.path) or {}).get("key") == key:
@@ -194,3 +211,30 @@ def describe_identity_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     if old.get("weights") != new.get("weights"):
         diffs.append("model weights changed")
     return ", ".join(diffs) or "unknown difference"
+
+
+def finalize_name(utt_keys: dict[str, str], utts: list[Utterance]) -> str:
+    """File name of a finalize output: it depends on every utterance's key and its speaker."""
+    return f"extra-{digest(sorted(utt_keys.items()), sorted((u.id, u.speaker) for u in utts))[:16]}.h5"
+
+
+def check_current(workdir: str | Path, corpus: Corpus, readers: dict[str, Any]) -> None:
+    """Raise CacheError unless every reader (stage name -> StageReader) holds the features of
+    the corpus as it is now: same inputs per utterance, and for a finalize output (speaker
+    means) the same speaker membership. Trainers call this, so nothing stale is ever served."""
+    from pipeline.errors import CacheError
+    want = published_keys(workdir, list(readers), corpus)
+    for name, r in readers.items():
+        stale = [u for u, k in want[name].items() if r.keys.get(u) != k]
+        if stale:
+            u = stale[0]
+            why = "not extracted yet" if u not in r.keys else "its audio or transcript changed"
+            raise CacheError(
+                f"stage {name!r}: {len(stale)} utterance(s) of the current corpus have no features "
+                f"from their current inputs (e.g. {u}: {why}); run `python cli.py extract --stage "
+                f"{name}`")
+        if get_stage(name).finalize is not None and \
+                r.extra_name != finalize_name(want[name], list(corpus.utterances)):
+            raise CacheError(f"stage {name!r}: its per-speaker output was computed for other "
+                             f"speakers than the corpus has now; run `python cli.py extract "
+                             f"--stage {name}`")

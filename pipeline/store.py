@@ -204,29 +204,54 @@ def verify_shard(path: Path) -> list[str]:
 
 
 def verify_cache(workdir: str | Path, stages: list[str] | None = None,
-                 remove: bool = True) -> dict[str, Any]:
+                 repair: bool = False) -> dict[str, Any]:
     """Read and check every shard of ``stages`` (default: all cached) under every identity.
 
-    Returns ``{"shards": n_checked, "corrupt": {path: [problems]}}``; corrupt shards are
-    deleted unless ``remove`` is False, so that the next ``extract`` recomputes them.
+    Returns ``{"shards": n_checked, "corrupt": {path: [problems]}, "orphans": [paths]}``.
+    Orphans are shards of a stage's current identity that its index does not list (left by an
+    older, larger corpus): never read. Nothing is deleted unless ``repair`` (the writing side:
+    ``verify --repair``), which removes corrupt shards and orphans so that the next ``extract``
+    recomputes what is missing.
     """
     root = cache_root(workdir)
     names = stages
     if names is None:
         names = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.exists() else []
     corrupt: dict[str, list[str]] = {}
+    orphans: list[str] = []
     n = 0
     for stage in names:
+        orphans += [str(p) for p in orphan_shards(workdir, stage)]
         for path in sorted((root / stage).glob(f"*/{SHARD_GLOB}")):
             n += 1
             problems = verify_shard(path)
             if problems:
                 corrupt[str(path)] = problems
                 log.warning("cache shard %s is corrupt: %s%s", path, "; ".join(problems[:3]),
-                            "" if remove else " (kept)")
-                if remove:
-                    path.unlink(missing_ok=True)
-    return {"shards": n, "corrupt": corrupt}
+                            "; removing it" if repair else "")
+    if repair:
+        for path in list(corrupt) + orphans:
+            discard_shard(Path(path))
+    return {"shards": n, "corrupt": corrupt, "orphans": orphans}
+
+
+def discard_shard(path: Path) -> None:
+    """Remove a corrupt or orphaned shard. Only the writing side (extract, ``verify --repair``)
+    calls this; readers report and raise."""
+    log.info("removing cache shard %s", path)
+    path.unlink(missing_ok=True)
+
+
+def orphan_shards(workdir: str | Path, stage: str) -> list[Path]:
+    """Shards in the current identity folder of ``stage`` that its index does not list."""
+    pointer = current_pointer(workdir, stage)
+    try:
+        meta = json.loads(pointer.read_text())
+    except (OSError, ValueError):
+        return []
+    listed = set(meta.get("shards") or [])
+    folder = stage_dir(workdir, stage, meta["identity"])
+    return sorted(p for p in folder.glob(SHARD_GLOB) if p.name not in listed)
 
 
 def _attr(v: Any) -> Any:
@@ -234,8 +259,8 @@ def _attr(v: Any) -> Any:
 
 
 def read_shard_attrs(path: Path) -> dict[str, Any] | None:
-    """Attributes of a complete shard, or None (after logging and deleting it) if it is
-    corrupt, truncated or incomplete."""
+    """Attributes of a complete shard, or None (logged) if it is corrupt, truncated or
+    incomplete. Nothing is deleted: the writer replaces such a shard when it next runs."""
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
@@ -247,9 +272,7 @@ def read_shard_attrs(path: Path) -> dict[str, Any] | None:
                 attrs[k] = json.loads(attrs[k])
     except (OSError, RuntimeError, CacheError, KeyError, ValueError) as e:  # h5py: OSError or
         # RuntimeError for damaged metadata; a damaged JSON attribute: ValueError
-        log.warning("cache shard %s is unreadable (%s); deleting it, it will be recomputed",
-                    path, e)
-        path.unlink(missing_ok=True)
+        log.warning("cache shard %s is unreadable (%s); `extract` will recompute it", path, e)
         return None
     return attrs
 
@@ -263,44 +286,72 @@ def current_pointer(workdir: str | Path, stage: str) -> Path:
     return cache_root(workdir) / stage / "current.json"
 
 
+def read_pointer(workdir: str | Path, stage: str) -> dict[str, Any]:
+    """The stage's index: ``{"identity", "shards": [file names], "params", "weights", "extra"}``."""
+    pointer = current_pointer(workdir, stage)
+    try:
+        meta = json.loads(pointer.read_text())
+    except FileNotFoundError:
+        raise CacheError(f"stage {stage!r} has no features in {workdir}: run "
+                         f"`python cli.py extract --stage {stage}` first") from None
+    except (OSError, ValueError) as e:
+        raise CacheError(f"the index {pointer} is unreadable ({e}): run `python cli.py extract "
+                         f"--stage {stage}` to rewrite it (cached shards are reused)") from None
+    if "shards" not in meta:
+        raise CacheError(f"the index {pointer} was written by an older version and does not list "
+                         f"its shards: run `python cli.py extract --stage {stage}` (nothing is "
+                         "recomputed)")
+    return meta
+
+
 class StageReader:
     """Read-only access to a stage's cached outputs for the trainers.
 
-    ``StageReader(workdir, "mel").get("utt1", "mel")`` → array. The stage identity defaults to
-    the one the last ``extract`` of that stage recorded in ``cache/<stage>/current.json``.
-    File handles are opened read-only and kept in a small cache.
+    ``StageReader(workdir, "mel").get("utt1", "mel")`` → array. The readable set is exactly the
+    shards that the stage's index ``cache/<stage>/current.json`` lists (written by the last
+    ``extract`` for the corpus it extracted); other files in the folder are never read.
+    ``identity`` + ``shards`` name another set explicitly (the stage's finalize step).
+    File handles are opened read-only and kept in a small cache. A reader never deletes.
     """
 
     def __init__(self, workdir: str | Path, stage: str, identity: str | None = None,
-                 max_open: int = 64):
+                 max_open: int = 64, shards: list[str] | None = None):
         self.workdir = Path(workdir)
         self.stage = stage
-        pointer = current_pointer(workdir, stage)
         meta: dict[str, Any] = {}
         if identity is None:
-            if not pointer.exists():
-                raise CacheError(f"stage {stage!r} has no features in {workdir}: run "
-                                 f"`python cli.py extract --stage {stage}` first")
-            meta = json.loads(pointer.read_text())
-            identity = meta["identity"]
+            meta = read_pointer(workdir, stage)
+            identity, shards = meta["identity"], meta["shards"]
         self.identity = identity
         self.dir = stage_dir(workdir, stage, identity)
         self._extra_file = meta.get("extra")
         self._index: dict[str, Path] = {}
         self.failed: dict[str, str] = {}
+        self.keys: dict[str, str] = {}  # utterance id -> its feature key (failed items too)
         self.attrs: dict[str, Any] = {}
-        for path in sorted(self.dir.glob(SHARD_GLOB)):
-            a = read_shard_attrs(path)
+        self.unreadable: list[Path] = []  # listed shards that are gone or damaged: their items are misses
+        for name in shards or []:
+            path = self.dir / name
+            a = read_shard_attrs(path) if path.exists() else None
             if a is None:
+                log.warning("stage %s: shard %s is missing or unreadable; its utterances have no "
+                            "features until `python cli.py extract --stage %s`", stage, path, stage)
+                self.unreadable.append(path)
                 continue
             self.attrs = a
             self.failed.update(a["failed"])
-            for utt in a["items"]:
+            for utt, m in a["items"].items():
+                self.keys[utt] = (m or {}).get("key", "")
                 if utt not in a["failed"]:
                     self._index[utt] = path
         self._handles: dict[Path, h5py.File] = {}
         self._max_open = max_open
         self._lock = threading.Lock()
+
+    @property
+    def extra_name(self) -> str | None:
+        """File name of the finalize output (content-addressed: it names what it was made from)."""
+        return self._extra_file
 
     def ids(self) -> list[str]:
         return sorted(self._index)
@@ -338,8 +389,8 @@ class StageReader:
         return f
 
     def get(self, utt_id: str, name: str) -> np.ndarray:
-        """The whole array, checked against its CRC-32. A corrupt shard is deleted (a cache
-        miss) and a CacheError tells to re-run extract."""
+        """The whole array, checked against its CRC-32. A corrupt shard is dropped from this
+        reader (not deleted) and a CacheError says how to repair it."""
         with self._lock:
             f = self._file(utt_id)
             try:
@@ -348,17 +399,17 @@ class StageReader:
                 raise self._corrupt(utt_id, e) from None
 
     def _corrupt(self, utt_id: str, error: CacheError) -> CacheError:
-        """Forget and delete the corrupt shard holding ``utt_id`` (caller holds the lock)."""
+        """Forget the corrupt shard holding ``utt_id`` (caller holds the lock); the file stays
+        for the writing side to repair."""
         path = self._index[utt_id]
-        log.warning("cache shard %s is corrupt (%s); deleting it, it will be recomputed",
-                    path, error)
+        log.warning("cache shard %s is corrupt (%s)", path, error)
         f = self._handles.pop(path, None)
         if f is not None:
             f.close()
         self._index = {u: p for u, p in self._index.items() if p != path}
-        path.unlink(missing_ok=True)
-        return CacheError(f"{utt_id}: {error}; the shard was deleted: run `python cli.py "
-                          f"extract --stage {self.stage}` to recompute it")
+        return CacheError(f"{utt_id}: {error}; run `python cli.py verify --repair --stage "
+                          f"{self.stage}` then `python cli.py extract --stage {self.stage}` to "
+                          "recompute it")
 
 
     def dataset(self, utt_id: str, name: str) -> h5py.Dataset:

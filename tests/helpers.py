@@ -83,6 +83,10 @@ class LinearTask:
     def available(self, ids):
         return [i for i in ids if i in self.x]
 
+    def utterance_keys(self, ids):
+        """A key per feature vector: it changes when the vector does."""
+        return {i: self.x[i].tobytes().hex()[:16] for i in ids}
+
     def build_model(self):
         return torch.nn.Sequential(torch.nn.Dropout(self.dropout),
                                    torch.nn.Linear(self.dim, len(self.corpus.classes)))
@@ -342,58 +346,85 @@ def ser_source(corpus: Corpus, n_layers: int = 3, dim: int = 16, frames=(60, 220
 
 # --- finished runs (fusion/report) ---------------------------------------------------------------
 
+def fake_folds(workdir, groups: Sequence[str], per_group: int = 20):
+    """The corpus of fake runs (written once: ``per_group`` utterances per group, labels in
+    turn) and its folds (validation 20 % of the other groups, split seed 0)."""
+    from pathlib import Path
+    from models.folds import make_folds
+    from pipeline.corpus import load_corpus, write_corpus
+    if not (Path(workdir) / "corpus.json").exists():
+        utts = [Utterance(f"{g}_{i:02d}", f"/nonexistent/{g}_{i:02d}.wav", f"spk{g}",
+                          DEFAULT_CLASSES[i % 4], g) for g in groups for i in range(per_group)]
+        write_corpus(workdir, Corpus("fake", DEFAULT_CLASSES, tuple(utts)))
+    return make_folds(load_corpus(workdir), ",".join(groups), val_fraction=0.2, seed=0)
+
+
 def fake_run(workdir, task, run, folds, rng, informative, skip=()):
-    """A finished run of random predictions whose true-class logit is raised by ``informative``."""
+    """A finished run of random predictions whose true-class logit is raised by ``informative``,
+    recorded like a trained run (config with the split, fold digests) on the ``fake_folds`` corpus."""
     from models.metrics import classification_metrics
+    from models.run_identity import fold_digest
     from models.runs import RunPaths, prediction_rows, write_json, write_predictions
     from models.trainer import summarize_run
+    from pipeline.corpus import load_corpus
     CLASSES = list(DEFAULT_CLASSES)
+    fold_list = fake_folds(workdir, folds)
+    labels = {u.id: u.label for u in load_corpus(workdir).utterances}
     paths = RunPaths(workdir, task, run)
-    for fold in folds:
+    write_json(paths.config, {"task": task, "classes": CLASSES, "train": {"select": "val"},
+                              "split": {"val_fraction": 0.2, "split_seed": 0}})
+    for fold in fold_list:
         rows = []
-        for split, n in (("test", 20), ("val", 16)):
-            ids = [f"{fold}_{split}_{i}" for i in range(n) if f"{fold}_{split}_{i}" not in skip]
-            y = [CLASSES[i % 4] for i in range(len(ids))]
+        for split in ("test", "val"):
+            ids = [u for u in getattr(fold, split) if u not in skip]
+            y = [labels[u] for u in ids]
             logits = rng.normal(0, 1, (len(ids), 4))
             logits[np.arange(len(ids)), [CLASSES.index(c) for c in y]] += informative
             p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-            rows += prediction_rows(ids, p, dict(zip(ids, y)), fold, split)
-        write_predictions(paths.predictions(fold), rows)
+            rows += prediction_rows(ids, p, dict(zip(ids, y)), fold.name, split)
+        write_predictions(paths.predictions(fold.name), rows)
         t = [r for r in rows if r["split"] == "test"]
-        write_json(paths.fold_metrics(fold), {"test": classification_metrics(
-            [r["label"] for r in t], [int(np.argmax(r["probs"])) for r in t], CLASSES)})
+        write_json(paths.fold_metrics(fold.name), {"test": classification_metrics(
+            [r["label"] for r in t], [int(np.argmax(r["probs"])) for r in t], CLASSES),
+            "fold_digest": fold_digest(fold, labels)})
     summarize_run(paths, CLASSES, folds)
     return paths
 
 
 def write_ser_store(workdir, corpus: Corpus, source) -> None:
     """The prepared corpus and the four SER stages (wav2vec, mel, phones, speaker + its per-speaker
-    means) written as real shards and pointers, from an in-memory source (``ser_source``)."""
+    means) written as real shards and indexes, from an in-memory source (``ser_source``). Each
+    utterance carries the key that the corpus implies, so the trainers' freshness check passes."""
     import json
     from pathlib import Path
     import h5py
     from pipeline.corpus import write_corpus
+    from pipeline.plan import finalize_name, published_keys
     from pipeline.store import ShardWriter, current_pointer, shard_name, stage_dir
 
     write_corpus(workdir, corpus)
     ids = [u.id for u in corpus.utterances]
-    stages = [("wav2vec", "feats", source.encoder), ("mel", "mel", source.mel), ("phones", "ids", source.phones)]
-    for stage, name, get in stages + [("speaker", None, None)]:
-        identity = f"{stage}-test-identity"
-        d = stage_dir(workdir, stage, identity)
+    stages = {"wav2vec": ("feats", source.encoder), "mel": ("mel", source.mel),
+              "phones": ("ids", source.phones),
+              "speaker": ("embed", lambda u: np.zeros(4, np.float32))}
+    for stage in stages:
+        current_pointer(workdir, stage).parent.mkdir(parents=True, exist_ok=True)
+        current_pointer(workdir, stage).write_text(json.dumps(
+            {"identity": f"{stage}-test-identity", "shards": [shard_name(0, "testkey")]}))
+    keys = published_keys(workdir, list(stages), corpus)
+    for stage, (name, get) in stages.items():
+        d = stage_dir(workdir, stage, f"{stage}-test-identity")
         d.mkdir(parents=True, exist_ok=True)
-        meta = {"identity": identity}
-        if get is not None:
-            w = ShardWriter(Path(d) / shard_name(0, "testkey"), {"identity": {"stage": stage}})
-            for u in ids:
-                w.write(u, {name: get(u)}, {"key": "testkey"})
-            w.commit()
-        else:
-            with h5py.File(Path(d) / "extra-test.h5", "w") as f:
-                for s in corpus.speakers:
-                    f.create_dataset(s, data=source.speaker_mean(s))
-            meta["extra"] = "extra-test.h5"
-        current_pointer(workdir, stage).write_text(json.dumps(meta))
+        w = ShardWriter(Path(d) / shard_name(0, "testkey"), {"identity": {"stage": stage}})
+        for u in ids:
+            w.write(u, {name: get(u)}, {"key": keys[stage][u]})
+        w.commit()
+    extra = finalize_name(keys["speaker"], list(corpus.utterances))
+    with h5py.File(stage_dir(workdir, "speaker", "speaker-test-identity") / extra, "w") as f:
+        for s in corpus.speakers:
+            f.create_dataset(s, data=source.speaker_mean(s))
+    pointer = current_pointer(workdir, "speaker")
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "extra": extra}))
 
 
 # --- shard-store inspection (pipeline tests) -----------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 from models.fusion import FusionConfig, fuse
 from models.runs import RunPaths, read_predictions, write_predictions
 from models.trainer import summarize_run
-from tests.helpers import fake_run
+from tests.helpers import fake_folds, fake_run
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 
@@ -15,7 +15,8 @@ def test_fusion_ignores_test_labels_and_counts_speech_only(tmp_path):
     rng = np.random.default_rng(0)
     folds = ["A", "B"]
     ser = fake_run(tmp_path, "ser", "small", folds, rng, 1.0)
-    fake_run(tmp_path, "ter", "cnn", folds, rng, 2.0, skip={"A_test_3", "B_val_5"})
+    a, b = fake_folds(tmp_path, folds)
+    fake_run(tmp_path, "ter", "cnn", folds, rng, 2.0, skip={a.test[3]})
     out = fuse(tmp_path, FusionConfig())
     w = out["weights"]
     assert set(w) == set(folds) and all(0 <= v["w1"] <= 1 for v in w.values())

@@ -26,6 +26,72 @@ def test_report_matches_predictions(tmp_path):
                                    [int(np.argmax(r["probs"])) for r in rows], CLASSES)
         line = next(l for l in md.splitlines() if l.startswith(f"| {task} | {run} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[6] == f"{100 * m['wa']:.1f}" and cells[7] == f"{100 * m['ua']:.1f}"
+        ua, lo, hi = (float(x) for x in cells[3].replace("[", "").replace("]", "").replace(",", "").split())
+        wa = float(cells[4].split()[0])
+        assert (wa, ua) == (round(100 * m["wa"], 1), round(100 * m["ua"], 1))
+        assert lo <= ua <= hi and hi - lo > 1  # a real interval around the pooled UA
+        assert cells[7] == str(m["n"])
     assert (tmp_path / "report" / "confusion_fusion_small_cnn.png").stat().st_size > 1000
-    assert "paper-reported, IEMOCAP" in md and "73.0" in md
+    assert "paper UA (IEMOCAP)" in md and "73.0" in md
+    assert "chance UA 25.0" in md and "majority-class WA" in md
+    # fusion is tested against each modality on the same utterances
+    assert "| fusion/small+cnn | ser/small |" in md and "| fusion/small+cnn | ter/cnn |" in md
+    assert "## Setup of each run" in md and "| class | precision | recall | F1 | support |" in md
+
+
+def test_paired_test_and_ci_numbers():
+    from models import stats
+    from sklearn.metrics import balanced_accuracy_score
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    good = np.where(rng.random(400) < 0.8, y, rng.integers(0, 4, 400))
+    bad = np.where(rng.random(400) < 0.4, y, rng.integers(0, 4, 400))
+    assert abs(stats.ua(y, good) - balanced_accuracy_score(y, good)) < 1e-12
+    t = stats.paired_test(y, good, bad)
+    assert t["p"] < 0.01 and t["diff"] > 0.2
+    assert stats.paired_test(y, good, good)["p"] == 1.0  # identical systems: no evidence
+    ci = stats.bootstrap_ci(y, good, ["A"] * 200 + ["B"] * 200)
+    assert ci["ua"][0] < stats.ua(y, good) < ci["ua"][1] and ci["ua"][1] - ci["ua"][0] < 0.15
+    pc = stats.per_class(y, good, CLASSES)
+    assert sum(v["support"] for v in pc.values()) == 400 and all(0 < v["f1"] <= 1 for v in pc.values())
+
+
+def test_a_failed_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    """Disk full while writing report.md (case 6): the old report stays whole, no temp file."""
+    import errno
+    import pytest
+    import pipeline.atomic
+    rng = np.random.default_rng(3)
+    fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    old = write_report(tmp_path).read_text()
+    fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.5)
+    real_replace = pipeline.atomic.Path.replace
+
+    def full(self, target):
+        if str(target).endswith("report.md"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(pipeline.atomic.Path, "replace", full)
+    with pytest.raises(OSError):
+        write_report(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "report" / "report.md").read_text() == old
+    assert not [p for p in (tmp_path / "report").iterdir() if ".tmp-" in p.name]
+    assert "| ter | cnn |" not in old
+
+
+def test_report_sets_apart_runs_of_another_corpus(tmp_path):
+    """prepare over a trained work dir (case 3): runs whose folds no longer match are not
+    mixed into the results; the report says which and why."""
+    from pipeline.corpus import load_corpus, write_corpus
+    import dataclasses
+    rng = np.random.default_rng(4)
+    fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    c = load_corpus(tmp_path)
+    relabelled = tuple(dataclasses.replace(u, label="sad" if u.label == "happy" else u.label)
+                       if u.group == "A" else u for u in c.utterances)
+    write_corpus(tmp_path, dataclasses.replace(c, utterances=relabelled))
+    md = write_report(tmp_path).read_text()
+    assert "## Runs set apart" in md and "its utterances or labels changed" in md
+    assert "| ser | small |" not in md

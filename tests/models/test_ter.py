@@ -10,7 +10,7 @@ import torch
 from models.folds import make_folds
 from models.runs import RunPaths, read_predictions
 from models.ter import TERConfig, TextCNN, pad_tokens
-from models.ter_train import TERRun, TERTask, model_from_checkpoint, train_ter
+from models.ter_train import TERRun, TERTask, model_from_state, train_ter
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import write_corpus
 from tests.helpers import make_corpus, separable_token_features
@@ -81,7 +81,7 @@ def test_train_ter_from_workdir(tmp_path):
     assert (tmp_path / "runs" / "ter" / "toy" / "fold-G0" / "checkpoint.pt").exists()
     ckpt = torch.load(tmp_path / "runs/ter/toy/fold-G0/checkpoint.pt", weights_only=True)
     assert ckpt["config"]["model"]["input_dim"] == 8 and ckpt["feature_keys"] == {"text": "fake"}
-    rebuilt = model_from_checkpoint(ckpt)  # the checkpoint alone rebuilds the model
+    rebuilt = model_from_state(ckpt["config"], ckpt["model"])  # the checkpoint alone rebuilds it
     assert rebuilt.config.input_dim == 8 and rebuilt.config.kernels == (1, 1, 8, 4)
 
 

@@ -80,13 +80,16 @@ def test_truncated_shard(work, reference, caplog):
     shard = shard_files(work, "mel")[0]
     with open(shard, "r+b") as fh:
         fh.truncate(shard.stat().st_size * 2 // 3)
+    size = shard.stat().st_size
     with StageReader(work, "mel") as r:  # the reader drops it (a miss) and says what to do
         missing = [u for u in reference[0] if u not in r]
-        assert missing
+        assert missing and r.unreadable == [shard]
         with pytest.raises(CacheError, match="run `python cli.py extract --stage mel`"):
             r.get(missing[0], "mel")
     assert "unreadable" in caplog.text
-    assert status(work, ["mel"])[0]["shards"]["missing"] == 1
+    assert shard.stat().st_size == size  # a reader never deletes or rewrites
+    assert status(work, ["mel"])[0]["shards"]["stale"] == 1
+    assert shard.stat().st_size == size  # nor does status
     assert_repaired(work, reference)
 
 
@@ -98,12 +101,17 @@ def test_flipped_data_byte_is_caught_by_the_checksum(work, reference):
         assert not np.array_equal(f[utt]["mel"][()], reference[0][utt]["mel"])
     assert read_shard_attrs(shard) is not None  # metadata intact: the shard looks complete
     assert any("checksum" in p for p in verify_shard(shard))
+    damaged = shard.read_bytes()
     with StageReader(work, "mel") as r:
         with pytest.raises(CacheError) as e:
             r.get(utt, "mel")
+        assert utt not in r  # dropped from this reader: a miss from now on
     msg = str(e.value)
-    assert shard.name in msg and "checksum" in msg and "extract --stage mel" in msg
-    assert not shard.exists()  # deleted: the next extract recomputes it
+    assert shard.name in msg and "checksum" in msg and "verify --repair" in msg \
+        and "extract --stage mel" in msg
+    assert shard.read_bytes() == damaged  # a reader reports; only the writing side repairs
+    assert verify_cache(work, repair=True)["corrupt"].keys() == {str(shard)}
+    assert not shard.exists()
     assert_repaired(work, reference)
 
 
@@ -111,14 +119,17 @@ def test_verify_command_finds_and_removes_corrupt_shards(work, reference):
     shard = shard_files(work, "mel")[1]
     _, offset, size = data_offset(shard)
     flip(shard, offset + 7)
-    out = subprocess.run([PY, "cli.py", "verify", "--keep", "-w", work], cwd=REPO,
+    out = subprocess.run([PY, "cli.py", "verify", "-w", work], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "1 of 3 shard(s) corrupt" in out.stderr, out.stderr
-    assert shard.exists()  # --keep
-    assert verify_cache(work)["corrupt"].keys() == {str(shard)}
+    assert "verify --repair" in out.stderr
+    assert shard.exists()  # read-only without --repair
+    out = subprocess.run([PY, "cli.py", "verify", "--repair", "-w", work], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "deleted" in out.stderr, out.stderr
     assert not shard.exists()
     assert_repaired(work, reference)
-    assert verify_cache(work) == {"shards": 3, "corrupt": {}}
+    assert verify_cache(work) == {"shards": 3, "corrupt": {}, "orphans": []}
 
 
 def test_random_byte_flips_are_detected_or_harmless(work, reference):

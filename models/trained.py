@@ -1,0 +1,150 @@
+"""One way to load a trained run: its config, the folds still valid for the current corpus, the
+selected model per fold, predictions and provenance. Used by ``fuse``, ``report``, ``predict``
+and ``status``, so that none of them reads a fold trained on other data than the corpus has now.
+
+A fold is *current* when the digest of its splits and labels recorded at training time
+(:func:`models.run_identity.fold_digest`) equals the one the current corpus gives with the run's
+split settings; otherwise it is *stale*, with the reason. (Whether the cached features changed
+too is checked by ``train``, which retrains such folds.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.folds import make_folds
+from models.run_identity import fold_digest
+from models.runs import RunPaths, read_json, read_predictions
+from pipeline.corpus import Corpus, load_corpus
+from pipeline.errors import TrainingError
+
+
+@dataclass
+class TrainedRun:
+    paths: RunPaths
+    config: dict[str, Any]
+    classes: list[str]
+    folds: list[str]  # folds valid for the current corpus, in name order
+    stale: dict[str, str] = field(default_factory=dict)  # fold -> why it is not used
+    missing: list[str] = field(default_factory=list)  # corpus groups without a trained fold
+
+    @property
+    def select(self) -> str:
+        """"val" (best validation model) or "last", as the run was evaluated."""
+        return self.config.get("train", {}).get("select", "val")
+
+    def predictions(self, fold: str) -> list[dict]:
+        return read_predictions(self.paths.predictions(fold))
+
+    def test_rows(self) -> list[dict]:
+        """Test predictions of every current fold."""
+        return [r for f in self.folds for r in self.predictions(f) if r["split"] == "test"]
+
+    def selected_state(self, fold: str) -> dict:
+        """The state dict the run was evaluated with for ``fold``."""
+        import torch
+        ckpt = torch.load(self.paths.checkpoint(fold), map_location="cpu", weights_only=True)
+        if self.select == "val" and ckpt.get("best_model") is not None:
+            return ckpt["best_model"]
+        return ckpt["model"]
+
+
+def current_fold_digests(corpus: Corpus, split: dict[str, Any]) -> dict[str, str]:
+    """Fold name -> digest of its splits and labels in the corpus as it is now."""
+    try:
+        folds = make_folds(corpus, "all", split.get("val_fraction", 0.1), split.get("split_seed", 0))
+    except TrainingError:
+        return {}
+    labels = {u.id: u.label for u in corpus.utterances}
+    return {f.name: fold_digest(f, labels) for f in folds}
+
+
+def inspect_run(workdir: str | Path, task: str, run: str, corpus: Corpus) -> TrainedRun:
+    """The run ``runs/<task>/<run>`` with its folds sorted into current and stale (it may have
+    none current); TrainingError if it does not exist."""
+    paths = RunPaths(Path(workdir), task, run)
+    if not paths.config.exists():
+        others = sorted(p.name for p in paths.root.parent.glob("*") if (p / "config.json").exists()) \
+            if paths.root.parent.is_dir() else []
+        raise TrainingError(f"no trained {task} run {run!r} in {workdir}"
+                            + (f" (runs: {', '.join(others)})" if others else
+                               f": run `python cli.py train {task}` first"))
+    config = read_json(paths.config)
+    want = current_fold_digests(corpus, config.get("split", {}))
+    good, stale = [], {}
+    for name in paths.fold_names():
+        got = read_json(paths.fold_metrics(name)).get("fold_digest") \
+            if paths.fold_metrics(name).exists() else None
+        if name not in want:
+            stale[name] = "its group is no longer in the corpus"
+        elif got is None:
+            stale[name] = "trained before run identities were recorded"
+        elif got != want[name]:
+            stale[name] = "its utterances or labels changed since it was trained"
+        else:
+            good.append(name)
+    return TrainedRun(paths, config, list(config.get("classes", [])), good, stale,
+                      [g for g in want if g not in good and g not in stale])
+
+
+def load_run(workdir: str | Path, task: str, run: str, corpus: Corpus | None = None,
+             fold: str | None = None) -> TrainedRun:
+    """The run ``runs/<task>/<run>`` restricted to its current folds (or to ``fold``);
+    TrainingError if it does not exist or has no current fold."""
+    out = inspect_run(workdir, task, run, corpus or load_corpus(workdir))
+    good, stale = out.folds, out.stale
+    if fold is not None:
+        if fold not in good:
+            raise TrainingError(f"{task} run {run!r} has no current fold {fold!r}"
+                                + (f" ({stale[fold]})" if fold in stale else "")
+                                + f"; current folds: {', '.join(good) or 'none'}")
+        out.folds = [fold]
+    if not out.folds:
+        why = "; ".join(f"{f}: {r}" for f, r in list(stale.items())[:3])
+        raise TrainingError(f"{task} run {run!r} has no fold trained on the current corpus"
+                            + (f" ({why})" if why else "")
+                            + f": run `python cli.py train {task}` again")
+    return out
+
+
+def find_runs(workdir: str | Path, tasks: tuple[str, ...] = ("ser", "ter", "fusion")) -> list[RunPaths]:
+    """Every run folder with a config.json, task by task, in name order."""
+    out = []
+    for task in tasks:
+        root = Path(workdir) / "runs" / task
+        for d in sorted(root.glob("*")) if root.is_dir() else []:
+            if (d / "config.json").exists():
+                out.append(RunPaths(Path(workdir), task, d.name))
+    return out
+
+
+def run_states(workdir: str | Path, corpus: Corpus | None = None) -> list[dict]:
+    """Per run: current / stale / missing folds with reasons (for ``status`` and ``prepare``)."""
+    corpus = corpus or load_corpus(workdir)
+    rows = []
+    for rp in find_runs(workdir):
+        r = inspect_run(workdir, rp.task, rp.run, corpus)
+        rows.append({"task": rp.task, "run": rp.run, "current": r.folds, "stale": r.stale,
+                     "missing": r.missing})
+    return rows
+
+
+def collect_garbage(workdir: str | Path, with_runs: bool = False) -> list:
+    """What ``gc`` removes: unreferenced cache entries (:mod:`pipeline.gc`) and, ``with_runs``,
+    runs with no fold trained on the current corpus. A kept run keeps the cache it learned from."""
+    from pipeline.gc import Garbage, _size, cache_garbage
+    runs, out, referenced = find_runs(workdir), [], []
+    try:
+        corpus = load_corpus(workdir)
+    except Exception:  # noqa: BLE001 - no corpus: every run counts as kept
+        corpus = None
+    for rp in runs:
+        gone = with_runs and corpus is not None and not inspect_run(workdir, rp.task, rp.run, corpus).folds
+        if gone:
+            out.append(Garbage(rp.root, _size(rp.root), "run with no fold trained on the current corpus"))
+            continue
+        cfg = read_json(rp.config)
+        referenced += [(s, v["identity"]) for s, v in cfg.get("stages", {}).items()]
+        referenced += [(s, str(i)) for s, i in cfg.get("feature_keys", {}).items()]
+    return cache_garbage(workdir, referenced) + out
