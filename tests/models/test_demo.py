@@ -73,3 +73,45 @@ def test_predict_weights_windows_as_the_run_was_evaluated(demo_dir):
         config.write_text(original)
     assert equal.keys() == frames.keys()
     assert max(abs(equal[k] - frames[k]) for k in equal) > 1e-6
+
+
+def test_predict_keeps_input_order_and_each_inputs_row(demo_dir):
+    """Case 4: a failed file in the middle never shifts the others' results."""
+    work, _ = demo_dir
+    a, b = load_corpus(work).utterances[:2]
+    bad = work / "not_audio.wav"
+    bad.write_bytes(b"this is not a wav file")
+    preds = predict(work, [a.audio, str(bad), b.audio], [a.text, None, b.text])
+    assert [p.file for p in preds] == [a.audio, str(bad), b.audio]
+    assert preds[1].label is None and preds[1].error
+    alone = predict(work, [b.audio], [b.text])[0]
+    assert preds[2].probs == pytest.approx(alone.probs) and preds[2].transcript == b.text
+
+
+def test_predict_uses_the_runs_own_feature_settings(demo_dir):
+    """Case 9: stage parameters changed after training (extract -s text -p text.layer=0 saves
+    them) do not change what predict feeds the trained models."""
+    work, _ = demo_dir
+    utt = load_corpus(work).utterances[3]
+    before = predict(work, [utt.audio], [utt.text])[0]
+    params_file = work / "stage_params.json"
+    original = params_file.read_text()
+    try:
+        params = json.loads(original)
+        params.setdefault("text", {})["layer"] = 0
+        params_file.write_text(json.dumps(params))
+        after = predict(work, [utt.audio], [utt.text])[0]
+    finally:
+        params_file.write_text(original)
+    assert after.text == pytest.approx(before.text) and after.probs == pytest.approx(before.probs)
+
+
+def test_demo_report_carries_its_claims(demo_dir):
+    work, out = demo_dir
+    report = Path(out["report"]).read_text()
+    assert "95 % bootstrap confidence" in report and "## Paired tests" in report
+    assert "| fusion/small+cnn | ser/small |" in report and "## Setup of each run" in report
+    conf = json.loads((work / "runs" / "ser" / "small" / "config.json").read_text())
+    prov = conf["provenance"]
+    assert prov["corpus"] != "unknown" and "commit" in prov and prov["versions"]["torch"]
+    assert set(conf["stages"]) == {"wav2vec", "mel", "phones", "speaker"}
