@@ -1,6 +1,8 @@
 """Report: numbers equal a recomputation from the saved predictions; plots are written."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from models.fusion import fuse
@@ -95,3 +97,27 @@ def test_report_sets_apart_runs_of_another_corpus(tmp_path):
     md = write_report(tmp_path).read_text()
     assert "## Runs set apart" in md and "its utterances or labels changed" in md
     assert "| ser | small |" not in md
+
+
+def test_probe_results_and_training_provenance_reach_the_report(tmp_path):
+    from models.runs import write_json
+    rng = np.random.default_rng(5)
+    paths = fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    conf = json.loads(paths.config.read_text())
+    conf["provenance"] = {"commit": "abc123def456", "dirty": True, "created": "2026-01-02 03:04:05",
+                          "command": "cli.py train ser", "corpus": "0" * 16, "device": "cuda:0"}
+    write_json(paths.config, conf)
+    write_json(paths.root / "probe_speaker.json", {"accuracy": 0.64, "chance": 0.12, "n_speakers": 10,
+                                                   "config": {"pooling": "flatten"}})
+    md = write_report(tmp_path).read_text()
+    line = next(l for l in md.splitlines() if l.startswith("| ser/small |"))
+    assert "`abc123def456` (dirty)" in line and "2026-01-02" in line and "(other)" in line
+    assert "Speaker probe on the codes (flatten pooling): accuracy 64.0 (majority 12.0, 10 speakers" in md
+
+
+def test_the_commit_is_unknown_when_the_project_is_not_its_own_checkout(monkeypatch, tmp_path):
+    """A copy of the project inside another repository must not report that repository's commit."""
+    import models.provenance as prov
+    assert prov.code_version()["commit"] != "unknown" or not (prov.REPO / ".git").exists()
+    monkeypatch.setattr(prov, "REPO", prov.REPO / "models")  # inside a repo, not its top level
+    assert prov.code_version() == {"commit": "unknown", "dirty": None}

@@ -1,0 +1,47 @@
+"""`report` on a really full disk (repro 04): the previous report stays whole, the command says
+so and exits 1, no temp file is left. Uses a small tmpfs in an unprivileged user + mount
+namespace (``unshare -Urm``); skipped where the kernel does not allow one."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models.report import write_report
+from tests.helpers import fake_run
+from tests.reliability.runner import REPO
+
+SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=4m tmpfs "$MNT" || exit 77
+cp -a "$SRC" "$MNT/w"
+head -c 8m /dev/zero > "$MNT/filler" 2>/dev/null   # fills the tmpfs to the last byte
+"$PY" cli.py report -w "$MNT/w" > "$MNT/../out.txt" 2>&1
+echo "exit $?" >> "$MNT/../out.txt"
+sha256sum "$MNT/w/report/report.md" | cut -c1-64 >> "$MNT/../out.txt"
+ls -a "$MNT/w/report" >> "$MNT/../out.txt"
+"""
+
+
+def test_report_on_a_full_disk_keeps_the_previous_report(tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    rng = np.random.default_rng(0)
+    work = tmp_path / "w"
+    fake_run(work, "ser", "small", ["A", "B"], rng, 1.0)
+    old = write_report(work).read_bytes()
+    fake_run(work, "ter", "cnn", ["A", "B"], rng, 1.5)  # the next report would differ
+    (tmp_path / "mnt").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "SRC": str(work), "MNT": str(tmp_path / "mnt"), "PY": sys.executable}
+    proc = subprocess.run(["unshare", "-Urm", "bash", "-c", SCRIPT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode == 77 or not (tmp_path / "out.txt").exists():
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {proc.stderr[-200:]}")
+    out = (tmp_path / "out.txt").read_text()
+    assert "exit 1" in out and "report not written" in out and "is intact" in out, out
+    assert hashlib.sha256(old).hexdigest() in out  # the previous report.md, byte for byte
+    assert ".tmp-" not in out  # no temp file left in the report folder
