@@ -59,15 +59,9 @@ def _extractor(run: TrainedRun, stage: str, device: str):
 
 
 def _ser_models(run: TrainedRun, device: str):
-    from models.ser import SERConfig, SERModel
-    cfg = SERConfig(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in run.config["model"]["model"].items()})
-    models = []
-    for f in run.folds:
-        m = SERModel(cfg)
-        m.load_state_dict(run.selected_state(f))
-        models.append(m.to(device).eval())
-    return cfg, models, run.config["model"]["run"].get("window_weighting", "equal")
+    from models.ser_train import ser_model
+    models = [ser_model(run, f).to(device) for f in run.folds]
+    return models[0].cfg, models, run.config["model"]["run"].get("window_weighting", "equal")
 
 
 def _ter_models(run: TrainedRun):

@@ -25,7 +25,7 @@ import torch
 
 from models import trainer
 from models.folds import Fold, make_folds
-from models.runs import RunPaths, read_predictions, write_json
+from models.runs import RunPaths, write_json
 from models.ser import SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
                              iter_windows, load_set, usable)
@@ -315,33 +315,30 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
     return summary
 
 
-def model_from_checkpoint(ckpt: dict) -> tuple[SERModel, dict]:
-    """The selected model of a fold checkpoint (best-val or last, as the run chose) and its run
-    config dict; no command line needed."""
-    rec = ckpt["config"]["model"]
-    model = SERModel(SERConfig(**rec["model"]))
-    run = rec["run"]
-    use_best = run.get("select") == "val" and ckpt.get("best_model") is not None
-    model.load_state_dict(ckpt["best_model"] if use_best else ckpt["model"])
-    return model.eval(), run
+def ser_model(run, fold: str) -> SERModel:
+    """The SER model a run (:class:`models.trained.TrainedRun`) was evaluated with on ``fold``
+    (best-validation or last weights, as the run chose); no command line needed."""
+    cfg = SERConfig(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in run.config["model"]["model"].items()})
+    model = SERModel(cfg)
+    model.load_state_dict(run.selected_state(fold))
+    return model.eval()
 
 
 def iter_test_folds(workdir, run: str, corpus: Corpus | None = None, source=None, device: str = "cpu"):
-    """(fold, model, test ids, test set) of every finished fold of SER run ``run``."""
+    """(fold, model, test ids, test set) of every fold of SER run ``run`` that is current for
+    the corpus (stale folds are left out)."""
+    from models.trained import load_run
     corpus = corpus or load_corpus(workdir)
-    paths = RunPaths(workdir, "ser", run)
-    folds = paths.fold_names()
-    if not folds:
-        raise TrainingError(f"no finished SER run {run!r} in {workdir}: run `python cli.py train ser "
-                            f"--config {run}` first")
+    trained = load_run(workdir, "ser", run, corpus)
     speakers = _speakers(corpus)
-    for name in folds:
-        ckpt = torch.load(paths.checkpoint(name), map_location="cpu", weights_only=True)
-        model, run_cfg = model_from_checkpoint(ckpt)
+    for name in trained.folds:
+        model = ser_model(trained, name)
         src = source
         if src is None:
-            keys = {**run_cfg["keys"], **({} if model.cfg.input == "encoder" else {"encoder_stage": None})}
+            keys = {**trained.config["model"]["run"]["keys"],
+                    **({} if model.cfg.input == "encoder" else {"encoder_stage": None})}
             src = checked_source(workdir, StoreKeys(**keys), corpus)
-        test = [r["id"] for r in read_predictions(paths.predictions(name)) if r["split"] == "test"]
+        test = [r["id"] for r in trained.predictions(name) if r["split"] == "test"]
         yield name, model.to(device), test, load_set(src, test, speakers, {}, model.cfg.input == "encoder",
                                                       device, "auto")

@@ -70,7 +70,7 @@ def test_probe_speaker_on_a_trained_run(tmp_path, caplog):
     assert 0.0 <= r["accuracy"] <= 1.0
     assert read_json(RunPaths(tmp_path, "ser", "small").root / "probe_speaker.json")["accuracy"] == r["accuracy"]
     assert r["frames_seen"] == 6144  # small's codes: the whole utterance fits 2048 values
-    with pytest.raises(TrainingError, match="no finished SER run"):
+    with pytest.raises(TrainingError, match="no trained ser run .large.*runs: small"):
         probe_speaker(tmp_path, "large", corpus=corpus, source=src)
     train_ser(tmp_path, dataclasses.replace(cfg, preset="large"), "all", corpus=corpus, source=src)
     with caplog.at_level(logging.WARNING, logger="models.probe"):

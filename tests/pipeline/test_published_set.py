@@ -54,12 +54,18 @@ def test_a_leftover_shard_never_serves_stale_features(tmp_path, monkeypatch):
     assert verify_cache(work)["orphans"] == [] and status(work, ["mel"])[0]["orphans"] == []
 
 
-def test_an_unlisted_shard_is_reported_and_never_read(tmp_path, monkeypatch):
+@pytest.fixture()
+def one_shard(tmp_path, monkeypatch):
+    """A work dir with 3 utterances extracted into one mel shard: (work dir, shard path)."""
     small_shards(monkeypatch, {"mel": 4})
     work = tmp_path / "work"
     prepare_manifest(work, write_manifest(tmp_path, _rows(tmp_path, 3)))
     extract(work, ["mel"], workers=1)
-    shard = next(Path(work, "cache", "mel").glob("*/shard-*.h5"))
+    return work, next(Path(work, "cache", "mel").glob("*/shard-*.h5"))
+
+
+def test_an_unlisted_shard_is_reported_and_never_read(one_shard):
+    work, shard = one_shard
     stray = shard.with_name("shard-00007-0123456789abcdef.h5")
     stray.write_bytes(shard.read_bytes())  # e.g. copied in by hand
     assert verify_cache(work)["orphans"] == [str(stray)]
@@ -68,13 +74,9 @@ def test_an_unlisted_shard_is_reported_and_never_read(tmp_path, monkeypatch):
     assert verify_cache(work, repair=True)["orphans"] == [str(stray)] and not stray.exists()
 
 
-def test_status_and_readers_never_delete_a_damaged_shard(tmp_path, monkeypatch):
+def test_status_and_readers_never_delete_a_damaged_shard(one_shard):
     """Case 5: a read-only work dir can be inspected; only extract / verify --repair repair."""
-    small_shards(monkeypatch, {"mel": 4})
-    work = tmp_path / "work"
-    prepare_manifest(work, write_manifest(tmp_path, _rows(tmp_path, 3)))
-    extract(work, ["mel"], workers=1)
-    shard = next(Path(work, "cache", "mel").glob("*/shard-*.h5"))
+    work, shard = one_shard
     shard.write_bytes(shard.read_bytes()[:2000])  # truncated
     damaged = shard.read_bytes()
     status(work, ["mel"])
