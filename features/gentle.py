@@ -43,8 +43,19 @@ class GentleError(MMERError):
     """Gentle could not align one utterance (bad answer, server error after retries)."""
 
 
+class GentleTimeout(GentleError):
+    """Gentle accepted the connection but did not answer in time."""
+
+
 class GentleUnavailable(StageError):
     """The Gentle server cannot be reached at all: no utterance can be aligned."""
+
+
+#: Utterances in a row without an answer in time before the server counts as hung: the stage
+#: stops (nothing cached for the shard) instead of caching fallbacks for every utterance.
+MAX_TIMEOUTS_IN_A_ROW = 3
+#: The presence check waits at most this long (a hung server must not look present).
+CHECK_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -93,17 +104,23 @@ class GentleClient:
         self.scheme, self.host = parts.scheme, parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base_path = parts.path.rstrip("/")
+        self._timeouts_in_a_row = 0
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}{self.base_path}"
 
     def check(self) -> None:
-        """Raise GentleUnavailable unless the server answers at all (any HTTP status)."""
+        """Raise GentleUnavailable unless the server answers at all (any HTTP status) within
+        CHECK_TIMEOUT_S."""
         try:
-            self._request("GET", self.base_path + "/", None, {}, attempts=1)
+            self._request("GET", self.base_path + "/", None, {}, attempts=1,
+                          timeout_s=min(self.config.timeout_s, CHECK_TIMEOUT_S))
         except GentleUnavailable:
             raise
+        except GentleTimeout as e:
+            raise GentleUnavailable(f"{e}: it accepts connections but does not answer; "
+                                    f"{_HINT}") from None
         except GentleError:
             pass  # it answered, with an error status: it is there
 
@@ -114,8 +131,18 @@ class GentleClient:
             "transcript": (None, "text/plain; charset=utf-8", transcript.encode("utf-8")),
         })
         path = f"{self.base_path}/transcriptions?{urlencode({'async': 'false'})}"
-        status, data = self._request("POST", path, body, {"Content-Type": ctype},
-                                     attempts=1 + self.config.retries)
+        try:
+            status, data = self._request("POST", path, body, {"Content-Type": ctype},
+                                         attempts=1 + self.config.retries)
+        except GentleTimeout as e:
+            self._timeouts_in_a_row += 1
+            if self._timeouts_in_a_row >= MAX_TIMEOUTS_IN_A_ROW:
+                raise GentleUnavailable(
+                    f"{e} for {self._timeouts_in_a_row} utterances in a row: the server looks "
+                    "hung or overloaded; nothing of this shard is cached, so the next extract "
+                    f"retries it (restart Gentle, or raise -p phones.gentle_timeout_s)") from None
+            raise
+        self._timeouts_in_a_row = 0
         try:
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -132,17 +159,17 @@ class GentleClient:
         return parse_answer(answer, tr, duration)
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict,
-                 attempts: int) -> tuple[int, bytes]:
+                 attempts: int, timeout_s: float | None = None) -> tuple[int, bytes]:
         wait, last = self.config.backoff_s, None
+        timeout_s = timeout_s or self.config.timeout_s
         for attempt in range(attempts):
             if attempt:
                 time.sleep(wait)
                 wait *= 2
             try:
-                status, data = self._follow(method, path, body, headers)
-            except TimeoutError as e:  # the server is there but slow on this utterance
-                last = GentleError(f"Gentle at {self.url} did not answer within "
-                                   f"{self.config.timeout_s:g} s")
+                status, data = self._follow(method, path, body, headers, timeout_s)
+            except TimeoutError:  # the server is there but slow on this utterance (or hung)
+                last = GentleTimeout(f"Gentle at {self.url} did not answer within {timeout_s:g} s")
                 log.warning("%s (attempt %d of %d)", last, attempt + 1, attempts)
                 continue
             except (OSError, http.client.HTTPException) as e:  # refused, reset, DNS
@@ -160,12 +187,12 @@ class GentleClient:
             raise last
         raise GentleUnavailable(f"cannot reach Gentle at {self.url} ({last}); {_HINT}")
 
-    def _follow(self, method: str, path: str, body: bytes | None, headers: dict
-                ) -> tuple[int, bytes]:
+    def _follow(self, method: str, path: str, body: bytes | None, headers: dict,
+                timeout_s: float) -> tuple[int, bytes]:
         """One request, following same-host redirects (GET after 303, as browsers do)."""
         for _ in range(self.config.max_redirects + 1):
             cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            conn = cls(self.host, self.port, timeout=self.config.timeout_s)
+            conn = cls(self.host, self.port, timeout=timeout_s)
             try:
                 conn.request(method, path, body=body, headers=headers)
                 resp = conn.getresponse()

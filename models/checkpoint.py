@@ -6,6 +6,7 @@ keys. It reloads without the original command line (nanoGPT-style).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -13,20 +14,33 @@ from typing import Any
 
 import torch
 
+from pipeline.atomic import writer_alive
 from pipeline.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``. A failed
+    write (disk full) removes its temp file and raises TrainingError; the previous checkpoint
+    stays, so the same command resumes from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(path.name + ".tmp*"):  # left by a writer killed mid-save
-        stale.unlink(missing_ok=True)
+        if not writer_alive(stale):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as e:  # torch reports ENOSPC as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) \
+            or "file write failed" in str(e)
+        raise TrainingError(f"cannot write checkpoint {path}: "
+                            + ("disk full" if full else str(e).splitlines()[0])
+                            + "; free disk space and re-run the same command (training resumes "
+                              "from the last checkpoint)") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:

@@ -159,7 +159,7 @@ def setup_table(evals: list[RunEval], fingerprint: str) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for ev in evals:
         c = ev.run.config
-        prov = c.get("provenance", {})
+        prov = ev.run.provenance()
         dirty = {True: " (dirty)", False: "", None: ""}[prov.get("dirty")]
         corpus = prov.get("corpus", "?")
         corpus += " (current)" if corpus == fingerprint else " (other)"

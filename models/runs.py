@@ -16,13 +16,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 from urllib.parse import quote, unquote
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, exclusive_lock
 from pipeline.errors import TrainingError
 
 
@@ -71,6 +72,18 @@ class RunPaths:
                       if (p / "predictions.jsonl").exists())
 
 
+@contextmanager
+def run_lock(paths: RunPaths) -> Iterator[None]:
+    """Hold the run's lock while training it: a second ``train`` of the same run (same task and
+    name) in the same work directory stops at once instead of racing for its checkpoints."""
+    with exclusive_lock(paths.root / ".lock", blocking=False) as got:
+        if not got:
+            raise TrainingError(f"{paths.task} run {paths.run!r} in {paths.workdir} is being trained "
+                                "by another process; wait for it to finish, or train under "
+                                "another --run name")
+        yield
+
+
 def check_run_name(name: str) -> None:
     """A run name becomes one folder under runs/<task>/: no separators, no dot-names."""
     if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name \
@@ -79,21 +92,21 @@ def check_run_name(name: str) -> None:
                             "(no '/', not starting with '.', at most 120 characters)")
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """NaN/inf become None so the file is strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     return obj
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 
 
 def read_json(path: Path):

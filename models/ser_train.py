@@ -18,6 +18,7 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from models import trainer
 from models.folds import Fold, make_folds
-from models.runs import RunPaths, write_json
+from models.runs import RunPaths, run_lock, write_json
 from models.ser import SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
                              iter_windows, load_set, usable)
@@ -284,34 +285,36 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
               corpus: Corpus | None = None, source=None) -> dict:
     """All requested folds (on a Dask cluster when ``gpus`` has several or ``scheduler`` is set),
     then the run's config.json, metrics.json (per fold, mean, pooled) and alpha.json."""
+    workdir = Path(workdir).resolve()  # Dask workers have other working directories
     corpus = corpus or load_corpus(workdir)
     fold_list = make_folds(corpus, folds, config.val_fraction, config.split_seed)
     paths = RunPaths(workdir, "ser", config.run_name)
-    task = SERTask(corpus, source or open_source(workdir, config, corpus), config)
-    distributed = bool(scheduler or (gpus and len(gpus) > 1))
-    if not distributed:
-        device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
-    write_json(paths.config, trainer.run_record(
-        trainer.config_record(task, config.train_config()), task.feature_keys(), fold_list,
-        device if not distributed else f"{len(gpus or [])} Dask GPU worker(s)", paths,
-        {"val_fraction": config.val_fraction, "split_seed": config.split_seed}))
-    if distributed:
-        from pipeline.scheduler import dask_client
-        with dask_client(len(gpus or []), gpus, scheduler) as client:
-            # "auto" is resolved on each worker (an external cluster's workers may have GPUs
-            # where this process has none).
-            futures = [client.submit(train_fold, str(workdir), config, f, "cuda" if gpus else device,
-                                     pure=False, key=f"ser-{config.run_name}-{f.name}") for f in fold_list]
-            results = client.gather(futures)
-    else:
-        results = [train_fold(workdir, config, f, device, corpus=corpus, source=source) for f in fold_list]
-    done = {f.name: m for f, m in zip(fold_list, results) if m is not None}
-    if not done:
-        raise TrainingError("no SER fold had test utterances with features")
-    summary = trainer.summarize_run(paths, corpus.classes, list(done))
-    alphas = np.array([m["alpha"]["weights"] for m in done.values()])
-    write_json(paths.root / "alpha.json", {"mean_weights": alphas.mean(0).round(6).tolist(),
-                                           "per_fold": {n: m["alpha"] for n, m in done.items()}})
+    with run_lock(paths):
+        task = SERTask(corpus, source or open_source(workdir, config, corpus), config)
+        distributed = bool(scheduler or (gpus and len(gpus) > 1))
+        if not distributed:
+            device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
+        trainer.write_run_config(paths, trainer.run_record(
+            trainer.config_record(task, config.train_config()), task.feature_keys(), fold_list,
+            device if not distributed else f"{len(gpus or [])} Dask GPU worker(s)", paths,
+            {"val_fraction": config.val_fraction, "split_seed": config.split_seed}))
+        if distributed:
+            from pipeline.scheduler import dask_client
+            with dask_client(len(gpus or []), gpus, scheduler) as client:
+                # "auto" is resolved on each worker (an external cluster's workers may have GPUs
+                # where this process has none).
+                futures = [client.submit(train_fold, str(workdir), config, f, "cuda" if gpus else device,
+                                         pure=False, key=f"ser-{config.run_name}-{f.name}") for f in fold_list]
+                results = client.gather(futures)
+        else:
+            results = [train_fold(workdir, config, f, device, corpus=corpus, source=source) for f in fold_list]
+        done = {f.name: m for f, m in zip(fold_list, results) if m is not None}
+        if not done:
+            raise TrainingError("no SER fold had test utterances with features")
+        summary = trainer.summarize_run(paths, corpus.classes, list(done))
+        alphas = np.array([m["alpha"]["weights"] for m in done.values()])
+        write_json(paths.root / "alpha.json", {"mean_weights": alphas.mean(0).round(6).tolist(),
+                                               "per_fold": {n: m["alpha"] for n, m in done.items()}})
     return summary
 
 

@@ -41,6 +41,20 @@ class TrainedRun:
         """Test predictions of every current fold."""
         return [r for f in self.folds for r in self.predictions(f) if r["split"] == "test"]
 
+    def provenance(self) -> dict:
+        """How the current folds were made: the newest fold's record, with every commit seen
+        (folds trained at different commits are listed together); the run config's otherwise."""
+        recs = [read_json(self.paths.fold_metrics(f)).get("provenance") for f in self.folds]
+        recs = [r for r in recs if r]
+        if not recs:
+            return dict(self.config.get("provenance", {}))
+        newest = dict(max(recs, key=lambda r: r.get("created", "")))
+        commits = sorted({r.get("commit", "unknown") for r in recs})
+        newest["commit"] = ", ".join(commits)
+        newest["dirty"] = any(r.get("dirty") for r in recs) if any(
+            r.get("dirty") is not None for r in recs) else None
+        return newest
+
     def selected_state(self, fold: str) -> dict:
         """The state dict the run was evaluated with for ``fold``."""
         import torch

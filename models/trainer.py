@@ -10,6 +10,7 @@ on GPU up to kernel nondeterminism).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -24,9 +25,10 @@ from tqdm.auto import tqdm
 from models.checkpoint import capture_rng, cpu_state_dict, load_checkpoint, restore_rng, save_checkpoint
 from models.folds import Fold, fold_seed
 from models.metrics import classification_metrics, mean_over_folds
+from models.provenance import provenance
 from models.run_identity import explain_change, fold_data, fold_digest
-from models.runs import (RunPaths, prediction_rows, read_json, read_predictions, write_json,
-                         write_predictions)
+from models.runs import (RunPaths, json_safe, prediction_rows, read_json, read_predictions, run_lock,
+                         write_json, write_predictions)
 from pipeline.corpus import Corpus
 from pipeline.errors import TrainingError
 from pipeline.fingerprint import digest
@@ -296,7 +298,8 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     metrics = _write_fold_outputs(task, model, fold, ids, paths)
     metrics.update(selected=selected, steps=state["step"], train_seconds=round(train_s, 3),
                    n_train=len(ids["train"]), n_val=len(ids["val"]), history=state["history"],
-                   fold_digest=fold_digest(fold, labels), data_digest=digest(data))
+                   fold_digest=fold_digest(fold, labels), data_digest=digest(data),
+                   provenance=provenance(paths.workdir, device))
     write_json(paths.fold_metrics(fold.name), metrics)
     model.load_state_dict(final_model)
     save(done=True)
@@ -322,7 +325,6 @@ def run_record(record: dict, feature_keys: dict, folds: Sequence[Fold], device: 
                paths: RunPaths, split: dict) -> dict:
     """The run's config.json: configs, the split settings (to tell current folds from stale
     ones), the feature stages' settings at training time, and provenance."""
-    from models.provenance import provenance
     from pipeline.store import read_pointer
     stages = {}
     for stage in feature_keys:
@@ -337,16 +339,33 @@ def run_record(record: dict, feature_keys: dict, folds: Sequence[Fold], device: 
             "provenance": provenance(paths.workdir, device)}
 
 
+def write_run_config(paths: RunPaths, record: dict) -> None:
+    """Write config.json unless only its provenance would change (a re-run that reuses every
+    fold writes nothing, so a read-only work dir can be re-run; each fold records its own
+    provenance when it trains)."""
+    if paths.config.exists():
+        try:
+            old = read_json(paths.config)
+        except ValueError:
+            old = None
+        new = json.loads(json.dumps(json_safe(record)))
+        if old is not None and {k: v for k, v in old.items() if k != "provenance"} == \
+                {k: v for k, v in new.items() if k != "provenance"}:
+            return
+    write_json(paths.config, record)
+
+
 def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
                 device: str = "cpu", split: dict | None = None) -> dict:
     """Train every fold (resuming finished/partial ones) and write the run's config and metrics."""
-    write_json(paths.config, run_record(config_record(task, config), task.feature_keys(), folds,
-                                        device, paths, split or {}))
     per_fold = {}
-    for fold in folds:
-        m = train_fold(task, fold, config, paths, device)
-        if m is not None:
-            per_fold[fold.name] = m
+    with run_lock(paths):
+        write_run_config(paths, run_record(config_record(task, config), task.feature_keys(), folds,
+                                           device, paths, split or {}))
+        for fold in folds:
+            m = train_fold(task, fold, config, paths, device)
+            if m is not None:
+                per_fold[fold.name] = m
     if not per_fold:
         raise TrainingError(f"no fold of task {task.name} had test utterances with features")
     return summarize_run(paths, task.corpus.classes, list(per_fold))

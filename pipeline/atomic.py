@@ -5,12 +5,24 @@ file. The one home of write-then-rename for the project's small files (JSON, rep
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``; a file that already holds exactly ``data`` is left alone
+    (a no-op re-run writes nothing, so it also works in a read-only work directory)."""
     path = Path(path)
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -26,3 +38,48 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def exclusive_lock(lock_path: str | Path, blocking: bool) -> Iterator[bool]:
+    """An advisory ``flock`` on ``lock_path`` (created if needed; released by the kernel if the
+    process dies); yields False when another process holds it and ``blocking`` is False."""
+    lock_path = Path(lock_path)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        yield True  # a read-only folder: nobody can write there, so there is nothing to exclude
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def writer_alive(tmp: Path) -> bool:
+    """Whether the process that named temp file ``tmp`` (``…tmp-<pid>…`` or ``…tmp<pid>``) still
+    runs on this host; a temp file of a live writer must never be removed as stale."""
+    digits = re.search(r"\.tmp-?(\d+)", tmp.name)
+    if not digits:
+        return False
+    pid = int(digits.group(1))
+    if pid == os.getpid():
+        return False  # our own leftover (an earlier failed attempt in this process)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

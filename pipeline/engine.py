@@ -8,20 +8,18 @@ that fail are recorded in the shard with their reason; the rest of the shard goe
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import queue
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from features.base import ItemInput
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, exclusive_lock, writer_alive
 from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
 from pipeline.errors import CacheError, ItemError, StageError
@@ -46,23 +44,9 @@ class ShardResult:
     nbytes: int = 0
 
 
-@contextmanager
-def shard_lock(path: Path, blocking: bool) -> Iterator[bool]:
-    """Exclusive advisory lock for writing ``path``; yields False if busy (non-blocking)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+def shard_lock(path: Path, blocking: bool):
+    """Exclusive advisory lock for writing shard ``path``; yields False if busy (non-blocking)."""
+    return exclusive_lock(path.with_name(f".{path.name}.lock"), blocking)
 
 
 def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> Iterator[Any]:
@@ -98,12 +82,16 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
         if not got:
             return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
         if sp.path.exists():
-            if (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
+            if not sp.force and (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
                 return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
-            # unreadable, or not what its name says (renamed, copied from elsewhere): replace it
-            log.warning("%s: %s is not the shard this plan expects; recomputing it", stage_name, sp.path)
+            if not sp.force:  # unreadable, or not what its name says (renamed, copied): replace it
+                log.warning("%s: %s is not the shard this plan expects; recomputing it",
+                            stage_name, sp.path)
             discard_shard(sp.path)
         for stale in sp.path.parent.glob(f".shard-{sp.index:05d}-*.tmp-*"):
+            if writer_alive(stale):  # its lock file was deleted under it: leave it alone
+                log.warning("%s: a live process (temp file %s) writes this shard too", stage_name, stale)
+                continue
             log.info("removing temp file of an interrupted writer: %s", stale)
             stale.unlink(missing_ok=True)
         dev = device or _default_device(stage.needs_gpu)
@@ -240,10 +228,14 @@ def publish(workdir: str, plan: StagePlan, corpus_utts: list[Utterance]) -> dict
                 result = plan.stage.finalize(reader, corpus_utts, plan.config)
             finally:
                 reader.close()
-            with h5py.File(tmp, "w") as f:
-                for k, v in result.items():
-                    f.create_dataset(extra_key_name(k), data=v)
-            os.replace(tmp, path)
+            try:
+                with h5py.File(tmp, "w") as f:
+                    for k, v in result.items():
+                        f.create_dataset(extra_key_name(k), data=v)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         meta["extra"] = name
     atomic_write_text(pointer, json.dumps(meta, indent=2))
     listed = set(shards)

@@ -84,7 +84,7 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
 
     ``reset_params``: the named stages forget their remembered parameters before ``overrides``.
     """
-    workdir = str(workdir)
+    workdir = str(Path(workdir).resolve())  # Dask workers have other working directories
     names = stage_names() if stages == ["all"] else stages
     params = merged_params(workdir, overrides, names if reset_params else None)
     planner = _Planner(workdir, params)
@@ -92,11 +92,9 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
     reports: list[StageReport] = []
     for name in resolve_order(names):
         plan = planner.plan(name)
-        if force and name in names:
+        if force and name in names:  # replaced by each shard's writer, never deleted up front
             for sp in plan.shards:
-                if sp.state == "complete":
-                    sp.path.unlink(missing_ok=True)
-                    sp.state = "missing"
+                sp.force, sp.state = True, "missing"
         pending = plan.pending()
         results = _run(workdir, plan, pending, workers, gpus, scheduler, progress)
         plan = planner.plan(name)

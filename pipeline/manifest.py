@@ -58,9 +58,15 @@ def undecodable(row: dict) -> str | None:
         if bad:
             return (f"column {column!r} is not UTF-8 (byte 0x{ord(bad[0]) - 0xdc00:02x}); "
                     "re-save the manifest as UTF-8")
+        lone = [c for c in value if "\ud800" <= c <= "\udfff"]
+        if lone:  # JSON may spell half of a surrogate pair ("\ud83d"): not a character
+            return (f"column {column!r} holds a lone surrogate (U+{ord(lone[0]):04X}, half of an "
+                    "emoji or other character): not valid Unicode; fix that value")
     return None
 
 
 def printable(value: str) -> str:
-    """``value`` with undecodable bytes shown as U+FFFD (safe to write as UTF-8)."""
+    """``value`` with undecodable bytes and lone surrogates shown as U+FFFD (safe as UTF-8)."""
+    value = "".join("\ufffd" if "\ud800" <= c < "\udc80" or "\udd00" <= c <= "\udfff" else c
+                    for c in value)
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

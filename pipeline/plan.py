@@ -67,6 +67,7 @@ class ShardPlan:
     meta: dict[str, dict[str, Any]]  # utt id -> {"key": ..., "inputs": {...}}
     state: str = "missing"  # complete | stale | missing
     why: list[str] = field(default_factory=list)
+    force: bool = False  # recompute even if complete (extract --force)
 
 
 @dataclass

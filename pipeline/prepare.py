@@ -10,6 +10,7 @@ import difflib
 import logging
 import math
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,12 @@ def check_items(utts: list[Utterance], source: str) -> tuple[list[Utterance], li
             rejected.append((u.id, u.audio, "duplicate id (first occurrence kept)"))
             continue
         if not u.id or "/" in u.id or u.id.startswith("."):
-            rejected.append((u.id, source, "invalid id (empty, contains '/', or starts with '.')"))
+            rejected.append((printable_name(u.id), source,
+                             "invalid id (empty, contains '/', or starts with '.')"))
+            continue
+        bad_name = name_problem(u)
+        if bad_name:
+            rejected.append((printable_name(u.id), source, bad_name))
             continue
         try:
             info = probe(u.id, u.audio)
@@ -78,6 +84,26 @@ def check_items(utts: list[Utterance], source: str) -> tuple[list[Utterance], li
         if not (u.text or "").strip():
             notes.append((u.id, u.audio, "kept; no transcript, so no text feature"))
     return good, rejected, notes, total
+
+
+def name_problem(u: Utterance) -> str | None:
+    """Why a name that reaches HDF5 or the file system is unusable: control characters (HDF5
+    cuts names at a NUL, so two ids could become one), or a speaker/group named '.' or '..'."""
+    for column in ("id", "speaker", "group", "label"):
+        value = getattr(u, column)
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+        if bad is not None:
+            return f"{column} {printable_name(value)!r} contains the control character U+{ord(bad):04X}"
+    for column in ("speaker", "group"):
+        if getattr(u, column).strip() in (".", ".."):
+            return f"{column} {getattr(u, column)!r} is not a usable name"
+    return None
+
+
+def printable_name(value: str) -> str:
+    """``value`` with control characters shown as \\xNN escapes (safe in rejected.tsv)."""
+    return "".join(c if unicodedata.category(c) not in ("Cc", "Cs") else f"\\x{ord(c):02x}"
+                   for c in value)
 
 
 def segment_problem(start: float | None, end: float | None, seconds: float) -> str | None:

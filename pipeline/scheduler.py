@@ -45,8 +45,7 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
         logging.getLogger(name).setLevel(logging.WARNING)
 
     if scheduler:
-        log.info("connecting to Dask scheduler %s", scheduler)
-        client = Client(scheduler, timeout="30s")
+        client = connect(scheduler)
         try:
             yield client
         finally:
@@ -72,6 +71,37 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
     finally:
         client.close()
         cluster.close()
+
+
+#: Seconds to wait for an external scheduler's answer before giving up.
+CONNECT_TIMEOUT_S = 30.0
+
+
+def connect(address: str, timeout_s: float | None = None):
+    """A Client of the scheduler at ``address``, or StageError within ``timeout_s`` (an endpoint
+    that accepts TCP but never speaks Dask would otherwise hang the command indefinitely)."""
+    import threading
+    from distributed import Client
+    from pipeline.errors import StageError
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
+    log.info("connecting to Dask scheduler %s", address)
+    box: dict = {}
+
+    def attempt() -> None:
+        try:
+            box["client"] = Client(address, timeout=f"{timeout_s}s")
+        except BaseException as e:  # noqa: BLE001 - reported below in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=attempt, daemon=True, name="dask-connect")
+    worker.start()
+    worker.join(timeout_s + 5)
+    if worker.is_alive() or "error" in box:
+        why = f"did not answer within {timeout_s:.0f} s" if worker.is_alive() else \
+            f"refused the connection ({type(box['error']).__name__}: {box['error']})"
+        raise StageError(f"the Dask scheduler at {address} {why}; check the address that "
+                         "`dask scheduler` printed and that it is running (nothing was changed)")
+    return box["client"]
 
 
 def default_workers(n_tasks: int) -> int:

@@ -134,10 +134,11 @@ class ShardWriter:
         except (OSError, RuntimeError) as e:
             self.abort()
             full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+            fix = "free disk space and re-run extract" if full else "re-run extract"
             raise CacheError(
                 f"cannot {what} cache shard {self.path.name} in {self.path.parent}: "
-                f"{'disk full (' + str(e) + ')' if full else e}; free disk space and re-run "
-                f"extract (completed shards are kept)") from e
+                f"{'disk full (' + str(e) + ')' if full else e}; {fix} (completed shards are "
+                "kept)") from e
 
 
 CHECKSUM_ATTR = "crc32"

@@ -115,3 +115,16 @@ def test_demo_report_carries_its_claims(demo_dir):
     prov = conf["provenance"]
     assert prov["corpus"] != "unknown" and "commit" in prov and prov["versions"]["torch"]
     assert set(conf["stages"]) == {"wav2vec", "mel", "phones", "speaker"}
+
+
+def test_predict_command_exits_1_when_an_input_failed(demo_dir):
+    from click.testing import CliRunner
+    from cli import cli
+    work, _ = demo_dir
+    utt = load_corpus(work).utterances[0]
+    bad = work / "empty.wav"
+    bad.write_bytes(b"")
+    out = CliRunner().invoke(cli, ["predict", utt.audio, str(bad), "--text", utt.text, "--text", "",
+                                   "-w", str(work)])
+    assert out.exit_code == 1
+    assert "1 of 2 input(s) failed" in " ".join(out.output.split())

@@ -148,3 +148,29 @@ def test_a_loaded_run_uses_the_model_it_was_evaluated_with(tmp_path):
         got = load_run(tmp_path, "toy", select).selected_state("G0")
         want = ckpt["model"] if select == "last" else ckpt["best_model"]
         assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_prepare_over_trained_runs_says_which_it_made_stale(tmp_path):
+    """Case 3: `prepare` again with fixed labels names the runs whose folds the change touched;
+    `status` lists them too."""
+    from click.testing import CliRunner
+    from cli import cli
+    from pipeline.corpus import load_corpus
+    from tests.helpers import tone_corpus, write_manifest
+    work = tone_corpus(tmp_path, n=8, seconds=(0.3, 0.5))
+    corpus = load_corpus(work)
+    folds = make_folds(corpus, "all", val_fraction=0.25)
+    train_folds(LinearTask(corpus), folds, CFG, RunPaths(work, "ter", "toy"), split=SPLIT)
+    rows = [{"id": u.id, "audio": u.audio, "speaker": u.speaker, "group": u.group,
+             "label": "sad" if u.label == "happy" else u.label} for u in corpus.utterances]
+    out = CliRunner().invoke(cli, ["prepare", "manifest", write_manifest(tmp_path, rows, "fixed.csv"),
+                                   "-w", work])
+    assert out.exit_code == 0, out.output
+    assert "the corpus now differs for ter/toy (2 fold(s))" in " ".join(out.output.split())
+    assert [r["stale"] for r in run_states(work)][0] == {
+        "s0": "its utterances or labels changed since it was trained",
+        "s1": "its utterances or labels changed since it was trained"}
+    out = CliRunner().invoke(cli, ["status", "-s", "mel", "-w", work])
+    assert out.exit_code == 0, out.output
+    assert "trained runs" in out.output and "ter/toy fold s0 stale: its utterances or labels" \
+        in " ".join(out.output.split())
