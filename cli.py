@@ -127,6 +127,9 @@ def _parse_params(stage: tuple[str, ...], param: tuple[str, ...]) -> dict[str, d
               help="Forget the remembered parameters of the --stage stages (all with 'all') "
                    "before applying --param: back to the defaults.")
 @click.option("--force", is_flag=True, help="Recompute even up-to-date shards of these stages.")
+@click.option("--rehash", is_flag=True,
+              help="Hash every audio file again instead of trusting its size and modification "
+                   "time (for tools that rewrite files in place keeping both).")
 @click.option("--workers", type=int, default=None,
               help="CPU worker processes (default: one per core, at most one per shard; "
                    "1 = run in this process).")
@@ -135,7 +138,7 @@ def _parse_params(stage: tuple[str, ...], param: tuple[str, ...]) -> dict[str, d
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Use an existing Dask cluster; its workers must see the work directory.")
 @WORKDIR
-def extract(stages, param, reset_params, force, workers, gpus, scheduler, workdir) -> None:
+def extract(stages, param, reset_params, force, rehash, workers, gpus, scheduler, workdir) -> None:
     """Compute features into the HDF5 shard cache; only what changed is recomputed.
 
     Parameters given with -p are remembered in WORKDIR/stage_params.json and used by later runs;
@@ -148,7 +151,7 @@ def extract(stages, param, reset_params, force, workers, gpus, scheduler, workdi
     with stage_progress() as prog:
         reports = run(workdir, list(stages), _parse_params(stages, param), force=force,
                       workers=workers, gpus=parse_gpus(gpus), scheduler=scheduler, progress=prog,
-                      reset_params=reset_params)
+                      reset_params=reset_params, rehash=rehash)
     rows = [[r.stage, r.identity, r.shards_total, r.computed, r.reused, len(r.failed),
              len(r.notes)] for r in reports]
     console.print(table("extract", ["stage", "key", "shards", "computed", "reused", "failed items",

@@ -41,6 +41,7 @@ import copyreg
 import logging
 import pickle
 import re
+import types
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,26 @@ def _opaque(module: str, name: str) -> type:
     return type(name, (Opaque,), {"_global": f"{module}.{name}"})
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals a weights-plus-config checkpoint needs (module docstring)."""
+class RestrictedUnpickler(pickle._Unpickler):  # the Python one: its BUILD step can be guarded
+    """Resolves only the globals a weights-plus-config checkpoint needs (module docstring), and
+    never sets attributes of a class, module or function (a pickle's BUILD on an allowed class,
+    e.g. ``argparse.Namespace.__eq__ = ...``, would change it for the whole process)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
+            raise pickle.UnpicklingError(f"refusing to set attributes of {target!r} from a checkpoint")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch._utils" and name.startswith("_rebuild_"):
+            if not hasattr(torch._utils, name):
+                raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (unknown to "
+                                             f"this torch {torch.__version__})")
             return getattr(torch._utils, name)
         if module == "torch" and (name.endswith("Storage") or name in ("Size", "device")
                                   or isinstance(getattr(torch, name, None), torch.dtype)):

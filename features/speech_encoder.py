@@ -154,14 +154,15 @@ def model_files(model: str) -> list[Path]:
 def _hf_folder(path: Path, cfg: SpeechEncoderConfig):
     from transformers import AutoConfig, AutoModel
 
-    mcfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    from features.hf_load import from_pretrained
+    mcfg = from_pretrained(AutoConfig, path, "wav2vec.model")
     if mcfg.model_type == "whisper":
         from transformers import WhisperModel
 
-        model = WhisperModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = from_pretrained(WhisperModel, path, "wav2vec.model", dtype=torch.float32)
         return _WhisperBackend(model.get_encoder(), cfg.unpadded_whisper)
     # float32 master weights whatever the folder stores (fp16 checkpoints): autocast does the rest
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    model = from_pretrained(AutoModel, path, "wav2vec.model", dtype=torch.float32)
     pre = path / "preprocessor_config.json"
     if pre.is_file():
         trained_normalized = bool(json.loads(pre.read_text()).get("do_normalize", True))

@@ -139,12 +139,14 @@ class TextExtractor(Extractor):
         super().__init__(config, device)
         from transformers import AutoModel, AutoTokenizer
 
+        from features.hf_load import from_pretrained
+
         cfg = self.config
         if cfg.max_length < 3:
             raise StageError(f"text.max_length={cfg.max_length}: must be >= 3")
         self.folder = resolve_model(cfg.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.folder, local_files_only=True).to(device).eval()
+        self.tokenizer = from_pretrained(AutoTokenizer, self.folder, "text.model")
+        self.model = from_pretrained(AutoModel, self.folder, "text.model").to(device).eval()
         n_layers = self.model.config.num_hidden_layers
         if not -(n_layers + 1) <= cfg.layer <= n_layers:
             raise StageError(f"text.layer={cfg.layer}: {cfg.model} has hidden states 0..{n_layers}")

@@ -58,7 +58,14 @@ class TrainedRun:
     def selected_state(self, fold: str) -> dict:
         """The state dict the run was evaluated with for ``fold``."""
         import torch
-        ckpt = torch.load(self.paths.checkpoint(fold), map_location="cpu", weights_only=True)
+        path = self.paths.checkpoint(fold)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickled code, TorchScript, damage: never run it
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise TrainingError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: "
+                                f"{first}); it is damaged or not a checkpoint of this toolkit: "
+                                f"retrain the fold (`python cli.py train {self.paths.task}`)") from None
         if self.select == "val" and ckpt.get("best_model") is not None:
             return ckpt["best_model"]
         return ckpt["model"]

@@ -85,7 +85,13 @@ def load_corpus(workdir: str | Path) -> Corpus:
             f"no prepared corpus in {workdir}: run `python cli.py prepare demo` "
             "(or `prepare iemocap ROOT` / `prepare manifest FILE`) first"
         )
-    meta = json.loads(paths["meta"].read_text())
+    try:
+        meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or "name" not in meta or "classes" not in meta:
+            raise ValueError("expected name and classes")
+    except (ValueError, OSError) as e:
+        raise CorpusError(f"{paths['meta']} is damaged ({e}); re-run `python cli.py prepare ...` "
+                          "to rebuild it") from None
     utts = []
     with open(paths["utterances"], encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):

@@ -52,10 +52,10 @@ def merged_params(workdir: str | Path, overrides: dict[str, dict[str, Any]] | No
 class _Planner:
     """Plans stages upstream first; a stage's plan sees its upstream stages' utterance keys."""
 
-    def __init__(self, workdir: str | Path, params: dict[str, dict[str, Any]]):
+    def __init__(self, workdir: str | Path, params: dict[str, dict[str, Any]], rehash: bool = False):
         self.workdir, self.params = workdir, params
         self.corpus = load_corpus(workdir)
-        self.hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json")
+        self.hashes = FileHashCache(cache_root(workdir) / "audio_hashes.json", rehash=rehash)
         self.keys: dict[str, dict[str, str]] = {}
 
     def plan(self, name: str) -> StagePlan:
@@ -79,15 +79,16 @@ def plans_for(workdir: str | Path, names: list[str],
 def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[str, Any]] | None = None,
             force: bool = False, workers: int | None = None, gpus: list[int] | None = None,
             scheduler: str | None = None, progress: Callable | None = None,
-            reset_params: bool = False) -> list[StageReport]:
+            reset_params: bool = False, rehash: bool = False) -> list[StageReport]:
     """Compute every missing or stale shard of ``stages`` (``["all"]`` = every stage).
 
     ``reset_params``: the named stages forget their remembered parameters before ``overrides``.
+    ``rehash``: hash every audio file again instead of trusting (size, mtime).
     """
     workdir = str(Path(workdir).resolve())  # Dask workers have other working directories
     names = stage_names() if stages == ["all"] else stages
     params = merged_params(workdir, overrides, names if reset_params else None)
-    planner = _Planner(workdir, params)
+    planner = _Planner(workdir, params, rehash)
     corpus = planner.corpus
     reports: list[StageReport] = []
     for name in resolve_order(names):

@@ -32,17 +32,24 @@ def digest(*parts: Any) -> str:
 class FileHashCache:
     """sha256 of files, memoised on disk by (absolute path, size, mtime_ns)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, rehash: bool = False):
+        """``rehash``: ignore the memo and hash every file again (for file systems or tools that
+        keep size and mtime when a file is rewritten in place)."""
         self.path = Path(path)
+        self.rehash = rehash
+        self._fresh: set[str] = set()
         self._lock = threading.Lock()
         self._dirty = False
+        self._entries: dict[str, list] = {}
         try:
-            self._entries: dict[str, list] = json.loads(self.path.read_text())
+            entries = json.loads(self.path.read_text())
+            if not isinstance(entries, dict):
+                raise ValueError("not a JSON object")
+            self._entries = entries
         except FileNotFoundError:
-            self._entries = {}
+            pass
         except (OSError, ValueError):
             log.warning("file-hash cache %s is unreadable; rebuilding it", self.path)
-            self._entries = {}
 
     def get(self, path: str | Path) -> str:
         p = os.path.abspath(path)
@@ -50,11 +57,13 @@ class FileHashCache:
         stamp = [st.st_size, st.st_mtime_ns]
         with self._lock:
             hit = self._entries.get(p)
-            if hit and hit[:2] == stamp:
+            trusted = not self.rehash or p in self._fresh  # with rehash: once per file and run
+            if trusted and isinstance(hit, list) and len(hit) == 3 and hit[:2] == stamp:
                 return hit[2]
         h = file_checksum(p)
         with self._lock:
             self._entries[p] = stamp + [h]
+            self._fresh.add(p)
             self._dirty = True
         return h
 

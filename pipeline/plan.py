@@ -27,8 +27,19 @@ PARAMS_FILE = "stage_params.json"
 
 
 def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
+    """Remembered stage parameters; StageError naming the file if it is damaged."""
+    from pipeline.errors import StageError
     p = Path(workdir) / PARAMS_FILE
-    return json.loads(p.read_text()) if p.exists() else {}
+    if not p.exists():
+        return {}
+    try:
+        params = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+            raise ValueError("expected {stage: {field: value}}")
+    except (ValueError, OSError) as e:
+        raise StageError(f"{p} is damaged ({e}); fix it, or delete it to go back to every stage's "
+                         "default parameters (`python cli.py status` then shows what changed)") from None
+    return params
 
 
 def save_params(workdir: str | Path, params: dict[str, dict[str, Any]]) -> None:

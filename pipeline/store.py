@@ -186,13 +186,19 @@ def read_verified(ds: h5py.Dataset) -> np.ndarray:
     return arr
 
 
-def verify_shard(path: Path) -> list[str]:
-    """Problems of one shard (unreadable file or metadata, checksum mismatches); [] if sound."""
+def verify_shard(path: Path, stage: str | None = None) -> list[str]:
+    """Problems of one shard (unreadable file or metadata, checksum mismatches, another stage's
+    or another key's shard under this name); [] if sound."""
     problems: list[str] = []
     try:
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete"):
                 return ["no completeness marker"]
+            held, key = f.attrs.get("stage"), str(f.attrs.get("key", ""))
+            if stage is not None and held is not None and held != stage:
+                problems.append(f"holds stage {held!r}'s features, not {stage!r}'s")
+            if key and not path.name.endswith(f"-{key[:16]}.h5"):
+                problems.append(f"its stored key {key[:16]} is not the one its name says (renamed?)")
             for utt, group in f.items():
                 for name in group:
                     try:
@@ -225,7 +231,7 @@ def verify_cache(workdir: str | Path, stages: list[str] | None = None,
         orphans += [str(p) for p in orphan_shards(workdir, stage)]
         for path in sorted((root / stage).glob(f"*/{SHARD_GLOB}")):
             n += 1
-            problems = verify_shard(path)
+            problems = verify_shard(path, stage)
             if problems:
                 corrupt[str(path)] = problems
                 log.warning("cache shard %s is corrupt: %s%s", path, "; ".join(problems[:3]),
