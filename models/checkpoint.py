@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,28 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
                               "from the last checkpoint)") from None
 
 
+def safe_load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint dict loaded with ``weights_only=True`` (no pickled code runs). TorchScript
+    archives (which torch.load would hand to torch.jit.load) and anything that is not a dict are
+    refused with a ValueError."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
+                raise ValueError("a TorchScript archive, not a checkpoint")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
     """The checkpoint at ``path``, or None if absent. A corrupt file is moved aside (a miss)."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return safe_load(path, map_location)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a cache miss
         bad = path.with_name(path.name + ".corrupt")
         log.warning("checkpoint %s is unreadable (%s); moved to %s, starting the fold afresh", path, e, bad)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models import trainer
+from models.checkpoint import safe_load
 from models.folds import Fold, make_folds
 from models.runs import RunPaths, run_lock, write_json
 from models.ser import SERConfig, SERModel, make_config, ser_loss
@@ -226,7 +227,7 @@ def alpha_record(state: dict[str, torch.Tensor], mode: str) -> dict[str, Any]:
 
 
 def _write_alpha(paths: RunPaths, fold: str, model_cfg: SERConfig, select: str) -> dict:
-    ckpt = torch.load(paths.checkpoint(fold), map_location="cpu", weights_only=True)
+    ckpt = safe_load(paths.checkpoint(fold))
     use_best = select == "val" and ckpt.get("best_model") is not None
     rec = {"selected": "val" if use_best else "last",
            **alpha_record(ckpt["best_model"] if use_best else ckpt["model"], model_cfg.layer_weighting)}

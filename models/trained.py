@@ -57,10 +57,10 @@ class TrainedRun:
 
     def selected_state(self, fold: str) -> dict:
         """The state dict the run was evaluated with for ``fold``."""
-        import torch
+        from models.checkpoint import safe_load
         path = self.paths.checkpoint(fold)
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = safe_load(path)
         except Exception as e:  # noqa: BLE001 - pickled code, TorchScript, damage: never run it
             first = (str(e).strip().splitlines() or [""])[0][:160]
             raise TrainingError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: "

@@ -128,3 +128,17 @@ def test_predict_command_exits_1_when_an_input_failed(demo_dir):
                                    "-w", str(work)])
     assert out.exit_code == 1
     assert "1 of 2 input(s) failed" in " ".join(out.output.split())
+
+
+@pytest.mark.parametrize("seconds", [10.0, 0.006])
+def test_predict_on_a_silent_or_tiny_file_gives_that_files_row(demo_dir, seconds):
+    """A lone silent 10-s file or a 6-ms file: a label or that file's own error, no traceback."""
+    import numpy as np
+    import soundfile as sf
+    work, _ = demo_dir
+    path = work / f"odd_{seconds}.wav"
+    sf.write(path, np.zeros(int(16000 * seconds), np.float32), 16000)
+    (p,) = predict(work, [str(path)])
+    assert p.file == str(path) and (p.label is not None) != (p.error is not None)
+    if p.error:
+        assert len(p.error.splitlines()) == 1
