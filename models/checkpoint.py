@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         tmp.replace(path)
     except (OSError, RuntimeError) as e:  # torch reports ENOSPC as a RuntimeError
         tmp.unlink(missing_ok=True)
+        # torch words ENOSPC as "[enforce fail …] unexpected pos …": also ask the file system
         full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) \
-            or "file write failed" in str(e)
+            or "file write failed" in str(e) or shutil.disk_usage(path.parent).free < 1 << 20
         raise TrainingError(f"cannot write checkpoint {path}: "
                             + ("disk full" if full else str(e).splitlines()[0])
                             + "; free disk space and re-run the same command (training resumes "
