@@ -47,7 +47,8 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
     if scheduler:
         client = connect(scheduler)
         try:
-            yield client
+            with cluster_errors(scheduler):
+                yield client
         finally:
             client.close()
         return
@@ -71,6 +72,24 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
     finally:
         client.close()
         cluster.close()
+
+
+@contextmanager
+def cluster_errors(where: str) -> Iterator[None]:
+    """A scheduler or worker that cannot import this project (it unpickles the task graph)
+    becomes a one-line StageError with the fix, not a traceback from the cluster."""
+    from pipeline.errors import MMERError, StageError
+    try:
+        yield
+    except MMERError:
+        raise
+    except Exception as e:  # noqa: BLE001 - errors raised on the cluster arrive re-raised here
+        text = f"{type(e).__name__}: {e}"
+        if isinstance(e, ImportError) or "No module named" in text:
+            raise StageError(f"the Dask cluster at {where} cannot import this project ({text}); "
+                             "start the scheduler and every worker with PYTHONPATH set to the "
+                             "repository folder") from None
+        raise
 
 
 #: Seconds to wait for an external scheduler's answer before giving up.

@@ -172,3 +172,15 @@ def test_a_model_folder_with_its_own_code_is_never_run_or_prompted_for(tmp_path)
         TextExtractor(TextConfig(model=str(folder)))
     except StageError as e:
         assert str(folder) in str(e)
+
+
+def test_a_cluster_that_cannot_import_the_project_is_one_line_with_the_fix():
+    """The scheduler unpickles the task graph: without the repository on its PYTHONPATH the
+    error that comes back (re-raised in the client) names the fix."""
+    from pipeline.scheduler import cluster_errors
+    with pytest.raises(StageError, match="cannot import this project.*PYTHONPATH"):
+        with cluster_errors("tcp://host:8786"):
+            raise ModuleNotFoundError("No module named 'pipeline'")
+    with pytest.raises(KeyError):  # anything else is not disguised
+        with cluster_errors("tcp://host:8786"):
+            raise KeyError("x")
