@@ -216,7 +216,7 @@ def verify(stages, repair, workdir) -> None:
     (never read). Read-only unless --repair; exit status 1 if any corrupt shard was found."""
     from pipeline.errors import CacheError
     from pipeline.progress import console
-    from pipeline.store import verify_cache
+    from pipeline.verify import verify_cache
     out = verify_cache(workdir, list(stages) or None, repair=repair)
     for path, problems in out["corrupt"].items():
         console.print(f"  [red]corrupt[/red] {path}: {'; '.join(problems[:3])}")

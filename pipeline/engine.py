@@ -25,8 +25,9 @@ from pipeline.corpus import Utterance
 from pipeline.errors import CacheError, ItemError, StageError
 from pipeline.plan import ShardPlan, StagePlan, build_cached, finalize_name
 from pipeline.stages import get_stage
-from pipeline.store import SHARD_GLOB, StageReader, ShardWriter, current_pointer, discard_shard, \
-    extra_key_name, read_shard_attrs
+from pipeline.store import SHARD_GLOB, StageReader, ShardWriter, current_pointer, extra_key_name, \
+    read_shard_attrs
+from pipeline.verify import discard_shard
 
 log = logging.getLogger(__name__)
 

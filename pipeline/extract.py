@@ -14,7 +14,8 @@ from pipeline.fingerprint import FileHashCache
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params
 from pipeline.scheduler import dask_client, default_workers, visible_gpus
 from pipeline.stages import get_stage, resolve_order, stage_names
-from pipeline.store import cache_root, orphan_shards
+from pipeline.store import cache_root
+from pipeline.verify import orphan_shards
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from pipeline.errors import CacheError
 from pipeline.extract import extract, status
 from pipeline.plan import check_current
 from pipeline.prepare import prepare_manifest
-from pipeline.store import StageReader, read_pointer, verify_cache
+from pipeline.store import StageReader, read_pointer
+from pipeline.verify import verify_cache
 from tests.helpers import write_manifest, write_tone
 from tests.reliability.test_kill_resume import small_shards
 

@@ -14,7 +14,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from pipeline.store import verify_shard
+from pipeline.verify import verify_shard
 from tests.helpers import shard_files
 from tests.reliability.runner import REPO, read_journal
 

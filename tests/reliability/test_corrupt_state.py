@@ -17,7 +17,8 @@ import pytest
 import pipeline.store as store
 from pipeline.errors import CacheError
 from pipeline.extract import extract, status
-from pipeline.store import StageReader, read_shard_attrs, verify_cache, verify_shard
+from pipeline.store import StageReader, read_shard_attrs
+from pipeline.verify import verify_cache, verify_shard
 from tests.helpers import shard_files, stage_arrays, tone_corpus
 from tests.reliability.runner import REPO
 from tests.reliability.soak import PY, assert_shards_valid, temp_files

@@ -17,7 +17,8 @@ from pipeline.corpus import load_corpus, write_corpus
 from pipeline.errors import CacheError, CorpusError, StageError, TrainingError
 from pipeline.extract import extract, status
 from pipeline.prepare import prepare_manifest
-from pipeline.store import ShardWriter, StageReader, verify_cache
+from pipeline.store import ShardWriter, StageReader
+from pipeline.verify import verify_cache
 from tests.helpers import LinearTask, make_corpus, shard_files, tone_corpus, write_manifest, write_tone
 from tests.reliability.soak import temp_files
 from tests.reliability.test_kill_resume import small_shards
