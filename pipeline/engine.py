@@ -62,7 +62,7 @@ def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> I
         except ItemError as e:
             yield e
         except CacheError as e:
-            bad = next((r.shard_of(u.id) for r in upstream.values() if u.id in r), None)
+            bad = getattr(e, "path", None)
             if bad is not None:  # extract is the writing side: it repairs the upstream stage
                 log.warning("upstream shard %s is corrupt (%s)", bad, e)
                 discard_shard(bad)

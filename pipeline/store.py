@@ -339,9 +339,11 @@ class StageReader:
         if f is not None:
             f.close()
         self._index = {u: p for u, p in self._index.items() if p != path}
-        return CacheError(f"{utt_id}: {error}; run `python cli.py verify --repair --stage "
-                          f"{self.stage}` then `python cli.py extract --stage {self.stage}` to "
-                          "recompute it")
+        err = CacheError(f"{utt_id}: {error}; run `python cli.py verify --repair --stage "
+                         f"{self.stage}` then `python cli.py extract --stage {self.stage}` to "
+                         "recompute it")
+        err.path = path  # the corrupt shard, for the writing side to repair
+        return err
 
 
     def dataset(self, utt_id: str, name: str) -> h5py.Dataset:

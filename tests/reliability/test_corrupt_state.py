@@ -277,11 +277,14 @@ def test_corrupt_upstream_shard_is_recomputed_not_recorded_as_failed_items(tmp_p
     toy_shard = shard_files(w, "toy")[0]
     _, offset, size = data_offset_named(toy_shard, "energy")
     flip(toy_shard, offset + size // 2)
-    for _ in range(2):  # a downstream change reads the corrupt upstream; then run again
-        try:
-            extract(w, ["toy2"], {"toy2": {"scale": "2"}}, workers=1)
-        except Exception:  # noqa: BLE001 - a clear error asking to re-run is acceptable
-            pass
+    from pipeline.errors import StageError
+    # a downstream change reads the corrupt upstream: a clear error, the upstream shard removed
+    with pytest.raises(StageError, match="upstream feature of .* is corrupt.*re-run extract"):
+        extract(w, ["toy2"], {"toy2": {"scale": "2"}}, workers=1)
+    assert not toy_shard.exists()
+    reps = extract(w, ["toy2"], {"toy2": {"scale": "2"}}, workers=1)  # the same command repairs
+    assert [r.stage for r in reps] == ["toy", "toy2"] and reps[0].computed == 1  # only the lost one
+    assert reps[1].computed == reps[1].shards_total  # toy2 under its new parameter
     _, failed = stage_arrays(w, "toy2")
     assert failed == {}
 
