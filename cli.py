@@ -50,6 +50,9 @@ def _summary(result, seconds: float, workdir: str) -> None:
                   f"{' …' if len(c.speakers) > 12 else ''}); audio: {result.seconds / 3600:.2f} h; "
                   f"rejected: {len(result.rejected)}; kept with remarks: {len(result.notes)}; "
                   f"prepared in {seconds:.1f} s")
+    console.print(f"classes ({len(c.classes)}): {', '.join(c.classes)}")
+    for warning in result.class_warnings():
+        console.print(f"  [yellow]note[/yellow]: {warning}")
     for item, src, reason in result.rejected[:10]:
         console.print(f"  [red]rejected[/red] {item}: {reason} ({src})")
     if len(result.rejected) > 10:
@@ -70,26 +73,48 @@ def _warn_trained_runs(workdir: str) -> None:
                       + ". `train` retrains those folds; `fuse`, `report` and `predict` leave them "
                         "out until then.")
 
+CLASSES = click.option("--classes", default=None, metavar="A,B,C",
+                       help="The classes, in this order; rows with other labels are rejected "
+                            "(default: every label the corpus has).")
+MAP = click.option("--map", "maps", multiple=True, metavar="OLD=NEW",
+                   help="Rename or merge a label before anything else, e.g. excited=happy "
+                        "(repeatable).")
+
+
 @prepare.command("iemocap")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
+@CLASSES
+@MAP
 @WORKDIR
-def prepare_iemocap_cmd(root: str, workdir: str) -> None:
-    """IEMOCAP from its official release folder ROOT (IEMOCAP_full_release): 4 classes,
-    excited merged into happy, leave-one-session-out groups."""
+def prepare_iemocap_cmd(root: str, classes, maps, workdir: str) -> None:
+    """IEMOCAP from its official release folder ROOT (IEMOCAP_full_release), leave-one-session-out
+    groups. Default: the paper's 4 classes, excited merged into happy. Other protocols name the
+    release's labels: neutral, happy, excited, sad, angry, frustrated, surprised, fearful,
+    disgusted, other; e.g. --classes neutral,happy,sad,angry,excited,frustrated (6 classes)."""
+    from pipeline.labels import LabelPolicy
     from pipeline.prepare import prepare_iemocap
     t = time.perf_counter()
-    _summary(prepare_iemocap(workdir, root), time.perf_counter() - t, workdir)
+    policy = LabelPolicy.parse(classes, maps) if classes or maps else None
+    if policy is not None and policy.classes is None:
+        raise click.BadParameter("with --map, also name the classes to keep", param_hint="--classes")
+    _summary(prepare_iemocap(workdir, root, policy), time.perf_counter() - t, workdir)
 
 
 @prepare.command("manifest")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@CLASSES
+@MAP
 @WORKDIR
-def prepare_manifest_cmd(manifest: str, workdir: str) -> None:
+def prepare_manifest_cmd(manifest: str, classes, maps, workdir: str) -> None:
     """Your own corpus from a CSV or JSONL MANIFEST with columns id,audio,speaker,label
-    (optional text,group,start,end,language; audio paths relative to the manifest)."""
+    (optional text,group,start,end,language; audio paths relative to the manifest). The classes
+    are the labels it has (common spellings of neutral/happy/sad/angry normalised; a rare label
+    close to another is rejected as a typo), or exactly --classes."""
+    from pipeline.labels import LabelPolicy
     from pipeline.prepare import prepare_manifest
     t = time.perf_counter()
-    _summary(prepare_manifest(workdir, manifest), time.perf_counter() - t, workdir)
+    policy = LabelPolicy.parse(classes, maps)
+    _summary(prepare_manifest(workdir, manifest, policy), time.perf_counter() - t, workdir)
 
 
 @prepare.command("demo")

@@ -57,6 +57,9 @@ def make_folds(corpus: Corpus, folds: str | int = "all", val_fraction: float = 0
     """
     if not 0.0 <= val_fraction < 1.0:
         raise TrainingError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if len(corpus.classes) < 2:
+        raise TrainingError(f"corpus {corpus.name!r} has {len(corpus.classes)} class(es) "
+                            f"({', '.join(corpus.classes)}); training needs at least 2")
     utts = sorted(corpus.utterances, key=lambda u: u.id)
     groups = sorted({u.group for u in utts})
     if len(groups) < 2:

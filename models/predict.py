@@ -22,7 +22,7 @@ from models.runs import RunPaths, read_json
 from pipeline.audio import load_audio
 from models.trained import TrainedRun
 from pipeline.corpus import load_corpus
-from pipeline.errors import ItemError, StageError
+from pipeline.errors import ItemError, StageError, TrainingError
 from pipeline.stages import get_stage
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,13 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
     if not items:
         return out
     p_speech = _speech_probs(ser, items, out, device)
-    p_text = _text_probs(load_run(workdir, "ter", ter_run, corpus, fold), items, out, device) \
-        if any(it.text for k, it in items.items() if k in p_speech) else {}
+    p_text = {}
+    if any(it.text for k, it in items.items() if k in p_speech):
+        ter = load_run(workdir, "ter", ter_run, corpus, fold)
+        if ter.classes != ser.classes:
+            raise TrainingError(f"SER run {ser_run!r} has classes {ser.classes} but TER run "
+                                f"{ter_run!r} has {ter.classes}: they cannot be fused; retrain one")
+        p_text = _text_probs(ter, items, out, device)
     w1, w2 = fusion_weights(workdir, ser_run, ter_run)
     for k, ps in p_speech.items():
         pt = p_text.get(k)

@@ -55,7 +55,8 @@ def _figure(path: Path, title: str, size: tuple[float, float]) -> Iterator[Any]:
 def confusion_png(cm: list[list[int]], classes: list[str], title: str, path: Path) -> None:
     cm_arr = np.asarray(cm, dtype=float)
     norm = cm_arr / np.maximum(cm_arr.sum(1, keepdims=True), 1)
-    with _figure(path, title, (4.2, 3.8)) as ax:
+    extra = 0.45 * max(0, len(classes) - 4)  # room for more classes
+    with _figure(path, title, (4.2 + extra, 3.8 + extra)) as ax:
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(classes)):
             for j in range(len(classes)):
@@ -189,6 +190,10 @@ def run_section(ev: RunEval, s: dict, out: Path) -> list[str]:
               "| fold | n | WA | UA | macro-F1 |", "|---|---|---|---|---|"]
     lines += [f"| {f} | {fm['n']} | {_pct(fm['wa'])} | {_pct(fm['ua'])} | {_pct(fm['macro_f1'])} |"
               for f, fm in s["folds"].items()]
+    absent = {f: [c for c, r in fm["per_class_recall"].items() if r is None] for f, fm in s["folds"].items()}
+    if any(absent.values()):
+        lines += ["", "Classes absent from a test fold (no recall there; that fold's UA leaves them "
+                  "out): " + "; ".join(f"{f}: {', '.join(cs)}" for f, cs in absent.items() if cs)]
     if task == "fusion":
         per_fold = ev.run.config.get("per_fold", {})
         lines += ["", "Fusion weights per fold (w1 speech, w2 text): " + ", ".join(

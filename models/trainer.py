@@ -202,6 +202,10 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
              "stopped_early": False, "evals_since_best": 0}
     labels = _labels(task.corpus)
+    unseen = [c for c in task.corpus.classes if not any(labels[u] == c for u in ids["train"])]
+    if unseen:
+        log.warning("%s fold %s: no training utterance of class(es) %s: the model cannot learn "
+                    "them", task.name, fold.name, ", ".join(unseen))
     data = fold_data(ids, labels, task.utterance_keys([u for v in ids.values() for u in v]))
     ckpt = _load_unless_changed(task, fold, record, keys, data, paths)
     if ckpt is not None:

@@ -24,12 +24,17 @@ from pathlib import Path
 
 from pipeline.corpus import DEFAULT_CLASSES, Utterance
 from pipeline.errors import CorpusError
-from pipeline.labels import normalise_label
+from pipeline.labels import LabelPolicy
 
 log = logging.getLogger(__name__)
 
 EXPECTED_PER_SESSION = {"Ses01": 1085, "Ses02": 1023, "Ses03": 1151, "Ses04": 1031, "Ses05": 1241}
-FOUR_CLASS_CODES = {"neu", "hap", "exc", "sad", "ang"}
+#: The release's label codes, named (``--classes`` and ``--map`` use these names).
+CODE_NAMES = {"neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "angry",
+              "fru": "frustrated", "sur": "surprised", "fea": "fearful", "dis": "disgusted",
+              "oth": "other", "xxx": "no agreement"}
+#: The paper's protocol: four classes, excited merged into happy, the rest left out.
+PAPER_POLICY = LabelPolicy(DEFAULT_CLASSES, {"excited": "happy"}, aliases=False)
 
 _HEADER = re.compile(r"^\[(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t")
 _TRANSCRIPT = re.compile(r"^(Ses\d\d[MF]_\S+_[MF][A-Za-z]*\d+)\s*\[[^\]]*\]:\s?(.*)$")
@@ -49,8 +54,10 @@ def read_transcripts(path: Path) -> dict[str, str]:
     return out
 
 
-def read_iemocap(root: str | Path) -> tuple[list[Utterance], list[tuple[str, str, str]], dict]:
-    """(utterances, rejected rows (id, source, reason), stats) from an IEMOCAP release root."""
+def read_iemocap(root: str | Path, policy: LabelPolicy = PAPER_POLICY
+                 ) -> tuple[list[Utterance], list[tuple[str, str, str]], dict]:
+    """(utterances, rejected rows (id, source, reason), stats) from an IEMOCAP release root.
+    Utterances whose label ``policy`` does not keep are counted in ``stats``, not rejected."""
     root = Path(root)
     sessions = sorted(p for p in root.glob("Session[1-5]") if p.is_dir())
     if not sessions:
@@ -72,7 +79,8 @@ def read_iemocap(root: str | Path) -> tuple[list[Utterance], list[tuple[str, str
                 if not m:
                     continue
                 utt_id, code = m.group(3), m.group(4)
-                if code not in FOUR_CLASS_CODES:
+                label = policy.canonical(CODE_NAMES.get(code, code))
+                if label is None:
                     dropped[code] = dropped.get(code, 0) + 1
                     continue
                 wav = sess / "sentences" / "wav" / dialog / f"{utt_id}.wav"
@@ -84,13 +92,12 @@ def read_iemocap(root: str | Path) -> tuple[list[Utterance], list[tuple[str, str
                     rejected.append((utt_id, str(tr_path), "no transcript (kept; no text feature)"))
                 utts.append(Utterance(
                     id=utt_id, audio=str(wav.resolve()), speaker=speaker_of(utt_id),
-                    label=normalise_label(code), group=utt_id[:5], text=text, language="en"))
+                    label=label, group=utt_id[:5], text=text, language="en"))
     stats = {"dropped_by_protocol": dropped}
     per_session = {s: sum(1 for u in utts if u.group == s) for s in sorted({u.group for u in utts})}
-    if len(sessions) == 5 and not rejected:
+    if len(sessions) == 5 and not rejected and policy == PAPER_POLICY:
         if per_session != EXPECTED_PER_SESSION:
             log.warning("IEMOCAP: expected %s utterances per session (5,531), got %s — is this "
                         "the official release?", EXPECTED_PER_SESSION, per_session)
         stats["matches_official_count"] = per_session == EXPECTED_PER_SESSION
-    assert set(u.label for u in utts) <= set(DEFAULT_CLASSES)
     return utts, rejected, stats

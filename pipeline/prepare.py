@@ -6,7 +6,6 @@ is kept and converted at extraction (noted in the same file as ``kept``).
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import os
@@ -16,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.audio import MAX_SECONDS, probe
-from pipeline.corpus import DEFAULT_CLASSES, Corpus, Utterance, write_corpus, write_rejected
+from pipeline.corpus import Corpus, Utterance, write_corpus, write_rejected
 from pipeline.errors import CorpusError, ItemError
-from pipeline.labels import LABEL_ALIASES, normalise_label
+from pipeline.labels import LabelPolicy, class_set, did_you_mean
 from pipeline.manifest import printable, read_manifest_rows, undecodable
 
 log = logging.getLogger(__name__)
@@ -31,6 +30,24 @@ class PrepareResult:
     notes: list[tuple[str, str, str]] = field(default_factory=list)  # kept, with a remark
     seconds: float = 0.0
     stats: dict = field(default_factory=dict)
+
+    def class_warnings(self, rare: int = 10) -> list[str]:
+        """Classes too rare to learn well, and classes absent from some groups (those folds
+        cannot measure their recall, which UA then leaves out)."""
+        out, table = [], self.table()
+        if len(self.corpus.classes) < 2:
+            out.append(f"only {len(self.corpus.classes)} class: extraction works, training needs "
+                       "at least 2")
+        for c in self.corpus.classes:
+            n = sum(row[c] for row in table.values())
+            if n < rare:
+                out.append(f"class {c!r} has only {n} utterance(s): too few to learn it well")
+            missing = [g for g, row in table.items() if row[c] == 0]
+            if missing:
+                out.append(f"class {c!r} has no utterance in group(s) {', '.join(missing[:6])}"
+                           f"{' …' if len(missing) > 6 else ''}: those test folds cannot measure "
+                           "its recall (their UA leaves it out)")
+        return out
 
     def table(self) -> dict[str, dict[str, int]]:
         """Counts per class × group."""
@@ -120,7 +137,10 @@ def segment_problem(start: float | None, end: float | None, seconds: float) -> s
 
 def finish(workdir: str | Path, name: str, source: str, utts: list[Utterance],
            rejected: list, stats: dict | None = None,
-           classes: tuple[str, ...] = DEFAULT_CLASSES) -> PrepareResult:
+           policy: LabelPolicy = LabelPolicy()) -> PrepareResult:
+    classes, typos = class_set([u.label for u in utts], policy)
+    rejected = rejected + [(u.id, source, typos[u.label]) for u in utts if u.label in typos]
+    utts = [u for u in utts if u.label not in typos]
     good, bad, notes, seconds = check_items(utts, source)
     rejected = rejected + bad
     if not good:
@@ -134,12 +154,9 @@ def finish(workdir: str | Path, name: str, source: str, utts: list[Utterance],
     return PrepareResult(corpus, rejected, notes, seconds, stats or {})
 
 
-def _did_you_mean(raw: str) -> str:
-    close = difflib.get_close_matches(raw.strip().lower(), LABEL_ALIASES, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def prepare_manifest(workdir: str | Path, manifest: str | Path) -> PrepareResult:
+def prepare_manifest(workdir: str | Path, manifest: str | Path,
+                     policy: LabelPolicy = LabelPolicy()) -> PrepareResult:
+    """Your own corpus; its classes are the labels it has, or ``policy.classes``."""
     manifest = Path(manifest).resolve()
     base = manifest.parent
     utts, rejected = [], []
@@ -154,10 +171,11 @@ def prepare_manifest(workdir: str | Path, manifest: str | Path) -> PrepareResult
         if missing:
             rejected.append((uid or f"line {line}", where, f"empty field(s) {missing}"))
             continue
-        label = normalise_label(row["label"])
+        label = policy.canonical(row["label"])
         if label is None:
-            rejected.append((uid, where, f"unknown label {row['label']!r}{_did_you_mean(row['label'])}"
-                                         f"; expected one of {', '.join(DEFAULT_CLASSES)} (or an alias)"))
+            rejected.append((uid, where, f"unknown label {row['label']!r}"
+                                         f"{did_you_mean(row['label'], [c.lower() for c in policy.classes])}"
+                                         f"; expected one of {', '.join(policy.classes)} (--classes)"))
             continue
         try:
             start = float(row["start"]) if row.get("start") else None
@@ -175,13 +193,16 @@ def prepare_manifest(workdir: str | Path, manifest: str | Path) -> PrepareResult
                               label=label, group=(row.get("group") or row["speaker"]).strip(),
                               text=row.get("text") or None, start=start, end=end,
                               language=(row.get("language") or "en").strip()))
-    return finish(workdir, manifest.stem, str(manifest), utts, rejected)
+    return finish(workdir, manifest.stem, str(manifest), utts, rejected, policy=policy)
 
 
-def prepare_iemocap(workdir: str | Path, root: str | Path) -> PrepareResult:
-    from pipeline.iemocap import read_iemocap
-    utts, rejected, stats = read_iemocap(root)
-    return finish(workdir, "iemocap", str(Path(root).resolve()), utts, rejected, stats)
+def prepare_iemocap(workdir: str | Path, root: str | Path,
+                    policy: LabelPolicy | None = None) -> PrepareResult:
+    """IEMOCAP; by default the paper's four classes (excited merged into happy)."""
+    from pipeline.iemocap import PAPER_POLICY, read_iemocap
+    policy = policy or PAPER_POLICY
+    utts, rejected, stats = read_iemocap(root, policy)
+    return finish(workdir, "iemocap", str(Path(root).resolve()), utts, rejected, stats, policy)
 
 
 def prepare_demo(workdir: str | Path, per_cell: int = 12, seed: int = 0) -> PrepareResult:
