@@ -242,6 +242,9 @@ def verify(stages, repair, workdir) -> None:
     from pipeline.errors import CacheError
     from pipeline.progress import console
     from pipeline.verify import verify_cache
+    from pipeline.stages import get_stage
+    for name in stages:
+        get_stage(name)  # an unknown stage is an error, not "0 shards verified"
     out = verify_cache(workdir, list(stages) or None, repair=repair)
     for path, problems in out["corrupt"].items():
         console.print(f"  [red]corrupt[/red] {path}: {'; '.join(problems[:3])}")

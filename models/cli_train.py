@@ -12,24 +12,27 @@ def train() -> None:
 
 
 def _device(device: str) -> str:
-    if device == "auto":
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    from pipeline.scheduler import resolve_device
+    return resolve_device(device)
 
 
 def _model_overrides(values: tuple[str, ...]) -> dict:
+    """``-m FIELD=VALUE`` strings → SERConfig overrides, converted like stage parameters."""
     from models.ser import SERConfig
+    from pipeline.errors import StageError
+    from pipeline.stages import convert_value
     import dataclasses
-    fields = {f.name: f for f in dataclasses.fields(SERConfig)}
+    fields = {f.name for f in dataclasses.fields(SERConfig)}
     out = {}
     for v in values:
         key, _, val = v.partition("=")
         if key not in fields or not val:
             raise click.BadParameter(f"{v!r}: expected FIELD=VALUE with FIELD one of "
                                      f"{', '.join(sorted(fields))}", param_hint="--model")
-        default = getattr(SERConfig(), key)
-        out[key] = type(default)(val) if not isinstance(default, str) else val
+        try:
+            out[key] = convert_value(getattr(SERConfig(), key), val, key)
+        except StageError as e:
+            raise click.BadParameter(str(e), param_hint="--model") from None
     return out
 
 
@@ -91,9 +94,6 @@ def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, 
         console.print(f"[yellow]warning:[/yellow] {cfg.resolved_steps():,} steps per fold on the CPU "
                       "take days (the paper's schedule is a GPU job); for a CPU run try "
                       "--widths cpu --steps 500 --batch-size 16")
-    from pipeline.scheduler import visible_gpus
-    if parse_gpus(gpus) and not visible_gpus():
-        raise click.UsageError("--gpus given, but no CUDA GPU is visible to torch here; drop it")
     s = train_ser(workdir, cfg, folds, device, parse_gpus(gpus), scheduler)
     m = s["mean"]
     console.print(f"SER {cfg.run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "

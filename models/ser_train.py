@@ -33,6 +33,7 @@ from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, Streami
                              iter_windows, load_set, usable)
 from pipeline.corpus import Corpus, load_corpus
 from pipeline.errors import TrainingError
+from pipeline.scheduler import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +234,6 @@ def _write_alpha(paths: RunPaths, fold: str, model_cfg: SERConfig, select: str) 
            **alpha_record(ckpt["best_model"] if use_best else ckpt["model"], model_cfg.layer_weighting)}
     write_json(paths.fold_dir(fold) / "alpha.json", rec)
     return rec
-
-
-def resolve_device(device: str) -> str:
-    """"auto" → "cuda" when this process sees a GPU, else "cpu" (resolved where the fold runs)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def open_source(workdir, config: SERRunConfig, corpus: Corpus):

@@ -24,6 +24,7 @@ from models.ter import TERConfig, TextCNN, pad_tokens
 from models.trainer import EpochSampler, TrainConfig, train_folds
 from pipeline.corpus import Corpus, load_corpus
 from pipeline.errors import TrainingError
+from pipeline.scheduler import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,6 @@ def model_from_state(run_config: dict, state: dict) -> TextCNN:
     return model.eval()
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def train_ter(workdir: str | Path, spec: TERRun = TERRun(), device: str | None = None,
               reader: Any = None) -> dict:
     """Cross-validated TER training in ``workdir`` -> the run summary (see models.trainer)."""
@@ -161,7 +158,7 @@ def train_ter(workdir: str | Path, spec: TERRun = TERRun(), device: str | None =
     task = TERTask(corpus, reader, spec.model, batch_size=spec.train.batch_size, amp=spec.amp)
     folds = make_folds(corpus, spec.folds, val_fraction=spec.val_fraction, seed=spec.split_seed)
     paths = RunPaths(Path(workdir), "ter", spec.run)
-    device = device or default_device()
+    device = resolve_device(device)
     log.info("ter: %d utterances with text features, %d-d tokens, %d folds, device %s",
              len(task.ids), task.model_config.input_dim, len(folds), device)
     return train_folds(task, folds, spec.train, paths, device,

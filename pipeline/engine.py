@@ -24,6 +24,7 @@ from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
 from pipeline.errors import CacheError, ItemError, StageError
 from pipeline.plan import ShardPlan, StagePlan, build_cached, finalize_name
+from pipeline.scheduler import resolve_device
 from pipeline.stages import get_stage
 from pipeline.store import SHARD_GLOB, StageReader, ShardWriter, current_pointer, extra_key_name, \
     read_shard_attrs
@@ -95,7 +96,7 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
                 continue
             log.info("removing temp file of an interrupted writer: %s", stale)
             stale.unlink(missing_ok=True)
-        dev = device or _default_device(stage.needs_gpu)
+        dev = device or (resolve_device("auto") if stage.needs_gpu else "cpu")
         extractor = build_cached(stage, config, dev)
         upstream = {s: StageReader(workdir, s) for s in stage.upstream}
         attrs = {"stage": stage_name, "identity": identity, "shard": sp.index, "key": sp.key,
@@ -187,13 +188,6 @@ def _by_length(utts: list[Utterance]) -> list[Utterance]:
         except OSError:
             return 0
     return sorted(utts, key=size, reverse=True)
-
-
-def _default_device(needs_gpu: bool) -> str:
-    if not needs_gpu:
-        return "cpu"
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _versions() -> dict[str, str]:

@@ -11,7 +11,8 @@ from pipeline.corpus import load_corpus
 from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary
 from pipeline.errors import StageError
 from pipeline.fingerprint import FileHashCache
-from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params
+from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params, \
+    stage_identity
 from pipeline.scheduler import dask_client, default_workers, visible_gpus
 from pipeline.stages import get_stage, resolve_order, stage_names
 from pipeline.store import cache_root
@@ -43,7 +44,10 @@ def merged_params(workdir: str | Path, overrides: dict[str, dict[str, Any]] | No
         get_stage(stage)  # an unknown name is an error, not a silent no-op
         params.pop(stage, None)
     for stage, kv in (overrides or {}).items():
-        get_stage(stage).make_config({**params.get(stage, {}), **kv})  # validate early
+        st = get_stage(stage)
+        # validate before anything is remembered: a bad value (a model that does not exist) must
+        # not be saved, or every later extract and status would fail on it
+        stage_identity(st, st.make_config({**params.get(stage, {}), **kv}))
         params.setdefault(stage, {}).update(kv)
     if overrides or reset:
         save_params(workdir, params)

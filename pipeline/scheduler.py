@@ -28,9 +28,43 @@ def visible_gpus() -> list[int]:
 
 
 def parse_gpus(spec: str | None) -> list[int] | None:
+    """``--gpus 0,1`` → [0, 1] (None when not given); StageError for anything that is not the
+    index of a GPU this process can see."""
+    from pipeline.errors import StageError
     if spec is None or spec == "":
         return None
-    return [int(x) for x in spec.split(",") if x.strip()]
+    try:
+        gpus = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise StageError(f"--gpus {spec!r}: expected GPU indices such as 0 or 0,1") from None
+    visible = visible_gpus()
+    if not visible:
+        raise StageError(f"--gpus {spec}: no CUDA GPU is visible to torch here; drop --gpus "
+                         "(GPU stages then run on the CPU)")
+    bad = [g for g in gpus if g not in visible]
+    if bad:
+        raise StageError(f"--gpus {spec}: no GPU {bad[0]}; visible: {', '.join(map(str, visible))}")
+    return gpus
+
+
+def resolve_device(device: str | None) -> str:
+    """"auto"/None → "cuda" when this process sees a GPU, else "cpu"; "cpu", "cuda", "cuda:N" are
+    checked (StageError naming the fix) rather than failing deep inside torch."""
+    from pipeline.errors import StageError
+    if device in (None, "", "auto"):
+        return "cuda" if visible_gpus() else "cpu"
+    if device == "cpu":
+        return device
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise StageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    visible = visible_gpus()
+    if not visible:
+        raise StageError(f"--device {device}: no CUDA GPU is visible to torch here; use "
+                         "--device cpu (or auto)")
+    if index and int(index) not in visible:
+        raise StageError(f"--device {device}: no such GPU; visible: {', '.join(map(str, visible))}")
+    return device
 
 
 @contextmanager

@@ -53,11 +53,12 @@ class Stage:
                 f"known: {sorted(fields)}"
             )
         default = self.config_cls()
-        kwargs = {k: _convert(getattr(default, k), v, f"{self.name}.{k}") for k, v in params.items()}
+        kwargs = {k: convert_value(getattr(default, k), v, f"{self.name}.{k}") for k, v in params.items()}
         return dataclasses.replace(default, **kwargs)
 
 
-def _convert(default: Any, value: Any, where: str) -> Any:
+def convert_value(default: Any, value: Any, where: str) -> Any:
+    """A command-line string as the type of ``default`` (bool words, numbers, comma tuples)."""
     if not isinstance(value, str) or isinstance(default, str) or default is None:
         return value
     try:
@@ -72,7 +73,7 @@ def _convert(default: Any, value: Any, where: str) -> Any:
         if isinstance(default, tuple):
             return tuple(type(default[0])(v) if default else v for v in value.split(","))
     except ValueError as e:
-        raise StageError(f"parameter {where}={value!r}: expected {type(default).__name__}") from e
+        raise StageError(f"{where}={value!r}: expected {type(default).__name__}") from e
     return value
 
 

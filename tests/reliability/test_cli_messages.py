@@ -1,0 +1,42 @@
+"""Mistakes on the command line get one line naming the item and the fix (exit 1 or 2), checked
+before anything is saved."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from tests.helpers import tone_corpus
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tone_corpus(tmp_path_factory.mktemp("cli"), n=4, seconds=(0.3, 0.4))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["extract", "-s", "wav2vec", "-p", "wav2vec.model=nosuch"], "wav2vec.model='nosuch' is neither"),
+    (["verify", "-s", "melx"], "unknown stage 'melx'"),
+    (["extract", "-s", "mel", "--gpus", "a,b"], "--gpus 'a,b': expected GPU indices"),
+    (["train", "ser", "-m", "dim_neck=abc"], "dim_neck='abc': expected int"),
+    (["train", "ser", "-m", "freq=1.5"], "freq='1.5': expected int"),
+    (["train", "ter", "--device", "cuda:x"], "expected auto, cpu, cuda or cuda:N"),
+    (["report", "-w", "/nonexistent/typo"], "holds no prepared corpus"),
+    (["predict", "tests/__init__.py", "--ser-run", "nope"], "no trained ser run 'nope'"),
+])
+def test_one_line_errors(work, args, message):
+    if "-w" not in args:
+        args = [*args, "-w", work]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code in (1, 2), out.output
+    text = " ".join(out.output.split())
+    assert message in text and "Traceback" not in text, text
+
+
+def test_a_bad_stage_parameter_is_not_remembered(work):
+    CliRunner().invoke(cli, ["extract", "-s", "wav2vec", "-p", "wav2vec.model=nosuch", "-w", work])
+    assert not (Path(work) / "stage_params.json").exists()
+    out = CliRunner().invoke(cli, ["status", "-s", "mel", "-w", work])  # status still works
+    assert out.exit_code == 0, out.output
