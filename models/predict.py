@@ -103,6 +103,12 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
     corpus = load_corpus(workdir)
     ser = load_run(workdir, "ser", ser_run, corpus, fold)
     texts = list(texts) if texts is not None else [None] * len(files)
+    ter = None  # checked before any feature is computed: a missing TER run is an error, not
+    if do_transcribe or any(texts):  # a silent speech-only result shown as if fused
+        ter = load_run(workdir, "ter", ter_run, corpus, fold)
+        if ter.classes != ser.classes:
+            raise TrainingError(f"SER run {ser_run!r} has classes {ser.classes} but TER run "
+                                f"{ter_run!r} has {ter.classes}: they cannot be fused; retrain one")
     out: list[Prediction] = [Prediction(f, None, {}, {}, None, None) for f in files]
     items: dict[int, ItemInput] = {}
     for k, f in enumerate(files):
@@ -119,11 +125,7 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
         return out
     p_speech = _speech_probs(ser, items, out, device)
     p_text = {}
-    if any(it.text for k, it in items.items() if k in p_speech):
-        ter = load_run(workdir, "ter", ter_run, corpus, fold)
-        if ter.classes != ser.classes:
-            raise TrainingError(f"SER run {ser_run!r} has classes {ser.classes} but TER run "
-                                f"{ter_run!r} has {ter.classes}: they cannot be fused; retrain one")
+    if ter is not None and any(it.text for k, it in items.items() if k in p_speech):
         p_text = _text_probs(ter, items, out, device)
     w1, w2 = fusion_weights(workdir, ser_run, ter_run)
     for k, ps in p_speech.items():

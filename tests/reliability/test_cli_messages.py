@@ -35,6 +35,19 @@ def test_one_line_errors(work, args, message):
     assert message in text and "Traceback" not in text, text
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--fold", "S9"], "ser run 'small' has no current fold 'S9'; current folds: A, B"),
+    (["--text", "hello", "--ter-run", "nope"], "no trained ter run 'nope'"),
+])
+def test_predict_checks_its_runs_first(tmp_path, args, message):
+    import numpy as np
+    from tests.helpers import fake_run, write_tone
+    fake_run(tmp_path, "ser", "small", ["A", "B"], np.random.default_rng(0), 1.0)
+    wav = write_tone(tmp_path / "x.wav", 0.5)
+    out = CliRunner().invoke(cli, ["predict", wav, *args, "-w", str(tmp_path)])
+    assert out.exit_code == 1 and message in " ".join(out.output.split()), out.output
+
+
 def test_a_bad_stage_parameter_is_not_remembered(work):
     CliRunner().invoke(cli, ["extract", "-s", "wav2vec", "-p", "wav2vec.model=nosuch", "-w", work])
     assert not (Path(work) / "stage_params.json").exists()
