@@ -1,5 +1,5 @@
 """Command line: ``python cli.py --help``. A thin click layer over pipeline/ and models/
-(``train`` and ``probe`` live in models/cli_train.py)."""
+(``train`` and ``probe`` live in models/cli_train.py, ``predict`` in models/cli_predict.py)."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from models.cli_predict import predict
 from models.cli_train import probe, train
 from pipeline.cli_base import WORKDIR, ProjectGroup
 
@@ -348,55 +349,7 @@ def demo(quick, workdir) -> None:
     console.print(f"report: [bold]{out['report']}[/bold]")
 
 
-@cli.command()
-@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--text", "texts", multiple=True,
-              help="Transcript of each AUDIO file, in order (repeat once per file).")
-@click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
-              help="TSV file: audio path <TAB> transcript.")
-@click.option("--transcribe", is_flag=True,
-              help="No transcript? Transcribe with the installed Whisper tiny.en, then fuse.")
-@click.option("--ser-run", default="small", show_default=True)
-@click.option("--ter-run", default="cnn", show_default=True)
-@click.option("--fold", default=None, help="Use one fold's models (default: average all folds).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@WORKDIR
-def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, as_json, workdir) -> None:
-    """Emotion of AUDIO files with the trained checkpoints in the work directory; features are
-    computed on the fly (no cache needed). Speech alone, or fused with text when a transcript
-    is given or transcribed."""
-    import json as _json
-    from models.predict import predict as run
-    from pipeline.progress import console, table
-    if texts and len(texts) != len(audio):
-        raise click.BadParameter(f"{len(texts)} --text for {len(audio)} files", param_hint="--text")
-    given = list(texts) if texts else [None] * len(audio)
-    if transcripts:
-        rows = dict(line.rstrip("\n").split("\t", 1) for line in
-                    Path(transcripts).read_text(encoding="utf-8").splitlines() if "\t" in line)
-        given = [rows.get(a, g) for a, g in zip(audio, given)]
-    preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe)
-    if as_json:
-        click.echo(_json.dumps([p.__dict__ for p in preds], indent=2))
-        return _fail_if_any(preds)
-    classes = list(next((p.probs for p in preds if p.probs), {}))
-    console.print(table("predictions", ["file", "label", *classes, "text"],
-                        [[p.file, p.label or f"error: {p.error}",
-                          *([f"{p.probs[c]:.2f}" for c in classes] if p.probs
-                            else [""] * len(classes)),
-                          (p.transcript or "")[:40]] for p in preds]))
-    _fail_if_any(preds)
-
-
-def _fail_if_any(preds) -> None:
-    """Exit status 1 when any input failed (the others were still predicted and shown)."""
-    from pipeline.errors import MMERError
-    failed = [p for p in preds if p.error]
-    if failed:
-        raise MMERError(f"{len(failed)} of {len(preds)} input(s) failed: "
-                        + "; ".join(f"{p.file}: {p.error}" for p in failed[:3]))
-
-
+cli.add_command(predict)
 cli.add_command(train)
 cli.add_command(probe)
 

@@ -96,8 +96,9 @@ def transcribe(audio: np.ndarray) -> str:
 
 def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | None] | None = None,
             ser_run: str = "small", ter_run: str = "cnn", fold: str | None = None,
-            do_transcribe: bool = False, device: str = "cpu") -> list[Prediction]:
-    """One Prediction per input file, in input order (a failed file has ``error`` set)."""
+            do_transcribe: bool = False, device: str = "cpu", language: str = "en") -> list[Prediction]:
+    """One Prediction per input file, in input order (a failed file has ``error`` set).
+    ``language``: of the speech and transcripts; a warning when the TER run learned another."""
     from models.trained import load_run
     workdir = Path(workdir)
     corpus = load_corpus(workdir)
@@ -109,6 +110,7 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
         if ter.classes != ser.classes:
             raise TrainingError(f"SER run {ser_run!r} has classes {ser.classes} but TER run "
                                 f"{ter_run!r} has {ter.classes}: they cannot be fused; retrain one")
+        _warn_language(corpus, language)
     out: list[Prediction] = [Prediction(f, None, {}, {}, None, None) for f in files]
     items: dict[int, ItemInput] = {}
     for k, f in enumerate(files):
@@ -120,7 +122,7 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
         if texts[k] is None and do_transcribe:
             texts[k] = transcribe(audio)
         out[k].transcript = texts[k]
-        items[k] = ItemInput(f"file{k}", audio, texts[k], "en", f"spk{k}")
+        items[k] = ItemInput(f"file{k}", audio, texts[k], language, f"spk{k}")
     if not items:
         return out
     p_speech = _speech_probs(ser, items, out, device)
@@ -136,6 +138,16 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
         out[k].speech = dict(zip(ser.classes, map(float, ps)))
         out[k].text = dict(zip(ser.classes, map(float, pt))) if pt is not None else None
     return out
+
+
+def _warn_language(corpus, language: str) -> None:
+    """The text model learned the corpus's language(s); another one is worth a warning."""
+    from collections import Counter
+    counts = Counter(u.language for u in corpus.utterances if u.text)
+    if counts and language not in counts:
+        main = counts.most_common(1)[0][0]
+        log.warning("predict: transcripts are %r but the TER run learned %r text; its "
+                    "probabilities may mean little", language, main)
 
 
 def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Prediction],

@@ -27,7 +27,7 @@ def stage_progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
 def table(title: str, columns: list[str], rows: list[list]) -> Table:
     t = Table(title=title, show_lines=False)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # long paths wrap instead of being cut
     for r in rows:
         t.add_row(*[str(x) for x in r])
     return t

@@ -142,3 +142,23 @@ def test_predict_on_a_silent_or_tiny_file_gives_that_files_row(demo_dir, seconds
     assert p.file == str(path) and (p.label is not None) != (p.error is not None)
     if p.error:
         assert len(p.error.splitlines()) == 1
+
+
+def test_predict_formats_paths_and_language(demo_dir, monkeypatch):
+    from click.testing import CliRunner
+    from cli import cli
+    work, _ = demo_dir
+    utt = load_corpus(work).utterances[5]
+    monkeypatch.chdir(Path(utt.audio).parent)  # a file below the current folder: shown relative
+    out = CliRunner().invoke(cli, ["predict", utt.audio, "--text", utt.text, "--format", "tsv",
+                                   "-w", str(work)])
+    assert out.exit_code == 0, out.output
+    header, row = out.stdout.strip().splitlines()
+    assert header.split("\t") == ["file", "label", "neutral", "happy", "sad", "angry", "text"]
+    cells = row.split("\t")
+    assert cells[0] == Path(utt.audio).name and cells[-1] == utt.text
+    assert abs(sum(float(x) for x in cells[2:6]) - 1) < 0.01
+    assert "Loading weights" not in out.output  # no third-party progress bars
+    bad = CliRunner().invoke(cli, ["predict", utt.audio, "--transcribe", "--language", "de",
+                                   "-w", str(work)])
+    assert bad.exit_code == 2 and "only transcribes English" in " ".join(bad.output.split())

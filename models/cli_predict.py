@@ -1,0 +1,79 @@
+"""``predict``: the click layer over :func:`models.predict.predict` (added to cli.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli_base import WORKDIR
+
+
+@click.command()
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--text", "texts", multiple=True,
+              help="Transcript of each AUDIO file, in order (repeat once per file).")
+@click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
+              help="TSV file: audio path <TAB> transcript.")
+@click.option("--transcribe", is_flag=True,
+              help="No transcript? Transcribe with the installed Whisper tiny.en, then fuse.")
+@click.option("--ser-run", default="small", show_default=True)
+@click.option("--ter-run", default="cnn", show_default=True)
+@click.option("--fold", default=None, help="Use one fold's models (default: average all folds).")
+@click.option("--language", default="en", show_default=True,
+              help="Language of the speech and transcripts (ISO 639-1).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "tsv"]), default="table",
+              show_default=True, help="Output: a table, JSON, or tab-separated values.")
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+@WORKDIR
+def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, language, fmt, as_json,
+            workdir) -> None:
+    """Emotion of AUDIO files with the trained checkpoints in the work directory; features are
+    computed on the fly (no cache needed). Speech alone, or fused with text when a transcript
+    is given or transcribed. One row per file, in the order given; exit status 1 if any failed."""
+    from models.predict import predict as run
+    if texts and len(texts) != len(audio):
+        raise click.BadParameter(f"{len(texts)} --text for {len(audio)} files", param_hint="--text")
+    if transcribe and language != "en":
+        raise click.BadParameter(f"--transcribe uses Whisper tiny.en, which only transcribes "
+                                 f"English; give the {language!r} transcripts with --text or "
+                                 "--transcripts", param_hint="--transcribe")
+    given = list(texts) if texts else [None] * len(audio)
+    if transcripts:
+        rows = dict(line.rstrip("\n").split("\t", 1) for line in
+                    Path(transcripts).read_text(encoding="utf-8").splitlines() if "\t" in line)
+        given = [rows.get(a, g) for a, g in zip(audio, given)]
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # no third-party bars in the output
+    preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe, language=language)
+    _print_predictions(preds, "json" if as_json else fmt)
+    _fail_if_any(preds)
+
+
+def _print_predictions(preds, fmt: str) -> None:
+    import json as _json
+    import os
+    from pipeline.progress import console, table
+    for p in preds:  # relative to here when below it: short, and still a path you can open
+        rel = os.path.relpath(p.file)
+        p.file = p.file if rel.startswith("..") else rel
+    if fmt == "json":
+        click.echo(_json.dumps([p.__dict__ for p in preds], indent=2, ensure_ascii=False))
+        return
+    classes = list(next((p.probs for p in preds if p.probs), {}))
+    rows = [[p.file, p.label or f"error: {p.error}",
+             *([f"{p.probs[c]:.3f}" for c in classes] if p.probs else [""] * len(classes)),
+             p.transcript or ""] for p in preds]
+    if fmt == "tsv":
+        for r in [["file", "label", *classes, "text"]] + rows:
+            click.echo("\t".join(str(x).replace("\t", " ") for x in r))
+        return
+    console.print(table("predictions", ["file", "label", *classes, "text"], rows))
+
+
+def _fail_if_any(preds) -> None:
+    """Exit status 1 when any input failed (the others were still predicted and shown)."""
+    from pipeline.errors import MMERError
+    failed = [p for p in preds if p.error]
+    if failed:
+        raise MMERError(f"{len(failed)} of {len(preds)} input(s) failed: "
+                        + "; ".join(f"{p.file}: {p.error}" for p in failed[:3]))
