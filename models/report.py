@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from models import figures
 from models.provenance import code_version, corpus_fingerprint
 from models.run_eval import RunEval, evaluate, paired, summary
 from models.runs import RunPaths, read_json
 from models.trained import TrainedRun, find_runs, load_run
-from pipeline.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.atomic import atomic_write_text
 from pipeline.corpus import load_corpus
 from pipeline.errors import TrainingError
 from pipeline.store import cache_root
@@ -31,48 +31,6 @@ TASKS = ("ser", "ter", "fusion")
 
 def _pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
-
-
-@contextmanager
-def _figure(path: Path, title: str, size: tuple[float, float]) -> Iterator[Any]:
-    """A matplotlib (Agg) axes whose figure is titled, laid out and saved to ``path`` atomically."""
-    import io
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=size)
-    try:
-        yield ax
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, dpi=110, format="png")
-        atomic_write_bytes(path, buf.getvalue())
-    finally:
-        plt.close(fig)
-
-
-def confusion_png(cm: list[list[int]], classes: list[str], title: str, path: Path) -> None:
-    cm_arr = np.asarray(cm, dtype=float)
-    norm = cm_arr / np.maximum(cm_arr.sum(1, keepdims=True), 1)
-    extra = 0.45 * max(0, len(classes) - 4)  # room for more classes
-    with _figure(path, title, (4.2 + extra, 3.8 + extra)) as ax:
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, f"{int(cm_arr[i, j])}\n{100 * norm[i, j]:.0f}%", ha="center",
-                        va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(classes)), classes, rotation=30)
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-
-
-def alpha_png(weights: list[float], title: str, path: Path) -> None:
-    with _figure(path, title, (6, 2.8)) as ax:
-        ax.bar(range(len(weights)), weights)
-        ax.set_xlabel("layer (0 = CNN projection / embeddings)")
-        ax.set_ylabel("normalised weight")
 
 
 def cm_markdown(cm: list[list[int]], classes: list[str]) -> str:
@@ -179,7 +137,7 @@ def run_section(ev: RunEval, s: dict, out: Path) -> list[str]:
     task, run, classes = ev.run.paths.task, ev.run.paths.run, ev.run.classes
     pooled = s["pooled"]
     png = out / f"confusion_{task}_{run}.png".replace("+", "_")
-    confusion_png(pooled["confusion"], classes, f"{task} {run}: pooled confusion", png)
+    figures.confusion_png(pooled["confusion"], classes, f"{task} {run}: pooled confusion", png)
     lines = [f"## {task} / {run}", ""]
     if ev.run.stale:
         lines += ["Left out (stale): " + "; ".join(f"fold {f}: {r}" for f, r in ev.run.stale.items()), ""]
@@ -198,7 +156,7 @@ def run_section(ev: RunEval, s: dict, out: Path) -> list[str]:
         per_fold = ev.run.config.get("per_fold", {})
         lines += ["", "Fusion weights per fold (w1 speech, w2 text): " + ", ".join(
             f"{f} ({v['w1']:.2f}, {v['w2']:.2f})" for f, v in per_fold.items() if f in ev.run.folds)]
-    lines += alpha_lines(ev.run, out) + probe_lines(ev.run) + [""]
+    lines += curve_lines(ev.run, out) + alpha_lines(ev.run, out) + probe_lines(ev.run) + [""]
     return lines
 
 
@@ -206,14 +164,29 @@ def alpha_lines(run: TrainedRun, out: Path) -> list[str]:
     alpha = run.paths.root / "alpha.json"
     if not alpha.exists():
         return []
-    w = np.array([np.nan if v is None else v for v in read_json(alpha)["mean_weights"]], dtype=float)
+    rec = read_json(alpha)
+    per_fold = [[np.nan if v is None else v for v in f["weights"]]
+                for name, f in rec.get("per_fold", {}).items() if name in run.folds]
+    w = np.array(per_fold or [rec["mean_weights"]], dtype=float)  # (folds, L)
     if not np.all(np.isfinite(w)):  # Σα·x/Σα with raw α: Σα can reach 0 (official parameterisation)
         return ["", "Learned layer weights α: not finite in at least one fold (Σα reached 0 under "
                 "the official raw-weight parameterisation; `--model layer_weighting=softmax` avoids "
                 "it); see alpha.json."]
-    apng = out / f"alpha_{run.paths.task}_{run.paths.run}.png"
-    alpha_png(list(w), f"{run.paths.task} {run.paths.run}: learned layer weights α (mean over folds)", apng)
-    return ["", f"![layer weights]({apng.name})"]
+    path = out / f"alpha_{run.paths.task}_{run.paths.run}.png"
+    figures.alpha_png(w, f"{run.paths.task} {run.paths.run}: layer weights α minus uniform "
+                         "(bars: mean over folds; dots: folds)", path)
+    return ["", f"![layer weights]({path.name}) ([SVG]({path.with_suffix('.svg').name}))"]
+
+
+def curve_lines(run: TrainedRun, out: Path) -> list[str]:
+    """Per-fold learning curves (training loss, validation UA) from the folds' histories."""
+    hist = {f: read_json(run.paths.fold_metrics(f)).get("history") or [] for f in run.folds}
+    hist = {f: h for f, h in hist.items() if h}
+    if not hist:
+        return []
+    path = out / f"curves_{run.paths.task}_{run.paths.run}.png"
+    figures.curves_png(hist, f"{run.paths.task} {run.paths.run}: learning curves per fold", path)
+    return ["", f"![learning curves]({path.name}) ([SVG]({path.with_suffix('.svg').name}))"]
 
 
 def probe_lines(run: TrainedRun) -> list[str]:

@@ -111,6 +111,10 @@ def test_demo_report_carries_its_claims(demo_dir):
     report = Path(out["report"]).read_text()
     assert "95 % bootstrap confidence" in report and "## Paired tests" in report
     assert "| fusion/small+cnn | ser/small |" in report and "## Setup of each run" in report
+    assert "![learning curves](curves_ser_small.png)" in report and "(curves_ter_cnn.svg)" in report
+    for name in ("curves_ser_small", "curves_ter_cnn", "alpha_ser_small", "confusion_ser_small"):
+        assert (work / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert b"<svg" in (work / "report" / f"{name}.svg").read_bytes()[:400]
     conf = json.loads((work / "runs" / "ser" / "small" / "config.json").read_text())
     prov = conf["provenance"]
     assert prov["corpus"] != "unknown" and "commit" in prov and prov["versions"]["torch"]

@@ -121,3 +121,14 @@ def test_the_commit_is_unknown_when_the_project_is_not_its_own_checkout(monkeypa
     assert prov.code_version()["commit"] != "unknown" or not (prov.REPO / ".git").exists()
     monkeypatch.setattr(prov, "REPO", prov.REPO / "models")  # inside a repo, not its top level
     assert prov.code_version() == {"commit": "unknown", "dirty": None}
+
+
+def test_alpha_figure_shows_folds_around_uniform(tmp_path):
+    """The α plot draws deviation from 1/L, one dot per fold and layer, on a symmetric axis."""
+    from models.figures import alpha_png
+    w = np.array([[0.141, 0.143, 0.146, 0.142, 0.143, 0.142, 0.143],
+                  [0.142, 0.144, 0.144, 0.143, 0.142, 0.142, 0.143]])
+    alpha_png(w, "t", tmp_path / "a.png")
+    svg = (tmp_path / "a.svg").read_text()
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    assert svg.count("<use ") >= 14  # 2 folds × 7 layers of markers
