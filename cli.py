@@ -22,8 +22,28 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _version_message() -> str:
+    from importlib import metadata
+    from models.provenance import code_version
+    try:
+        version = metadata.version("mmer")
+    except metadata.PackageNotFoundError:  # run from a checkout that setup.sh has not installed
+        version = "not installed"
+    code = code_version()
+    dirty = " (uncommitted changes)" if code["dirty"] else ""
+    return f"mmer {version}, commit {code['commit']}{dirty}"
+
+
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        click.echo(_version_message())
+        ctx.exit()
+
+
 @click.group(cls=ProjectGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the code commit, then exit.")
 def cli(verbose: bool) -> None:
     """Multimodal emotion recognition from high-level speech and text features
     (Makiuchi, Uto & Shinoda, ASRU 2021), re-implemented.
@@ -353,5 +373,10 @@ cli.add_command(predict)
 cli.add_command(train)
 cli.add_command(probe)
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `mmer` console command (the same as `python cli.py`)."""
     cli()
+
+
+if __name__ == "__main__":
+    main()

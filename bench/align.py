@@ -27,13 +27,11 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features import espeak  # noqa: E402
 from features.aligner import EmbeddedAligner, EmbeddedConfig  # noqa: E402

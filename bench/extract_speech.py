@@ -28,7 +28,6 @@ import os
 import platform
 import queue
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from features.base import ItemInput  # noqa: E402
 from features.frames import num_frames  # noqa: E402
 from features.speech_encoder import (SpeechEncoderConfig, SpeechEncoderExtractor,  # noqa: E402

@@ -4,6 +4,8 @@
 # Expects the repo's Python packages importable (on the lent GPU machines: wheels carried in
 # .whl/ and installed to /tmp/site first). Each bench is bounded by `timeout`.
 set -u
+# the project on the import path where setup.sh has not installed it (e.g. a bare GPU host)
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${1:-/tmp/gpu-bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

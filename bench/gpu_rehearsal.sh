@@ -4,6 +4,8 @@
 # TER, fusion and report, on 1 and 2 GPUs.
 #   SCALE=0.3 CROPS=600000 bash bench/gpu_rehearsal.sh OUT_DIR
 set -u
+# the project on the import path where setup.sh has not installed it (e.g. a bare GPU host)
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${1:-/tmp/gpu-rehearsal}
 SCALE=${SCALE:-1.0}          # fraction of IEMOCAP's 5,531 utterances
 CROPS=${CROPS:-2000000}      # SER crops per fold (paper: 2 M)

@@ -8,6 +8,8 @@
 # .carry/whisper-base-hf (the packaged encoder as an fp16 transformers folder; per-frame cosine to
 # the CT2 original 1.0000 on every layer). Carry .carry and the missing wheels (.whl_gpu).
 set -u
+# the project on the import path where setup.sh has not installed it (e.g. a bare GPU host)
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${1:-/tmp/gpu-ser-accuracy}
 CROPS=${CROPS:-160000}; BATCH=${BATCH:-256}; LR=${LR:-5e-4}
 CONFIGS=${CONFIGS:-"small:0 large:1 spec:1"}  # config:GPU

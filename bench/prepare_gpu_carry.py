@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ser_accuracy import EMODB, prepare_and_extract  # noqa: E402
 from features.whisper_ct2 import export_hf_folder  # noqa: E402
 

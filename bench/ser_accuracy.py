@@ -31,14 +31,12 @@ import dataclasses
 import json
 import logging
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.folds import make_folds  # noqa: E402
 from models.metrics import classification_metrics, mean_over_folds  # noqa: E402
 from models.probe import ProbeConfig, probe_speaker  # noqa: E402

@@ -21,14 +21,12 @@ import argparse
 import json
 import logging
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.ser import SERModel, make_config  # noqa: E402
 from models.ser_data import ResidentSet  # noqa: E402
 from models.ser_train import SERRunConfig, SERTask, window_probs  # noqa: E402

@@ -13,14 +13,12 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.store import ShardWriter, StageReader, current_pointer, stage_dir  # noqa: E402
 
 

@@ -34,7 +34,6 @@ import json
 import logging
 import platform
 import re
-import sys
 import tempfile
 import time
 import zlib
@@ -43,7 +42,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from features.base import ItemInput
 from features.text import TextConfig, TextExtractor
 from models.folds import make_folds

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.folds import make_folds  # noqa: E402
 from models.runs import RunPaths  # noqa: E402
 from models.ter import TERConfig  # noqa: E402

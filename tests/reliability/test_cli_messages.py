@@ -53,3 +53,18 @@ def test_a_bad_stage_parameter_is_not_remembered(work):
     assert not (Path(work) / "stage_params.json").exists()
     out = CliRunner().invoke(cli, ["status", "-s", "mel", "-w", work])  # status still works
     assert out.exit_code == 0, out.output
+
+
+def test_the_installed_console_command():
+    """setup.sh installs the project: `mmer` is `python cli.py`, and says its version and commit."""
+    import subprocess
+    import sys
+    mmer = Path(sys.executable).parent / "mmer"
+    if not mmer.exists():
+        pytest.skip("the project is not installed in this environment (run setup.sh)")
+    out = subprocess.run([str(mmer), "--version"], capture_output=True, text=True, timeout=60,
+                         cwd="/")
+    assert out.returncode == 0 and out.stdout.startswith("mmer 0.") and "commit" in out.stdout
+    out = subprocess.run([str(mmer), "extract", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd="/")
+    assert out.returncode == 0 and "Usage: mmer extract" in out.stdout
