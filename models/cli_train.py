@@ -65,6 +65,7 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
                    "included (official); frames = windows weighted by their real frames.")
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="bf16", show_default=True,
+              is_flag=False, flag_value="bf16",
               help="bf16 autocast on CUDA.")
 @click.option("--resident", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="Keep a fold's training features in device memory (auto: when they fit).")
@@ -106,8 +107,9 @@ def probe() -> None:
 
 
 @probe.command("speaker")
-@click.option("--config", "run", default="small", show_default=True,
-              help="The SER run whose encoder codes are probed (small, large, or a --run name).")
+@click.option("--run", "--config", "run", default="small", show_default=True,
+              help="The SER run whose encoder codes are probed (runs/ser/<name>: small, large, or "
+                   "the --run name it was trained under). --config is the old spelling.")
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--activation", type=click.Choice(["none", "relu"]), default="none", show_default=True,
               help="Between the probe's linear layers (paper: linear layers).")
@@ -147,7 +149,9 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
               help="val: best validation UA inside the training groups; last: the final model.")
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @click.option("--run", "run_name", default="cnn", show_default=True, help="Run folder: runs/ter/<name>.")
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--amp", type=click.Choice(["bf16", "off"]), default="off", show_default=True,
+              is_flag=False, flag_value="bf16",
+              help="bf16 autocast on CUDA (`--amp` alone = bf16, as in train ser).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @WORKDIR
@@ -165,7 +169,8 @@ def train_ter_cmd(folds, epochs, steps, batch_size, lr, paper, official, max_tok
                       pooling="official" if official else "masked")
     train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
                             seed=seed, eval_every=eval_every, select=select)
-    s = train_ter(workdir, TERRun(folds=folds, run=run_name, model=model, amp=amp, train=train_cfg),
+    s = train_ter(workdir, TERRun(folds=folds, run=run_name, model=model, amp=amp == "bf16",
+                                  train=train_cfg),
                   _device(device))
     m = s["mean"]
     console.print(f"TER {run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "

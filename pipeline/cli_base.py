@@ -15,6 +15,12 @@ WORKDIR = click.option("--workdir", "-w", type=click.Path(file_okay=False), defa
 class ProjectGroup(click.Group):
     """Turns project errors into a one-line message and exit status 1 (no traceback)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``-v``/``--verbose`` anywhere on the line (``cli.py extract -v``), not only first."""
+        if ctx.parent is None and any(a in ("-v", "--verbose") for a in args[1:]):
+            args = ["-v"] + [a for a in args if a not in ("-v", "--verbose")]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

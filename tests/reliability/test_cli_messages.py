@@ -68,3 +68,15 @@ def test_the_installed_console_command():
     out = subprocess.run([str(mmer), "extract", "--help"], capture_output=True, text=True,
                          timeout=60, cwd="/")
     assert out.returncode == 0 and "Usage: mmer extract" in out.stdout
+
+
+def test_consistent_options(work):
+    """-v works after the subcommand; --amp is the same option in train ser and train ter;
+    probe names its run with --run (--config still accepted)."""
+    out = CliRunner().invoke(cli, ["status", "-s", "mel", "-v", "-w", work])
+    assert out.exit_code == 0, out.output
+    from tests.test_readme_commands import parse
+    for args in (["train", "ter", "--amp", "--folds", "all"], ["train", "ter", "--amp", "off"],
+                 ["train", "ser", "--amp"], ["probe", "speaker", "--run", "x"],
+                 ["probe", "speaker", "--config", "x"]):
+        parse(args)
