@@ -10,14 +10,23 @@ import click
 
 from models.cli_predict import predict
 from models.cli_train import probe, train
-from pipeline.cli_base import WORKDIR, ProjectGroup
+from pipeline.cli_base import JSON_OUT, WORKDIR, ProjectGroup, emit_json
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, log_file: str | None = None) -> None:
     from rich.logging import RichHandler
     from pipeline.progress import console
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
+    if log_file:  # every message with its time and origin, for unattended runs
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(to_file)
+        root.setLevel(min(root.level or level, level))
+        click.get_current_context().call_on_close(lambda: (root.removeHandler(to_file),
+                                                           to_file.close()))
     for noisy in ("distributed", "urllib3", "numba", "h5py", "matplotlib", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -42,15 +51,17 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
 
 @click.group(cls=ProjectGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Also write every log message, with time and origin, to this file.")
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the version and the code commit, then exit.")
-def cli(verbose: bool) -> None:
+def cli(verbose: bool, log_file: str | None) -> None:
     """Multimodal emotion recognition from high-level speech and text features
     (Makiuchi, Uto & Shinoda, ASRU 2021), re-implemented.
 
     Typical flow: prepare → extract → train ser / train ter → fuse → report.
     """
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_file)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -212,12 +223,17 @@ def extract(stages, param, reset_params, force, rehash, workers, gpus, scheduler
 
 @cli.command()
 @click.option("--stage", "-s", "stages", multiple=True, help="Only these stages.")
+@JSON_OUT
 @WORKDIR
-def status(stages, workdir) -> None:
-    """Per stage: complete / stale / missing shards, failed items, bytes, key, why stale."""
+def status(stages, as_json, workdir) -> None:
+    """Per stage: complete / stale / missing shards, failed items, bytes, key, why stale; then
+    the trained runs: folds current for the corpus, stale (and why), missing."""
+    from models.trained import run_states
     from pipeline.extract import status as get
     from pipeline.progress import console, human_bytes, table
     rows = get(workdir, list(stages) or None)
+    if as_json:
+        return emit_json({"stages": rows, "runs": run_states(workdir)})
     console.print(table(f"status of {workdir}",
                         ["stage", "key", "complete", "stale", "missing", "failed items",
                          "kept with remarks", "on disk"],
@@ -306,8 +322,9 @@ def gc(dry_run, with_runs, workdir) -> None:
 @click.option("--ter-run", default="cnn", show_default=True, help="TER run (runs/ter/<name>).")
 @click.option("--grid", type=int, default=21, show_default=True,
               help="Number of speech weights λ in [0, 1] tried on validation predictions.")
+@JSON_OUT
 @WORKDIR
-def fuse(ser_run, ter_run, grid, workdir) -> None:
+def fuse(ser_run, ter_run, grid, as_json, workdir) -> None:
     """Late fusion p = w1·p_speech + w2·p_text. Weights are searched per fold on validation
     predictions inside the training groups (never the test fold); the paper's fixed
     (0.6, 1.0) is evaluated too. Utterances without text fall back to speech alone."""
@@ -321,6 +338,8 @@ def fuse(ser_run, ter_run, grid, workdir) -> None:
                                                          "speech-only utts"], rows))
     console.print("weights per fold (w1, w2): " + ", ".join(
         f"{f} ({w['w1']:.2f}, {w['w2']:.2f})" for f, w in out["weights"].items()))
+    if as_json:
+        emit_json(out)
 
 
 @cli.command()

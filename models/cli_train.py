@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli_base import WORKDIR, ProjectGroup
+from pipeline.cli_base import JSON_OUT, WORKDIR, ProjectGroup, emit_json
 
 
 @click.group(cls=ProjectGroup)
@@ -74,8 +74,9 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @click.option("--gpus", default=None, metavar="0,1", help="Run folds in parallel, one per GPU.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run folds on an existing Dask cluster (workers must see the work directory).")
+@JSON_OUT
 @WORKDIR
-def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
+def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
                   model_values, encoder_stage, window_weighting, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
     """Train the SER model (AutoVC-like cross-representation network) with leave-one-group-out
     cross-validation; writes runs/ser/<config>/ (checkpoints, predictions, metrics, layer weights)."""
@@ -99,6 +100,8 @@ def train_ser_cmd(preset, folds, crops, steps, batch_size, lr, lr_rule, select, 
     m = s["mean"]
     console.print(f"SER {cfg.run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
                   f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
+    if as_json:
+        emit_json(s)
 
 
 @click.group(cls=ProjectGroup)
@@ -154,8 +157,9 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
               help="bf16 autocast on CUDA (`--amp` alone = bf16, as in train ser).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@JSON_OUT
 @WORKDIR
-def train_ter_cmd(folds, epochs, steps, batch_size, lr, paper, official, max_tokens, select, eval_every,
+def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official, max_tokens, select, eval_every,
                   run_name, amp, seed, device, workdir) -> None:
     """Train the text model (the official 1-D CNN on cached `text` token features) with
     leave-one-group-out cross-validation; writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
@@ -175,3 +179,5 @@ def train_ter_cmd(folds, epochs, steps, batch_size, lr, paper, official, max_tok
     m = s["mean"]
     console.print(f"TER {run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
                   f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
+    if as_json:
+        emit_json(s)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import errno
+import json
+import math
 import sys
+from typing import Any
 
 import click
 
@@ -10,6 +13,24 @@ from pipeline.errors import MMERError
 
 WORKDIR = click.option("--workdir", "-w", type=click.Path(file_okay=False), default="work",
                        show_default=True, help="Work directory: corpus, feature cache, runs.")
+
+
+JSON_OUT = click.option("--json", "as_json", is_flag=True,
+                        help="Also print the result as JSON on standard output (messages and "
+                             "tables go to standard error), for scripts.")
+
+
+def emit_json(obj: Any) -> None:
+    """``obj`` as strict JSON on stdout (NaN/inf as null)."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    click.echo(json.dumps(clean(obj), indent=2, default=str, ensure_ascii=False))
 
 
 class ProjectGroup(click.Group):

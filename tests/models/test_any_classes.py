@@ -70,7 +70,10 @@ def test_a_corpus_of_its_own_classes_runs_end_to_end(tmp_path, labels):
     out = _cli("prepare", "manifest", m, "-w", w)
     assert f"classes ({len(labels)})" in out
     _cli("extract", "-s", "mel", "-s", "phones", "-s", "speaker", "-s", "text", "--workers", "1", "-w", w)
-    _cli("train", "ter", "--steps", "6", "-w", w)
+    trained = subprocess.run([sys.executable, "cli.py", "train", "ter", "--steps", "6", "--json",
+                              "-w", w], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads(trained.stdout)["classes"] == list(json.loads(Path(w, "corpus.json").read_text())["classes"])
     _cli("train", "ser", "--config", "spec", "--widths", "cpu", "--steps", "4", "--eval-every", "2",
          "--batch-size", "4", "-w", w)
     _cli("fuse", "--ser-run", "spec", "-w", w)

@@ -80,3 +80,39 @@ def test_consistent_options(work):
                  ["train", "ser", "--amp"], ["probe", "speaker", "--run", "x"],
                  ["probe", "speaker", "--config", "x"]):
         parse(args)
+
+
+def test_json_for_scripts(tmp_path):
+    """status and fuse print their result as JSON on stdout with --json (train: test_any_classes)."""
+    import json
+    import numpy as np
+    from tests.helpers import fake_run
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.5)
+    out = CliRunner().invoke(cli, ["fuse", "--json", "-w", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    fused = json.loads(out.stdout)
+    assert set(fused["weights"]) == {"A", "B"} and 0 <= fused["searched on validation"]["pooled"]["ua"] <= 1
+    out = CliRunner().invoke(cli, ["status", "-s", "mel", "--json", "-w", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    state = json.loads(out.stdout)
+    assert state["stages"][0]["stage"] == "mel" and state["stages"][0]["shards"]["missing"] == 1
+    assert {(r["task"], r["run"]) for r in state["runs"]} >= {("ser", "small"), ("ter", "cnn")}
+
+
+def test_log_file_and_shell_completion(work, tmp_path):
+    import os
+    import subprocess
+    import sys
+    log = tmp_path / "run.log"
+    CliRunner().invoke(cli, ["extract", "-s", "mel", "--workers", "1", "-w", work])
+    out = CliRunner().invoke(cli, ["--log-file", str(log), "extract", "-s", "mel", "--force", "--workers", "1",
+                                   "-w", work])
+    assert out.exit_code == 0, out.output
+    assert "INFO pipeline.verify: removing cache shard" in log.read_text()  # time, level, origin
+    mmer = Path(sys.executable).parent / "mmer"
+    if mmer.exists():  # click's completion for the installed command
+        script = subprocess.run([str(mmer)], env=dict(os.environ, _MMER_COMPLETE="bash_source"),
+                                capture_output=True, text=True, timeout=60).stdout
+        assert "_mmer_completion" in script
