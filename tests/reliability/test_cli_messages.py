@@ -48,6 +48,16 @@ def test_predict_checks_its_runs_first(tmp_path, args, message):
     assert out.exit_code == 1 and message in " ".join(out.output.split()), out.output
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("args, message", [
+    (["extract", "-s", "mel", "--gpus", "0"], "--gpus 0: no CUDA GPU is visible"),
+    (["train", "ser", "--device", "cuda"], "--device cuda: no CUDA GPU is visible"),
+])
+def test_asking_for_a_gpu_on_a_cpu_machine(work, args, message):
+    out = CliRunner().invoke(cli, [*args, "-w", work])
+    assert out.exit_code == 1 and message in " ".join(out.output.split()), out.output
+
+
 def test_a_bad_stage_parameter_is_not_remembered(work):
     CliRunner().invoke(cli, ["extract", "-s", "wav2vec", "-p", "wav2vec.model=nosuch", "-w", work])
     assert not (Path(work) / "stage_params.json").exists()
