@@ -6,12 +6,18 @@ fold's checkpoint; the next ``train`` compares it with the current one and retra
 difference, saying why in words (:func:`explain_change`). The *fold digest* covers the fold as
 the corpus defines it (every id of each split with its label, before feature availability), so
 ``fuse``, ``report``, ``predict`` and ``status`` can tell a stale fold without opening the cache.
+A run's ``config.json`` (:func:`run_record`) records its configs, split settings, the feature
+stages' settings and provenance.
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import json
+
 from models.folds import Fold
+from models.provenance import provenance
+from models.runs import RunPaths, json_safe, read_json, write_json
 from pipeline.fingerprint import digest
 
 SPLITS = ("train", "val", "test")
@@ -56,3 +62,37 @@ def explain_change(old: Mapping[str, Sequence[str]] | None,
     if refeatured:
         out.append(f"features of {len(refeatured)} utterance(s) changed (e.g. {refeatured[0]})")
     return out
+
+
+def run_record(record: dict, feature_keys: dict, folds: Sequence[Fold], device: str,
+               paths: RunPaths, split: dict) -> dict:
+    """The run's config.json: configs, the split settings (to tell current folds from stale
+    ones), the feature stages' settings at training time, and provenance."""
+    from pipeline.store import read_pointer
+    stages = {}
+    for stage in feature_keys:
+        try:
+            meta = read_pointer(paths.workdir, stage)
+        except Exception:  # noqa: BLE001 - in-memory features (tests, benches) have no index
+            continue
+        stages[stage] = {k: meta.get(k) for k in ("identity", "params", "weights")}
+    return {**record, "feature_keys": feature_keys, "stages": stages, "split": split,
+            "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)}
+                      for f in folds}, "device": str(device),
+            "provenance": provenance(paths.workdir, device)}
+
+
+def write_run_config(paths: RunPaths, record: dict) -> None:
+    """Write config.json unless only its provenance would change (a re-run that reuses every
+    fold writes nothing, so a read-only work dir can be re-run; each fold records its own
+    provenance when it trains)."""
+    if paths.config.exists():
+        try:
+            old = read_json(paths.config)
+        except ValueError:
+            old = None
+        new = json.loads(json.dumps(json_safe(record)))
+        if old is not None and {k: v for k, v in old.items() if k != "provenance"} == \
+                {k: v for k, v in new.items() if k != "provenance"}:
+            return
+    write_json(paths.config, record)

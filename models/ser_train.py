@@ -27,6 +27,7 @@ import torch
 from models import trainer
 from models.checkpoint import safe_load
 from models.folds import Fold, make_folds
+from models.run_identity import run_record, write_run_config
 from models.runs import RunPaths, run_lock, write_json
 from models.ser import SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
@@ -289,7 +290,7 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
         distributed = bool(scheduler or (gpus and len(gpus) > 1))
         if not distributed:
             device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
-        trainer.write_run_config(paths, trainer.run_record(
+        write_run_config(paths, run_record(
             trainer.config_record(task, config.train_config()), task.feature_keys(), fold_list,
             device if not distributed else f"{len(gpus or [])} Dask GPU worker(s)", paths,
             {"val_fraction": config.val_fraction, "split_seed": config.split_seed}))

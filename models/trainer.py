@@ -10,7 +10,6 @@ on GPU up to kernel nondeterminism).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -26,8 +25,8 @@ from models.checkpoint import capture_rng, cpu_state_dict, load_checkpoint, rest
 from models.folds import Fold, fold_seed
 from models.metrics import classification_metrics, mean_over_folds
 from models.provenance import provenance
-from models.run_identity import explain_change, fold_data, fold_digest
-from models.runs import (RunPaths, json_safe, prediction_rows, read_json, read_predictions, run_lock,
+from models.run_identity import explain_change, fold_data, fold_digest, run_record, write_run_config
+from models.runs import (RunPaths, prediction_rows, read_json, read_predictions, run_lock,
                          write_json, write_predictions)
 from pipeline.corpus import Corpus
 from pipeline.errors import TrainingError
@@ -176,18 +175,32 @@ def _load_unless_changed(task: Task, fold: Fold, record: dict, keys: dict, data:
     return None
 
 
-def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
-               on_step: Callable[[int], None] | None = None) -> dict | None:
-    """Train, select and evaluate one fold; returns its metrics dict (None if it has no test data).
-
-    ``on_step(step)`` is called after every optimizer step (tests use it to simulate a kill).
-    """
+def _fold_ids(task: Task, fold: Fold) -> dict[str, list[str]] | None:
+    """The fold's train/val/test ids that have features (None: no test data, the fold is
+    skipped); classes without any training utterance are warned about."""
     ids = {s: task.available(getattr(fold, s)) for s in ("train", "val", "test")}
     if not ids["test"]:
         log.warning("fold %s: no test utterance has %s features; skipped", fold.name, task.name)
         return None
     if not ids["train"]:
         raise TrainingError(f"fold {fold.name}: no training utterance has {task.name} features")
+    labels = _labels(task.corpus)
+    unseen = [c for c in task.corpus.classes if not any(labels[u] == c for u in ids["train"])]
+    if unseen:
+        log.warning("%s fold %s: no training utterance of class(es) %s: the model cannot learn "
+                    "them", task.name, fold.name, ", ".join(unseen))
+    return ids
+
+
+def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
+               on_step: Callable[[int], None] | None = None) -> dict | None:
+    """Train, select and evaluate one fold; returns its metrics dict (None if it has no test data).
+
+    ``on_step(step)`` is called after every optimizer step (tests use it to simulate a kill).
+    """
+    ids = _fold_ids(task, fold)
+    if ids is None:
+        return None
     steps = config.resolve_steps(len(ids["train"]))
     eval_every = config.eval_every or max(1, steps // 20)
     ckpt_every = config.checkpoint_every or eval_every
@@ -202,10 +215,6 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
              "stopped_early": False, "evals_since_best": 0}
     labels = _labels(task.corpus)
-    unseen = [c for c in task.corpus.classes if not any(labels[u] == c for u in ids["train"])]
-    if unseen:
-        log.warning("%s fold %s: no training utterance of class(es) %s: the model cannot learn "
-                    "them", task.name, fold.name, ", ".join(unseen))
     data = fold_data(ids, labels, task.utterance_keys([u for v in ids.values() for u in v]))
     ckpt = _load_unless_changed(task, fold, record, keys, data, paths)
     if ckpt is not None:
@@ -223,15 +232,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         log.info("fold %s: resuming at step %d of %d", fold.name, state["step"], steps)
 
     def check_finite(value: float, step: int) -> None:
-        """A non-finite loss stops the fold before it is checkpointed or published."""
-        if math.isfinite(value):
-            return
-        hint = getattr(task, "divergence_hint", "")
-        raise TrainingError(
-            f"{task.name} fold {fold.name}: the training loss is {value} by step {step} (diverged). "
-            f"Nothing of this fold is published; its last checkpoint (before the divergence) is kept. "
-            f"Retrain with a lower learning rate (--lr, now {config.lr:g}){hint}, after deleting "
-            f"{ckpt_path.parent} (a changed configuration does not resume).")
+        _check_finite(task, fold.name, config, ckpt_path, value, step)
 
     def save(done: bool) -> None:
         save_checkpoint(ckpt_path, {
@@ -239,11 +240,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
             "rng": capture_rng(generator), "config": record, "feature_keys": keys,
             "data": data, "fold": fold.name, "done": done})
 
-    # in a log file (no terminal: nohup, Slurm) a line every 30 s instead of ~10 redraws per second
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=state["step"], desc=f"{task.name} {fold.name}",
-               disable=not config.progress, dynamic_ncols=True, leave=False,
-               mininterval=0.1 if tty else 30.0)
+    bar = _progress(f"{task.name} {fold.name}", steps, state["step"], config.progress)
     sums: dict[str, torch.Tensor] = {}
     n_sum, t0 = 0, time.perf_counter()
     model.train()
@@ -266,17 +263,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
             sums, n_sum = {}, 0
             entry = {"step": step, **logged}
             if ids["val"]:
-                ua = _ua(task, model, ids["val"])
-                entry["val_ua"] = ua
-                if ua > state["best_ua"]:
-                    state.update(best_ua=ua, best_step=step, best_model=cpu_state_dict(model),
-                                 evals_since_best=0)
-                else:
-                    state["evals_since_best"] += 1
-                    if config.patience and state["evals_since_best"] >= config.patience:
-                        state["stopped_early"] = True
-                        log.info("fold %s: early stop at step %d (best val UA %.3f at %d)",
-                                 fold.name, step, state["best_ua"], state["best_step"])
+                entry["val_ua"] = _validate(task, model, ids["val"], state, step, config, fold.name)
             state["history"].append(entry)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()},
                              "val_ua": f"{entry.get('val_ua', float('nan')):.3f}",
@@ -291,6 +278,56 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     bar.close()
     train_s = time.perf_counter() - t0
 
+    metrics, final_model = _select_and_evaluate(task, model, fold, ids, paths, state, config)
+    metrics.update(train_seconds=round(train_s, 3), fold_digest=fold_digest(fold, labels),
+                   data_digest=digest(data), provenance=provenance(paths.workdir, device))
+    write_json(paths.fold_metrics(fold.name), metrics)
+    model.load_state_dict(final_model)
+    save(done=True)
+    log.info("fold %s: test UA %.3f WA %.3f (%s model, step %d)", fold.name, metrics["test"]["ua"],
+             metrics["test"]["wa"], metrics["selected"]["select"], metrics["selected"]["step"])
+    return metrics
+
+
+def _check_finite(task: Task, fold_name: str, config: TrainConfig, ckpt_path, value: float,
+                  step: int) -> None:
+    """A non-finite loss stops the fold before it is checkpointed or published."""
+    if math.isfinite(value):
+        return
+    hint = getattr(task, "divergence_hint", "")
+    raise TrainingError(
+        f"{task.name} fold {fold_name}: the training loss is {value} by step {step} (diverged). "
+        f"Nothing of this fold is published; its last checkpoint (before the divergence) is kept. "
+        f"Retrain with a lower learning rate (--lr, now {config.lr:g}){hint}, after deleting "
+        f"{ckpt_path.parent} (a changed configuration does not resume).")
+
+
+def _progress(desc: str, total: int, initial: int, enabled: bool) -> tqdm:
+    """A step bar; in a log file (no terminal: nohup, Slurm) a line every 30 s instead of ~10
+    redraws per second."""
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+
+
+def _validate(task: Task, model: torch.nn.Module, val_ids: Sequence[str], state: dict, step: int,
+              config: TrainConfig, fold_name: str) -> float:
+    """Validation UA at ``step``; keeps the best model and decides early stopping in ``state``."""
+    ua = _ua(task, model, val_ids)
+    if ua > state["best_ua"]:
+        state.update(best_ua=ua, best_step=step, best_model=cpu_state_dict(model), evals_since_best=0)
+    else:
+        state["evals_since_best"] += 1
+        if config.patience and state["evals_since_best"] >= config.patience:
+            state["stopped_early"] = True
+            log.info("fold %s: early stop at step %d (best val UA %.3f at %d)",
+                     fold_name, step, state["best_ua"], state["best_step"])
+    return ua
+
+
+def _select_and_evaluate(task: Task, model: torch.nn.Module, fold: Fold, ids: dict, paths: RunPaths,
+                         state: dict, config: TrainConfig) -> tuple[dict, dict]:
+    """Load the selected model (best validation or last), write its test/val predictions; returns
+    the fold's metrics and the final (last-step) weights to put back for the checkpoint."""
     final_model = cpu_state_dict(model)
     if config.select == "val" and state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
@@ -300,16 +337,9 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
             log.warning("fold %s: no validation utterances; using the last model", fold.name)
         selected = {"select": "last", "step": state["step"]}
     metrics = _write_fold_outputs(task, model, fold, ids, paths)
-    metrics.update(selected=selected, steps=state["step"], train_seconds=round(train_s, 3),
-                   n_train=len(ids["train"]), n_val=len(ids["val"]), history=state["history"],
-                   fold_digest=fold_digest(fold, labels), data_digest=digest(data),
-                   provenance=provenance(paths.workdir, device))
-    write_json(paths.fold_metrics(fold.name), metrics)
-    model.load_state_dict(final_model)
-    save(done=True)
-    log.info("fold %s: test UA %.3f WA %.3f (%s model, step %d)", fold.name, metrics["test"]["ua"],
-             metrics["test"]["wa"], selected["select"], selected["step"])
-    return metrics
+    metrics.update(selected=selected, steps=state["step"], n_train=len(ids["train"]),
+                   n_val=len(ids["val"]), history=state["history"])
+    return metrics, final_model
 
 
 def _write_fold_outputs(task: Task, model: torch.nn.Module, fold: Fold, ids: dict, paths: RunPaths) -> dict:
@@ -323,40 +353,6 @@ def _write_fold_outputs(task: Task, model: torch.nn.Module, fold: Fold, ids: dic
         metrics[split] = classification_metrics([labels[i] for i in ids[split]], probs.argmax(axis=1), classes)
     write_predictions(paths.predictions(fold.name), rows)
     return metrics
-
-
-def run_record(record: dict, feature_keys: dict, folds: Sequence[Fold], device: str,
-               paths: RunPaths, split: dict) -> dict:
-    """The run's config.json: configs, the split settings (to tell current folds from stale
-    ones), the feature stages' settings at training time, and provenance."""
-    from pipeline.store import read_pointer
-    stages = {}
-    for stage in feature_keys:
-        try:
-            meta = read_pointer(paths.workdir, stage)
-        except Exception:  # noqa: BLE001 - in-memory features (tests, benches) have no index
-            continue
-        stages[stage] = {k: meta.get(k) for k in ("identity", "params", "weights")}
-    return {**record, "feature_keys": feature_keys, "stages": stages, "split": split,
-            "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)}
-                      for f in folds}, "device": str(device),
-            "provenance": provenance(paths.workdir, device)}
-
-
-def write_run_config(paths: RunPaths, record: dict) -> None:
-    """Write config.json unless only its provenance would change (a re-run that reuses every
-    fold writes nothing, so a read-only work dir can be re-run; each fold records its own
-    provenance when it trains)."""
-    if paths.config.exists():
-        try:
-            old = read_json(paths.config)
-        except ValueError:
-            old = None
-        new = json.loads(json.dumps(json_safe(record)))
-        if old is not None and {k: v for k, v in old.items() if k != "provenance"} == \
-                {k: v for k, v in new.items() if k != "provenance"}:
-            return
-    write_json(paths.config, record)
 
 
 def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
