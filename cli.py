@@ -276,7 +276,7 @@ def _run_status(workdir: str) -> None:
 def verify(stages, repair, workdir) -> None:
     """Read every cached feature and check it against its stored checksum; list orphaned shards
     (never read). Read-only unless --repair; exit status 1 if any corrupt shard was found."""
-    from pipeline.errors import CacheError
+    from core.errors import CacheError
     from pipeline.progress import console
     from pipeline.verify import verify_cache
     from pipeline.stages import get_stage
@@ -355,7 +355,7 @@ def report(out, compare, workdir) -> None:
     matrices, layer weights and speaker-probe results. Runs trained on another corpus are set
     apart. Written atomically: on failure the previous report stays intact."""
     from models.report import write_report
-    from pipeline.errors import MMERError
+    from core.errors import MMERError
     from pipeline.progress import console
     if not (Path(workdir) / "corpus.json").exists():
         raise click.BadParameter(f"{workdir} holds no prepared corpus (run `prepare` first, or "

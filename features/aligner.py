@@ -28,7 +28,7 @@ from features.espeak_phones import is_pause, to_arpabet
 from features.phone_vocab import position_tags
 from features.pronounce import lookup, transfer_times
 from features.transcript import NOT_FOUND, SUCCESS, AlignedWord, Alignment, parse_transcript
-from pipeline.errors import MMERError
+from core.errors import MMERError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.errors import ItemError
+from core.errors import ItemError
+from core.hashing import file_checksum
 
 Output = dict[str, np.ndarray]
 
@@ -66,15 +67,6 @@ class Extractor:
 def config_dict(config: Any) -> dict[str, Any]:
     """A frozen config dataclass as a plain JSON-able dict."""
     return dataclasses.asdict(config)
-
-
-def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex, first 16 chars are plenty for a cache key)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_checksum(paths: Sequence[str | Path]) -> str:

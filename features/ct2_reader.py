@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.errors import StageError
+from core.errors import StageError
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import MMERError
+from core.errors import MMERError
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import StageError
+from core.errors import StageError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import numpy as np
 
 from features.transcript import NOT_FOUND, SUCCESS, AlignedWord, Alignment, parse_transcript
-from pipeline.errors import MMERError, StageError
+from core.errors import MMERError, StageError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import StageError
+from core.errors import StageError
 
 
 def from_pretrained(cls: Any, folder: str | Path, what: str, **kwargs: Any) -> Any:

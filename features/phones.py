@@ -35,7 +35,7 @@ from features.frames import SAMPLE_RATE
 from features.gentle import GentleClient, GentleConfig, GentleError
 from features.phone_vocab import VOCAB, PhoneStats, frame_ids, phone_id, segments
 from features.transcript import SUCCESS, Alignment
-from pipeline.errors import ItemError, StageError
+from core.errors import ItemError, StageError
 
 log = logging.getLogger(__name__)
 

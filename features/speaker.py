@@ -21,8 +21,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from features.base import Extractor, ItemInput, Output, file_checksum
-from pipeline.errors import ItemError
+from core.hashing import file_checksum
+from features.base import Extractor, ItemInput, Output
+from core.errors import ItemError
 
 log = logging.getLogger(__name__)
 

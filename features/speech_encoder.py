@@ -37,7 +37,7 @@ import torch
 
 from features.base import Extractor, ItemInput, Output, tree_checksum
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
-from pipeline.errors import ItemError, StageError
+from core.errors import ItemError, StageError
 
 log = logging.getLogger(__name__)
 

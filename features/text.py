@@ -31,8 +31,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from features.base import Extractor, ItemInput, Output, file_checksum
-from pipeline.errors import ItemError, StageError
+from core.hashing import file_checksum
+from features.base import Extractor, ItemInput, Output
+from core.errors import ItemError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def model_files(folder: Path) -> list[Path]:
 
 def model_checksum(spec: str) -> str:
     """Checksum over the model's weights, config and tokenizer files (memoised file hashes)."""
-    from pipeline.fingerprint import files_checksum
+    from core.hashing import files_checksum
 
     return files_checksum(model_files(resolve_model(spec)))
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from features.ct2_reader import read_ct2
 from features.frames import HOP, LEFT_PAD, num_frames
-from pipeline.errors import StageError
+from core.errors import StageError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from pipeline.atomic import writer_alive
-from pipeline.errors import TrainingError
+from core.atomic import writer_alive
+from core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ def _print_predictions(preds, fmt: str) -> None:
 
 def _fail_if_any(preds) -> None:
     """Exit status 1 when any input failed (the others were still predicted and shown)."""
-    from pipeline.errors import MMERError
+    from core.errors import MMERError
     failed = [p for p in preds if p.error]
     if failed:
         raise MMERError(f"{len(failed)} of {len(preds)} input(s) failed: "

@@ -12,14 +12,14 @@ def train() -> None:
 
 
 def _device(device: str) -> str:
-    from pipeline.scheduler import resolve_device
+    from core.devices import resolve_device
     return resolve_device(device)
 
 
 def _model_overrides(values: tuple[str, ...]) -> dict:
     """``-m FIELD=VALUE`` strings → SERConfig overrides, converted like stage parameters."""
     from models.ser import SERConfig
-    from pipeline.errors import StageError
+    from core.errors import StageError
     from pipeline.stages import convert_value
     import dataclasses
     fields = {f.name for f in dataclasses.fields(SERConfig)}

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.corpus import Corpus, Utterance
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

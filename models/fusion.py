@@ -20,7 +20,7 @@ from models.metrics import classification_metrics
 from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
 from models.trainer import summarize_run
 from pipeline.corpus import load_corpus
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

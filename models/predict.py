@@ -22,7 +22,7 @@ from models.runs import RunPaths, read_json
 from pipeline.audio import load_audio
 from models.trained import TrainedRun
 from pipeline.corpus import load_corpus
-from pipeline.errors import ItemError, StageError, TrainingError
+from core.errors import ItemError, StageError, TrainingError
 from pipeline.stages import get_stage
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def _extractor(run: TrainedRun, stage: str, device: str):
     """The stage's extractor with the parameters the run was trained with; StageError if the
     features it would compute are not the ones the run learned from (changed model weights or
     code version), so that a run never gets other features than it was trained on."""
-    from pipeline.fingerprint import digest
+    from core.hashing import digest
     from pipeline.plan import build_cached, stage_identity
     st = get_stage(stage)
     rec = run.config.get("stages", {}).get(stage)

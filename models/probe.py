@@ -23,7 +23,7 @@ from models.runs import RunPaths, read_json, write_json
 from models.ser import SERModel
 from models.ser_data import ResidentSet, StreamingSet, iter_windows
 from pipeline.corpus import Corpus, load_corpus
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

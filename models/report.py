@@ -19,9 +19,9 @@ from models.provenance import code_version, corpus_fingerprint
 from models.run_eval import RunEval, evaluate, paired, summary
 from models.runs import RunPaths, read_json
 from models.trained import TrainedRun, find_runs, load_run
-from pipeline.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 from pipeline.corpus import load_corpus
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 from pipeline.store import cache_root
 
 #: Paper-reported UA (%) on IEMOCAP 4-class, leave-one-session-out (Makiuchi et al., 2021).

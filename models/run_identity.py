@@ -18,7 +18,7 @@ import json
 from models.folds import Fold
 from models.provenance import provenance
 from models.runs import RunPaths, json_safe, read_json, write_json
-from pipeline.fingerprint import digest
+from core.hashing import digest
 
 SPLITS = ("train", "val", "test")
 

@@ -23,8 +23,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_text, exclusive_lock
-from pipeline.errors import TrainingError
+from core.atomic import atomic_write_text, exclusive_lock
+from core.errors import TrainingError
 
 
 @dataclass(frozen=True)

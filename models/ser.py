@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from pipeline.fingerprint import digest
+from core.hashing import digest
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import CacheError, TrainingError
+from core.errors import CacheError, TrainingError
 
 log = logging.getLogger(__name__)
 

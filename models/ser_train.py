@@ -33,8 +33,8 @@ from models.ser import SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
                              iter_windows, load_set, usable)
 from pipeline.corpus import Corpus, load_corpus
-from pipeline.errors import TrainingError
-from pipeline.scheduler import resolve_device
+from core.errors import TrainingError
+from core.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from models.runs import RunPaths
 from models.ter import TERConfig, TextCNN, pad_tokens
 from models.trainer import EpochSampler, TrainConfig, train_folds
 from pipeline.corpus import Corpus, load_corpus
-from pipeline.errors import TrainingError
-from pipeline.scheduler import resolve_device
+from core.errors import TrainingError
+from core.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from models.folds import make_folds
 from models.run_identity import fold_digest
 from models.runs import RunPaths, read_json, read_predictions
 from pipeline.corpus import Corpus, load_corpus
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 
 
 @dataclass

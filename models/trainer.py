@@ -29,8 +29,8 @@ from models.run_identity import explain_change, fold_data, fold_digest, run_reco
 from models.runs import (RunPaths, prediction_rows, read_json, read_predictions, run_lock,
                          write_json, write_predictions)
 from pipeline.corpus import Corpus
-from pipeline.errors import TrainingError
-from pipeline.fingerprint import digest
+from core.errors import TrainingError
+from core.hashing import digest
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import soundfile as sf
 import soxr
 
 from features.frames import SAMPLE_RATE
-from pipeline.errors import ItemError
+from core.errors import ItemError
 
 log = logging.getLogger(__name__)
 

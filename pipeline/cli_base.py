@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from pipeline.errors import MMERError
+from core.errors import MMERError
 
 WORKDIR = click.option("--workdir", "-w", type=click.Path(file_okay=False), default="work",
                        show_default=True, help="Work directory: corpus, feature cache, runs.")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.atomic import atomic_write_text
-from pipeline.errors import CorpusError
+from core.atomic import atomic_write_text
+from core.errors import CorpusError
 
 #: The paper's four classes, in the order used for probabilities and confusion matrices.
 DEFAULT_CLASSES = ("neutral", "happy", "sad", "angry")

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from features.base import ItemInput
-from pipeline.atomic import atomic_write_text, exclusive_lock, writer_alive
+from core.atomic import atomic_write_text, exclusive_lock, writer_alive
 from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
-from pipeline.errors import CacheError, ItemError, StageError
+from core.errors import CacheError, ItemError, StageError
 from pipeline.plan import ShardPlan, StagePlan, build_cached, finalize_name
-from pipeline.scheduler import resolve_device
+from core.devices import resolve_device
 from pipeline.stages import get_stage
 from pipeline.store import SHARD_GLOB, StageReader, ShardWriter, current_pointer, extra_key_name, \
     read_shard_attrs

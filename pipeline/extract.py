@@ -9,11 +9,12 @@ from typing import Any, Callable
 
 from pipeline.corpus import load_corpus
 from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary
-from pipeline.errors import StageError
-from pipeline.fingerprint import FileHashCache
+from core.errors import StageError
+from core.hashing import FileHashCache
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params, \
     stage_identity
-from pipeline.scheduler import dask_client, default_workers, visible_gpus
+from core.devices import visible_gpus
+from pipeline.scheduler import dask_client, default_workers
 from pipeline.stages import get_stage, resolve_order, stage_names
 from pipeline.store import cache_root
 from pipeline.verify import orphan_shards

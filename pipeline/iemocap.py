@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from pipeline.corpus import DEFAULT_CLASSES, Utterance
-from pipeline.errors import CorpusError
+from core.errors import CorpusError
 from pipeline.labels import LabelPolicy
 
 log = logging.getLogger(__name__)

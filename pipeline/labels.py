@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline.corpus import DEFAULT_CLASSES
-from pipeline.errors import CorpusError
+from core.errors import CorpusError
 
 #: Accepted spellings → class. IEMOCAP codes (neu/hap/exc/sad/ang) and common full names.
 LABEL_ALIASES = {

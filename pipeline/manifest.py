@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import CorpusError
+from core.errors import CorpusError
 
 REQUIRED = ("id", "audio", "speaker", "label")
 

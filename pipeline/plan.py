@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 from pipeline.corpus import Corpus, Utterance
-from pipeline.fingerprint import FileHashCache, digest
+from core.hashing import FileHashCache, digest
 from pipeline.stages import Stage, get_stage
 from pipeline.store import SHARD_GLOB, cache_root, read_shard_attrs, shard_index, shard_name, \
     stage_dir
@@ -28,7 +28,7 @@ PARAMS_FILE = "stage_params.json"
 
 def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
     """Remembered stage parameters; StageError naming the file if it is damaged."""
-    from pipeline.errors import StageError
+    from core.errors import StageError
     p = Path(workdir) / PARAMS_FILE
     if not p.exists():
         return {}
@@ -234,7 +234,7 @@ def check_current(workdir: str | Path, corpus: Corpus, readers: dict[str, Any]) 
     """Raise CacheError unless every reader (stage name -> StageReader) holds the features of
     the corpus as it is now: same inputs per utterance, and for a finalize output (speaker
     means) the same speaker membership. Trainers call this, so nothing stale is ever served."""
-    from pipeline.errors import CacheError
+    from core.errors import CacheError
     want = published_keys(workdir, list(readers), corpus)
     for name, r in readers.items():
         stale = [u for u, k in want[name].items() if r.keys.get(u) != k]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.audio import MAX_SECONDS, probe
 from pipeline.corpus import Corpus, Utterance, write_corpus, write_rejected
-from pipeline.errors import CorpusError, ItemError
+from core.errors import CorpusError, ItemError
 from pipeline.labels import LabelPolicy, class_set, did_you_mean
 from pipeline.manifest import printable, read_manifest_rows, undecodable
 

@@ -13,24 +13,17 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from core.devices import visible_gpus
+
 log = logging.getLogger(__name__)
 
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
-def visible_gpus() -> list[int]:
-    """Indices of the GPUs this process may use ([] on a CPU machine)."""
-    try:
-        import torch
-    except ImportError:
-        return []
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
 def parse_gpus(spec: str | None) -> list[int] | None:
     """``--gpus 0,1`` → [0, 1] (None when not given); StageError for anything that is not the
     index of a GPU this process can see."""
-    from pipeline.errors import StageError
+    from core.errors import StageError
     if spec is None or spec == "":
         return None
     try:
@@ -45,26 +38,6 @@ def parse_gpus(spec: str | None) -> list[int] | None:
     if bad:
         raise StageError(f"--gpus {spec}: no GPU {bad[0]}; visible: {', '.join(map(str, visible))}")
     return gpus
-
-
-def resolve_device(device: str | None) -> str:
-    """"auto"/None → "cuda" when this process sees a GPU, else "cpu"; "cpu", "cuda", "cuda:N" are
-    checked (StageError naming the fix) rather than failing deep inside torch."""
-    from pipeline.errors import StageError
-    if device in (None, "", "auto"):
-        return "cuda" if visible_gpus() else "cpu"
-    if device == "cpu":
-        return device
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise StageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    visible = visible_gpus()
-    if not visible:
-        raise StageError(f"--device {device}: no CUDA GPU is visible to torch here; use "
-                         "--device cpu (or auto)")
-    if index and int(index) not in visible:
-        raise StageError(f"--device {device}: no such GPU; visible: {', '.join(map(str, visible))}")
-    return device
 
 
 @contextmanager
@@ -112,7 +85,7 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
 def cluster_errors(where: str) -> Iterator[None]:
     """A scheduler or worker that cannot import this project (it unpickles the task graph)
     becomes a one-line StageError with the fix, not a traceback from the cluster."""
-    from pipeline.errors import MMERError, StageError
+    from core.errors import MMERError, StageError
     try:
         yield
     except MMERError:
@@ -135,7 +108,7 @@ def connect(address: str, timeout_s: float | None = None):
     that accepts TCP but never speaks Dask would otherwise hang the command indefinitely)."""
     import threading
     from distributed import Client
-    from pipeline.errors import StageError
+    from core.errors import StageError
     timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     log.info("connecting to Dask scheduler %s", address)
     box: dict = {}

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from features.base import NOTE_KEY
-from pipeline.errors import CacheError
+from core.errors import CacheError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import h5py
 
-from pipeline.errors import CacheError
+from core.errors import CacheError
 from pipeline.store import SHARD_GLOB, cache_root, current_pointer, open_dataset, read_verified, \
     stage_dir
 

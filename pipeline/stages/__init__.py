@@ -12,7 +12,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from pipeline.errors import StageError
+from core.errors import StageError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 
 from features.phones import PhonesConfig, PhonesExtractor
-from pipeline.fingerprint import files_checksum
+from core.hashing import files_checksum
 from pipeline.stages import Stage, register
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 
 from features.speaker import SpeakerConfig, SpeakerExtractor, speaker_means, weights_path
-from pipeline.errors import CacheError
-from pipeline.fingerprint import files_checksum
+from core.errors import CacheError
+from core.hashing import files_checksum
 from pipeline.stages import Stage, register
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from features.phone_vocab import PHONE_TO_ID, VOCAB
 from features.phones import PhonesConfig, PhonesExtractor
 from features.pronounce import lookup, transfer_times
 from features.transcript import NOT_FOUND, SUCCESS, parse_transcript
-from pipeline.errors import ItemError
+from core.errors import ItemError
 from pipeline.stages import get_stage
 
 SR = 16_000

@@ -12,7 +12,7 @@ import torch
 
 from features.fairseq_convert import _eval_layers, load_checkpoint, load_fairseq_wav2vec2, plain
 from features.frames import pad_for_frames
-from pipeline.errors import StageError
+from core.errors import StageError
 from tests.helpers import speech_audio, tiny_speech_model
 
 torch.set_num_threads(1)

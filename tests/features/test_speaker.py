@@ -9,7 +9,7 @@ import torch
 from features.base import ItemInput
 from features.speaker import SpeakerConfig, SpeakerExtractor, draw_utterances, speaker_means
 from pipeline.corpus import Utterance
-from pipeline.errors import ItemError
+from core.errors import ItemError
 from tests.helpers import FakeStageReader, speech_audio
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import torch
 from features.base import ItemInput
 from features.frames import num_frames, pad_for_frames
 from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, plan_batches
-from pipeline.errors import ItemError, StageError
+from core.errors import ItemError, StageError
 from tests.helpers import SPEECH_ARCHS, speech_audio, tiny_speech_model
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from features.base import ItemInput
 from features.text import TextConfig, TextExtractor, model_checksum, usable_text
-from pipeline.errors import ItemError, StageError
+from core.errors import ItemError, StageError
 from pipeline.stages import get_stage
 from tests.helpers import save_tiny_text_encoder
 

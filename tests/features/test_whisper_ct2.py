@@ -11,7 +11,7 @@ from features.ct2_reader import parse_ct2, read_ct2
 from features.frames import HOP, num_frames
 from features.whisper_ct2 import (WhisperFrames, ct2_files, installed_ct2_models, load_ct2_whisper,
                                   whisper_log_mel, window_audio)
-from pipeline.errors import StageError
+from core.errors import StageError
 from tests.helpers import speech_audio, tiny_speech_model
 
 torch.set_num_threads(1)

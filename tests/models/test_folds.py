@@ -5,7 +5,7 @@ import pytest
 
 from models.folds import make_folds, select_groups
 from pipeline.corpus import Corpus, Utterance
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 from tests.helpers import make_corpus
 
 

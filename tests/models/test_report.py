@@ -62,19 +62,19 @@ def test_a_failed_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     """Disk full while writing report.md (case 6): the old report stays whole, no temp file."""
     import errno
     import pytest
-    import pipeline.atomic
+    import core.atomic
     rng = np.random.default_rng(3)
     fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
     old = write_report(tmp_path).read_text()
     fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.5)
-    real_replace = pipeline.atomic.Path.replace
+    real_replace = core.atomic.Path.replace
 
     def full(self, target):
         if str(target).endswith("report.md"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(self, target)
 
-    monkeypatch.setattr(pipeline.atomic.Path, "replace", full)
+    monkeypatch.setattr(core.atomic.Path, "replace", full)
     with pytest.raises(OSError):
         write_report(tmp_path)
     monkeypatch.undo()

@@ -17,7 +17,7 @@ from models.runs import RunPaths, read_predictions
 from models.trained import load_run, run_states
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import write_corpus
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 from tests.helpers import LinearTask, fake_run, make_corpus
 
 torch.set_num_threads(1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.ser import PRESETS, Encoder, LayerWeights, SERModel, make_config, ser_loss
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 from tests.helpers import TINY_SER
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import torch
 from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
 from models.trainer import EpochSampler, TrainConfig, train_fold, train_folds
-from pipeline.errors import TrainingError
+from core.errors import TrainingError
 from tests.helpers import LinearTask, make_corpus
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import CacheError
+from core.errors import CacheError
 from pipeline.extract import extract, status
 from pipeline.plan import check_current
 from pipeline.prepare import prepare_manifest

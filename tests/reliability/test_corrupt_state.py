@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pipeline.store as store
-from pipeline.errors import CacheError
+from core.errors import CacheError
 from pipeline.extract import extract, status
 from pipeline.store import StageReader, read_shard_attrs
 from pipeline.verify import verify_cache, verify_shard
@@ -277,7 +277,7 @@ def test_corrupt_upstream_shard_is_recomputed_not_recorded_as_failed_items(tmp_p
     toy_shard = shard_files(w, "toy")[0]
     _, offset, size = data_offset_named(toy_shard, "energy")
     flip(toy_shard, offset + size // 2)
-    from pipeline.errors import StageError
+    from core.errors import StageError
     # a downstream change reads the corrupt upstream: a clear error, the upstream shard removed
     with pytest.raises(StageError, match="upstream feature of .* is corrupt.*re-run extract"):
         extract(w, ["toy2"], {"toy2": {"scale": "2"}}, workers=1)
@@ -298,7 +298,7 @@ def data_offset_named(shard: Path, name: str) -> tuple[str, int, int]:
 
 def test_torn_corpus_file_gives_a_clear_error(tmp_path):
     from pipeline.corpus import load_corpus
-    from pipeline.errors import CorpusError
+    from core.errors import CorpusError
     w = tone_corpus(tmp_path, n=3, seconds=(0.4, 0.6))
     f = Path(w) / "corpus.jsonl"
     f.write_bytes(f.read_bytes()[:150])

@@ -14,12 +14,12 @@ from models.folds import make_folds
 from models.runs import RunPaths, run_lock
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import load_corpus, write_corpus
-from pipeline.errors import CacheError, CorpusError, StageError, TrainingError
+from core.errors import CacheError, CorpusError, StageError, TrainingError
 from pipeline.extract import extract, status
 from pipeline.prepare import prepare_manifest
 from pipeline.store import ShardWriter, StageReader
 from pipeline.verify import verify_cache
-from tests.helpers import LinearTask, make_corpus, shard_files, tone_corpus, write_manifest, write_tone
+from tests.helpers import LinearTask, make_corpus, shard_files, tone_corpus, write_tone
 from tests.reliability.soak import temp_files
 from tests.reliability.test_kill_resume import small_shards
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from pipeline.corpus import load_corpus
-from pipeline.errors import CorpusError
+from core.errors import CorpusError
 from pipeline.extract import extract
 from pipeline.prepare import prepare_manifest
 from pipeline.store import StageReader

@@ -17,10 +17,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from features.base import file_checksum
-from pipeline.atomic import atomic_write_text
+from core.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
+def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex, first 16 chars are plenty for a cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def digest(*parts: Any) -> str:
