@@ -26,9 +26,9 @@ from core.errors import CacheError, ItemError, StageError
 from pipeline.plan import ShardPlan, StagePlan, build_cached, finalize_name
 from core.devices import resolve_device
 from pipeline.stages import get_stage
-from pipeline.store import SHARD_GLOB, StageReader, ShardWriter, current_pointer, extra_key_name, \
+from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
     read_shard_attrs
-from pipeline.verify import discard_shard
+from pipeline.verify import discard_shard, orphan_shards
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,10 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
         if not got:
             return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
         if sp.path.exists():
-            if not sp.force and (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
-                return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
-            if not sp.force:  # unreadable, or not what its name says (renamed, copied): replace it
+            if not sp.force:
+                if (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
+                    return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
+                # unreadable, or not what its name says (renamed, copied): replace it
                 log.warning("%s: %s is not the shard this plan expects; recomputing it",
                             stage_name, sp.path)
             discard_shard(sp.path)
@@ -233,10 +234,8 @@ def publish(workdir: str, plan: StagePlan, corpus_utts: list[Utterance]) -> dict
                 raise
         meta["extra"] = name
     atomic_write_text(pointer, json.dumps(meta, indent=2))
-    listed = set(shards)
-    for orphan in plan.dir.glob(SHARD_GLOB):
-        if orphan.name not in listed:
-            discard_shard(orphan)
+    for orphan in orphan_shards(workdir, plan.stage.name):
+        discard_shard(orphan)
     return meta
 
 

@@ -8,13 +8,14 @@ is ≈ 65 GB), shards of a kept folder that its index does not list (orphans), a
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.store import SHARD_GLOB, cache_root, current_pointer, stage_dir
+from core.errors import CacheError
+from pipeline.store import cache_root, read_pointer, stage_dir
+from pipeline.verify import orphan_shards
 
 
 @dataclass
@@ -38,15 +39,14 @@ def cache_garbage(workdir: str | Path, referenced: Iterable[tuple[str, str]] = (
     for sdir in sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []:
         stage = sdir.name
         try:
-            meta = json.loads(current_pointer(workdir, stage).read_text())
-        except (OSError, ValueError):
+            meta = read_pointer(workdir, stage, listing=False)  # an older index still names its folder
+        except CacheError:
             meta = {}
-        current = stage_dir(workdir, stage, meta["identity"]).name if "identity" in meta else None
+        current = stage_dir(workdir, stage, meta["identity"]).name if meta else None
+        out += [Garbage(p, _size(p), "orphan shard (not in the index)")
+                for p in orphan_shards(workdir, stage)]
         for ident in sorted(d for d in sdir.iterdir() if d.is_dir()):
             if ident.name == current:
-                listed = set(meta.get("shards") or [])
-                out += [Garbage(p, _size(p), "orphan shard (not in the index)")
-                        for p in sorted(ident.glob(SHARD_GLOB)) if listed and p.name not in listed]
                 out += [Garbage(p, _size(p), "finalize output the index does not name")
                         for p in sorted(ident.glob("extra-*.h5")) if p.name != meta.get("extra")]
             elif (stage, ident.name) not in keep:

@@ -218,8 +218,9 @@ def current_pointer(workdir: str | Path, stage: str) -> Path:
     return cache_root(workdir) / stage / "current.json"
 
 
-def read_pointer(workdir: str | Path, stage: str) -> dict[str, Any]:
-    """The stage's index: ``{"identity", "shards": [file names], "params", "weights", "extra"}``."""
+def read_pointer(workdir: str | Path, stage: str, listing: bool = True) -> dict[str, Any]:
+    """The stage's index: ``{"identity", "shards": [file names], "params", "weights", "extra"}``.
+    ``listing=False`` also accepts an index written before indexes listed their shards."""
     pointer = current_pointer(workdir, stage)
     try:
         meta = json.loads(pointer.read_text())
@@ -229,7 +230,7 @@ def read_pointer(workdir: str | Path, stage: str) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise CacheError(f"the index {pointer} is unreadable ({e}): run `python cli.py extract "
                          f"--stage {stage}` to rewrite it (cached shards are reused)") from None
-    if "shards" not in meta:
+    if listing and "shards" not in meta:
         raise CacheError(f"the index {pointer} was written by an older version and does not list "
                          f"its shards: run `python cli.py extract --stage {stage}` (nothing is "
                          "recomputed)")

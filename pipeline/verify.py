@@ -3,7 +3,6 @@ stage, and the shards a stage's index does not list (orphans). Read-only unless 
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import h5py
 
 from core.errors import CacheError
-from pipeline.store import SHARD_GLOB, cache_root, current_pointer, open_dataset, read_verified, \
+from pipeline.store import SHARD_GLOB, cache_root, open_dataset, read_pointer, read_verified, \
     stage_dir
 
 log = logging.getLogger(__name__)
@@ -81,12 +80,13 @@ def discard_shard(path: Path) -> None:
 
 
 def orphan_shards(workdir: str | Path, stage: str) -> list[Path]:
-    """Shards in the current identity folder of ``stage`` that its index does not list."""
-    pointer = current_pointer(workdir, stage)
+    """Shards in the current identity folder of ``stage`` that its index does not list; none
+    when there is no readable index that lists its shards (nothing can be called an orphan then:
+    an index written by an older version would otherwise make every shard one)."""
     try:
-        meta = json.loads(pointer.read_text())
-    except (OSError, ValueError):
+        meta = read_pointer(workdir, stage)
+    except CacheError:
         return []
-    listed = set(meta.get("shards") or [])
+    listed = set(meta["shards"])
     folder = stage_dir(workdir, stage, meta["identity"])
     return sorted(p for p in folder.glob(SHARD_GLOB) if p.name not in listed)

@@ -134,3 +134,19 @@ def test_speaker_means_follow_the_speaker_column(tmp_path):
     mean = np.mean([embeds[u] / np.linalg.norm(embeds[u]) for u in merged], axis=0)
     cos = float(mean @ means["s0"] / np.linalg.norm(mean) / np.linalg.norm(means["s0"]))
     assert cos > 0.99
+
+
+def test_an_index_from_an_older_version_makes_no_shard_an_orphan(one_shard):
+    """Before indexes listed their shards, every shard would have looked unlisted: verify
+    --repair and gc must keep them, and the next extract rewrites the index."""
+    import json
+    from models.trained import collect_garbage
+    from pipeline.store import current_pointer
+    work, shard = one_shard
+    pointer = current_pointer(work, "mel")
+    meta = json.loads(pointer.read_text())
+    pointer.write_text(json.dumps({k: v for k, v in meta.items() if k != "shards"}))
+    assert verify_cache(work, repair=True)["orphans"] == [] and shard.exists()
+    assert collect_garbage(work) == [] and shard.exists()
+    assert extract(work, ["mel"], workers=1)[0].computed == 0
+    assert read_pointer(work, "mel")["shards"] == [shard.name]
