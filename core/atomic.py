@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the same folder, fsynced, then renamed over the target.
+"""Atomic file writes: a temp file in the same folder, fsynced, then renamed over the target;
+strict JSON values; exclusive locks.
 
 A failure (disk full, a kill) leaves the previous file intact; a failed write removes its temp
 file. The one home of write-then-rename for the project's small files (JSON, reports, figures).
@@ -7,11 +8,27 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
+
+
+def json_safe(obj):
+    """NaN/inf become None so the file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

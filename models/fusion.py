@@ -16,11 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
+from core.errors import TrainingError
 from models.metrics import classification_metrics
 from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
 from models.trainer import summarize_run
 from pipeline.corpus import load_corpus
-from core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> dict:
         lam, val_ua = search_weight(ser["val"], ter["val"], classes, config.grid)
         weights[fold] = {"w1": lam, "w2": 1 - lam, "val_ua": val_ua,
                          **validation_baselines(ser["val"], ter["val"], classes)}
-        digest = read_json(ser_run.paths.fold_metrics(fold))["fold_digest"]
+        digest = ser_run.fold_metrics(fold)["fold_digest"]
         for paths, (w1, w2) in ((searched, (lam, 1 - lam)), (fixed, PAPER_WEIGHTS)):
             _write_fold(paths, fold, ser, ter, w1, w2, classes, digest)
     _warn_if_losing(weights)

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import atomic_write_text
+from core.errors import TrainingError
 from models import figures
 from models.provenance import code_version, corpus_fingerprint
 from models.run_eval import RunEval, evaluate, paired, summary
 from models.runs import RunPaths, read_json
 from models.trained import TrainedRun, find_runs, load_run
-from core.atomic import atomic_write_text
 from pipeline.corpus import load_corpus
-from core.errors import TrainingError
 from pipeline.store import cache_root
 
 #: Paper-reported UA (%) on IEMOCAP 4-class, leave-one-session-out (Makiuchi et al., 2021).
@@ -156,6 +156,8 @@ def run_section(ev: RunEval, s: dict, out: Path) -> list[str]:
         per_fold = ev.run.config.get("per_fold", {})
         lines += ["", "Fusion weights per fold (w1 speech, w2 text): " + ", ".join(
             f"{f} ({v['w1']:.2f}, {v['w2']:.2f})" for f, v in per_fold.items() if f in ev.run.folds)]
+        lines += [f"Fold {f}: {v['note']}." for f, v in per_fold.items()
+                  if f in ev.run.folds and v.get("note")]
     lines += curve_lines(ev.run, out) + alpha_lines(ev.run, out) + probe_lines(ev.run) + [""]
     return lines
 
@@ -180,7 +182,7 @@ def alpha_lines(run: TrainedRun, out: Path) -> list[str]:
 
 def curve_lines(run: TrainedRun, out: Path) -> list[str]:
     """Per-fold learning curves (training loss, validation UA) from the folds' histories."""
-    hist = {f: read_json(run.paths.fold_metrics(f)).get("history") or [] for f in run.folds}
+    hist = {f: run.fold_metrics(f).get("history") or [] for f in run.folds}
     hist = {f: h for f, h in hist.items() if h}
     if not hist:
         return []

@@ -11,14 +11,14 @@ stages' settings and provenance.
 """
 from __future__ import annotations
 
+import json
 from typing import Mapping, Sequence
 
-import json
-
+from core.atomic import json_safe
+from core.hashing import digest
 from models.folds import Fold
 from models.provenance import provenance
-from models.runs import RunPaths, json_safe, read_json, write_json
-from core.hashing import digest
+from models.runs import RunPaths, read_json, write_json
 
 SPLITS = ("train", "val", "test")
 

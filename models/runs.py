@@ -13,7 +13,6 @@ with ``probs`` in the corpus class order. Every file is written to a temp name a
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from core.atomic import atomic_write_text, exclusive_lock
+from core.atomic import atomic_write_text, exclusive_lock, json_safe
 from core.errors import TrainingError
 
 
@@ -90,19 +89,6 @@ def check_run_name(name: str) -> None:
             or len(name) > 120:
         raise TrainingError(f"invalid run name {name!r}: use letters, digits, '-', '_', '+' "
                             "(no '/', not starting with '.', at most 120 characters)")
-
-
-def json_safe(obj):
-    """NaN/inf become None so the file is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return json_safe(obj.item())
-    return obj
 
 
 def write_json(path: Path, obj) -> None:

@@ -32,9 +32,9 @@ from models.runs import RunPaths, run_lock, write_json
 from models.ser import SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
                              iter_windows, load_set, usable)
-from pipeline.corpus import Corpus, load_corpus
-from core.errors import TrainingError
 from core.devices import resolve_device
+from core.errors import TrainingError
+from pipeline.corpus import Corpus, load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,8 @@ def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: s
     fold_list = make_folds(corpus, folds, config.val_fraction, config.split_seed)
     paths = RunPaths(workdir, "ser", config.run_name)
     with run_lock(paths):
-        task = SERTask(corpus, source or open_source(workdir, config, corpus), config)
+        source = source or open_source(workdir, config, corpus)  # opened and checked once
+        task = SERTask(corpus, source, config)
         distributed = bool(scheduler or (gpus and len(gpus) > 1))
         if not distributed:
             device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
@@ -331,13 +332,12 @@ def iter_test_folds(workdir, run: str, corpus: Corpus | None = None, source=None
     corpus = corpus or load_corpus(workdir)
     trained = load_run(workdir, "ser", run, corpus)
     speakers = _speakers(corpus)
+    use_encoder = trained.config["model"]["model"].get("input", "encoder") == "encoder"
+    if source is None:  # the run's feature stages, opened and checked once for every fold
+        keys = {**trained.config["model"]["run"]["keys"], **({} if use_encoder else {"encoder_stage": None})}
+        source = checked_source(workdir, StoreKeys(**keys), corpus)
     for name in trained.folds:
         model = ser_model(trained, name)
-        src = source
-        if src is None:
-            keys = {**trained.config["model"]["run"]["keys"],
-                    **({} if model.cfg.input == "encoder" else {"encoder_stage": None})}
-            src = checked_source(workdir, StoreKeys(**keys), corpus)
         test = [r["id"] for r in trained.predictions(name) if r["split"] == "test"]
-        yield name, model.to(device), test, load_set(src, test, speakers, {}, model.cfg.input == "encoder",
+        yield name, model.to(device), test, load_set(source, test, speakers, {}, use_encoder,
                                                       device, "auto")

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import TrainingError
 from models.folds import make_folds
 from models.run_identity import fold_digest
 from models.runs import RunPaths, read_json, read_predictions
 from pipeline.corpus import Corpus, load_corpus
-from core.errors import TrainingError
 
 
 @dataclass
@@ -28,6 +28,13 @@ class TrainedRun:
     folds: list[str]  # folds valid for the current corpus, in name order
     stale: dict[str, str] = field(default_factory=dict)  # fold -> why it is not used
     missing: list[str] = field(default_factory=list)  # corpus groups without a trained fold
+    metrics: dict[str, dict] = field(default_factory=dict, repr=False)  # fold -> metrics.json
+
+    def fold_metrics(self, fold: str) -> dict:
+        """The fold's metrics.json (read once)."""
+        if fold not in self.metrics:
+            self.metrics[fold] = read_json(self.paths.fold_metrics(fold))
+        return self.metrics[fold]
 
     @property
     def select(self) -> str:
@@ -44,7 +51,7 @@ class TrainedRun:
     def provenance(self) -> dict:
         """How the current folds were made: the newest fold's record, with every commit seen
         (folds trained at different commits are listed together); the run config's otherwise."""
-        recs = [read_json(self.paths.fold_metrics(f)).get("provenance") for f in self.folds]
+        recs = [self.fold_metrics(f).get("provenance") for f in self.folds]
         recs = [r for r in recs if r]
         if not recs:
             return dict(self.config.get("provenance", {}))
@@ -93,10 +100,11 @@ def inspect_run(workdir: str | Path, task: str, run: str, corpus: Corpus) -> Tra
                                f": run `python cli.py train {task}` first"))
     config = read_json(paths.config)
     want = current_fold_digests(corpus, config.get("split", {}))
-    good, stale = [], {}
+    good, stale, metrics = [], {}, {}
     for name in paths.fold_names():
-        got = read_json(paths.fold_metrics(name)).get("fold_digest") \
-            if paths.fold_metrics(name).exists() else None
+        if paths.fold_metrics(name).exists():
+            metrics[name] = read_json(paths.fold_metrics(name))
+        got = metrics.get(name, {}).get("fold_digest")
         if name not in want:
             stale[name] = "its group is no longer in the corpus"
         elif got is None:
@@ -106,7 +114,7 @@ def inspect_run(workdir: str | Path, task: str, run: str, corpus: Corpus) -> Tra
         else:
             good.append(name)
     return TrainedRun(paths, config, list(config.get("classes", [])), good, stale,
-                      [g for g in want if g not in good and g not in stale])
+                      [g for g in want if g not in good and g not in stale], metrics)
 
 
 def load_run(workdir: str | Path, task: str, run: str, corpus: Corpus | None = None,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import sys
 from typing import Any
 
 import click
 
+from core.atomic import json_safe
 from core.errors import MMERError
 
 WORKDIR = click.option("--workdir", "-w", type=click.Path(file_okay=False), default="work",
@@ -22,15 +22,7 @@ JSON_OUT = click.option("--json", "as_json", is_flag=True,
 
 def emit_json(obj: Any) -> None:
     """``obj`` as strict JSON on stdout (NaN/inf as null)."""
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-    click.echo(json.dumps(clean(obj), indent=2, default=str, ensure_ascii=False))
+    click.echo(json.dumps(json_safe(obj), indent=2, default=str, ensure_ascii=False))
 
 
 class ProjectGroup(click.Group):

@@ -50,8 +50,14 @@ def test_fuse_says_when_fixed_weights_lose_to_a_single_modality(tmp_path, caplog
     rng = np.random.default_rng(0)
     fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 0.0)  # speech says nothing
     fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.0)  # text somewhat informative
-    w = fuse(tmp_path)["weights"]["B"]
+    weights = fuse(tmp_path)["weights"]
+    w = weights["B"]
     assert w["val_ua_paper"] < max(w["val_ua_speech"], w["val_ua_text"])  # (seeded: 0.0 < 0.5)
     assert "fold B: paper's fixed weights reach validation UA 0.000, below the best single " \
            "modality (0.500)" in caplog.text
     assert w["val_ua"] >= max(w["val_ua_speech"], w["val_ua_text"])  # the search never loses
+    from models.report import write_report
+    report = write_report(tmp_path).read_text()
+    for fold, v in weights.items():  # and the report says when fusion adds nothing on validation
+        assert ("Fold " + fold + ": no fused weight beats" in report) == bool(v.get("note"))
+    assert weights["A"].get("note") and weights["B"].get("note")
