@@ -202,7 +202,7 @@ def extract(stages, param, reset_params, force, rehash, workers, gpus, scheduler
     --reset-params forgets them for the named stages.
     """
     from pipeline.extract import extract as run
-    from pipeline.progress import console, human_bytes, stage_progress, table
+    from pipeline.progress import console, stage_progress, table
     from pipeline.scheduler import parse_gpus
     t = time.perf_counter()
     with stage_progress() as prog:

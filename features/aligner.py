@@ -21,14 +21,14 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import resample_poly
 
+from core.errors import MMERError
 from features import espeak
 from features.dtw import DtwConfig, MfccConfig, dtw_path, mfcc, syllable_rate, warp_times
-from features.pauses import snap_pauses, speech_span
 from features.espeak_phones import is_pause, to_arpabet
+from features.pauses import snap_pauses, speech_span
 from features.phone_vocab import position_tags
 from features.pronounce import lookup, transfer_times
 from features.transcript import NOT_FOUND, SUCCESS, AlignedWord, Alignment, parse_transcript
-from core.errors import MMERError
 
 log = logging.getLogger(__name__)
 

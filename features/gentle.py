@@ -28,8 +28,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import numpy as np
 
-from features.transcript import NOT_FOUND, SUCCESS, AlignedWord, Alignment, parse_transcript
 from core.errors import MMERError, StageError
+from features.transcript import NOT_FOUND, SUCCESS, AlignedWord, Alignment, parse_transcript
 
 log = logging.getLogger(__name__)
 

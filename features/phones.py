@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from core.errors import ItemError, StageError
 from features.aligner import AlignmentError, EmbeddedAligner, EmbeddedConfig, uniform_alignment
 from features.base import NOTE_KEY, Extractor, ItemInput, Output
 from features.espeak import EspeakError
@@ -35,7 +36,6 @@ from features.frames import SAMPLE_RATE
 from features.gentle import GentleClient, GentleConfig, GentleError
 from features.phone_vocab import VOCAB, PhoneStats, frame_ids, phone_id, segments
 from features.transcript import SUCCESS, Alignment
-from core.errors import ItemError, StageError
 
 log = logging.getLogger(__name__)
 

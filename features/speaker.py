@@ -21,9 +21,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from core.errors import ItemError
 from core.hashing import file_checksum
 from features.base import Extractor, ItemInput, Output
-from core.errors import ItemError
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.errors import ItemError, StageError
 from features.base import Extractor, ItemInput, Output, tree_checksum
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
-from core.errors import ItemError, StageError
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.errors import ItemError, StageError
 from core.hashing import file_checksum
 from features.base import Extractor, ItemInput, Output
-from core.errors import ItemError, StageError
 
 log = logging.getLogger(__name__)
 

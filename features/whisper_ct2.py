@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import StageError
 from features.ct2_reader import read_ct2
 from features.frames import HOP, LEFT_PAD, num_frames
-from core.errors import StageError
 
 log = logging.getLogger(__name__)
 

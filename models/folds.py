@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.corpus import Corpus, Utterance
 from core.errors import TrainingError
+from pipeline.corpus import Corpus, Utterance
 
 log = logging.getLogger(__name__)
 

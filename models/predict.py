@@ -16,13 +16,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.errors import ItemError, StageError, TrainingError
 from features.base import ItemInput
 from models.fusion import PAPER_WEIGHTS
 from models.runs import RunPaths, read_json
-from pipeline.audio import load_audio
 from models.trained import TrainedRun
+from pipeline.audio import load_audio
 from pipeline.corpus import load_corpus
-from core.errors import ItemError, StageError, TrainingError
 from pipeline.stages import get_stage
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import TrainingError
 from features.frames import FRAME_RATE
 from models.runs import RunPaths, read_json, write_json
 from models.ser import SERModel
 from models.ser_data import ResidentSet, StreamingSet, iter_windows
 from pipeline.corpus import Corpus, load_corpus
-from core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.devices import resolve_device
+from core.errors import TrainingError
 from models.folds import make_folds
 from models.runs import RunPaths
 from models.ter import TERConfig, TextCNN, pad_tokens
 from models.trainer import EpochSampler, TrainConfig, train_folds
 from pipeline.corpus import Corpus, load_corpus
-from core.errors import TrainingError
-from core.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

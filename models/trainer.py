@@ -28,9 +28,9 @@ from models.provenance import provenance
 from models.run_identity import explain_change, fold_data, fold_digest, run_record, write_run_config
 from models.runs import (RunPaths, prediction_rows, read_json, read_predictions, run_lock,
                          write_json, write_predictions)
-from pipeline.corpus import Corpus
 from core.errors import TrainingError
 from core.hashing import digest
+from pipeline.corpus import Corpus
 
 log = logging.getLogger(__name__)
 

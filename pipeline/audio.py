@@ -16,8 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from features.frames import SAMPLE_RATE
 from core.errors import ItemError
+from features.frames import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

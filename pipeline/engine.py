@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from features.base import ItemInput
 from core.atomic import atomic_write_text, exclusive_lock, writer_alive
+from core.devices import resolve_device
+from core.errors import CacheError, ItemError, StageError
+from features.base import ItemInput
 from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
-from core.errors import CacheError, ItemError, StageError
 from pipeline.plan import ShardPlan, StagePlan, build_cached, finalize_name
-from core.devices import resolve_device
 from pipeline.stages import get_stage
 from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
     read_shard_attrs

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.corpus import load_corpus
-from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary
 from core.errors import StageError
 from core.hashing import FileHashCache
+from pipeline.corpus import load_corpus
+from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params, \
     stage_identity
 from core.devices import visible_gpus

@@ -22,8 +22,8 @@ import logging
 import re
 from pathlib import Path
 
-from pipeline.corpus import DEFAULT_CLASSES, Utterance
 from core.errors import CorpusError
+from pipeline.corpus import DEFAULT_CLASSES, Utterance
 from pipeline.labels import LabelPolicy
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import difflib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pipeline.corpus import DEFAULT_CLASSES
 from core.errors import CorpusError
+from pipeline.corpus import DEFAULT_CLASSES
 
 #: Accepted spellings → class. IEMOCAP codes (neu/hap/exc/sad/ang) and common full names.
 LABEL_ALIASES = {

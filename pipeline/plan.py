@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import atomic_write_text
-from pipeline.corpus import Corpus, Utterance
 from core.hashing import FileHashCache, digest
+from pipeline.corpus import Corpus, Utterance
 from pipeline.stages import Stage, get_stage
 from pipeline.store import SHARD_GLOB, cache_root, read_shard_attrs, shard_index, shard_name, \
     stage_dir

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import CorpusError, ItemError
 from pipeline.audio import MAX_SECONDS, probe
 from pipeline.corpus import Corpus, Utterance, write_corpus, write_rejected
-from core.errors import CorpusError, ItemError
 from pipeline.labels import LabelPolicy, class_set, did_you_mean
 from pipeline.manifest import printable, read_manifest_rows, undecodable
 

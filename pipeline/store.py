@@ -26,8 +26,8 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
-from features.base import NOTE_KEY
 from core.errors import CacheError
+from features.base import NOTE_KEY
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from features.phones import PhonesConfig, PhonesExtractor
 from core.hashing import files_checksum
+from features.phones import PhonesConfig, PhonesExtractor
 from pipeline.stages import Stage, register
 
 

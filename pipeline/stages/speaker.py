@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from features.speaker import SpeakerConfig, SpeakerExtractor, speaker_means, weights_path
 from core.errors import CacheError
 from core.hashing import files_checksum
+from features.speaker import SpeakerConfig, SpeakerExtractor, speaker_means, weights_path
 from pipeline.stages import Stage, register
 
 log = logging.getLogger(__name__)

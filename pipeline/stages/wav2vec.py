@@ -1,6 +1,6 @@
 """Stage ``wav2vec``: all hidden states of a speech encoder per 20 ms frame (features/speech_encoder.py)."""
-from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, model_files
 from core.hashing import files_checksum
+from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, model_files
 from pipeline.stages import Stage, register
 
 register(Stage(

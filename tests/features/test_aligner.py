@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from core.errors import ItemError
 from features import espeak
 from features.aligner import EmbeddedAligner, speech_span, uniform_alignment
 from features.base import ItemInput
@@ -15,7 +16,6 @@ from features.phone_vocab import PHONE_TO_ID, VOCAB
 from features.phones import PhonesConfig, PhonesExtractor
 from features.pronounce import lookup, transfer_times
 from features.transcript import NOT_FOUND, SUCCESS, parse_transcript
-from core.errors import ItemError
 from pipeline.stages import get_stage
 
 SR = 16_000

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import StageError
 from features.fairseq_convert import _eval_layers, load_checkpoint, load_fairseq_wav2vec2, plain
 from features.frames import pad_for_frames
-from core.errors import StageError
 from tests.helpers import speech_audio, tiny_speech_model
 
 torch.set_num_threads(1)

@@ -6,10 +6,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from core.errors import ItemError
 from features.base import ItemInput
 from features.speaker import SpeakerConfig, SpeakerExtractor, draw_utterances, speaker_means
 from pipeline.corpus import Utterance
-from core.errors import ItemError
 from tests.helpers import FakeStageReader, speech_audio
 
 torch.set_num_threads(1)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ItemError, StageError
 from features.base import ItemInput
 from features.frames import num_frames, pad_for_frames
 from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, plan_batches
-from core.errors import ItemError, StageError
 from tests.helpers import SPEECH_ARCHS, speech_audio, tiny_speech_model
 
 torch.set_num_threads(1)

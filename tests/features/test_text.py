@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from core.errors import ItemError, StageError
 from features.base import ItemInput
 from features.text import TextConfig, TextExtractor, model_checksum, usable_text
-from core.errors import ItemError, StageError
 from pipeline.stages import get_stage
 from tests.helpers import save_tiny_text_encoder
 

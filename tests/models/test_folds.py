@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import TrainingError
 from models.folds import make_folds, select_groups
 from pipeline.corpus import Corpus, Utterance
-from core.errors import TrainingError
 from tests.helpers import make_corpus
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import TrainingError
 from models.probe import ProbeConfig, SpeakerProbe, code_vectors, probe_accuracy, probe_speaker
 from models.runs import RunPaths, read_json
 from models.ser import SERModel, make_config
 from models.ser_data import load_set
 from models.ser_train import SERRunConfig, train_ser
-from core.errors import TrainingError
 from tests.helpers import TINY_SER, make_corpus, ser_source
 
 torch.set_num_threads(1)

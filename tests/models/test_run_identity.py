@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import TrainingError
 from models.folds import make_folds
 from models.fusion import fuse
 from models.run_identity import explain_change
@@ -17,7 +18,6 @@ from models.runs import RunPaths, read_predictions
 from models.trained import load_run, run_states
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import write_corpus
-from core.errors import TrainingError
 from tests.helpers import LinearTask, fake_run, make_corpus
 
 torch.set_num_threads(1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.ser import PRESETS, Encoder, LayerWeights, SERModel, make_config, ser_loss
 from core.errors import TrainingError
+from models.ser import PRESETS, Encoder, LayerWeights, SERModel, make_config, ser_loss
 from tests.helpers import TINY_SER
 
 torch.set_num_threads(1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.errors import TrainingError
 from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
 from models.trainer import EpochSampler, TrainConfig, train_fold, train_folds
-from core.errors import TrainingError
 from tests.helpers import LinearTask, make_corpus
 
 torch.set_num_threads(1)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.corpus import load_corpus
 from core.errors import CorpusError
+from pipeline.corpus import load_corpus
 from pipeline.iemocap import read_iemocap, speaker_of
 from pipeline.prepare import prepare_demo, prepare_iemocap, prepare_manifest
 from tests.helpers import write_manifest, write_tone

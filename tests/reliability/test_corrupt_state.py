@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-import pipeline.store as store
 from core.errors import CacheError
 from pipeline.extract import extract, status
+import pipeline.store as store
 from pipeline.store import StageReader, read_shard_attrs
 from pipeline.verify import verify_cache, verify_shard
 from tests.helpers import shard_files, stage_arrays, tone_corpus

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import CacheError, CorpusError, StageError, TrainingError
 from models.folds import make_folds
 from models.runs import RunPaths, run_lock
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import load_corpus, write_corpus
-from core.errors import CacheError, CorpusError, StageError, TrainingError
 from pipeline.extract import extract, status
 from pipeline.prepare import prepare_manifest
 from pipeline.store import ShardWriter, StageReader

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import StageError, TrainingError
 from features.base import ItemInput
 from features.fairseq_convert import RestrictedUnpickler
 from features.gentle import GentleClient, GentleConfig, GentleUnavailable
 from models.trained import load_run
-from core.errors import StageError, TrainingError
 from pipeline.extract import extract
 from tests.helpers import fake_run, save_tiny_text_encoder, shard_files, tone_corpus
 from tests.reliability.runner import REPO

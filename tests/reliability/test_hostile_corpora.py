@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from pipeline.corpus import load_corpus
 from core.errors import CorpusError
+from pipeline.corpus import load_corpus
 from pipeline.extract import extract
 from pipeline.prepare import prepare_manifest
 from pipeline.store import StageReader

@@ -11,9 +11,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-import pipeline.stages as stages_mod
 from pipeline.corpus import load_corpus
 from pipeline.extract import extract
+import pipeline.stages as stages_mod
 from pipeline.stages import get_stage
 from tests.helpers import register_toy_stages, stage_arrays, tone_corpus
 from tests.reliability import runner

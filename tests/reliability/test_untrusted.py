@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import StageError
 from features.fairseq_convert import load_checkpoint as load_fairseq
 from models.checkpoint import load_checkpoint
 from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
 from models.trainer import TrainConfig, train_fold
-from core.errors import StageError
 from tests.helpers import LinearTask, make_corpus
 from tests.reliability.runner import REPO
 
