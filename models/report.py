@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from core.atomic import atomic_write_text
-from core.errors import TrainingError
+from core.errors import CacheError, TrainingError
 from models import figures
 from models.provenance import code_version, corpus_fingerprint
 from models.run_eval import RunEval, evaluate, paired, summary
 from models.runs import RunPaths, read_json
 from models.trained import TrainedRun, find_runs, load_run
-from pipeline.corpus import load_corpus
-from pipeline.store import cache_root
+from pipeline.corpus import Corpus, load_corpus
+from pipeline.store import cache_root, read_pointer
 
 #: Paper-reported UA (%) on IEMOCAP 4-class, leave-one-session-out (Makiuchi et al., 2021).
 PAPER_UA = {"ser": 70.1, "ter": 66.1, "fusion": 73.0}
@@ -40,15 +40,17 @@ def cm_markdown(cm: list[list[int]], classes: list[str]) -> str:
     return "\n".join(rows)
 
 
-def metadata(workdir: Path) -> dict[str, Any]:
+def metadata(workdir: Path, c: Corpus) -> dict[str, Any]:
     meta: dict[str, Any] = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), **code_version(),
                             "corpus_fingerprint": corpus_fingerprint(workdir)}
-    c = load_corpus(workdir)
     meta["corpus"] = {"name": c.name, "source": c.source, "utterances": len(c.utterances),
                       "speakers": len(c.speakers), "groups": c.groups}
     stages = {}
     for ptr in sorted(cache_root(workdir).glob("*/current.json")):
-        cur = json.loads(ptr.read_text())
+        try:
+            cur = read_pointer(workdir, ptr.parent.name, listing=False)
+        except CacheError:
+            continue  # a damaged index: `status` and `extract` say so; the report goes on
         stages[ptr.parent.name] = {"key": cur["identity"][:16], "params": cur.get("params", {}),
                                    "weights": cur.get("weights", "")[:16]}
     meta["stages"] = stages
@@ -202,9 +204,8 @@ def probe_lines(run: TrainedRun) -> list[str]:
     return ["", *out] if out else []
 
 
-def load_runs(workdir: Path) -> tuple[list[TrainedRun], list[tuple[RunPaths, str]]]:
+def load_runs(workdir: Path, corpus: Corpus) -> tuple[list[TrainedRun], list[tuple[RunPaths, str]]]:
     """Runs with at least one fold current for the corpus, and the others with the reason."""
-    corpus = load_corpus(workdir)
     good, apart = [], []
     for rp in find_runs(workdir):
         try:
@@ -219,8 +220,9 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
     """Write ``report.md``, figures and ``metadata.json`` to ``out`` (default workdir/report)."""
     workdir = Path(workdir)
     out = Path(out) if out else workdir / "report"
-    runs, apart = load_runs(workdir)
-    meta = metadata(workdir)
+    corpus_obj = load_corpus(workdir)
+    runs, apart = load_runs(workdir, corpus_obj)
+    meta = metadata(workdir, corpus_obj)
     out.mkdir(parents=True, exist_ok=True)
     corpus = meta["corpus"]
     dirty = " (uncommitted changes)" if meta.get("dirty") else ""

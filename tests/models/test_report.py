@@ -132,3 +132,12 @@ def test_alpha_figure_shows_folds_around_uniform(tmp_path):
     svg = (tmp_path / "a.svg").read_text()
     assert (tmp_path / "a.png").stat().st_size > 1000
     assert svg.count("<use ") >= 14  # 2 folds × 7 layers of markers
+
+
+def test_a_damaged_stage_index_does_not_stop_the_report(tmp_path):
+    rng = np.random.default_rng(6)
+    fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    (tmp_path / "cache" / "mel").mkdir(parents=True)
+    (tmp_path / "cache" / "mel" / "current.json").write_text("{torn")
+    md = write_report(tmp_path).read_text()
+    assert "| ser | small |" in md and "| mel |" not in md
