@@ -360,11 +360,14 @@ def report(out, compare, workdir) -> None:
     if not (Path(workdir) / "corpus.json").exists():
         raise click.BadParameter(f"{workdir} holds no prepared corpus (run `prepare` first, or "
                                  "check --workdir)", param_hint="--workdir")
+    folder = Path(out) if out else Path(workdir) / "report"
+    had_report = (folder / "report.md").exists()
     try:
         path = write_report(workdir, out, list(compare))
     except OSError as e:
-        raise MMERError(f"report not written ({e.strerror or e}); the previous report in "
-                        f"{out or Path(workdir) / 'report'} is intact") from e
+        kept = (f"the previous report.md in {folder} is intact" if had_report
+                else f"no report.md was written in {folder}")
+        raise MMERError(f"report not written ({e.strerror or e}); {kept}") from e
     console.print(f"report: {path}")
 
 

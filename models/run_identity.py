@@ -15,6 +15,7 @@ import json
 from typing import Mapping, Sequence
 
 from core.atomic import json_safe
+from core.errors import TrainingError
 from core.hashing import digest
 from models.folds import Fold
 from models.provenance import provenance
@@ -89,7 +90,7 @@ def write_run_config(paths: RunPaths, record: dict) -> None:
     if paths.config.exists():
         try:
             old = read_json(paths.config)
-        except ValueError:
+        except TrainingError:  # damaged: rewritten below
             old = None
         new = json.loads(json.dumps(json_safe(record)))
         if old is not None and {k: v for k, v in old.items() if k != "provenance"} == \

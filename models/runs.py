@@ -96,7 +96,12 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A run file; TrainingError naming it if it is damaged (torn by a full disk, edited)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise TrainingError(f"{path} is damaged ({e}); train that run again (or delete its "
+                            "folder)") from None
 
 
 def prediction_rows(ids: Sequence[str], probs: np.ndarray, labels: dict[str, str], fold: str,

@@ -141,3 +141,16 @@ def test_a_damaged_stage_index_does_not_stop_the_report(tmp_path):
     (tmp_path / "cache" / "mel" / "current.json").write_text("{torn")
     md = write_report(tmp_path).read_text()
     assert "| ser | small |" in md and "| mel |" not in md
+
+
+def test_a_torn_run_file_sets_the_run_apart(tmp_path):
+    """A metrics.json cut short (a full disk while copying, say) is named, not a traceback."""
+    rng = np.random.default_rng(7)
+    fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.5)
+    metrics = RunPaths(tmp_path, "ser", "small").fold_metrics("A")
+    metrics.write_text(metrics.read_text()[:40])
+    md = write_report(tmp_path).read_text()
+    assert "| ter | cnn |" in md and "| ser | small |" not in md
+    apart = md.split("## Runs set apart")[1]
+    assert "ser/small" in apart and "is damaged" in apart and str(metrics) in apart

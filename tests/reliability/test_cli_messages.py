@@ -126,3 +126,24 @@ def test_log_file_and_shell_completion(work, tmp_path):
         script = subprocess.run([str(mmer)], env=dict(os.environ, _MMER_COMPLETE="bash_source"),
                                 capture_output=True, text=True, timeout=60).stdout
         assert "_mmer_completion" in script
+
+
+def test_a_failed_report_says_what_is_left(work, monkeypatch):
+    """Disk full while writing the report: the message says whether an earlier report.md is
+    still there, never that one is 'intact' when there was none."""
+    import errno
+    import models.report
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(models.report, "write_report", full)
+    report_md = Path(work) / "report" / "report.md"
+    report_md.unlink(missing_ok=True)
+    out = CliRunner().invoke(cli, ["report", "-w", work])
+    assert out.exit_code == 1 and "no report.md was written" in " ".join(out.output.split())
+    report_md.parent.mkdir(exist_ok=True)
+    report_md.write_text("# an earlier report\n")
+    out = CliRunner().invoke(cli, ["report", "-w", work])
+    assert out.exit_code == 1 and "the previous report.md in" in " ".join(out.output.split())
+    assert report_md.read_text() == "# an earlier report\n"
