@@ -72,6 +72,19 @@ def test_iemocap_fixture_counts(tmp_path):
     assert "M_silence" not in by
 
 
+def test_iemocap_six_classes_on_the_release_layout(tmp_path):
+    """`prepare iemocap --classes neutral,happy,sad,angry,excited,frustrated`: excited stays
+    apart, frustrated is kept, the rest is dropped by the protocol (counted, not rejected)."""
+    from pipeline.labels import LabelPolicy
+    six = LabelPolicy.parse("neutral,happy,sad,angry,excited,frustrated")
+    res = prepare_iemocap(tmp_path / "w", make_iemocap(tmp_path), six)
+    by = {u.id: u for u in res.corpus.utterances}
+    assert res.corpus.classes == ("neutral", "happy", "sad", "angry", "excited", "frustrated")
+    assert by["Ses01F_impro01_M000"].label == "excited"
+    assert "frustrated" in {u.label for u in by.values()} and len(by) == 9
+    assert res.stats["dropped_by_protocol"] == {"xxx": 1, "oth": 1, "sur": 1}
+
+
 def test_speaker_of():
     assert speaker_of("Ses01F_impro01_M003") == "Ses01M"
     assert speaker_of("Ses05M_script02_2_F017") == "Ses05F"
