@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import dataclasses
 import math
 import os
 import re
@@ -19,9 +20,11 @@ import numpy as np
 
 
 def json_safe(obj):
-    """NaN/inf become None so the file is strict JSON."""
+    """NaN/inf become None so the file is strict JSON; dataclasses become dicts."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_safe(dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -5,7 +5,28 @@ Messages name the item (utterance id, file) and say what to do.
 
 
 class MMERError(Exception):
-    """Base class of every error this toolkit raises on purpose."""
+    """Base class of every error this toolkit raises on purpose.
+
+    ``then``: the steps that fix it, as command-line arguments without the program name (e.g.
+    ``"extract --stage mel"``). The library never spells out how the program is invoked; the
+    command line renders each step with its own name (``mmer extract --stage mel``), and ``str()``
+    names the steps for library users.
+    """
+
+    def __init__(self, message: str = "", *, then: str | tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.then = (then,) if isinstance(then, str) else tuple(then)
+
+    def __str__(self) -> str:
+        return self.render("")
+
+    def render(self, program: str) -> str:
+        """The message, then its fixing steps, each as ``program step``."""
+        if not self.then:
+            return self.message
+        steps = " then ".join(f"`{(program + ' ' + step).strip()}`" for step in self.then)
+        return f"{self.message}: run {steps}"
 
 
 class CorpusError(MMERError):

@@ -87,7 +87,6 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     path = write_report(workdir)
     times["fuse + report"] = time.perf_counter() - t
     summary = {"SER small": ser["mean"]["ua"], "TER cnn": ter["mean"]["ua"],
-               "fusion (weights searched on validation)":
-                   fused["searched on validation"]["mean"]["ua"],
-               "fusion (paper's fixed weights)": fused["paper's fixed 0.6/1.0"]["mean"]["ua"]}
+               "fusion (weights searched on validation)": fused.searched["mean"]["ua"],
+               "fusion (paper's fixed weights)": fused.paper["mean"]["ua"]}
     return {"times": times, "ua": summary, "report": str(path)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from pipeline.corpus import load_corpus
 log = logging.getLogger(__name__)
 
 PAPER_WEIGHTS = (0.6, 1.0)
+SEARCHED, FIXED = "searched on validation", "paper's fixed 0.6/1.0"  # as recorded in config.json
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,15 @@ class FusionConfig:
     ser_run: str = "small"
     ter_run: str = "cnn"
     grid: int = 21  # λ values in [0, 1]
+
+
+@dataclass
+class FusionResult:
+    """Both fusions' run summaries (as :func:`models.trainer.summarize_run`, plus the count of
+    utterances scored on speech alone) and the weights chosen per fold on validation."""
+    searched: dict[str, Any]  # weights searched on validation: runs/fusion/<ser>+<ter>
+    paper: dict[str, Any]  # the paper's fixed (0.6, 1.0): runs/fusion/<ser>+<ter>-paper
+    weights: dict[str, dict[str, Any]]  # fold -> w1, w2, val_ua, validation baselines (, note)
 
 
 def _by_split(rows: list[dict]) -> dict[str, dict[str, dict]]:
@@ -70,7 +80,7 @@ def search_weight(ser_val: dict[str, dict], ter_val: dict[str, dict], classes: S
     return lam, ua
 
 
-def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> dict:
+def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> FusionResult:
     """Fuse every fold that both runs have trained on the current corpus; writes
     runs/fusion/<ser>+<ter>[-paper]/… Stale folds of either run are left out, with a warning."""
     from models.provenance import provenance
@@ -88,7 +98,7 @@ def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> dict:
     if not folds:
         raise TrainingError(
             f"no fold has current predictions of both SER ({ser_run.paths.root}) and TER "
-            f"({ter_run.paths.root}); run `python cli.py train ser` and `python cli.py train ter`")
+            f"({ter_run.paths.root})", then=("train ser", "train ter"))
     classes = ser_run.classes
     name = f"{config.ser_run}+{config.ter_run}"
     searched = RunPaths(Path(workdir), "fusion", name)
@@ -106,19 +116,18 @@ def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> dict:
         for paths, (w1, w2) in ((searched, (lam, 1 - lam)), (fixed, PAPER_WEIGHTS)):
             _write_fold(paths, fold, ser, ter, w1, w2, classes, digest)
     _warn_if_losing(weights)
-    out = {}
+    out: dict[str, dict] = {}
     record = {"task": "fusion", "ser_run": config.ser_run, "ter_run": config.ter_run,
               "classes": classes, "split": ser_run.config.get("split", {}),
               "train": {"select": "val"}, "provenance": provenance(workdir)}
-    for paths, kind in ((searched, "searched on validation"), (fixed, "paper's fixed 0.6/1.0")):
+    for paths, kind in ((searched, SEARCHED), (fixed, FIXED)):
         write_json(paths.config, {**record, "weights": kind, "per_fold": weights if paths is searched
                                   else {f: dict(zip(("w1", "w2"), PAPER_WEIGHTS)) for f in folds}})
         _remove_other_folds(paths, folds)
         out[kind] = summarize_run(paths, classes, folds)
         out[kind]["speech_only"] = sum(read_json(paths.fold_metrics(f))["test"]["speech_only"]
                                        for f in folds)
-    out["weights"] = weights
-    return out
+    return FusionResult(out[SEARCHED], out[FIXED], weights)
 
 
 def validation_baselines(ser_val: dict, ter_val: dict, classes: Sequence[str]) -> dict[str, float]:

@@ -232,8 +232,8 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
              f"speakers, {len(corpus['groups'])} cross-validation groups ({', '.join(corpus['groups'])}); "
              f"source: {corpus['source']}; fingerprint `{meta['corpus_fingerprint']}`.", ""]
     if not runs:
-        lines += ["No trained runs for this corpus yet: run `python cli.py train ser`, `train ter`, "
-                  "`fuse`.", ""]
+        lines += ["No trained runs for this corpus yet: train SER and TER, then fuse (commands "
+                  "`train ser`, `train ter`, `fuse`).", ""]
     evals = [evaluate(r) for r in runs]
     sums = {ev.name: summary(ev) for ev in evals}
     lines += results_table(evals, sums) + paired_section(evals, list(compare))

@@ -43,8 +43,8 @@ class TERTask:
         have = set(reader.ids())
         self.ids = [u.id for u in corpus.utterances if u.id in have]
         if not self.ids:
-            raise TrainingError("no utterance of the corpus has text features: run "
-                                "`python cli.py extract --stage text` first")
+            raise TrainingError("no utterance of the corpus has text features",
+                                then="extract --stage text")
         missing = len(corpus.utterances) - len(self.ids)
         if missing:
             log.info("ter: %d of %d utterances have no text feature (left to speech alone)",

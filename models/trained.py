@@ -71,8 +71,8 @@ class TrainedRun:
         except Exception as e:  # noqa: BLE001 - pickled code, TorchScript, damage: never run it
             first = (str(e).strip().splitlines() or [""])[0][:160]
             raise TrainingError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: "
-                                f"{first}); it is damaged or not a checkpoint of this toolkit: "
-                                f"retrain the fold (`python cli.py train {self.paths.task}`)") from None
+                                f"{first}); it is damaged or not a checkpoint of this toolkit; "
+                                "retrain the fold", then=f"train {self.paths.task}") from None
         if self.select == "val" and ckpt.get("best_model") is not None:
             return ckpt["best_model"]
         return ckpt["model"]
@@ -96,8 +96,8 @@ def inspect_run(workdir: str | Path, task: str, run: str, corpus: Corpus) -> Tra
         others = sorted(p.name for p in paths.root.parent.glob("*") if (p / "config.json").exists()) \
             if paths.root.parent.is_dir() else []
         raise TrainingError(f"no trained {task} run {run!r} in {workdir}"
-                            + (f" (runs: {', '.join(others)})" if others else
-                               f": run `python cli.py train {task}` first"))
+                            + (f" (runs: {', '.join(others)})" if others else ""),
+                            then=() if others else f"train {task}")
     config = read_json(paths.config)
     want = current_fold_digests(corpus, config.get("split", {}))
     good, stale, metrics = [], {}, {}
@@ -132,8 +132,7 @@ def load_run(workdir: str | Path, task: str, run: str, corpus: Corpus | None = N
     if not out.folds:
         why = "; ".join(f"{f}: {r}" for f, r in list(stale.items())[:3])
         raise TrainingError(f"{task} run {run!r} has no fold trained on the current corpus"
-                            + (f" ({why})" if why else "")
-                            + f": run `python cli.py train {task}` again")
+                            + (f" ({why})" if why else ""), then=f"train {task}")
     return out
 
 
@@ -148,14 +147,23 @@ def find_runs(workdir: str | Path, tasks: tuple[str, ...] = ("ser", "ter", "fusi
     return out
 
 
-def run_states(workdir: str | Path, corpus: Corpus | None = None) -> list[dict]:
+@dataclass
+class RunState:
+    """A trained run's folds against the corpus as it is now."""
+    task: str
+    run: str
+    current: list[str]
+    stale: dict[str, str]  # fold -> why
+    missing: list[str]  # corpus groups without a trained fold
+
+
+def run_states(workdir: str | Path, corpus: Corpus | None = None) -> list[RunState]:
     """Per run: current / stale / missing folds with reasons (for ``status`` and ``prepare``)."""
     corpus = corpus or load_corpus(workdir)
     rows = []
     for rp in find_runs(workdir):
         r = inspect_run(workdir, rp.task, rp.run, corpus)
-        rows.append({"task": rp.task, "run": rp.run, "current": r.folds, "stale": r.stale,
-                     "missing": r.missing})
+        rows.append(RunState(rp.task, rp.run, r.folds, r.stale, r.missing))
     return rows
 
 

@@ -81,17 +81,15 @@ def write_corpus(workdir: str | Path, corpus: Corpus) -> None:
 def load_corpus(workdir: str | Path) -> Corpus:
     paths = corpus_paths(workdir)
     if not paths["utterances"].exists() or not paths["meta"].exists():
-        raise CorpusError(
-            f"no prepared corpus in {workdir}: run `python cli.py prepare demo` "
-            "(or `prepare iemocap ROOT` / `prepare manifest FILE`) first"
-        )
+        raise CorpusError(f"no prepared corpus in {workdir} (check --workdir); prepare one first "
+                          "from a manifest, IEMOCAP or the built-in demo", then="prepare demo")
     try:
         meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or "name" not in meta or "classes" not in meta:
             raise ValueError("expected name and classes")
     except (ValueError, OSError) as e:
-        raise CorpusError(f"{paths['meta']} is damaged ({e}); re-run `python cli.py prepare ...` "
-                          "to rebuild it") from None
+        raise CorpusError(f"{paths['meta']} is damaged ({e}); prepare the corpus again to rebuild "
+                          "it", then="prepare ...") from None
     utts = []
     with open(paths["utterances"], encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
@@ -100,8 +98,8 @@ def load_corpus(workdir: str | Path) -> Corpus:
             try:
                 utts.append(Utterance.from_dict(json.loads(line)))
             except (ValueError, TypeError) as e:
-                raise CorpusError(f"{paths['utterances']}:{n} is damaged ({e}); re-run "
-                                  "`python cli.py prepare ...` to rebuild it") from None
+                raise CorpusError(f"{paths['utterances']}:{n} is damaged ({e}); prepare the corpus "
+                                  "again to rebuild it", then="prepare ...") from None
     return Corpus(meta["name"], tuple(meta["classes"]), tuple(utts), meta.get("source", ""))
 
 

@@ -152,16 +152,30 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
     return results
 
 
-def status(workdir: str | Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+@dataclass
+class StageStatus:
+    """One stage of ``status``: its shards by state, failed items, bytes, key, why stale."""
+    stage: str
+    key: str  # the first 16 hex digits of the stage identity
+    params: dict[str, Any]
+    shards: dict[str, int]  # complete / stale / missing -> count
+    failed: dict[str, str]  # utterance -> reason
+    notes: dict[str, str]  # utterance -> remark it was kept with
+    bytes: int
+    orphans: list[str]
+    utterances: int
+    why_stale: list[str]
+
+
+def status(workdir: str | Path, names: list[str] | None = None) -> list[StageStatus]:
     """Per stage: shard states, failed items, bytes, current key and why stale."""
     params = load_params(workdir)
     names = names or stage_names()
     rows = []
     for plan in plans_for(workdir, names, params):
-        s = shard_summary(plan)
-        rows.append({"stage": plan.stage.name, "key": plan.identity_key[:16],
-                     "params": plan.identity["config"], **s,
-                     "orphans": [str(p) for p in orphan_shards(workdir, plan.stage.name)],
-                     "utterances": sum(len(sp.utts) for sp in plan.shards),
-                     "why_stale": explain_stale(plan, workdir)})
+        rows.append(StageStatus(plan.stage.name, plan.identity_key[:16], plan.identity["config"],
+                                **shard_summary(plan),
+                                orphans=[str(p) for p in orphan_shards(workdir, plan.stage.name)],
+                                utterances=sum(len(sp.utts) for sp in plan.shards),
+                                why_stale=explain_stale(plan, workdir)))
     return rows

@@ -38,7 +38,7 @@ def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
             raise ValueError("expected {stage: {field: value}}")
     except (ValueError, OSError) as e:
         raise StageError(f"{p} is damaged ({e}); fix it, or delete it to go back to every stage's "
-                         "default parameters (`python cli.py status` then shows what changed)") from None
+                         "default parameters (then see what changed)", then="status") from None
     return params
 
 
@@ -243,10 +243,8 @@ def check_current(workdir: str | Path, corpus: Corpus, readers: dict[str, Any]) 
             why = "not extracted yet" if u not in r.keys else "its audio or transcript changed"
             raise CacheError(
                 f"stage {name!r}: {len(stale)} utterance(s) of the current corpus have no features "
-                f"from their current inputs (e.g. {u}: {why}); run `python cli.py extract --stage "
-                f"{name}`")
+                f"from their current inputs (e.g. {u}: {why})", then=f"extract --stage {name}")
         if get_stage(name).finalize is not None and \
                 r.extra_name != finalize_name(want[name], list(corpus.utterances)):
             raise CacheError(f"stage {name!r}: its per-speaker output was computed for other "
-                             f"speakers than the corpus has now; run `python cli.py extract "
-                             f"--stage {name}`")
+                             "speakers than the corpus has now", then=f"extract --stage {name}")

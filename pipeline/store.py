@@ -225,15 +225,15 @@ def read_pointer(workdir: str | Path, stage: str, listing: bool = True) -> dict[
     try:
         meta = json.loads(pointer.read_text())
     except FileNotFoundError:
-        raise CacheError(f"stage {stage!r} has no features in {workdir}: run "
-                         f"`python cli.py extract --stage {stage}` first") from None
+        raise CacheError(f"stage {stage!r} has no features in {workdir}",
+                         then=f"extract --stage {stage}") from None
     except (OSError, ValueError) as e:
-        raise CacheError(f"the index {pointer} is unreadable ({e}): run `python cli.py extract "
-                         f"--stage {stage}` to rewrite it (cached shards are reused)") from None
+        raise CacheError(f"the index {pointer} is unreadable ({e}); extracting the stage rewrites "
+                         "it (cached shards are reused)", then=f"extract --stage {stage}") from None
     if listing and "shards" not in meta:
         raise CacheError(f"the index {pointer} was written by an older version and does not list "
-                         f"its shards: run `python cli.py extract --stage {stage}` (nothing is "
-                         "recomputed)")
+                         "its shards; extracting the stage rewrites it (nothing is recomputed)",
+                         then=f"extract --stage {stage}")
     return meta
 
 
@@ -268,7 +268,7 @@ class StageReader:
             a = read_shard_attrs(path) if path.exists() else None
             if a is None:
                 log.warning("stage %s: shard %s is missing or unreadable; its utterances have no "
-                            "features until `python cli.py extract --stage %s`", stage, path, stage)
+                            "features until the stage is extracted again", stage, path)
                 self.unreadable.append(path)
                 continue
             self.attrs = a
@@ -309,10 +309,9 @@ class StageReader:
             path = self._index[utt_id]
         except KeyError:
             reason = self.failed.get(utt_id)
-            raise CacheError(
-                f"{utt_id}: no {self.stage!r} feature"
-                + (f" (extraction failed: {reason})" if reason else
-                   f"; run `python cli.py extract --stage {self.stage}`")) from None
+            raise CacheError(f"{utt_id}: no {self.stage!r} feature"
+                             + (f" (extraction failed: {reason})" if reason else ""),
+                             then=() if reason else f"extract --stage {self.stage}") from None
         f = self._handles.get(path)
         if f is None:
             if len(self._handles) >= self._max_open:
@@ -340,9 +339,8 @@ class StageReader:
         if f is not None:
             f.close()
         self._index = {u: p for u, p in self._index.items() if p != path}
-        err = CacheError(f"{utt_id}: {error}; run `python cli.py verify --repair --stage "
-                         f"{self.stage}` then `python cli.py extract --stage {self.stage}` to "
-                         "recompute it")
+        err = CacheError(f"{utt_id}: {error}; repair the cache and recompute it",
+                         then=(f"verify --repair --stage {self.stage}", f"extract --stage {self.stage}"))
         err.path = path  # the corrupt shard, for the writing side to repair
         return err
 

@@ -18,9 +18,9 @@ def test_fusion_ignores_test_labels_and_counts_speech_only(tmp_path):
     a, b = fake_folds(tmp_path, folds)
     fake_run(tmp_path, "ter", "cnn", folds, rng, 2.0, skip={a.test[3]})
     out = fuse(tmp_path, FusionConfig())
-    w = out["weights"]
+    w = out.weights
     assert set(w) == set(folds) and all(0 <= v["w1"] <= 1 for v in w.values())
-    assert out["searched on validation"]["speech_only"] == 1
+    assert out.searched["speech_only"] == 1
     fused = read_predictions(RunPaths(tmp_path, "fusion", "small+cnn").predictions("A"))
     assert {r["split"] for r in fused} == {"test", "val"}
     # Perturb every test-fold label and probability of both inputs: weights must not move.
@@ -33,7 +33,7 @@ def test_fusion_ignores_test_labels_and_counts_speech_only(tmp_path):
                     r["label"] = CLASSES[(CLASSES.index(r["label"]) + 1) % 4]
                     r["probs"] = list(rng.dirichlet(np.ones(4)))
             write_predictions(paths.predictions(fold), rows)
-    assert fuse(tmp_path, FusionConfig())["weights"] == w
+    assert fuse(tmp_path, FusionConfig()).weights == w
     assert ser.metrics.exists()
 
 
@@ -43,14 +43,14 @@ def test_fusion_helps_when_text_is_informative(tmp_path):
     fake_run(tmp_path, "ter", "cnn", ["A", "B", "C"], rng, 1.5)
     out = fuse(tmp_path)
     ser_ua = summarize_run(RunPaths(tmp_path, "ser", "small"), CLASSES, ["A", "B", "C"])["pooled"]["ua"]
-    assert out["searched on validation"]["pooled"]["ua"] > ser_ua
+    assert out.searched["pooled"]["ua"] > ser_ua
 
 
 def test_fuse_says_when_fixed_weights_lose_to_a_single_modality(tmp_path, caplog):
     rng = np.random.default_rng(0)
     fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 0.0)  # speech says nothing
     fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.0)  # text somewhat informative
-    weights = fuse(tmp_path)["weights"]
+    weights = fuse(tmp_path).weights
     w = weights["B"]
     assert w["val_ua_paper"] < max(w["val_ua_speech"], w["val_ua_text"])  # (seeded: 0.0 < 0.5)
     assert "fold B: paper's fixed weights reach validation UA 0.000, below the best single " \

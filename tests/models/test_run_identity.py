@@ -113,7 +113,7 @@ def test_fuse_uses_every_fold_of_nested_group_names(tmp_path):
     fake_run(tmp_path, "ser", "small", groups, rng, 1.0)
     fake_run(tmp_path, "ter", "cnn", groups, rng, 1.5)
     out = fuse(tmp_path)
-    assert sorted(out["weights"]) == sorted(groups)
+    assert sorted(out.weights) == sorted(groups)
 
 
 def test_stale_runs_are_listed_and_left_out_of_fusion(tmp_path):
@@ -126,9 +126,9 @@ def test_stale_runs_are_listed_and_left_out_of_fusion(tmp_path):
     # group C leaves the corpus: its fold is stale, A and B (whose training data lost C) too
     write_corpus(tmp_path, dataclasses.replace(c, utterances=tuple(u for u in c.utterances
                                                                   if u.group != "C")))
-    states = {f"{r['task']}/{r['run']}": r for r in run_states(tmp_path)}
-    assert states["ser/small"]["stale"]["C"] == "its group is no longer in the corpus"
-    assert states["ser/small"]["current"] == []
+    states = {f"{r.task}/{r.run}": r for r in run_states(tmp_path)}
+    assert states["ser/small"].stale["C"] == "its group is no longer in the corpus"
+    assert states["ser/small"].current == []
     with pytest.raises(TrainingError, match="no fold trained on the current corpus"):
         fuse(tmp_path)
     assert Path(tmp_path, "runs", "ser", "small", "fold-C").exists()  # kept until retrained or gc
@@ -167,7 +167,7 @@ def test_prepare_over_trained_runs_says_which_it_made_stale(tmp_path):
                                    "-w", work])
     assert out.exit_code == 0, out.output
     assert "the corpus now differs for ter/toy (2 fold(s))" in " ".join(out.output.split())
-    assert [r["stale"] for r in run_states(work)][0] == {
+    assert [r.stale for r in run_states(work)][0] == {
         "s0": "its utterances or labels changed since it was trained",
         "s1": "its utterances or labels changed since it was trained"}
     out = CliRunner().invoke(cli, ["status", "-s", "mel", "-w", work])

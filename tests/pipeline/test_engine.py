@@ -69,8 +69,8 @@ def test_invalidation_param_change_recomputes_stage_and_dependants(work):
     Toy2.calls.clear()
     extract(work, ["toy2"], {"toy": {"scale": "3"}}, workers=1)
     assert len(Toy.calls) == 8 and len(Toy2.calls) == 8  # upstream change propagates
-    rows = {r["stage"]: r for r in status(work, ["toy2"])}
-    assert rows["toy"]["shards"]["complete"] == 3 and rows["toy2"]["shards"]["stale"] == 0
+    rows = {r.stage: r for r in status(work, ["toy2"])}
+    assert rows["toy"].shards["complete"] == 3 and rows["toy2"].shards["stale"] == 0
 
 
 def test_parameters_are_remembered_until_reset(work):
@@ -93,9 +93,9 @@ def test_invalidation_one_wav_changes_one_shard(work):
     before = snapshot(work, "toy")
     u = load_corpus(work).by_id()["u04"]
     write_tone(u.audio, 0.9, freq=999)
-    st = {r["stage"]: r for r in status(work, ["toy2"])}
-    assert st["toy"]["shards"]["stale"] == 1
-    assert any("u04: inputs (audio/transcript) changed" in w for w in st["toy"]["why_stale"])
+    st = {r.stage: r for r in status(work, ["toy2"])}
+    assert st["toy"].shards["stale"] == 1
+    assert any("u04: inputs (audio/transcript) changed" in w for w in st["toy"].why_stale)
     Toy.calls.clear(), Toy2.calls.clear()
     extract(work, ["toy2"], workers=1)
     after = snapshot(work, "toy")
@@ -114,8 +114,8 @@ def test_invalidation_version_bump(work, monkeypatch):
     register(dataclasses.replace(st, version=2))
     try:
         rows = status(work, ["toy"])[0]
-        assert rows["shards"]["missing"] == 3
-        assert any("code VERSION 1 -> 2" in w for w in rows["why_stale"])
+        assert rows.shards["missing"] == 3
+        assert any("code VERSION 1 -> 2" in w for w in rows.why_stale)
         Toy.calls.clear()
         extract(work, ["toy"], workers=1)
         assert len(Toy.calls) == 8
@@ -152,7 +152,7 @@ def test_stale_temp_file_is_removed_and_not_read(work):
     victim = files[0]
     tmp = victim.with_name(f".{victim.name}.tmp-99999-1")
     victim.rename(tmp)  # as if a writer died just before the rename
-    assert status(work, ["toy"])[0]["shards"]["missing"] == 1
+    assert status(work, ["toy"])[0].shards["missing"] == 1
     extract(work, ["toy"], workers=1)
     assert victim.exists() and not tmp.exists()
 
@@ -166,7 +166,7 @@ def test_failed_items_are_recorded(work):
     with StageReader(work, "toy") as r:
         assert "u02" not in r and len(r) == 7 and "u02" in r.failed
     st = status(work, ["toy"])[0]
-    assert "u02" in st["failed"] and st["notes"] == {"u05": "fallback used"}
+    assert "u02" in st.failed and st.notes == {"u05": "fallback used"}
     assert rep.notes == {"u05": "fallback used"}
     with StageReader(work, "toy") as r:
         assert "u05" in r and "_note" not in r.dataset("u05", "energy").parent

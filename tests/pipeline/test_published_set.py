@@ -52,7 +52,7 @@ def test_a_leftover_shard_never_serves_stale_features(tmp_path, monkeypatch):
     assert abs(frames - 1.5 * 50) <= 2, f"{x} served {frames} frames: stale features"
     assert len(read_pointer(work, "mel")["shards"]) == 1
     assert len(list(Path(work, "cache", "mel").glob("*/shard-*.h5"))) == 1  # leftover removed
-    assert verify_cache(work)["orphans"] == [] and status(work, ["mel"])[0]["orphans"] == []
+    assert verify_cache(work)["orphans"] == [] and status(work, ["mel"])[0].orphans == []
 
 
 @pytest.fixture()
@@ -70,7 +70,7 @@ def test_an_unlisted_shard_is_reported_and_never_read(one_shard):
     stray = shard.with_name("shard-00007-0123456789abcdef.h5")
     stray.write_bytes(shard.read_bytes())  # e.g. copied in by hand
     assert verify_cache(work)["orphans"] == [str(stray)]
-    assert status(work, ["mel"])[0]["orphans"] == [str(stray)]
+    assert status(work, ["mel"])[0].orphans == [str(stray)]
     assert stray.exists()  # read-only inspection
     assert verify_cache(work, repair=True)["orphans"] == [str(stray)] and not stray.exists()
 

@@ -1,12 +1,12 @@
 """Run a Python snippet the way the command line runs its work: a project error (or a full
-disk) becomes one line on stderr and exit status 1 (``pipeline.cli_base.ProjectGroup``)."""
+disk) becomes one line on stderr and exit status 1 (``commands.common.ProjectGroup``)."""
 from __future__ import annotations
 
 import sys
 
 import click
 
-from pipeline.cli_base import ProjectGroup
+from commands.common import ProjectGroup
 
 
 @click.group(cls=ProjectGroup)

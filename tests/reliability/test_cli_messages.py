@@ -35,6 +35,16 @@ def test_one_line_errors(work, args, message):
     assert message in text and "Traceback" not in text, text
 
 
+@pytest.mark.parametrize("prog, shown", [("mmer", "`mmer extract --stage mel`"),
+                                          ("cli.py", "`python cli.py extract --stage mel`")])
+def test_the_fix_is_named_as_the_user_invoked_us(tmp_path, prog, shown):
+    """The library names the step (``extract --stage mel``); the command line adds its own name."""
+    work = tone_corpus(tmp_path, n=2, seconds=(0.3, 0.4))
+    out = CliRunner().invoke(cli, ["train", "ser", "--config", "spec", "-w", work], prog_name=prog)
+    text = " ".join(out.output.split())
+    assert out.exit_code == 1 and f"stage 'mel' has no features in {work}: run {shown}" in text, text
+
+
 @pytest.mark.parametrize("args, message", [
     (["--fold", "S9"], "ser run 'small' has no current fold 'S9'; current folds: A, B"),
     (["--text", "hello", "--ter-run", "nope"], "no trained ter run 'nope'"),
@@ -103,7 +113,7 @@ def test_json_for_scripts(tmp_path):
     out = CliRunner().invoke(cli, ["fuse", "--json", "-w", str(tmp_path)])
     assert out.exit_code == 0, out.output
     fused = json.loads(out.stdout)
-    assert set(fused["weights"]) == {"A", "B"} and 0 <= fused["searched on validation"]["pooled"]["ua"] <= 1
+    assert set(fused["weights"]) == {"A", "B"} and 0 <= fused["searched"]["pooled"]["ua"] <= 1
     out = CliRunner().invoke(cli, ["status", "-s", "mel", "--json", "-w", str(tmp_path)])
     assert out.exit_code == 0, out.output
     state = json.loads(out.stdout)

@@ -85,11 +85,11 @@ def test_truncated_shard(work, reference, caplog):
     with StageReader(work, "mel") as r:  # the reader drops it (a miss) and says what to do
         missing = [u for u in reference[0] if u not in r]
         assert missing and r.unreadable == [shard]
-        with pytest.raises(CacheError, match="run `python cli.py extract --stage mel`"):
+        with pytest.raises(CacheError, match="run `extract --stage mel`"):
             r.get(missing[0], "mel")
     assert "unreadable" in caplog.text
     assert shard.stat().st_size == size  # a reader never deletes or rewrites
-    assert status(work, ["mel"])[0]["shards"]["stale"] == 1
+    assert status(work, ["mel"])[0].shards["stale"] == 1
     assert shard.stat().st_size == size  # nor does status
     assert_repaired(work, reference)
 
@@ -184,7 +184,7 @@ def test_stale_temp_files_and_a_garbage_hash_cache(work, reference, caplog):
 
 def test_deleted_current_index(work, reference):
     (Path(work) / "cache" / "mel" / "current.json").unlink()
-    with pytest.raises(CacheError, match="run `python cli.py extract --stage mel` first"):
+    with pytest.raises(CacheError, match="run `extract --stage mel`"):
         StageReader(work, "mel")
     before = {p.name: p.stat().st_mtime_ns for p in shard_files(work, "mel")}
     rep = extract(work, ["mel"], workers=1)[0]
@@ -202,8 +202,8 @@ def test_deleted_stage_params(tmp_path, monkeypatch):
     extract(w, ["mel"], {"mel": {"n_mels": "40"}}, workers=1)
     (Path(w) / "stage_params.json").unlink()
     row = status(w, ["mel"])[0]
-    assert row["shards"]["complete"] == 0
-    assert any("n_mels: 40 -> 80" in why for why in row["why_stale"]), row["why_stale"]
+    assert row.shards["complete"] == 0
+    assert any("n_mels: 40 -> 80" in why for why in row.why_stale), row.why_stale
     rep = extract(w, ["mel"], {"mel": {"n_mels": "40"}}, workers=1)[0]
     assert rep.computed == 0 and rep.reused == rep.shards_total
     with StageReader(w, "mel") as r:

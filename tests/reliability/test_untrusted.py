@@ -25,7 +25,7 @@ from models.trainer import TrainConfig, train_fold
 from tests.helpers import LinearTask, make_corpus
 from tests.reliability.runner import REPO
 
-PRODUCT = [REPO / "cli.py"] + [p for d in ("core", "pipeline", "features", "models", "bench")
+PRODUCT = [REPO / "cli.py"] + [p for d in ("core", "pipeline", "features", "models", "commands", "bench")
                                for p in sorted((REPO / d).rglob("*.py"))]
 
 
@@ -163,7 +163,7 @@ torch.load(p, weights_only=True)
 
 
 def test_product_code_has_no_shell_no_eval_and_only_safe_loads():
-    """Static check of cli.py, core/, pipeline/, features/, models/, bench/."""
+    """Static check of cli.py, core/, pipeline/, features/, models/, commands/, bench/."""
     problems = [x for p in PRODUCT for x in unsafe_calls(p.read_text(), str(p.relative_to(REPO)))]
     assert problems == []
 

@@ -1,4 +1,4 @@
-"""What every command of cli.py shares: the work-directory option and the error-handling group."""
+"""What every command shares: the work-directory and JSON options, the error-handling group."""
 from __future__ import annotations
 
 import errno
@@ -25,6 +25,12 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(json_safe(obj), indent=2, default=str, ensure_ascii=False))
 
 
+def program(ctx: click.Context) -> str:
+    """How the user invoked us, for the commands we suggest: ``mmer`` or ``python cli.py``."""
+    name = ctx.find_root().info_name or "mmer"
+    return f"python {name}" if name.endswith(".py") else name
+
+
 class ProjectGroup(click.Group):
     """Turns project errors into a one-line message and exit status 1 (no traceback)."""
 
@@ -38,7 +44,7 @@ class ProjectGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MMERError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            click.secho(f"error: {e.render(program(ctx))}", fg="red", err=True)
             sys.exit(1)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):

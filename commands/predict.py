@@ -1,11 +1,11 @@
-"""``predict``: the click layer over :func:`models.predict.predict` (added to cli.py)."""
+"""``predict``: the click layer over :func:`models.predict.predict`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from pipeline.cli_base import WORKDIR
+from commands.common import WORKDIR
 
 
 @click.command()
@@ -52,7 +52,7 @@ def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, langu
 def _print_predictions(preds, fmt: str) -> None:
     import json as _json
     import os
-    from pipeline.progress import console, table
+    from commands.display import console, table
     for p in preds:  # relative to here when below it: short, and still a path you can open
         rel = os.path.relpath(p.file)
         p.file = p.file if rel.startswith("..") else rel

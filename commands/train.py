@@ -1,9 +1,9 @@
-"""``train ser|ter`` and ``probe speaker``: the click layer over the trainers (added to cli.py)."""
+"""``train ser|ter`` and ``probe speaker``: the click layer over the trainers."""
 from __future__ import annotations
 
 import click
 
-from pipeline.cli_base import JSON_OUT, WORKDIR, ProjectGroup, emit_json
+from commands.common import JSON_OUT, WORKDIR, ProjectGroup, emit_json
 
 
 @click.group(cls=ProjectGroup)
@@ -83,7 +83,7 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
     from models.ser import CPU_WIDTHS
     from models.ser_data import StoreKeys
     from models.ser_train import SERRunConfig, train_ser
-    from pipeline.progress import console
+    from commands.display import console
     from pipeline.scheduler import parse_gpus
     model = {**(CPU_WIDTHS if widths == "cpu" else {}), **_model_overrides(model_values)}
     cfg = SERRunConfig(preset=preset, run=run_name, model=model, crops=crops,
@@ -126,7 +126,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
     """Speaker-ID probe (2048 → 1024 → 1024 → speakers) on a SER run's encoder codes,
     speaker-dependent 80/20 splits × 5; lower accuracy = better disentanglement."""
     from models.probe import ProbeConfig, probe_speaker
-    from pipeline.progress import console
+    from commands.display import console
     r = probe_speaker(workdir, run, ProbeConfig(epochs=epochs, activation=activation, pooling=pooling,
                                                 seed=seed), _device(device))
     console.print(f"speaker probe on SER {run}: accuracy {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
@@ -166,7 +166,7 @@ def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official
     from models.ter import TERConfig
     from models.ter_train import TERRun, train_ter
     from models.trainer import TrainConfig
-    from pipeline.progress import console
+    from commands.display import console
     if paper:
         steps, epochs, batch_size, lr = 412_800, 0.0, 4, 1e-4
     model = TERConfig(max_tokens=max_tokens, sigmoid_logits=official,

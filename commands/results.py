@@ -1,0 +1,83 @@
+"""``fuse``, ``report``, ``demo``: from trained runs to results."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from commands.common import JSON_OUT, WORKDIR, emit_json
+
+
+@click.command()
+@click.option("--ser-run", default="small", show_default=True, help="SER run (runs/ser/<name>).")
+@click.option("--ter-run", default="cnn", show_default=True, help="TER run (runs/ter/<name>).")
+@click.option("--grid", type=int, default=21, show_default=True,
+              help="Number of speech weights λ in [0, 1] tried on validation predictions.")
+@JSON_OUT
+@WORKDIR
+def fuse(ser_run, ter_run, grid, as_json, workdir) -> None:
+    """Late fusion p = w1·p_speech + w2·p_text. Weights are searched per fold on validation
+    predictions inside the training groups (never the test fold); the paper's fixed
+    (0.6, 1.0) is evaluated too. Utterances without text fall back to speech alone."""
+    from models.fusion import FusionConfig, fuse as run
+    from commands.display import console, table
+    out = run(workdir, FusionConfig(ser_run, ter_run, grid))
+    rows = [[kind, f"{100 * m['mean']['wa']:.1f}", f"{100 * m['mean']['ua']:.1f}",
+             f"{100 * m['pooled']['ua']:.1f}", m["speech_only"]]
+            for kind, m in (("searched on validation", out.searched), ("paper's fixed", out.paper))]
+    console.print(table(f"fusion {ser_run}+{ter_run}", ["weights", "WA", "UA", "pooled UA",
+                                                         "speech-only utts"], rows))
+    console.print("weights per fold (w1, w2): " + ", ".join(
+        f"{f} ({w['w1']:.2f}, {w['w2']:.2f})" for f, w in out.weights.items()))
+    if as_json:
+        emit_json(out)
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Report folder (default: <workdir>/report).")
+@click.option("--compare", nargs=2, multiple=True, metavar="TASK/RUN TASK/RUN",
+              help="Also test one run against another (paired), e.g. --compare ser/small ser/large.")
+@WORKDIR
+def report(out, compare, workdir) -> None:
+    """Write report.md: pooled UA/WA with 95 % bootstrap CIs, per-fold tables, per-class
+    precision/recall/F1, chance and majority lines, paired tests of fusion against each modality
+    (and of --compare pairs), each run's setup (commit, corpus, features, command), confusion
+    matrices, layer weights and speaker-probe results. Runs trained on another corpus are set
+    apart. Written atomically: on failure the previous report stays intact."""
+    from models.report import write_report
+    from core.errors import MMERError
+    from commands.display import console
+    if not (Path(workdir) / "corpus.json").exists():
+        raise click.BadParameter(f"{workdir} holds no prepared corpus (run `prepare` first, or "
+                                 "check --workdir)", param_hint="--workdir")
+    folder = Path(out) if out else Path(workdir) / "report"
+    had_report = (folder / "report.md").exists()
+    try:
+        path = write_report(workdir, out, list(compare))
+    except OSError as e:
+        kept = (f"the previous report.md in {folder} is intact" if had_report
+                else f"no report.md was written in {folder}")
+        raise MMERError(f"report not written ({e.strerror or e}); {kept}") from e
+    console.print(f"report: {path}")
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="A tiny corpus and few steps (a smoke test, ~1-2 min).")
+@WORKDIR
+def demo(quick, workdir) -> None:
+    """The whole journey on the built-in espeak-ng corpus, offline on CPU: prepare → extract
+    (real Whisper-base, Resemblyzer, MiniLM weights) → train SER + TER → fuse → report.
+    A second run reuses every cached stage and trained fold."""
+    from models.demo import QUICK, DemoConfig, run_demo
+    from commands.display import console, stage_progress, table
+    t = time.perf_counter()
+    with stage_progress() as prog:
+        out = run_demo(workdir, QUICK if quick else DemoConfig(), progress=prog,
+                       say=console.print)
+    console.print(table("demo: UA (mean over leave-one-session-out folds)", ["model", "UA %"],
+                        [[k, f"{100 * v:.1f}"] for k, v in out["ua"].items()]))
+    console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["times"].items()) +
+                  f"; total {time.perf_counter() - t:.0f} s")
+    console.print(f"report: [bold]{out['report']}[/bold]")
