@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import logging
 import platform
@@ -37,12 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.folds import make_folds  # noqa: E402
+from models.folds import SplitConfig, make_folds  # noqa: E402
 from models.metrics import classification_metrics, mean_over_folds  # noqa: E402
 from models.probe import ProbeConfig, probe_speaker  # noqa: E402
-from models.ser import CPU_WIDTHS  # noqa: E402
+from models.ser import CPU_WIDTHS, make_config  # noqa: E402
 from models.ser_data import StoreKeys  # noqa: E402
-from models.ser_train import SERRunConfig, iter_test_folds, train_ser, window_probs  # noqa: E402
+from models.run_folds import train_run  # noqa: E402
+from models.ser_train import SERInputs, SERRun, iter_test_folds, ser_schedule, window_probs  # noqa: E402
+from models.trainer import TrainConfig  # noqa: E402
 from pipeline.corpus import load_corpus  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -169,15 +170,17 @@ def main() -> None:
 
     results, probes = {}, {}
     for preset in [c for c in args.configs.split(",") if c]:
-        cfg = SERRunConfig(preset=preset, model=WIDTHS[args.widths], crops=args.crops, batch_size=args.batch_size,
-                           lr=args.lr, select=args.select, val_fraction=args.val_fraction, seed=args.seed,
-                           window_weighting=args.window_weighting, keys=StoreKeys(encoder_stage="wav2vec"),
-                           progress=False)
-        cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.resolved_steps() // args.evals))
+        steps, lr = ser_schedule(args.crops, args.batch_size, lr=args.lr)
+        spec = SERRun(run=preset, model=make_config(preset, **WIDTHS[args.widths]),
+                      train=TrainConfig(steps=steps, batch_size=args.batch_size, lr=lr, select=args.select,
+                                        seed=args.seed, eval_every=max(1, steps // args.evals), progress=False),
+                      split=SplitConfig(val_fraction=args.val_fraction),
+                      inputs=SERInputs(keys=StoreKeys(encoder_stage="wav2vec"),
+                                       window_weighting=args.window_weighting))
         t = time.perf_counter()
-        s = train_ser(args.workdir, cfg, "all", args.device)
+        s = train_run(args.workdir, spec, "all", args.device)
         results[preset] = {"mean": s["mean"], "pooled_ua": s["pooled"]["ua"], "seconds": time.perf_counter() - t,
-                           "steps_per_fold": cfg.resolved_steps(), "lr": cfg.resolved_lr()}
+                           "steps_per_fold": steps, "lr": lr}
         other = "frames" if args.window_weighting == "equal" else "equal"
         results[preset][f"mean_{other}_windows"] = reweighted_ua(args.workdir, preset, other, args.device)
         log.warning("SER %s: UA %.3f (%.0f s)", preset, s["mean"]["ua"], results[preset]["seconds"])

@@ -29,7 +29,8 @@ import torch
 
 from models.ser import SERModel, make_config  # noqa: E402
 from models.ser_data import ResidentSet  # noqa: E402
-from models.ser_train import SERRunConfig, SERTask, window_probs  # noqa: E402
+from models.ser_train import SERInputs, SERRun, SERTask, ser_schedule, window_probs  # noqa: E402
+from models.trainer import TrainConfig  # noqa: E402
 from pipeline.corpus import DEFAULT_CLASSES, Corpus  # noqa: E402
 
 IEMOCAP_UTTS, IEMOCAP_HOURS, FOLDS, CROPS_PER_FOLD = 5531, 7.0, 5, 2_000_000
@@ -67,13 +68,14 @@ def _sync(device: torch.device) -> None:
 def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: int, steps: int,
                warmup: int, amp: str, device: torch.device) -> dict:
     """Steady-state speed of the real SER step at ``batch`` (fresh model and Adam)."""
-    run = SERRunConfig(preset=preset, batch_size=batch, amp=amp)
+    _, lr = ser_schedule(batch_size=batch)
+    run = SERRun(train=TrainConfig(batch_size=batch, lr=lr), inputs=SERInputs(amp=amp))
     task = SERTask(Corpus("bench", DEFAULT_CLASSES, ()), None, run,
                    make_config(preset, n_layers=n_layers, feat_dim=dim))
     task.attach(data, str(device), seed=0)
     torch.manual_seed(0)
     model = SERModel(task.model_cfg).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=run.resolved_lr())
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -93,7 +95,7 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
         last = step(i)
     _sync(device)
     dt = time.perf_counter() - t0
-    out = {"batch": batch, "lr": run.resolved_lr(), "steps_per_s": steps / dt, "crops_per_s": steps * batch / dt,
+    out = {"batch": batch, "lr": lr, "steps_per_s": steps / dt, "crops_per_s": steps * batch / dt,
            "loss": float(last)}
     if device.type == "cuda":
         out["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)

@@ -49,7 +49,8 @@ from models.metrics import classification_metrics, mean_over_folds
 from models.runs import RunPaths
 from models.ter import TERConfig
 from models.ter_train import TERTask
-from models.trainer import TrainConfig, train_folds
+from models.run_folds import train_folds
+from models.trainer import TrainConfig
 from pipeline.corpus import Corpus, Utterance  # noqa: E402
 
 log = logging.getLogger(__name__)

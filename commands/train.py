@@ -80,25 +80,35 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
                   model_values, encoder_stage, window_weighting, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
     """Train the SER model (AutoVC-like cross-representation network) with leave-one-group-out
     cross-validation; writes runs/ser/<config>/ (checkpoints, predictions, metrics, layer weights)."""
-    from models.ser import CPU_WIDTHS
-    from models.ser_data import StoreKeys
-    from models.ser_train import SERRunConfig, train_ser
     from commands.display import console
+    from models.folds import SplitConfig
+    from models.run_folds import train_run
+    from models.ser import CPU_WIDTHS, make_config
+    from models.ser_data import StoreKeys
+    from models.ser_train import SERInputs, SERRun, ser_schedule
+    from models.trainer import TrainConfig
     from pipeline.scheduler import parse_gpus
-    model = {**(CPU_WIDTHS if widths == "cpu" else {}), **_model_overrides(model_values)}
-    cfg = SERRunConfig(preset=preset, run=run_name, model=model, crops=crops,
-                       steps=steps, batch_size=batch_size, lr=lr, lr_rule=lr_rule, select=select,
-                       eval_every=eval_every, seed=seed, amp=amp, resident=resident,
-                       window_weighting=window_weighting, keys=StoreKeys(encoder_stage=encoder_stage))
-    console.print(f"SER {cfg.run_name}: {cfg.resolved_steps()} steps × batch {batch_size} per fold, "
-                  f"lr {cfg.resolved_lr():g}")
-    if not (gpus or scheduler) and _device(device) == "cpu" and cfg.resolved_steps() > 20_000:
-        console.print(f"[yellow]warning:[/yellow] {cfg.resolved_steps():,} steps per fold on the CPU "
+    model = make_config(preset, **{**(CPU_WIDTHS if widths == "cpu" else {}),
+                                   **_model_overrides(model_values)})
+    n_steps, rate = ser_schedule(crops, batch_size, steps, lr, lr_rule)
+    spec = SERRun(run=run_name or preset, model=model, split=SplitConfig(),
+                  train=TrainConfig(steps=n_steps, batch_size=batch_size, lr=rate, seed=seed,
+                                    eval_every=eval_every, select=select),
+                  inputs=SERInputs(keys=StoreKeys(encoder_stage=encoder_stage), amp=amp,
+                                   resident=resident, window_weighting=window_weighting))
+    console.print(f"SER {spec.run}: {n_steps} steps × batch {batch_size} per fold, lr {rate:g}")
+    if not (gpus or scheduler) and _device(device) == "cpu" and n_steps > 20_000:
+        console.print(f"[yellow]warning:[/yellow] {n_steps:,} steps per fold on the CPU "
                       "take days (the paper's schedule is a GPU job); for a CPU run try "
                       "--widths cpu --steps 500 --batch-size 16")
-    s = train_ser(workdir, cfg, folds, device, parse_gpus(gpus), scheduler)
+    _report("SER", train_run(workdir, spec, folds, device, parse_gpus(gpus), scheduler), as_json)
+
+
+def _report(task: str, s: dict, as_json: bool) -> None:
+    """A run summary in one line (and as JSON on stdout with --json)."""
+    from commands.display import console
     m = s["mean"]
-    console.print(f"SER {cfg.run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
+    console.print(f"{task} {s['run']}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
                   f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
     if as_json:
         emit_json(s)
@@ -163,21 +173,15 @@ def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official
                   run_name, amp, seed, device, workdir) -> None:
     """Train the text model (the official 1-D CNN on cached `text` token features) with
     leave-one-group-out cross-validation; writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
+    from models.run_folds import train_run
     from models.ter import TERConfig
-    from models.ter_train import TERRun, train_ter
+    from models.ter_train import TERInputs, TERRun
     from models.trainer import TrainConfig
-    from commands.display import console
     if paper:
         steps, epochs, batch_size, lr = 412_800, 0.0, 4, 1e-4
     model = TERConfig(max_tokens=max_tokens, sigmoid_logits=official,
                       pooling="official" if official else "masked")
     train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
                             seed=seed, eval_every=eval_every, select=select)
-    s = train_ter(workdir, TERRun(folds=folds, run=run_name, model=model, amp=amp == "bf16",
-                                  train=train_cfg),
-                  _device(device))
-    m = s["mean"]
-    console.print(f"TER {run_name}: UA {m['ua']:.3f} ± {m['ua_std']:.3f}, WA {m['wa']:.3f} "
-                  f"(mean over {m['n_folds']} folds); pooled UA {s['pooled']['ua']:.3f}")
-    if as_json:
-        emit_json(s)
+    spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp))
+    _report("TER", train_run(workdir, spec, folds, _device(device)), as_json)

@@ -95,3 +95,11 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's state (for the best-so-far model)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def from_record(cls: type, record: dict[str, Any]):
+    """A config dataclass from its JSON record (config.json, a checkpoint's config): lists back
+    to tuples, fields the class no longer has ignored."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in names})

@@ -9,7 +9,6 @@ shows the pipeline working end to end on CPU, not the paper's accuracy.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -43,9 +42,10 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     """Run (or resume) the demo in ``workdir``; returns timings and the report path."""
     from models.fusion import FusionConfig, fuse
     from models.report import write_report
-    from models.ser import CPU_WIDTHS
-    from models.ser_train import SERRunConfig, train_ser
-    from models.ter_train import TERRun, train_ter
+    from models.run_folds import train_run
+    from models.ser import CPU_WIDTHS, make_config
+    from models.ser_train import SERRun, ser_schedule
+    from models.ter_train import TERRun
     from models.trainer import TrainConfig
     from pipeline.corpus import corpus_paths, load_corpus
     from pipeline.extract import extract
@@ -72,15 +72,16 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
             f"{len(r.failed)} failed item(s)")
 
     t = time.perf_counter()
-    ser = train_ser(workdir, SERRunConfig(preset="small", steps=config.ser_steps,
-                                          batch_size=config.ser_batch, select="val",
-                                          model=dict(CPU_WIDTHS), eval_every=config.ser_steps // 6,
-                                          seed=config.seed), device="cpu")
+    _, lr = ser_schedule(batch_size=config.ser_batch)  # the square-root rule
+    ser_train = TrainConfig(steps=config.ser_steps, batch_size=config.ser_batch, lr=lr,
+                            select="val", eval_every=config.ser_steps // 6, seed=config.seed)
+    ser = train_run(workdir, SERRun(run="small", model=make_config("small", **CPU_WIDTHS),
+                                    train=ser_train), device="cpu")
     times["train ser"] = time.perf_counter() - t
     t = time.perf_counter()
     ter_train = TrainConfig(steps=0, epochs=config.ter_epochs, batch_size=32, lr=3e-4,
                             seed=config.seed)
-    ter = train_ter(workdir, dataclasses.replace(TERRun(), train=ter_train), device="cpu")
+    ter = train_run(workdir, TERRun(train=ter_train), device="cpu")
     times["train ter"] = time.perf_counter() - t
     t = time.perf_counter()
     fused = fuse(workdir, FusionConfig(ser_run="small", ter_run="cnn"))

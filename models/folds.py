@@ -30,6 +30,19 @@ class Fold:
     val: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class SplitConfig:
+    """How a run splits the corpus: leave one group out, and ``val_fraction`` of each training
+    label for validation, drawn with ``split_seed`` (kept apart from the training seed so that
+    SER, TER and fusion share the same validation rows whatever their training seeds)."""
+
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+    def folds(self, corpus: Corpus, folds: str | int = "all") -> list[Fold]:
+        return make_folds(corpus, folds, self.val_fraction, self.split_seed)
+
+
 def select_groups(groups: list[str], folds: str | int = "all") -> list[str]:
     """The held-out groups named by ``folds``: "all", a count k (first k groups) or "a,b"."""
     spec = str(folds).strip()

@@ -19,7 +19,7 @@ import numpy as np
 from core.errors import TrainingError
 from models.metrics import classification_metrics
 from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
-from models.trainer import summarize_run
+from models.run_folds import summarize_run
 from pipeline.corpus import load_corpus
 
 log = logging.getLogger(__name__)

@@ -61,7 +61,7 @@ def _extractor(run: TrainedRun, stage: str, device: str):
 def _ser_models(run: TrainedRun, device: str):
     from models.ser_train import ser_model
     models = [ser_model(run, f).to(device) for f in run.folds]
-    return models[0].cfg, models, run.config["model"]["run"].get("window_weighting", "equal")
+    return models[0].cfg, models, run.config["inputs"]["window_weighting"]
 
 
 def _ter_models(run: TrainedRun):

@@ -141,7 +141,7 @@ def probe_speaker(workdir, run: str, cfg: ProbeConfig = ProbeConfig(), device: s
     result = {"run": run, **probe_accuracy(x, [spk[i] for i in ids], cfg, device),
               "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}}
     if cfg.pooling == "flatten":
-        model = read_json(RunPaths(workdir, "ser", run).config)["model"]["model"]
+        model = read_json(RunPaths(workdir, "ser", run).config)["model"]
         seen = flatten_frames_seen(model["dim_neck"], model["freq"], cfg.input_size)
         result["frames_seen"] = seen
         if seen < model["crop"]:

@@ -1,15 +1,12 @@
-"""SER training on the shared loop (:mod:`models.trainer`): crops, schedule, window inference.
+"""SER on the shared loop (:mod:`models.trainer`): the run spec, crops, schedule, window inference.
 
-The schedule is given in *crops seen* (the paper: 2 M per fold = batch 2 × 1 M steps); a larger
-batch takes proportionally fewer steps, with the learning rate scaled by the square-root rule
-``lr = base_lr · sqrt(B / 2)`` capped at ``lr_max`` (Adam's update size scales with the gradient
-noise, which falls as 1/sqrt(B); the cap keeps the LSTMs at Adam's usual 1e-3). Inference cuts
-each utterance into non-overlapping ``crop``-frame windows (last one zero-padded) and averages
-the windows' class probabilities.
-
-``train_fold(workdir, config, fold, device)`` is a plain picklable function so that a scheduler
-can map it over folds, one per GPU worker; ``train_ser`` runs the folds (serially or on a Dask
-cluster) and writes the run summary.
+The paper's schedule is given in *crops seen* (2 M per fold = batch 2 × 1 M steps);
+:func:`ser_schedule` turns crops into steps for a batch size, with the learning rate scaled by the
+square-root rule ``lr = base_lr · sqrt(B / 2)`` capped at ``lr_max`` (Adam's update size scales
+with the gradient noise, which falls as 1/sqrt(B); the cap keeps the LSTMs at Adam's usual 1e-3).
+Inference cuts each utterance into non-overlapping ``crop``-frame windows (last one zero-padded)
+and averages the windows' class probabilities. Runs go through :func:`models.run_folds.train_run`
+like TER's.
 """
 from __future__ import annotations
 
@@ -17,84 +14,78 @@ import dataclasses
 import logging
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from models import trainer
-from models.checkpoint import safe_load
-from models.folds import Fold, make_folds
-from models.run_identity import run_record, write_run_config
-from models.runs import RunPaths, run_lock, write_json
-from models.ser import SERConfig, SERModel, make_config, ser_loss
+from core.errors import TrainingError
+from models.checkpoint import from_record
+from models.folds import SplitConfig
+from models.runs import RunPaths, write_json
+from models.ser import PRESETS, SERConfig, SERModel, ser_loss
 from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
                              iter_windows, load_set, usable)
-from core.devices import resolve_device
-from core.errors import TrainingError
+from models.trainer import TrainConfig
 from pipeline.corpus import Corpus, load_corpus
 
 log = logging.getLogger(__name__)
 
 PAPER_BATCH = 2
 PAPER_LR = 1e-4
+PAPER_CROPS = 2_000_000
+
+
+def ser_schedule(crops: int = PAPER_CROPS, batch_size: int = PAPER_BATCH, steps: int = 0,
+                 lr: float = 0.0, lr_rule: str = "sqrt", base_lr: float = PAPER_LR,
+                 lr_max: float = 1e-3) -> tuple[int, float]:
+    """(steps, lr) for a batch size: ``steps`` > 0 wins over ``crops`` seen; ``lr`` > 0 wins over
+    the rule ("sqrt": base_lr·sqrt(B/2) capped at lr_max; "linear": ·B/2 capped; "none")."""
+    steps = steps if steps > 0 else max(1, math.ceil(crops / batch_size))
+    if lr > 0:
+        return steps, lr
+    ratio = batch_size / PAPER_BATCH
+    cap = max(lr_max, base_lr)
+    rules = {"sqrt": lambda: min(base_lr * math.sqrt(ratio), cap),
+             "linear": lambda: min(base_lr * ratio, cap), "none": lambda: base_lr}
+    if lr_rule not in rules:
+        raise TrainingError(f"lr_rule must be sqrt, linear or none, not {lr_rule!r}")
+    return steps, rules[lr_rule]()
 
 
 @dataclass(frozen=True)
-class SERRunConfig:
-    """Everything a SER run needs besides the work directory (saved with every checkpoint)."""
+class SERInputs:
+    """What the SER model reads and how it is evaluated (besides the model itself)."""
 
-    preset: str = "small"  # small | large | spec (models.ser.PRESETS)
-    run: str = ""  # run folder name; default: the preset
-    model: dict = field(default_factory=dict)  # SERConfig overrides, e.g. {"classifier_act": "relu"}
-    crops: int = 2_000_000  # crops seen per fold (paper: 2 M)
-    steps: int = 0  # > 0: optimizer steps per fold, overrides ``crops``
-    batch_size: int = PAPER_BATCH
-    lr: float = 0.0  # > 0: fixed learning rate; 0: lr_rule
-    lr_rule: str = "sqrt"  # "sqrt": base_lr·sqrt(B/2) capped at lr_max; "linear": ·B/2 capped; "none"
-    base_lr: float = PAPER_LR
-    lr_max: float = 1e-3
-    select: str = "last"  # official: the last step; "val": best validation UA
-    val_fraction: float = 0.1
-    #: Seeds the validation draw, apart from ``seed``: SER, TER and fusion must share the same
-    #: validation rows whatever their training seeds (TER uses 0 too).
-    split_seed: int = 0
-    eval_every: int = 0  # steps between validation passes; 0 = about 20 per fold
-    seed: int = 0
+    keys: StoreKeys = StoreKeys()
     amp: str = "bf16"  # bf16 autocast on CUDA; "off" = float32 (always float32 on CPU)
+    window_weighting: str = "equal"  # official: plain mean over windows; "frames": by real frames
+    # Speed and memory only (not part of the run's identity):
     resident: str = "auto"  # keep a fold's training features on the device: auto | yes | no
     window_batch: int = 256  # inference windows per forward pass
-    window_weighting: str = "equal"  # official: plain mean over windows; "frames": by real frames
-    grad_clip: float = 0.0
-    keys: StoreKeys = StoreKeys()
-    progress: bool = True
 
-    @property
-    def run_name(self) -> str:
-        return self.run or self.preset
 
-    def resolved_steps(self) -> int:
-        return self.steps if self.steps > 0 else max(1, math.ceil(self.crops / self.batch_size))
+_SPEED_ONLY = ("resident", "window_batch")
 
-    def resolved_lr(self) -> float:
-        if self.lr > 0:
-            return self.lr
-        ratio = self.batch_size / PAPER_BATCH
-        if self.lr_rule == "sqrt":
-            return min(self.base_lr * math.sqrt(ratio), max(self.lr_max, self.base_lr))
-        if self.lr_rule == "linear":
-            return min(self.base_lr * ratio, max(self.lr_max, self.base_lr))
-        if self.lr_rule == "none":
-            return self.base_lr
-        raise TrainingError(f"lr_rule must be sqrt, linear or none, not {self.lr_rule!r}")
 
-    def train_config(self) -> trainer.TrainConfig:
-        return trainer.TrainConfig(steps=self.resolved_steps(), batch_size=self.batch_size,
-                                   lr=self.resolved_lr(), grad_clip=self.grad_clip, seed=self.seed,
-                                   eval_every=self.eval_every, select=self.select,
-                                   progress=self.progress)
+@dataclass(frozen=True)
+class SERRun:
+    """A SER run: runs/ser/<run>. ``model``'s ``n_layers``/``feat_dim`` are taken from the cached
+    encoder stage and ``n_classes`` from the corpus when the task opens the features."""
+
+    task: ClassVar[str] = "ser"
+    run: str = "small"
+    model: SERConfig = PRESETS["small"]
+    train: TrainConfig = TrainConfig(steps=PAPER_CROPS // PAPER_BATCH, batch_size=PAPER_BATCH,
+                                     lr=PAPER_LR, select="last")
+    split: SplitConfig = SplitConfig()
+    inputs: SERInputs = SERInputs()
+
+    def make_task(self, workdir, corpus: Corpus, source=None) -> "SERTask":
+        """The task over the shard store (opened and checked against the corpus once)."""
+        return SERTask(corpus, source or open_source(workdir, self.inputs.keys, self.model, corpus),
+                       self)
 
 
 def _speakers(corpus: Corpus) -> dict[str, str]:
@@ -109,8 +100,10 @@ class SERTask:
 
     name = "ser"
 
-    def __init__(self, corpus: Corpus, source, config: SERRunConfig, model_cfg: SERConfig | None = None):
-        self.corpus, self.source, self.config = corpus, source, config
+    def __init__(self, corpus: Corpus, source, spec: SERRun = SERRun(),
+                 model_cfg: SERConfig | None = None):
+        """``model_cfg``: the model already resolved (features held in memory, no source)."""
+        self.corpus, self.source, self.spec, self.inputs = corpus, source, spec, spec.inputs
         self.speakers = _speakers(corpus)
         index = {c: i for i, c in enumerate(corpus.classes)}
         self.label_of = {u.id: index[u.label] for u in corpus.utterances if u.label in index}
@@ -120,16 +113,14 @@ class SERTask:
         self._gen: torch.Generator | None = None
 
     def _model_config(self) -> SERConfig:
-        overrides = dict(self.config.model)
-        overrides.setdefault("n_classes", len(self.corpus.classes))
-        if make_config(self.config.preset).input == "encoder":
+        """The spec's model with the corpus's class count and the cached encoder's shape."""
+        shape = {"n_classes": len(self.corpus.classes)}
+        if self.spec.model.input == "encoder":
             first = next((u.id for u in self.corpus.utterances if self.source.missing(u.id) is None), None)
             if first is None:
                 raise TrainingError("no utterance has all SER features (encoder layers, mel, phones)")
-            n_layers, feat_dim = self.source.encoder_shape(first)
-            overrides.setdefault("n_layers", n_layers)
-            overrides.setdefault("feat_dim", feat_dim)
-        return make_config(self.config.preset, **overrides)
+            shape["n_layers"], shape["feat_dim"] = self.source.encoder_shape(first)
+        return dataclasses.replace(self.spec.model, **shape)
 
     @property
     def use_encoder(self) -> bool:
@@ -137,12 +128,8 @@ class SERTask:
 
     # --- Task protocol -----------------------------------------------------------------------
     def config_dict(self) -> dict:
-        c = dataclasses.asdict(self.config)
-        # Not part of the model's identity: speed/memory knobs, and the schedule length (the
-        # trainer records its steps and allows extending a finished run).
-        for k in ("progress", "resident", "window_batch", "run", "crops", "steps"):
-            c.pop(k)
-        return {"model": self.model_cfg.to_dict(), "run": c}
+        inputs = {k: v for k, v in dataclasses.asdict(self.inputs).items() if k not in _SPEED_ONLY}
+        return {"model": self.model_cfg.to_dict(), "inputs": inputs}
 
     def feature_keys(self) -> dict[str, str]:
         if hasattr(self.source, "stage_identities"):
@@ -162,7 +149,7 @@ class SERTask:
 
     def prepare(self, train_ids: Sequence[str], device: str, seed: int) -> None:
         data = load_set(self.source, train_ids, self.speakers, self.label_of, self.use_encoder,
-                        torch.device(device), self.config.resident)
+                        torch.device(device), self.inputs.resident)
         self.attach(data, device, seed)
 
     def attach(self, data: ResidentSet | StreamingSet, device: str, seed: int) -> None:
@@ -174,10 +161,10 @@ class SERTask:
         # The crops of step s are a pure function of (fold seed, s): resuming needs no sampler
         # state, and drawing them on the device costs no host-device synchronisation.
         self._gen.manual_seed((self._seed * 1_000_003 + 7919 * step + 1) % (2**63))
-        return self.train.sample(self.config.batch_size, self.model_cfg.crop, self._gen)
+        return self.train.sample(self.spec.train.batch_size, self.model_cfg.crop, self._gen)
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.config.amp == "bf16":
+        if self.device.type == "cuda" and self.inputs.amp == "bf16":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -192,10 +179,21 @@ class SERTask:
         key = tuple(ids)
         if key not in self._eval:
             self._eval = {key: load_set(self.source, ids, self.speakers, self.label_of, self.use_encoder,
-                                        self.device, self.config.resident, reserve_bytes=12 << 30)}
+                                        self.device, self.inputs.resident, reserve_bytes=12 << 30)}
         with self._autocast():
-            return window_probs(model, self._eval[key], self.model_cfg.crop, self.config.window_batch,
-                                self.config.window_weighting)
+            return window_probs(model, self._eval[key], self.model_cfg.crop, self.inputs.window_batch,
+                                self.inputs.window_weighting)
+
+
+    def describe(self, model: SERModel) -> dict[str, Any]:
+        """The selected model's learned layer weights, kept in the fold's metrics."""
+        return {"alpha": alpha_record(model.state_dict(), self.model_cfg.layer_weighting)}
+
+    def run_done(self, paths: RunPaths, done: dict[str, dict]) -> None:
+        """alpha.json: the layer weights of every fold and their mean."""
+        alphas = np.array([m["alpha"]["weights"] for m in done.values()])
+        write_json(paths.root / "alpha.json", {"mean_weights": alphas.mean(0).round(6).tolist(),
+                                               "per_fold": {n: m["alpha"] for n, m in done.items()}})
 
 
 @torch.no_grad()
@@ -228,99 +226,21 @@ def alpha_record(state: dict[str, torch.Tensor], mode: str) -> dict[str, Any]:
     return {"raw": [round(float(x), 6) for x in raw], "weights": [round(float(x), 6) for x in w]}
 
 
-def _write_alpha(paths: RunPaths, fold: str, model_cfg: SERConfig, select: str) -> dict:
-    ckpt = safe_load(paths.checkpoint(fold))
-    use_best = select == "val" and ckpt.get("best_model") is not None
-    rec = {"selected": "val" if use_best else "last",
-           **alpha_record(ckpt["best_model"] if use_best else ckpt["model"], model_cfg.layer_weighting)}
-    write_json(paths.fold_dir(fold) / "alpha.json", rec)
-    return rec
-
-
-def open_source(workdir, config: SERRunConfig, corpus: Corpus):
-    """The shard-store source for ``config`` (the mel ablation reads no encoder stage), checked
+def open_source(workdir, keys: StoreKeys, model: SERConfig, corpus: Corpus) -> StoreSource:
+    """The shard-store source a model reads (the mel ablation reads no encoder stage), checked
     to hold the features of ``corpus`` as it is now (CacheError otherwise)."""
-    keys = config.keys
-    if make_config(config.preset).input == "mel":
-        keys = dataclasses.replace(keys, encoder_stage=None)
-    return checked_source(workdir, keys, corpus)
-
-
-def checked_source(workdir, keys: StoreKeys, corpus: Corpus) -> StoreSource:
     from pipeline.plan import check_current
+    if model.input == "mel":
+        keys = dataclasses.replace(keys, encoder_stage=None)
     source = StoreSource(workdir, keys)
     check_current(workdir, corpus, source.readers())
     return source
 
 
-def train_fold(workdir, config: SERRunConfig, fold: Fold | str, device: str = "cpu",
-               corpus: Corpus | None = None, source=None, on_step=None) -> dict | None:
-    """Train one fold (``fold`` a Fold or a group name) and write its outputs; returns its metrics.
-
-    Picklable and self-contained, so a Dask worker (one per GPU) can run it.
-    """
-    device = resolve_device(device)
-    corpus = corpus or load_corpus(workdir)
-    if isinstance(fold, str):
-        (fold,) = make_folds(corpus, fold, config.val_fraction, config.split_seed)
-    source = source or open_source(workdir, config, corpus)
-    task = SERTask(corpus, source, config)
-    paths = RunPaths(workdir, "ser", config.run_name)
-    if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    metrics = trainer.train_fold(task, fold, config.train_config(), paths, device, on_step=on_step)
-    if metrics is not None:  # the learned layer weights, next to the fold's metrics and in them
-        metrics["alpha"] = _write_alpha(paths, fold.name, task.model_cfg, config.select)
-        write_json(paths.fold_metrics(fold.name), metrics)
-    return metrics
-
-
-def train_ser(workdir, config: SERRunConfig, folds: str | int = "all", device: str = "auto",
-              gpus: list[int] | None = None, scheduler: str | None = None,
-              corpus: Corpus | None = None, source=None) -> dict:
-    """All requested folds (on a Dask cluster when ``gpus`` has several or ``scheduler`` is set),
-    then the run's config.json, metrics.json (per fold, mean, pooled) and alpha.json."""
-    workdir = Path(workdir).resolve()  # Dask workers have other working directories
-    corpus = corpus or load_corpus(workdir)
-    fold_list = make_folds(corpus, folds, config.val_fraction, config.split_seed)
-    paths = RunPaths(workdir, "ser", config.run_name)
-    with run_lock(paths):
-        source = source or open_source(workdir, config, corpus)  # opened and checked once
-        task = SERTask(corpus, source, config)
-        distributed = bool(scheduler or (gpus and len(gpus) > 1))
-        if not distributed:
-            device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
-        write_run_config(paths, run_record(
-            trainer.config_record(task, config.train_config()), task.feature_keys(), fold_list,
-            device if not distributed else f"{len(gpus or [])} Dask GPU worker(s)", paths,
-            {"val_fraction": config.val_fraction, "split_seed": config.split_seed}))
-        if distributed:
-            from pipeline.scheduler import dask_client
-            with dask_client(len(gpus or []), gpus, scheduler) as client:
-                # "auto" is resolved on each worker (an external cluster's workers may have GPUs
-                # where this process has none).
-                futures = [client.submit(train_fold, str(workdir), config, f, "cuda" if gpus else device,
-                                         pure=False, key=f"ser-{config.run_name}-{f.name}") for f in fold_list]
-                results = client.gather(futures)
-        else:
-            results = [train_fold(workdir, config, f, device, corpus=corpus, source=source) for f in fold_list]
-        done = {f.name: m for f, m in zip(fold_list, results) if m is not None}
-        if not done:
-            raise TrainingError("no SER fold had test utterances with features")
-        summary = trainer.summarize_run(paths, corpus.classes, list(done))
-        alphas = np.array([m["alpha"]["weights"] for m in done.values()])
-        write_json(paths.root / "alpha.json", {"mean_weights": alphas.mean(0).round(6).tolist(),
-                                               "per_fold": {n: m["alpha"] for n, m in done.items()}})
-    return summary
-
-
 def ser_model(run, fold: str) -> SERModel:
     """The SER model a run (:class:`models.trained.TrainedRun`) was evaluated with on ``fold``
     (best-validation or last weights, as the run chose); no command line needed."""
-    cfg = SERConfig(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in run.config["model"]["model"].items()})
-    model = SERModel(cfg)
+    model = SERModel(from_record(SERConfig, run.config["model"]))
     model.load_state_dict(run.selected_state(fold))
     return model.eval()
 
@@ -332,10 +252,10 @@ def iter_test_folds(workdir, run: str, corpus: Corpus | None = None, source=None
     corpus = corpus or load_corpus(workdir)
     trained = load_run(workdir, "ser", run, corpus)
     speakers = _speakers(corpus)
-    use_encoder = trained.config["model"]["model"].get("input", "encoder") == "encoder"
+    model_cfg = from_record(SERConfig, trained.config["model"])
+    use_encoder = model_cfg.input == "encoder"
     if source is None:  # the run's feature stages, opened and checked once for every fold
-        keys = {**trained.config["model"]["run"]["keys"], **({} if use_encoder else {"encoder_stage": None})}
-        source = checked_source(workdir, StoreKeys(**keys), corpus)
+        source = open_source(workdir, StoreKeys(**trained.config["inputs"]["keys"]), model_cfg, corpus)
     for name in trained.folds:
         model = ser_model(trained, name)
         test = [r["id"] for r in trained.predictions(name) if r["split"] == "test"]

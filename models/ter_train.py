@@ -11,20 +11,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.devices import resolve_device
 from core.errors import TrainingError
-from models.folds import make_folds
-from models.runs import RunPaths
+from models.checkpoint import from_record
+from models.folds import SplitConfig
 from models.ter import TERConfig, TextCNN, pad_tokens
-from models.trainer import EpochSampler, TrainConfig, train_folds
-from pipeline.corpus import Corpus, load_corpus
+from models.trainer import EpochSampler, TrainConfig
+from pipeline.corpus import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +62,8 @@ class TERTask:
 
     # --- Task protocol --------------------------------------------------------------------------
     def config_dict(self) -> dict:
-        return {**dataclasses.asdict(self.model_config), "feature": self.feature,
-                "batch_size": self.batch_size, "amp": self.amp}
+        return {"model": dataclasses.asdict(self.model_config),
+                "inputs": {"feature": self.feature, "amp": "bf16" if self.amp else "off"}}
 
     def feature_keys(self) -> dict[str, str]:
         key = getattr(self.reader, "identity", None) or self.reader.attrs.get("fingerprint", "")
@@ -122,44 +120,41 @@ class TERTask:
 
 
 @dataclass(frozen=True)
-class TERRun:
-    """Everything ``train ter`` needs besides the work directory."""
+class TERInputs:
+    stage: str = "text"  # the cached token-feature stage
+    feature: str = "tokens"
+    amp: str = "off"  # "bf16": autocast on CUDA
 
-    folds: str = "all"
+
+@dataclass(frozen=True)
+class TERRun:
+    """A TER run: runs/ter/<run>. ``model``'s ``input_dim`` comes from the cached features and
+    ``n_classes`` from the corpus."""
+
+    task: ClassVar[str] = "ter"
     run: str = "cnn"
-    val_fraction: float = 0.1
-    split_seed: int = 0  # seeds the validation draw; kept apart from the training seed so that
-    # SER, TER and fusion share the same validation rows whatever their training seeds
     model: TERConfig = TERConfig()
-    amp: bool = False  # bf16 autocast on CUDA
     train: TrainConfig = TrainConfig(steps=0, epochs=20, batch_size=32, lr=3e-4)
+    split: SplitConfig = SplitConfig()
+    inputs: TERInputs = TERInputs()
+
+    def make_task(self, workdir, corpus: Corpus, reader: Any = None) -> TERTask:
+        """The task over the text stage's shards (checked against the corpus once)."""
+        if reader is None:
+            from pipeline.plan import check_current
+            from pipeline.store import StageReader
+            reader = StageReader(workdir, self.inputs.stage)
+            check_current(workdir, corpus, {self.inputs.stage: reader})
+        task = TERTask(corpus, reader, self.model, batch_size=self.train.batch_size,
+                       feature=self.inputs.feature, amp=self.inputs.amp == "bf16")
+        log.info("ter: %d utterances with text features, %d-d tokens", len(task.ids),
+                 task.model_config.input_dim)
+        return task
 
 
 def model_from_state(run_config: dict, state: dict) -> TextCNN:
     """The TER CNN of a run (``config.json`` or a checkpoint's ``config``) with ``state`` loaded;
     which state (best-validation or last) is the run's choice: :meth:`TrainedRun.selected_state`."""
-    names = {f.name for f in dataclasses.fields(TERConfig)}
-    cfg = TERConfig(**{k: tuple(v) if isinstance(v, list) else v
-                       for k, v in run_config["model"].items() if k in names})
-    model = TextCNN(cfg)
+    model = TextCNN(from_record(TERConfig, run_config["model"]))
     model.load_state_dict(state)
     return model.eval()
-
-
-def train_ter(workdir: str | Path, spec: TERRun = TERRun(), device: str | None = None,
-              reader: Any = None) -> dict:
-    """Cross-validated TER training in ``workdir`` -> the run summary (see models.trainer)."""
-    corpus = load_corpus(workdir)
-    if reader is None:
-        from pipeline.plan import check_current
-        from pipeline.store import StageReader
-        reader = StageReader(workdir, "text")
-        check_current(workdir, corpus, {"text": reader})
-    task = TERTask(corpus, reader, spec.model, batch_size=spec.train.batch_size, amp=spec.amp)
-    folds = make_folds(corpus, spec.folds, val_fraction=spec.val_fraction, seed=spec.split_seed)
-    paths = RunPaths(Path(workdir), "ter", spec.run)
-    device = resolve_device(device)
-    log.info("ter: %d utterances with text features, %d-d tokens, %d folds, device %s",
-             len(task.ids), task.model_config.input_dim, len(folds), device)
-    return train_folds(task, folds, spec.train, paths, device,
-                       split={"val_fraction": spec.val_fraction, "split_seed": spec.split_seed})

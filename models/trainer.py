@@ -1,11 +1,11 @@
 """The shared training loop (SER and TER): seeded, step-scheduled Adam, checkpoint/resume, selection.
 
 A task plugs in through the small :class:`Task` protocol below; the loop knows nothing of speech or
-text. Per fold it trains for a number of *steps*, evaluates validation UA every ``eval_every``
-steps, keeps the best model, checkpoints (model, optimizer, best model, step, RNG states, config,
-feature keys) and finally writes test + validation probabilities and metrics in the run layout of
-:mod:`models.runs`. A killed run resumed with the same command continues bit-identically (on CPU;
-on GPU up to kernel nondeterminism).
+text. Per fold (:func:`train_fold`) it trains for a number of *steps*, evaluates validation UA
+every ``eval_every`` steps, keeps the best model, checkpoints (model, optimizer, best model, step,
+RNG states, config, feature keys) and finally writes test + validation probabilities and metrics in
+the run layout of :mod:`models.runs`. A killed run resumed with the same command continues
+bit-identically (on CPU; on GPU up to kernel nondeterminism). Runs of folds: :mod:`models.run_folds`.
 """
 from __future__ import annotations
 
@@ -23,11 +23,10 @@ from tqdm.auto import tqdm
 
 from models.checkpoint import capture_rng, cpu_state_dict, load_checkpoint, restore_rng, save_checkpoint
 from models.folds import Fold, fold_seed
-from models.metrics import classification_metrics, mean_over_folds
+from models.metrics import classification_metrics
 from models.provenance import provenance
-from models.run_identity import explain_change, fold_data, fold_digest, run_record, write_run_config
-from models.runs import (RunPaths, prediction_rows, read_json, read_predictions, run_lock,
-                         write_json, write_predictions)
+from models.run_identity import explain_change, fold_data, fold_digest
+from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
 from core.errors import TrainingError
 from core.hashing import digest
 from pipeline.corpus import Corpus
@@ -66,7 +65,7 @@ class Task(Protocol):
     name: str  # "ser" | "ter"
     corpus: Corpus  # labels and class order come from here
 
-    def config_dict(self) -> dict: ...  # model/task parameters, JSON-able
+    def config_dict(self) -> dict: ...  # {"model": model config, "inputs": what it reads}, JSON-able
 
     def feature_keys(self) -> dict[str, str]: ...  # stage -> fingerprint of the features used
 
@@ -83,6 +82,9 @@ class Task(Protocol):
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def predict(self, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray: ...  # (n, C) probs
+
+    # Optional: ``describe(model) -> dict`` adds facts of the selected model to a fold's metrics;
+    # ``run_done(paths, {fold: metrics})`` writes run-level extras (models/run_folds.py).
 
 
 class EpochSampler:
@@ -140,7 +142,9 @@ def _predict(task: Task, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarr
 
 
 def config_record(task: Task, config: TrainConfig) -> dict:
-    return {"task": task.name, "train": dataclasses.asdict(config), "model": task.config_dict(),
+    """What a fold's checkpoint and the run's config.json record: the task, the training
+    config, the task's ``{"model": …, "inputs": …}`` and the class order."""
+    return {"task": task.name, "train": dataclasses.asdict(config), **task.config_dict(),
             "classes": list(task.corpus.classes)}
 
 
@@ -192,6 +196,19 @@ def _fold_ids(task: Task, fold: Fold) -> dict[str, list[str]] | None:
     return ids
 
 
+@dataclass
+class _Fit:
+    """A fold being trained: model, optimizer, data-order generator, and the loop state that a
+    checkpoint holds (step, best model, history, early stopping)."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    state: dict[str, Any]
+    steps: int
+    eval_every: int
+    ckpt_every: int
+
+
 def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
                on_step: Callable[[int], None] | None = None) -> dict | None:
     """Train, select and evaluate one fold; returns its metrics dict (None if it has no test data).
@@ -202,27 +219,60 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     if ids is None:
         return None
     steps = config.resolve_steps(len(ids["train"]))
-    eval_every = config.eval_every or max(1, steps // 20)
-    ckpt_every = config.checkpoint_every or eval_every
+    labels = _labels(task.corpus)
+    data = fold_data(ids, labels, task.utterance_keys([u for v in ids.values() for u in v]))
     record, keys = config_record(task, config), task.feature_keys()
+    ckpt = _load_unless_changed(task, fold, record, keys, data, paths)
+    if _already_done(ckpt, steps, paths, fold.name):
+        log.info("fold %s already trained (%d steps); reusing its results", fold.name, steps)
+        return read_json(paths.fold_metrics(fold.name))
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    fit = _start(task, fold, config, ids, device, steps, ckpt)
     ckpt_path = paths.checkpoint(fold.name)
-    seed = fold_seed(config.seed, fold.name)
+    meta = {"config": record, "feature_keys": keys, "data": data, "fold": fold.name}
 
+    def save(done: bool) -> None:
+        save_checkpoint(ckpt_path, {**fit.state, "model": cpu_state_dict(fit.model),
+                                    "optimizer": fit.optimizer.state_dict(),
+                                    "rng": capture_rng(fit.generator), **meta, "done": done})
+
+    t0 = time.perf_counter()
+    _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step)
+    train_s = time.perf_counter() - t0
+    metrics, final_model = _select_and_evaluate(task, fit.model, fold, ids, paths, fit.state, config)
+    metrics.update(train_seconds=round(train_s, 3), fold_digest=fold_digest(fold, labels),
+                   data_digest=digest(data), provenance=provenance(paths.workdir, device))
+    write_json(paths.fold_metrics(fold.name), metrics)
+    fit.model.load_state_dict(final_model)
+    save(done=True)
+    log.info("fold %s: test UA %.3f WA %.3f (%s model, step %d)", fold.name, metrics["test"]["ua"],
+             metrics["test"]["wa"], metrics["selected"]["select"], metrics["selected"]["step"])
+    return metrics
+
+
+def _already_done(ckpt: dict | None, steps: int, paths: RunPaths, fold: str) -> bool:
+    """Whether the checkpoint is a finished fold of exactly this schedule (a longer one resumes)."""
+    if ckpt is None:
+        return False
+    if ckpt["step"] > steps:
+        raise TrainingError(f"{paths.checkpoint(fold)} is at step {ckpt['step']} > the {steps} "
+                            "steps asked for")
+    return bool(ckpt["done"] and (ckpt["step"] == steps or ckpt["stopped_early"])
+                and paths.fold_metrics(fold).exists())
+
+
+def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, steps: int,
+           ckpt: dict | None) -> _Fit:
+    """A fresh model and optimizer seeded per fold, or the checkpoint's state to resume from."""
+    seed = fold_seed(config.seed, fold.name)
     torch.manual_seed(seed)
     model = task.build_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed + 1)
     state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
              "stopped_early": False, "evals_since_best": 0}
-    labels = _labels(task.corpus)
-    data = fold_data(ids, labels, task.utterance_keys([u for v in ids.values() for u in v]))
-    ckpt = _load_unless_changed(task, fold, record, keys, data, paths)
-    if ckpt is not None:
-        if ckpt["step"] > steps:
-            raise TrainingError(f"{ckpt_path} is at step {ckpt['step']} > the {steps} steps asked for")
-        if ckpt["done"] and (ckpt["step"] == steps or ckpt["stopped_early"]) and paths.fold_metrics(fold.name).exists():
-            log.info("fold %s already trained (%d steps); reusing its results", fold.name, steps)
-            return read_json(paths.fold_metrics(fold.name))
     task.prepare(ids["train"], device, seed)  # before any RNG restore: it may draw random numbers
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -230,63 +280,52 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         restore_rng(ckpt["rng"], generator)
         state.update({k: ckpt[k] for k in state})
         log.info("fold %s: resuming at step %d of %d", fold.name, state["step"], steps)
+    eval_every = config.eval_every or max(1, steps // 20)
+    return _Fit(model, optimizer, generator, state, steps, eval_every,
+                config.checkpoint_every or eval_every)
 
-    def check_finite(value: float, step: int) -> None:
-        _check_finite(task, fold.name, config, ckpt_path, value, step)
 
-    def save(done: bool) -> None:
-        save_checkpoint(ckpt_path, {
-            **state, "model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
-            "rng": capture_rng(generator), "config": record, "feature_keys": keys,
-            "data": data, "fold": fold.name, "done": done})
-
-    bar = _progress(f"{task.name} {fold.name}", steps, state["step"], config.progress)
+def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
+          save: Callable[[bool], None], ckpt_path, on_step: Callable[[int], None] | None) -> None:
+    """Optimizer steps up to ``fit.steps`` (or early stop): validation every ``eval_every``
+    steps, a checkpoint every ``ckpt_every``; loss terms are summed on the device (no sync per
+    step) and checked finite before anything is saved."""
+    model, state, steps = fit.model, fit.state, fit.steps
+    bar = _progress(f"{task.name} {fold}", steps, state["step"], config.progress)
     sums: dict[str, torch.Tensor] = {}
-    n_sum, t0 = 0, time.perf_counter()
+    n_sum = 0
     model.train()
     while state["step"] < steps and not state["stopped_early"]:
-        batch = task.train_batch(state["step"], generator)
+        batch = task.train_batch(state["step"], fit.generator)
         loss, terms = task.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
+        fit.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        state["step"] += 1
-        step = state["step"]
+        fit.optimizer.step()
+        state["step"] = step = state["step"] + 1
         for k, v in {"loss": loss, **terms}.items():
-            sums[k] = sums.get(k, 0) + v.detach()  # stays on the device: no sync per step
+            sums[k] = sums.get(k, 0) + v.detach()
         n_sum += 1
-        if step % eval_every == 0 or step == steps:
+        if step % fit.eval_every == 0 or step == steps:
             logged = {k: float(v) / n_sum for k, v in sums.items()}
-            check_finite(logged["loss"], step)
+            _check_finite(task, fold, config, ckpt_path, logged["loss"], step)
             sums, n_sum = {}, 0
             entry = {"step": step, **logged}
             if ids["val"]:
-                entry["val_ua"] = _validate(task, model, ids["val"], state, step, config, fold.name)
+                entry["val_ua"] = _validate(task, model, ids["val"], state, step, config, fold)
             state["history"].append(entry)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()},
                              "val_ua": f"{entry.get('val_ua', float('nan')):.3f}",
                              "best": f"{state['best_ua']:.3f}"}, refresh=False)
-        if step % ckpt_every == 0 and step < steps and not state["stopped_early"]:
+        if step % fit.ckpt_every == 0 and step < steps and not state["stopped_early"]:
             if "loss" in sums:  # steps since the last evaluation (synced here, not every step)
-                check_finite(float(sums["loss"]), step)
-            save(done=False)
+                _check_finite(task, fold, config, ckpt_path, float(sums["loss"]), step)
+            save(False)
         bar.update(1)
         if on_step is not None:
             on_step(step)
     bar.close()
-    train_s = time.perf_counter() - t0
-
-    metrics, final_model = _select_and_evaluate(task, model, fold, ids, paths, state, config)
-    metrics.update(train_seconds=round(train_s, 3), fold_digest=fold_digest(fold, labels),
-                   data_digest=digest(data), provenance=provenance(paths.workdir, device))
-    write_json(paths.fold_metrics(fold.name), metrics)
-    model.load_state_dict(final_model)
-    save(done=True)
-    log.info("fold %s: test UA %.3f WA %.3f (%s model, step %d)", fold.name, metrics["test"]["ua"],
-             metrics["test"]["wa"], metrics["selected"]["select"], metrics["selected"]["step"])
-    return metrics
 
 
 def _check_finite(task: Task, fold_name: str, config: TrainConfig, ckpt_path, value: float,
@@ -339,6 +378,8 @@ def _select_and_evaluate(task: Task, model: torch.nn.Module, fold: Fold, ids: di
     metrics = _write_fold_outputs(task, model, fold, ids, paths)
     metrics.update(selected=selected, steps=state["step"], n_train=len(ids["train"]),
                    n_val=len(ids["val"]), history=state["history"])
+    if hasattr(task, "describe"):  # facts of the selected model, e.g. SER's layer weights
+        metrics.update(task.describe(model))
     return metrics, final_model
 
 
@@ -353,34 +394,3 @@ def _write_fold_outputs(task: Task, model: torch.nn.Module, fold: Fold, ids: dic
         metrics[split] = classification_metrics([labels[i] for i in ids[split]], probs.argmax(axis=1), classes)
     write_predictions(paths.predictions(fold.name), rows)
     return metrics
-
-
-def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
-                device: str = "cpu", split: dict | None = None) -> dict:
-    """Train every fold (resuming finished/partial ones) and write the run's config and metrics."""
-    per_fold = {}
-    with run_lock(paths):
-        write_run_config(paths, run_record(config_record(task, config), task.feature_keys(), folds,
-                                           device, paths, split or {}))
-        for fold in folds:
-            m = train_fold(task, fold, config, paths, device)
-            if m is not None:
-                per_fold[fold.name] = m
-    if not per_fold:
-        raise TrainingError(f"no fold of task {task.name} had test utterances with features")
-    return summarize_run(paths, task.corpus.classes, list(per_fold))
-
-
-def summarize_run(paths: RunPaths, classes: Sequence[str], fold_names: Sequence[str]) -> dict:
-    """Per-fold test metrics, their mean over folds, and metrics pooled over all test rows."""
-    per_fold, y_true, y_pred = {}, [], []
-    for name in fold_names:
-        per_fold[name] = read_json(paths.fold_metrics(name))["test"]
-        for r in read_predictions(paths.predictions(name)):
-            if r["split"] == "test":
-                y_true.append(r["label"])
-                y_pred.append(int(np.argmax(r["probs"])))
-    summary = {"task": paths.task, "run": paths.run, "classes": list(classes), "folds": per_fold,
-               "mean": mean_over_folds(per_fold), "pooled": classification_metrics(y_true, y_pred, classes)}
-    write_json(paths.metrics, summary)
-    return summary

@@ -75,7 +75,7 @@ class LinearTask:
         self.prepared_ids: list[str] = []
 
     def config_dict(self) -> dict:
-        return {"dim": self.dim, "dropout": self.dropout}
+        return {"model": {"dim": self.dim, "dropout": self.dropout}}
 
     def feature_keys(self) -> dict[str, str]:
         return {"toy": "v1"}
@@ -365,7 +365,7 @@ def fake_run(workdir, task, run, folds, rng, informative, skip=()):
     from models.metrics import classification_metrics
     from models.run_identity import fold_digest
     from models.runs import RunPaths, prediction_rows, write_json, write_predictions
-    from models.trainer import summarize_run
+    from models.run_folds import summarize_run
     from pipeline.corpus import load_corpus
     CLASSES = list(DEFAULT_CLASSES)
     fold_list = fake_folds(workdir, folds)

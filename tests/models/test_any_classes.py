@@ -84,7 +84,7 @@ def test_a_corpus_of_its_own_classes_runs_end_to_end(tmp_path, labels):
     assert "| fusion | spec+cnn |" in report
     assert all(f"| {c} |" in report for c in classes)  # per-class rows and confusion matrices
     config = json.loads(Path(w, "runs", "ser", "spec", "config.json").read_text())
-    assert config["classes"] == classes and config["model"]["model"]["n_classes"] == len(labels)
+    assert config["classes"] == classes and config["model"]["n_classes"] == len(labels)
     wav = str(tmp_path / "wav" / f"g0_{labels[0]}_0.wav")
     out = subprocess.run([sys.executable, "cli.py", "predict", wav, "--text", WORDS[labels[0]],
                           "--ser-run", "spec", "--json", "-w", w], cwd=REPO, capture_output=True,

@@ -66,7 +66,7 @@ def test_predict_weights_windows_as_the_run_was_evaluated(demo_dir):
     try:
         equal = predict(work, [utt.audio])[0].speech
         conf = json.loads(original)
-        conf["model"]["run"]["window_weighting"] = "frames"
+        conf["inputs"]["window_weighting"] = "frames"
         config.write_text(json.dumps(conf))
         frames = predict(work, [utt.audio])[0].speech
     finally:

@@ -13,7 +13,9 @@ from models.probe import ProbeConfig, SpeakerProbe, code_vectors, probe_accuracy
 from models.runs import RunPaths, read_json
 from models.ser import SERModel, make_config
 from models.ser_data import load_set
-from models.ser_train import SERRunConfig, train_ser
+from models.run_folds import train_run
+from models.ser_train import SERRun
+from models.trainer import TrainConfig
 from tests.helpers import TINY_SER, make_corpus, ser_source
 
 torch.set_num_threads(1)
@@ -63,8 +65,9 @@ def test_probe_needs_enough_utterances_per_speaker():
 def test_probe_speaker_on_a_trained_run(tmp_path, caplog):
     corpus = make_corpus(n_groups=2, per_class=3)
     src = ser_source(corpus)
-    cfg = SERRunConfig(preset="small", model=dict(TINY_SER), steps=3, eval_every=3, batch_size=2, progress=False)
-    train_ser(tmp_path, cfg, "all", corpus=corpus, source=src)
+    cfg = SERRun(model=make_config("small", **TINY_SER),
+                 train=TrainConfig(steps=3, eval_every=3, batch_size=2, progress=False))
+    train_run(tmp_path, cfg, "all", corpus=corpus, task=cfg.make_task(tmp_path, corpus, src))
     r = probe_speaker(tmp_path, "small", ProbeConfig(epochs=2), corpus=corpus, source=src)
     assert r["n"] == len(corpus.utterances) and r["n_speakers"] == 2
     assert 0.0 <= r["accuracy"] <= 1.0
@@ -72,7 +75,8 @@ def test_probe_speaker_on_a_trained_run(tmp_path, caplog):
     assert r["frames_seen"] == 6144  # small's codes: the whole utterance fits 2048 values
     with pytest.raises(TrainingError, match="no trained ser run .large.*runs: small"):
         probe_speaker(tmp_path, "large", corpus=corpus, source=src)
-    train_ser(tmp_path, dataclasses.replace(cfg, preset="large"), "all", corpus=corpus, source=src)
+    large = dataclasses.replace(cfg, run="large", model=make_config("large", **TINY_SER))
+    train_run(tmp_path, large, "all", corpus=corpus, task=large.make_task(tmp_path, corpus, src))
     with caplog.at_level(logging.WARNING, logger="models.probe"):
         r = probe_speaker(tmp_path, "large", ProbeConfig(epochs=2), corpus=corpus, source=src)
     assert r["frames_seen"] == 16 and "only the first 16 frames" in caplog.text

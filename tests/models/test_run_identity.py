@@ -11,18 +11,19 @@ import pytest
 import torch
 
 from core.errors import TrainingError
-from models.folds import make_folds
+from models.folds import SplitConfig, make_folds
 from models.fusion import fuse
 from models.run_identity import explain_change
 from models.runs import RunPaths, read_predictions
 from models.trained import load_run, run_states
-from models.trainer import TrainConfig, train_folds
+from models.run_folds import train_folds
+from models.trainer import TrainConfig
 from pipeline.corpus import write_corpus
 from tests.helpers import LinearTask, fake_run, make_corpus
 
 torch.set_num_threads(1)
 CFG = TrainConfig(steps=20, batch_size=8, lr=0.05, eval_every=10, seed=0, progress=False)
-SPLIT = {"val_fraction": 0.25, "split_seed": 0}
+SPLIT = SplitConfig(0.25, 0)
 
 
 def _train(workdir, corpus):

@@ -9,31 +9,32 @@ import pytest
 import torch
 
 from models.folds import make_folds
+from models.run_folds import train_run
 from models.runs import RunPaths, read_json, read_predictions
 from models.ser import SERModel, make_config
 from models.ser_data import load_set
-from models.ser_train import SERRunConfig, SERTask, train_fold, train_ser, window_probs
+from models.ser_train import SERRun, SERTask, ser_schedule, window_probs
+from models.trainer import TrainConfig, train_fold
 from tests.helpers import TINY_SER, make_corpus, ser_source
 
 torch.set_num_threads(1)
 
 
-def _cfg(**kw) -> SERRunConfig:
-    base = dict(preset="small", model=dict(TINY_SER), batch_size=4, steps=12, eval_every=4,
-                progress=False, lr=1e-3)
-    return SERRunConfig(**{**base, **kw})
+def _cfg(preset: str = "small", run: str = "", **train) -> SERRun:
+    train = {**dict(batch_size=4, steps=12, eval_every=4, progress=False, lr=1e-3), **train}
+    return SERRun(run=run or preset, model=make_config(preset, **TINY_SER), train=TrainConfig(**train))
 
 
 def test_schedule_in_crops_and_the_large_batch_lr_rule():
-    assert SERRunConfig().resolved_steps() == 1_000_000 and SERRunConfig().resolved_lr() == 1e-4
-    c = SERRunConfig(batch_size=64, crops=2_000_000)
-    assert c.resolved_steps() == 31_250
-    assert c.resolved_lr() == pytest.approx(1e-4 * np.sqrt(32))
-    assert SERRunConfig(batch_size=512).resolved_lr() == pytest.approx(1e-3)  # capped
-    assert SERRunConfig(batch_size=8, lr_rule="linear").resolved_lr() == pytest.approx(4e-4)
-    assert SERRunConfig(batch_size=8, lr_rule="none").resolved_lr() == 1e-4
-    assert SERRunConfig(batch_size=8, lr=5e-5).resolved_lr() == 5e-5
-    assert SERRunConfig(steps=10, batch_size=8).resolved_steps() == 10
+    assert ser_schedule() == (1_000_000, 1e-4)
+    steps, lr = ser_schedule(2_000_000, 64)
+    assert steps == 31_250 and lr == pytest.approx(1e-4 * np.sqrt(32))
+    assert ser_schedule(batch_size=512)[1] == pytest.approx(1e-3)  # capped
+    assert ser_schedule(batch_size=8, lr_rule="linear")[1] == pytest.approx(4e-4)
+    assert ser_schedule(batch_size=8, lr_rule="none")[1] == 1e-4
+    assert ser_schedule(batch_size=8, lr=5e-5)[1] == 5e-5
+    assert ser_schedule(steps=10, batch_size=8)[0] == 10
+    assert SERRun().train.steps == 1_000_000 and SERRun().train.lr == 1e-4  # the paper's run
 
 
 def _window_setup(frames: tuple[int, int]):
@@ -93,16 +94,21 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
     src = ser_source(corpus)
     (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
     cfg = _cfg(steps=8, eval_every=3)
-    train_fold(tmp_path / "a", cfg, fold, corpus=corpus, source=src)
+
+    def fit(work, on_step=None):
+        train_fold(cfg.make_task(work, corpus, src), fold, cfg.train, RunPaths(work, "ser", "small"),
+                   on_step=on_step)
+
+    fit(tmp_path / "a")
 
     def kill(step):
         if step == 5:
             raise _Kill
 
     with pytest.raises(_Kill):
-        train_fold(tmp_path / "b", cfg, fold, corpus=corpus, source=src, on_step=kill)
+        fit(tmp_path / "b", kill)
     assert torch.load(RunPaths(tmp_path / "b", "ser", "small").checkpoint("G0"), weights_only=True)["step"] == 3
-    train_fold(tmp_path / "b", cfg, fold, corpus=corpus, source=src)
+    fit(tmp_path / "b")
     ca, cb = (torch.load(RunPaths(tmp_path / w, "ser", "small").checkpoint("G0"), weights_only=True) for w in "ab")
     assert ca["step"] == cb["step"] == 8
     for k in ca["model"]:
@@ -115,22 +121,23 @@ def test_cpu_end_to_end_learns_and_writes_the_run_layout(tmp_path):
     corpus = make_corpus(n_groups=2, per_class=6)
     src = ser_source(corpus, signal=3.0)
     cfg = _cfg(steps=60, eval_every=20, batch_size=8, select="val")
-    summary = train_ser(tmp_path, cfg, "all", corpus=corpus, source=src)
+    summary = train_run(tmp_path, cfg, "all", corpus=corpus, task=cfg.make_task(tmp_path, corpus, src))
     paths = RunPaths(tmp_path, "ser", "small")
     assert set(summary["folds"]) == {"G0", "G1"}
     assert summary["mean"]["ua"] > 0.6, summary["mean"]  # 4 classes: chance 0.25
     config = read_json(paths.config)
-    assert config["task"] == "ser" and config["model"]["model"]["dim_neck"] == 8
+    assert config["task"] == "ser" and config["model"]["dim_neck"] == 8
     assert config["train"]["steps"] == 60 and config["train"]["select"] == "val"
-    for f in make_folds(corpus, "all", cfg.val_fraction, cfg.seed):
+    for f in cfg.split.folds(corpus):
         rows = read_predictions(paths.predictions(f.name))
         assert {r["id"] for r in rows if r["split"] == "test"} == set(f.test)
         assert {r["id"] for r in rows if r["split"] == "val"} == set(f.val)
         assert all(len(r["probs"]) == 4 and abs(sum(r["probs"]) - 1) < 1e-5 for r in rows)
-        alpha = read_json(paths.fold_dir(f.name) / "alpha.json")
+        metrics = read_json(paths.fold_metrics(f.name))
+        alpha = metrics["alpha"]  # of the selected (best-validation) model
         assert len(alpha["weights"]) == 3 and abs(sum(alpha["weights"]) - 1) < 1e-5
-        assert alpha["selected"] == "val"
-        assert read_json(paths.fold_metrics(f.name))["alpha"] == alpha
+        best = torch.load(paths.checkpoint(f.name), weights_only=True)["best_model"]["layers.alpha"]
+        assert metrics["selected"]["select"] == "val" and alpha["raw"] == pytest.approx(best.tolist(), abs=1e-6)
     assert len(read_json(paths.root / "alpha.json")["mean_weights"]) == 3
     json.dumps(read_json(paths.metrics))  # strict JSON
 
@@ -139,7 +146,8 @@ def test_mel_ablation_trains_without_encoder_features(tmp_path):
     corpus = make_corpus(n_groups=2, per_class=2)
     src = ser_source(corpus)
     src._enc = None  # a source with no encoder stage at all
-    summary = train_ser(tmp_path, _cfg(preset="spec", steps=3, eval_every=3), "G1", corpus=corpus, source=src)
+    spec = _cfg(preset="spec", steps=3, eval_every=3)
+    summary = train_run(tmp_path, spec, "G1", corpus=corpus, task=spec.make_task(tmp_path, corpus, src))
     assert summary["folds"]["G1"]["n"] == 8
     ckpt = torch.load(RunPaths(tmp_path, "ser", "spec").checkpoint("G1"), weights_only=True)
     assert ckpt["model"]["layers.alpha"].shape == (1,)
@@ -169,7 +177,7 @@ def test_cli_train_ser_and_probe_speaker_on_the_shard_store(tmp_path):
     assert paths.fold_names() == ["G0", "G1"] and "UA" in run.output
     ckpt = torch.load(paths.checkpoint("G0"), weights_only=True)
     assert ckpt["feature_keys"]["mel"] == "mel-test-identity"
-    assert ckpt["config"]["model"]["model"]["dim_dec"] == 128  # --widths cpu
+    assert ckpt["config"]["model"]["dim_dec"] == 128  # --widths cpu
     probe = CliRunner().invoke(cli, ["probe", "speaker", "--config", "small", "--epochs", "1",
                                      "--device", "cpu", "-w", str(tmp_path)])
     assert probe.exit_code == 0, probe.output
@@ -185,10 +193,10 @@ def test_folds_on_a_dask_cluster_match_the_serial_run(tmp_path):
     corpus = make_corpus(n_groups=2, per_class=2)
     write_ser_store(tmp_path, corpus, ser_source(corpus))
     cfg = _cfg(steps=3, eval_every=3)
-    serial = train_ser(tmp_path, dataclasses.replace(cfg, run="serial"), "all", "cpu")
+    serial = train_run(tmp_path, dataclasses.replace(cfg, run="serial"), "all", "cpu")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       env={"OMP_NUM_THREADS": "1"}) as cluster:
-        parallel = train_ser(tmp_path, dataclasses.replace(cfg, run="dask"), "all", "cpu",
+        parallel = train_run(tmp_path, dataclasses.replace(cfg, run="dask"), "all", "cpu",
                              scheduler=cluster.scheduler_address)
     assert parallel["folds"] == serial["folds"]
     for fold in ("G0", "G1"):

@@ -10,8 +10,9 @@ import torch
 from models.folds import make_folds
 from models.runs import RunPaths, read_predictions
 from models.ter import TERConfig, TextCNN, pad_tokens
-from models.ter_train import TERRun, TERTask, model_from_state, train_ter
-from models.trainer import TrainConfig, train_folds
+from models.ter_train import TERRun, TERTask, model_from_state
+from models.run_folds import train_folds, train_run
+from models.trainer import TrainConfig
 from pipeline.corpus import write_corpus
 from tests.helpers import make_corpus, separable_token_features
 
@@ -74,9 +75,10 @@ def test_ter_task_learns_separable_tokens(tmp_path):
 def test_train_ter_from_workdir(tmp_path):
     corpus = make_corpus(n_groups=2, per_class=4)
     write_corpus(tmp_path, corpus)
-    spec = TERRun(folds="1", run="toy", model=TERConfig(max_tokens=16),
+    spec = TERRun(run="toy", model=TERConfig(max_tokens=16),
                   train=TrainConfig(steps=10, batch_size=4, progress=False))
-    summary = train_ter(tmp_path, spec, device="cpu", reader=separable_token_features(corpus, dim=8))
+    summary = train_run(tmp_path, spec, "1", "cpu",
+                        task=spec.make_task(tmp_path, corpus, separable_token_features(corpus, dim=8)))
     assert list(summary["folds"]) == ["G0"]
     assert (tmp_path / "runs" / "ter" / "toy" / "fold-G0" / "checkpoint.pt").exists()
     ckpt = torch.load(tmp_path / "runs/ter/toy/fold-G0/checkpoint.pt", weights_only=True)

@@ -7,7 +7,8 @@ import torch
 from core.errors import TrainingError
 from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
-from models.trainer import EpochSampler, TrainConfig, train_fold, train_folds
+from models.run_folds import train_folds
+from models.trainer import EpochSampler, TrainConfig, train_fold
 from tests.helpers import LinearTask, make_corpus
 
 torch.set_num_threads(1)
@@ -37,7 +38,7 @@ def test_learns_separable_task_and_writes_the_run_layout(tmp_path):
         assert all(len(r["probs"]) == 4 and abs(sum(r["probs"]) - 1) < 1e-5 for r in rows)
         ckpt = torch.load(paths.checkpoint(f.name), weights_only=True)
         assert ckpt["step"] == 60 and ckpt["done"] and ckpt["feature_keys"] == {"toy": "v1"}
-        assert ckpt["config"]["model"] == task.config_dict()
+        assert ckpt["config"]["model"] == task.config_dict()["model"]
 
 
 def test_training_and_validation_never_touch_the_test_fold(tmp_path):

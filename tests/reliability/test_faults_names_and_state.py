@@ -13,7 +13,8 @@ import torch
 from core.errors import CacheError, CorpusError, StageError, TrainingError
 from models.folds import make_folds
 from models.runs import RunPaths, run_lock
-from models.trainer import TrainConfig, train_folds
+from models.run_folds import train_folds
+from models.trainer import TrainConfig
 from pipeline.corpus import load_corpus, write_corpus
 from pipeline.extract import extract, status
 from pipeline.prepare import prepare_manifest

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from models.folds import make_folds
+from models.folds import SplitConfig, make_folds
 from models.runs import RunPaths
-from models.trainer import TrainConfig, train_folds
+from models.run_folds import train_folds
+from models.trainer import TrainConfig
 from pipeline.corpus import load_corpus
 from pipeline.extract import extract
 from tests.helpers import LinearTask, tone_corpus
@@ -19,16 +20,17 @@ from tests.reliability.runner import REPO
 
 TRAIN = """
 import sys
-from models.folds import make_folds
+from models.folds import SplitConfig, make_folds
 from models.runs import RunPaths
-from models.trainer import TrainConfig, train_folds
+from models.run_folds import train_folds
+from models.trainer import TrainConfig
 from pipeline.corpus import load_corpus
 from tests.helpers import LinearTask
 w = sys.argv[1]
 c = load_corpus(w)
 cfg = TrainConfig(steps=10, batch_size=8, lr=0.05, eval_every=5, progress=False)
 train_folds(LinearTask(c), make_folds(c, "all", val_fraction=0.25), cfg, RunPaths(w, "ter", "toy"),
-            split={"val_fraction": 0.25, "split_seed": 0})
+            split=SplitConfig(0.25))
 print("train ok")
 """
 
@@ -51,7 +53,7 @@ def test_read_only_work_dir_allows_no_op_runs(tmp_path):
     c = load_corpus(work)
     train_folds(LinearTask(c), make_folds(c, "all", val_fraction=0.25),
                 TrainConfig(steps=10, batch_size=8, lr=0.05, eval_every=5, progress=False),
-                RunPaths(work, "ter", "toy"), split={"val_fraction": 0.25, "split_seed": 0})
+                RunPaths(work, "ter", "toy"), split=SplitConfig(0.25))
     env = {"PATH": "/usr/bin:/bin", "SRC": str(work), "PY": sys.executable, "TRAIN": TRAIN,
            "PYTHONPATH": str(REPO)}
     proc = subprocess.run(["unshare", "-Urm", "bash", "-c", SCRIPT], cwd=REPO, env=env,

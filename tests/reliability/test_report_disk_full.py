@@ -51,7 +51,8 @@ TRAIN = """
 import sys
 from models.folds import make_folds
 from models.runs import RunPaths
-from models.trainer import TrainConfig, train_folds
+from models.run_folds import train_folds
+from models.trainer import TrainConfig
 from pipeline.corpus import write_corpus
 from tests.helpers import LinearTask, make_corpus
 w = sys.argv[1]

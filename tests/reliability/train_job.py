@@ -20,25 +20,32 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
     write_corpus(workdir, corpus)
     if task == "ter":
         from models.ter import TERConfig
-        from models.ter_train import TERRun, train_ter
+        from models.run_folds import train_run
+        from models.ter_train import TERRun
         from models.trainer import TrainConfig
         from tests.helpers import separable_token_features
         reader = separable_token_features(corpus, dim=16)
-        spec = TERRun(folds="G0", run="soak", model=TERConfig(max_tokens=16),
+        spec = TERRun(run="soak", model=TERConfig(max_tokens=16),
                       train=TrainConfig(steps=steps, batch_size=4, lr=1e-3, eval_every=10,
                                         progress=False))
         if on_ready:
             on_ready()
-        train_ter(workdir, spec, device="cpu", reader=reader)
+        train_run(workdir, spec, "G0", "cpu", corpus=corpus,
+                  task=spec.make_task(workdir, corpus, reader))
     elif task == "ser":
-        from models.ser_train import SERRunConfig, train_fold
+        from models.runs import RunPaths
+        from models.ser import make_config
+        from models.ser_train import SERRun
+        from models.trainer import TrainConfig, train_fold
         from tests.helpers import TINY_SER, ser_source
         source = ser_source(corpus, frames=(60, 120))
-        cfg = SERRunConfig(preset="small", model=dict(TINY_SER), batch_size=2, steps=steps,
-                           eval_every=5, lr=1e-3, progress=False)
+        spec = SERRun(model=make_config("small", **TINY_SER),
+                      train=TrainConfig(batch_size=2, steps=steps, eval_every=5, lr=1e-3, progress=False))
         if on_ready:
             on_ready()
-        train_fold(workdir, cfg, "G0", corpus=corpus, source=source)
+        (fold,) = spec.split.folds(corpus, "G0")
+        train_fold(spec.make_task(workdir, corpus, source), fold, spec.train,
+                   RunPaths(workdir, "ser", spec.run))
     else:
         raise SystemExit(f"unknown task {task!r}")
 

@@ -1,0 +1,109 @@
+"""One route from a run specification to trained folds, for SER and TER alike.
+
+A *run spec* (:class:`models.ser_train.SERRun`, :class:`models.ter_train.TERRun`) is a frozen
+dataclass: the run's name, a model config dataclass, a :class:`TrainConfig`, a
+:class:`SplitConfig`, task-specific inputs, and ``make_task`` that opens and checks the cached
+features once. :func:`train_run` writes the run's config once, trains the folds here or on a Dask
+cluster (one fold per GPU worker: :func:`fold_job` is the picklable unit), and writes the run
+summary. :func:`train_folds` is the same route for a task object already built (tests, benches).
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, Sequence
+
+import numpy as np
+
+from core.devices import resolve_device
+from core.errors import TrainingError
+from models.folds import Fold, SplitConfig
+from models.metrics import classification_metrics, mean_over_folds
+from models.run_identity import run_record, write_run_config
+from models.runs import RunPaths, read_json, read_predictions, run_lock, write_json
+from models.trainer import Task, TrainConfig, config_record, train_fold
+from pipeline.corpus import Corpus, load_corpus
+
+
+class RunSpec(Protocol):
+    task: ClassVar[str]  # "ser" | "ter": runs/<task>/<run>
+    run: str
+    train: TrainConfig
+    split: SplitConfig
+
+    def make_task(self, workdir: Path, corpus: Corpus) -> Task: ...
+
+
+def train_run(workdir: str | Path, spec: RunSpec, folds: str | int = "all", device: str = "auto",
+              gpus: list[int] | None = None, scheduler: str | None = None,
+              corpus: Corpus | None = None, task: Task | None = None) -> dict:
+    """Train the requested folds of ``spec`` (on a Dask cluster when ``gpus`` has several or
+    ``scheduler`` is set) and write the run's config.json and metrics.json; returns the summary.
+    ``task``: one already built from ``spec`` (its features opened), else ``spec.make_task``."""
+    workdir = Path(workdir).resolve()  # Dask workers have other working directories
+    corpus = corpus or load_corpus(workdir)
+    fold_list = spec.split.folds(corpus, folds)
+    task = task or spec.make_task(workdir, corpus)  # features opened and checked once
+    paths = RunPaths(workdir, spec.task, spec.run)
+    if scheduler or (gpus and len(gpus) > 1):
+        where = f"{len(gpus)} Dask GPU worker(s)" if gpus else f"Dask cluster {scheduler}"
+        # "auto" is resolved on each worker (an external cluster's workers may have GPUs where
+        # this process has none).
+        jobs = partial(_on_dask, workdir, spec, gpus, scheduler, "cuda" if gpus else device)
+        return train_folds(task, fold_list, spec.train, paths, where, spec.split, jobs)
+    device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
+    return train_folds(task, fold_list, spec.train, paths, device, spec.split)
+
+
+def fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str) -> dict | None:
+    """One fold on a worker: the corpus and features opened there, then :func:`train_fold`."""
+    corpus = load_corpus(workdir)
+    task = spec.make_task(Path(workdir), corpus)
+    return train_fold(task, fold, spec.train, RunPaths(Path(workdir), spec.task, spec.run),
+                      resolve_device(device))
+
+
+def _on_dask(workdir: Path, spec: RunSpec, gpus: list[int] | None, scheduler: str | None,
+             device: str, folds: Sequence[Fold]) -> list[dict | None]:
+    from pipeline.scheduler import dask_client
+    with dask_client(len(gpus or []), gpus, scheduler) as client:
+        futures = [client.submit(fold_job, str(workdir), spec, f, device, pure=False,
+                                 key=f"{spec.task}-{spec.run}-{f.name}") for f in folds]
+        return client.gather(futures)
+
+
+def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
+                device: str = "cpu", split: SplitConfig | None = None,
+                jobs: Callable[[Sequence[Fold]], list[dict | None]] | None = None) -> dict:
+    """Every fold (resuming finished and partial ones) under the run's lock; the run's config is
+    written once, before any fold. ``jobs(folds)`` trains them elsewhere (``device`` then only
+    describes where); else here, one after the other. The task's optional ``run_done(paths,
+    metrics per fold)`` writes run-level extras (SER: the mean layer weights)."""
+    split = split or SplitConfig()
+    with run_lock(paths):
+        write_run_config(paths, run_record(config_record(task, config), task.feature_keys(), folds,
+                                           device, paths, {"val_fraction": split.val_fraction,
+                                                           "split_seed": split.split_seed}))
+        results = jobs(folds) if jobs else [train_fold(task, f, config, paths, device) for f in folds]
+        done = {f.name: m for f, m in zip(folds, results) if m is not None}
+        if not done:
+            raise TrainingError(f"no {task.name} fold had test utterances with features")
+        summary = summarize_run(paths, task.corpus.classes, list(done))
+        if hasattr(task, "run_done"):
+            task.run_done(paths, done)
+    return summary
+
+
+def summarize_run(paths: RunPaths, classes: Sequence[str], fold_names: Sequence[str]) -> dict[str, Any]:
+    """Per-fold test metrics, their mean over folds, and metrics pooled over all test rows."""
+    per_fold, y_true, y_pred = {}, [], []
+    for name in fold_names:
+        per_fold[name] = read_json(paths.fold_metrics(name))["test"]
+        for r in read_predictions(paths.predictions(name)):
+            if r["split"] == "test":
+                y_true.append(r["label"])
+                y_pred.append(int(np.argmax(r["probs"])))
+    summary = {"task": paths.task, "run": paths.run, "classes": list(classes), "folds": per_fold,
+               "mean": mean_over_folds(per_fold), "pooled": classification_metrics(y_true, y_pred, classes)}
+    write_json(paths.metrics, summary)
+    return summary
