@@ -125,7 +125,7 @@ def reweighted_ua(workdir: Path, run: str, weighting: str, device: str) -> dict:
     return mean_over_folds(per_fold)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=EMODB)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ser_accuracy"))
@@ -154,20 +154,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    machine = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-               else f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)")
-    t_start = time.perf_counter()
+    return ap.parse_args()
 
-    whisper = args.whisper or ("faithful" if args.device.startswith("cuda") else "unpadded")
-    stage_s = prepare_and_extract(args.workdir, args.data, args.encoder, whisper == "unpadded", args.device,
-                                  tuple(s for s in args.extract.split(",") if s))
-    t = time.perf_counter()
-    baseline = mfcc_baseline(args.workdir, args.val_fraction, args.seed)
-    baseline_s = time.perf_counter() - t
 
+def train_presets(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Each preset through the product's trainer on the same folds, then its speaker probes."""
     results, probes = {}, {}
     for preset in [c for c in args.configs.split(",") if c]:
         steps, lr = ser_schedule(args.crops, args.batch_size, lr=args.lr)
@@ -192,6 +183,25 @@ def main() -> None:
                 probes[f"{preset} ({pooling})"] = {k: p[k] for k in ("accuracy", "accuracy_std", "chance", "n",
                                                                      "n_speakers")}
                 probes[f"{preset} ({pooling})"]["seconds"] = time.perf_counter() - t
+    return results, probes
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    machine = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
+               else f"{platform.processor() or platform.machine()}, {args.threads} torch thread(s)")
+    t_start = time.perf_counter()
+
+    whisper = args.whisper or ("faithful" if args.device.startswith("cuda") else "unpadded")
+    stage_s = prepare_and_extract(args.workdir, args.data, args.encoder, whisper == "unpadded", args.device,
+                                  tuple(s for s in args.extract.split(",") if s))
+    t = time.perf_counter()
+    baseline = mfcc_baseline(args.workdir, args.val_fraction, args.seed)
+    baseline_s = time.perf_counter() - t
+
+    results, probes = train_presets(args)
 
     total = time.perf_counter() - t_start
     print(f"\nSER accuracy on emodb4 (5 speaker-pair folds, 339 clips), {args.encoder} layers ({whisper}); "

@@ -51,18 +51,23 @@ def _by_split(rows: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def fuse_probs(p_speech: np.ndarray, p_text: np.ndarray | None, w1: float, w2: float) -> np.ndarray:
+    """The paper's late fusion of one utterance's class probabilities, renormalised: speech
+    alone when there is no text prediction."""
+    if p_text is None:
+        return np.asarray(p_speech)
+    p = w1 * np.asarray(p_speech) + w2 * np.asarray(p_text)
+    return p / p.sum()
+
+
 def combine(ser: dict[str, dict], ter: dict[str, dict], w1: float, w2: float
             ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     """Fused (ids, probs (n, C), true label names, n speech-only) over the speech rows."""
     ids = sorted(ser)
     probs, labels, alone = [], [], 0
     for i in ids:
-        ps = np.asarray(ser[i]["probs"])
-        if i in ter:
-            p = w1 * ps + w2 * np.asarray(ter[i]["probs"])
-            p = p / p.sum()
-        else:
-            p, alone = ps, alone + 1
+        p = fuse_probs(ser[i]["probs"], ter[i]["probs"] if i in ter else None, w1, w2)
+        alone += i not in ter
         probs.append(p)
         labels.append(ser[i]["label"])
     return ids, np.asarray(probs), np.asarray(labels), alone

@@ -18,7 +18,7 @@ import torch
 
 from core.errors import ItemError, StageError, TrainingError
 from features.base import ItemInput
-from models.fusion import PAPER_WEIGHTS
+from models.fusion import PAPER_WEIGHTS, fuse_probs
 from models.runs import RunPaths, read_json
 from models.trained import TrainedRun
 from pipeline.audio import load_audio
@@ -132,7 +132,7 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
     w1, w2 = fusion_weights(workdir, ser_run, ter_run)
     for k, ps in p_speech.items():
         pt = p_text.get(k)
-        p = ps if pt is None else (w1 * ps + w2 * pt) / (w1 + w2)
+        p = fuse_probs(ps, pt, w1, w2)
         out[k].label = ser.classes[int(np.argmax(p))]
         out[k].probs = dict(zip(ser.classes, map(float, p)))
         out[k].speech = dict(zip(ser.classes, map(float, ps)))
