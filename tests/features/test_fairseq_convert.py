@@ -13,7 +13,8 @@ import torch
 from core.errors import StageError
 from features.fairseq_convert import _eval_layers, load_checkpoint, load_fairseq_wav2vec2, plain
 from features.frames import pad_for_frames
-from tests.helpers import speech_audio, tiny_speech_model
+from tests.fixtures.audio import speech_audio
+from tests.fixtures.encoders import tiny_speech_model
 
 torch.set_num_threads(1)
 

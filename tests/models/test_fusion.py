@@ -6,7 +6,7 @@ import numpy as np
 from models.fusion import FusionConfig, fuse
 from models.runs import RunPaths, read_predictions, write_predictions
 from models.trainer import summarize_run
-from tests.helpers import fake_folds, fake_run
+from tests.fixtures.runs import fake_folds, fake_run
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 

@@ -14,7 +14,8 @@ from models.runs import RunPaths, read_json
 from models.ser import SERModel, make_config
 from models.ser_data import load_set
 from models.ser_train import SERRunConfig, train_ser
-from tests.helpers import TINY_SER, make_corpus, ser_source
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.ser import TINY_SER, ser_source
 
 torch.set_num_threads(1)
 FAST = ProbeConfig(hidden=(64, 64), epochs=15, batch_size=16, lr=1e-3)  # narrow, for speed

@@ -13,7 +13,8 @@ from models.ter import TERConfig, TextCNN, pad_tokens
 from models.ter_train import TERRun, TERTask, model_from_state, train_ter
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import write_corpus
-from tests.helpers import make_corpus, separable_token_features
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.stores import separable_token_features
 
 torch.set_num_threads(1)
 

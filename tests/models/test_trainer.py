@@ -8,7 +8,8 @@ from core.errors import TrainingError
 from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
 from models.trainer import EpochSampler, TrainConfig, train_fold, train_folds
-from tests.helpers import LinearTask, make_corpus
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.tasks import LinearTask
 
 torch.set_num_threads(1)
 CFG = TrainConfig(steps=60, batch_size=8, lr=0.05, eval_every=10, seed=0, progress=False)

@@ -14,7 +14,8 @@ from models.runs import RunPaths
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import load_corpus
 from pipeline.extract import extract
-from tests.helpers import LinearTask, tone_corpus
+from tests.fixtures.corpora import tone_corpus
+from tests.fixtures.tasks import LinearTask
 from tests.reliability.runner import REPO
 
 TRAIN = """
@@ -23,7 +24,7 @@ from models.folds import make_folds
 from models.runs import RunPaths
 from models.trainer import TrainConfig, train_folds
 from pipeline.corpus import load_corpus
-from tests.helpers import LinearTask
+from tests.fixtures.tasks import LinearTask
 w = sys.argv[1]
 c = load_corpus(w)
 cfg = TrainConfig(steps=10, batch_size=8, lr=0.05, eval_every=5, progress=False)

@@ -15,14 +15,14 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
     import torch
     torch.set_num_threads(1)
     from pipeline.corpus import write_corpus
-    from tests.helpers import make_corpus
+    from tests.fixtures.corpora import make_corpus
     corpus = make_corpus(n_groups=2, per_class=4)
     write_corpus(workdir, corpus)
     if task == "ter":
         from models.ter import TERConfig
         from models.ter_train import TERRun, train_ter
         from models.trainer import TrainConfig
-        from tests.helpers import separable_token_features
+        from tests.fixtures.stores import separable_token_features
         reader = separable_token_features(corpus, dim=16)
         spec = TERRun(folds="G0", run="soak", model=TERConfig(max_tokens=16),
                       train=TrainConfig(steps=steps, batch_size=4, lr=1e-3, eval_every=10,
@@ -32,7 +32,7 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
         train_ter(workdir, spec, device="cpu", reader=reader)
     elif task == "ser":
         from models.ser_train import SERRunConfig, train_fold
-        from tests.helpers import TINY_SER, ser_source
+        from tests.fixtures.ser import TINY_SER, ser_source
         source = ser_source(corpus, frames=(60, 120))
         cfg = SERRunConfig(preset="small", model=dict(TINY_SER), batch_size=2, steps=steps,
                            eval_every=5, lr=1e-3, progress=False)
