@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from core.errors import TrainingError
-from models.probe import ProbeConfig, SpeakerProbe, code_vectors, probe_accuracy, probe_speaker
+from models.probe import (ProbeConfig, SpeakerProbe, code_vectors, probe_accuracy, probe_speaker,
+                          run_codes)
 from models.runs import RunPaths, read_json
 from models.ser import SERModel, make_config
 from models.ser_data import load_set
@@ -67,8 +68,13 @@ def test_probe_speaker_on_a_trained_run(tmp_path, caplog):
     cfg = SERRunConfig(preset="small", model=dict(TINY_SER), steps=3, eval_every=3, batch_size=2, progress=False)
     train_ser(tmp_path, cfg, "all", corpus=corpus, source=src)
     r = probe_speaker(tmp_path, "small", ProbeConfig(epochs=2), corpus=corpus, source=src)
-    assert r["n"] == len(corpus.utterances) and r["n_speakers"] == 2
-    assert 0.0 <= r["accuracy"] <= 1.0
+    assert r["n"] == len(corpus.utterances) and r["n_speakers"] == 2 and r["chance"] == 0.5
+    # the accuracy is the probe's on this run's codes, each with its own utterance's speaker
+    ids, x = run_codes(tmp_path, "small", corpus, src)
+    assert sorted(ids) == sorted(u.id for u in corpus.utterances)
+    speaker = {u.id: u.speaker for u in corpus.utterances}
+    want = probe_accuracy(x, [speaker[i] for i in ids], ProbeConfig(epochs=2))
+    assert r["per_split"] == want["per_split"] and r["accuracy"] == pytest.approx(np.mean(want["per_split"]))
     assert read_json(RunPaths(tmp_path, "ser", "small").root / "probe_speaker.json")["accuracy"] == r["accuracy"]
     assert r["frames_seen"] == 6144  # small's codes: the whole utterance fits 2048 values
     with pytest.raises(TrainingError, match="no trained ser run .large.*runs: small"):
