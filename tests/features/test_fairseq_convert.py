@@ -13,7 +13,8 @@ import torch
 from core.errors import StageError
 from features.fairseq_convert import _eval_layers, load_checkpoint, load_fairseq_wav2vec2, plain
 from features.frames import pad_for_frames
-from tests.helpers import speech_audio, tiny_speech_model
+from tests.fixtures.audio import speech_audio
+from tests.fixtures.encoders import tiny_speech_model
 
 torch.set_num_threads(1)
 
@@ -83,15 +84,18 @@ def test_roundtrip_identical_outputs_args_namespace(tmp_path, arch):
     torch.testing.assert_close(_outputs(model, audio), _outputs(hf, audio), rtol=0, atol=0)
 
 
-def test_finetuned_checkpoint_with_cfg_dict(tmp_path):
+@pytest.mark.parametrize("trained_normalized", [True, False])
+def test_finetuned_checkpoint_with_cfg_dict(tmp_path, trained_normalized):
+    # a layer-norm model would be guessed "normalised": the task's own setting must win
     hf = tiny_speech_model("wav2vec2")
     sd = to_fairseq(hf.state_dict(), prefix="w2v_encoder.w2v_model.")
     sd["w2v_encoder.proj.weight"] = torch.randn(5, 16)  # CTC head
-    cfg = {"task": {"normalize": True},
+    cfg = {"task": {"normalize": trained_normalized},
            "model": {"w2v_args": {"model": {"encoder_attention_heads": 2, "layer_norm_first": True,
                                             "extractor_mode": "layer_norm"}}}}
     torch.save({"cfg": cfg, "model": sd}, tmp_path / "ft.pt")
     model, normalize = load_fairseq_wav2vec2(tmp_path / "ft.pt")
+    assert normalize is trained_normalized
     audio = speech_audio(5000)
     torch.testing.assert_close(_outputs(model, audio), _outputs(hf, audio), rtol=0, atol=0)
 
@@ -148,6 +152,13 @@ def test_extractor_reads_fairseq_pt(tmp_path):
                               extractor_mode="layer_norm")
     torch.save({"args": args, "model": to_fairseq(hf.state_dict())}, tmp_path / "m.pt")
     ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(tmp_path / "m.pt")))
-    out = ext([ItemInput("a", speech_audio(4000))])[0]["feats"]
+    audio = speech_audio(4000)
+    out = ext([ItemInput("a", audio)])[0]["feats"]
     assert out.shape == (13, 3, 16)
+    # normalize=True in the checkpoint: the encoder sees zero-mean, unit-variance audio
+    def states(x):  # (T, L, D): the CNN projection, layer 1, layer 2 after the final layer norm
+        return _outputs(hf, x)[[0, 1, -1], 0].permute(1, 0, 2).numpy()
+    normalized = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
+    np.testing.assert_allclose(out.astype(np.float32), states(normalized), rtol=1e-2, atol=1e-2)
+    assert not np.allclose(out.astype(np.float32), states(audio), rtol=1e-2, atol=1e-2)
     assert len(ext.weights_checksum()) == 64

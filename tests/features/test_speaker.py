@@ -10,7 +10,8 @@ from core.errors import ItemError
 from features.base import ItemInput
 from features.speaker import SpeakerConfig, SpeakerExtractor, draw_utterances, speaker_means
 from pipeline.corpus import Utterance
-from tests.helpers import FakeStageReader, speech_audio
+from tests.fixtures.audio import speech_audio
+from tests.fixtures.stores import FakeStageReader
 
 torch.set_num_threads(1)
 EMODB = "/work/shared/data/emodb4/wav"

@@ -9,7 +9,8 @@ from core.errors import ItemError, StageError
 from features.base import ItemInput
 from features.frames import num_frames, pad_for_frames
 from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, plan_batches
-from tests.helpers import SPEECH_ARCHS, speech_audio, tiny_speech_model
+from tests.fixtures.audio import speech_audio
+from tests.fixtures.encoders import SPEECH_ARCHS, tiny_speech_model
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ from core.errors import ItemError, StageError
 from features.base import ItemInput
 from features.text import TextConfig, TextExtractor, model_checksum, usable_text
 from pipeline.stages import get_stage
-from tests.helpers import save_tiny_text_encoder
+from tests.fixtures.encoders import save_tiny_text_encoder
 
 torch.set_num_threads(1)
 SENTENCES = ["I can't believe you did that to me!", "Well, that is wonderful news."]

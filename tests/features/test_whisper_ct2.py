@@ -12,7 +12,8 @@ from features.frames import HOP, num_frames
 from features.whisper_ct2 import (WhisperFrames, ct2_files, installed_ct2_models, load_ct2_whisper,
                                   whisper_log_mel, window_audio)
 from core.errors import StageError
-from tests.helpers import speech_audio, tiny_speech_model
+from tests.fixtures.audio import speech_audio
+from tests.fixtures.encoders import tiny_speech_model
 
 torch.set_num_threads(1)
 EMODB = "/work/shared/data/emodb4/wav"

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.labels import LabelPolicy
 from pipeline.prepare import prepare_manifest
-from tests.helpers import write_manifest, write_tone
+from tests.fixtures.audio import write_tone
+from tests.fixtures.corpora import write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 MELD = ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"]

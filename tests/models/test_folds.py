@@ -6,7 +6,7 @@ import pytest
 from core.errors import TrainingError
 from models.folds import make_folds, select_groups
 from pipeline.corpus import Corpus, Utterance
-from tests.helpers import make_corpus
+from tests.fixtures.corpora import make_corpus
 
 
 def test_every_group_is_one_fold_and_splits_are_disjoint():

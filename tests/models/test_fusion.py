@@ -2,27 +2,70 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from models.fusion import FusionConfig, fuse
-from models.runs import RunPaths, read_predictions, write_predictions
+from models.runs import RunPaths, read_json, read_predictions, write_predictions
 from models.run_folds import summarize_run
-from tests.helpers import fake_folds, fake_run
+from tests.fixtures.runs import fake_folds, fake_run
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
+
+
+def unweighted_accuracy(labels, probs) -> float:
+    """Mean per-class recall of argmax predictions, computed here without the product's metrics."""
+    pred = np.argmax(np.asarray(probs), axis=1)
+    y = np.array([CLASSES.index(c) for c in labels])
+    return float(np.mean([np.mean(pred[y == k] == k) for k in np.unique(y)]))
+
+
+def fused_by_hand(ser_rows, ter_rows, w1, w2) -> dict:
+    """{id: fused probs} of the speech rows: normalised w1·p_speech + w2·p_text, speech alone
+    where there is no text row."""
+    text = {r["id"]: np.asarray(r["probs"]) for r in ter_rows}
+    out = {}
+    for r in ser_rows:
+        p = np.asarray(r["probs"])
+        if r["id"] in text:
+            p = w1 * p + w2 * text[r["id"]]
+            p = p / p.sum()
+        out[r["id"]] = p
+    return out
 
 
 def test_fusion_ignores_test_labels_and_counts_speech_only(tmp_path):
     rng = np.random.default_rng(0)
     folds = ["A", "B"]
-    ser = fake_run(tmp_path, "ser", "small", folds, rng, 1.0)
+    fake_run(tmp_path, "ser", "small", folds, rng, 1.0)
     a, b = fake_folds(tmp_path, folds)
     fake_run(tmp_path, "ter", "cnn", folds, rng, 2.0, skip={a.test[3]})
     out = fuse(tmp_path, FusionConfig())
     w = out.weights
     assert set(w) == set(folds) and all(0 <= v["w1"] <= 1 for v in w.values())
     assert out.searched["speech_only"] == 1
-    fused = read_predictions(RunPaths(tmp_path, "fusion", "small+cnn").predictions("A"))
+    fused_paths = RunPaths(tmp_path, "fusion", "small+cnn")
+    fused = read_predictions(fused_paths.predictions("A"))
     assert {r["split"] for r in fused} == {"test", "val"}
+    inputs = {task: read_predictions(RunPaths(tmp_path, task, run).predictions("A"))
+              for task, run in (("ser", "small"), ("ter", "cnn"))}
+    val = {t: [r for r in rows if r["split"] == "val"] for t, rows in inputs.items()}
+    grid = np.linspace(0, 1, FusionConfig().grid)
+    val_ua = {lam: unweighted_accuracy([r["label"] for r in val["ser"]],
+                                       list(fused_by_hand(val["ser"], val["ter"], lam, 1 - lam).values()))
+              for lam in grid}
+    assert w["A"]["w1"] in grid and w["A"]["w2"] == pytest.approx(1 - w["A"]["w1"])
+    assert w["A"]["val_ua"] == pytest.approx(val_ua[w["A"]["w1"]]) == pytest.approx(max(val_ua.values()))
+    test = {t: [r for r in rows if r["split"] == "test"] for t, rows in inputs.items()}
+    want = fused_by_hand(test["ser"], test["ter"], w["A"]["w1"], w["A"]["w2"])
+    got = {r["id"]: r["probs"] for r in fused if r["split"] == "test"}
+    assert got.keys() == want.keys()
+    for i in want:
+        np.testing.assert_allclose(got[i], want[i], rtol=1e-6, atol=1e-9)
+    speech = next(r for r in test["ser"] if r["id"] == a.test[3])
+    np.testing.assert_allclose(got[a.test[3]], speech["probs"], rtol=1e-6, atol=1e-9)  # no text
+    test_ua = unweighted_accuracy([r["label"] for r in fused if r["split"] == "test"],
+                                  [r["probs"] for r in fused if r["split"] == "test"])
+    assert read_json(fused_paths.fold_metrics("A"))["test"]["ua"] == pytest.approx(test_ua)
     # Perturb every test-fold label and probability of both inputs: weights must not move.
     for task, run in (("ser", "small"), ("ter", "cnn")):
         paths = RunPaths(tmp_path, task, run)
@@ -34,7 +77,6 @@ def test_fusion_ignores_test_labels_and_counts_speech_only(tmp_path):
                     r["probs"] = list(rng.dirichlet(np.ones(4)))
             write_predictions(paths.predictions(fold), rows)
     assert fuse(tmp_path, FusionConfig()).weights == w
-    assert ser.metrics.exists()
 
 
 def test_fusion_helps_when_text_is_informative(tmp_path):

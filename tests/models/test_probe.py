@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from core.errors import TrainingError
-from models.probe import ProbeConfig, SpeakerProbe, code_vectors, probe_accuracy, probe_speaker
+from models.probe import (ProbeConfig, SpeakerProbe, code_vectors, probe_accuracy, probe_speaker,
+                          run_codes)
 from models.runs import RunPaths, read_json
 from models.ser import SERModel, make_config
 from models.ser_data import load_set
 from models.run_folds import train_run
 from models.ser_train import SERRun
 from models.trainer import TrainConfig
-from tests.helpers import TINY_SER, make_corpus, ser_source
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.ser import TINY_SER, ser_source
 
 torch.set_num_threads(1)
 FAST = ProbeConfig(hidden=(64, 64), epochs=15, batch_size=16, lr=1e-3)  # narrow, for speed
@@ -69,8 +71,13 @@ def test_probe_speaker_on_a_trained_run(tmp_path, caplog):
                  train=TrainConfig(steps=3, eval_every=3, batch_size=2, progress=False))
     train_run(tmp_path, cfg, "all", corpus=corpus, task=cfg.make_task(tmp_path, corpus, src))
     r = probe_speaker(tmp_path, "small", ProbeConfig(epochs=2), corpus=corpus, source=src)
-    assert r["n"] == len(corpus.utterances) and r["n_speakers"] == 2
-    assert 0.0 <= r["accuracy"] <= 1.0
+    assert r["n"] == len(corpus.utterances) and r["n_speakers"] == 2 and r["chance"] == 0.5
+    # the accuracy is the probe's on this run's codes, each with its own utterance's speaker
+    ids, x = run_codes(tmp_path, "small", corpus, src)
+    assert sorted(ids) == sorted(u.id for u in corpus.utterances)
+    speaker = {u.id: u.speaker for u in corpus.utterances}
+    want = probe_accuracy(x, [speaker[i] for i in ids], ProbeConfig(epochs=2))
+    assert r["per_split"] == want["per_split"] and r["accuracy"] == pytest.approx(np.mean(want["per_split"]))
     assert read_json(RunPaths(tmp_path, "ser", "small").root / "probe_speaker.json")["accuracy"] == r["accuracy"]
     assert r["frames_seen"] == 6144  # small's codes: the whole utterance fits 2048 values
     with pytest.raises(TrainingError, match="no trained ser run .large.*runs: small"):

@@ -9,7 +9,7 @@ from models.fusion import fuse
 from models.metrics import classification_metrics
 from models.report import write_report
 from models.runs import RunPaths, read_predictions
-from tests.helpers import fake_run
+from tests.fixtures.runs import fake_run
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 

@@ -19,7 +19,9 @@ from models.trained import load_run, run_states
 from models.run_folds import train_folds
 from models.trainer import TrainConfig
 from pipeline.corpus import write_corpus
-from tests.helpers import LinearTask, fake_run, make_corpus
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.runs import fake_run
+from tests.fixtures.tasks import LinearTask
 
 torch.set_num_threads(1)
 CFG = TrainConfig(steps=20, batch_size=8, lr=0.05, eval_every=10, seed=0, progress=False)
@@ -157,7 +159,7 @@ def test_prepare_over_trained_runs_says_which_it_made_stale(tmp_path):
     from click.testing import CliRunner
     from cli import cli
     from pipeline.corpus import load_corpus
-    from tests.helpers import tone_corpus, write_manifest
+    from tests.fixtures.corpora import tone_corpus, write_manifest
     work = tone_corpus(tmp_path, n=8, seconds=(0.3, 0.5))
     corpus = load_corpus(work)
     folds = make_folds(corpus, "all", val_fraction=0.25)

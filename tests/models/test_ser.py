@@ -6,7 +6,7 @@ import torch
 
 from core.errors import TrainingError
 from models.ser import PRESETS, Encoder, LayerWeights, SERModel, make_config, ser_loss
-from tests.helpers import TINY_SER
+from tests.fixtures.ser import TINY_SER
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,8 @@ import torch
 
 from models import ser_data
 from models.ser_data import ArraySource, ResidentSet, StreamingSet, iter_windows, load_set, usable
-from tests.helpers import make_corpus, ser_source
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.ser import ser_source
 
 torch.set_num_threads(1)
 

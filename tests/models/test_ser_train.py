@@ -15,7 +15,8 @@ from models.ser import SERModel, make_config
 from models.ser_data import load_set
 from models.ser_train import SERRun, SERTask, ser_schedule, window_probs
 from models.trainer import TrainConfig, train_fold
-from tests.helpers import TINY_SER, make_corpus, ser_source
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.ser import TINY_SER, ser_source
 
 torch.set_num_threads(1)
 
@@ -158,7 +159,7 @@ def test_cli_train_ser_and_probe_speaker_on_the_shard_store(tmp_path):
 
     from cli import cli
     from models.ser_data import StoreKeys, StoreSource
-    from tests.helpers import write_ser_store
+    from tests.fixtures.stores import write_ser_store
 
     corpus = make_corpus(n_groups=2, per_class=2)
     src = ser_source(corpus)
@@ -188,7 +189,7 @@ def test_cli_train_ser_and_probe_speaker_on_the_shard_store(tmp_path):
 def test_folds_on_a_dask_cluster_match_the_serial_run(tmp_path):
     from distributed import LocalCluster
 
-    from tests.helpers import write_ser_store
+    from tests.fixtures.stores import write_ser_store
 
     corpus = make_corpus(n_groups=2, per_class=2)
     write_ser_store(tmp_path, corpus, ser_source(corpus))

@@ -14,7 +14,8 @@ from models.ter_train import TERRun, TERTask, model_from_state
 from models.run_folds import train_folds, train_run
 from models.trainer import TrainConfig
 from pipeline.corpus import write_corpus
-from tests.helpers import make_corpus, separable_token_features
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.stores import separable_token_features
 
 torch.set_num_threads(1)
 

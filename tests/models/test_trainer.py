@@ -9,7 +9,8 @@ from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
 from models.run_folds import train_folds
 from models.trainer import EpochSampler, TrainConfig, train_fold
-from tests.helpers import LinearTask, make_corpus
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.tasks import LinearTask
 
 torch.set_num_threads(1)
 CFG = TrainConfig(steps=60, batch_size=8, lr=0.05, eval_every=10, seed=0, progress=False)
@@ -98,8 +99,11 @@ def test_changed_config_refuses_to_resume_and_epochs_set_steps(tmp_path):
     m = train_fold(LinearTask(corpus), fold, TrainConfig(epochs=2, batch_size=4, progress=False), paths)
     n_train = len(fold.train)
     assert m["steps"] == -(-2 * n_train // 4) and m["selected"]["select"] == "val"
-    with pytest.raises(TrainingError):
+    before = paths.checkpoint(fold.name).read_bytes()
+    with pytest.raises(TrainingError, match=r"checkpoint.* was written with another configuration; "
+                                            r"use another run name or delete that folder"):
         train_fold(LinearTask(corpus), fold, TrainConfig(epochs=2, batch_size=4, lr=1.0, progress=False), paths)
+    assert paths.checkpoint(fold.name).read_bytes() == before  # refused, not overwritten
 
 
 def test_epoch_sampler_covers_each_item_once_per_epoch():

@@ -11,7 +11,8 @@ from core.errors import CorpusError
 from pipeline.corpus import load_corpus
 from pipeline.iemocap import read_iemocap, speaker_of
 from pipeline.prepare import prepare_demo, prepare_iemocap, prepare_manifest
-from tests.helpers import write_manifest, write_tone
+from tests.fixtures.audio import write_tone
+from tests.fixtures.corpora import write_manifest
 
 EMODB = Path(__file__).resolve().parents[3] / "shared" / "data" / "emodb4" / "manifest.csv"
 

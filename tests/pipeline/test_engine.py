@@ -16,11 +16,11 @@ import pytest
 from pipeline.corpus import load_corpus
 from pipeline.extract import extract, status
 from pipeline.store import StageReader
-from tests.helpers import register_toy_stages, tone_corpus, write_tone
+from tests.fixtures.audio import write_tone
+from tests.fixtures.corpora import tone_corpus
+from tests.fixtures.stages import Toy, Toy2
 
 REPO = Path(__file__).resolve().parents[2]
-register_toy_stages()
-Toy, Toy2 = register_toy_stages.classes
 
 
 def shard_files(workdir, stage):
@@ -32,9 +32,7 @@ def snapshot(workdir, stage):
 
 
 @pytest.fixture()
-def work(tmp_path):
-    Toy.calls.clear()
-    Toy2.calls.clear()
+def work(tmp_path, toy_stages):
     return tone_corpus(tmp_path, n=8)
 
 

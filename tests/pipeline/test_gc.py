@@ -8,7 +8,7 @@ from models.trained import collect_garbage
 from pipeline.extract import extract
 from pipeline.gc import remove
 from pipeline.store import StageReader, read_pointer
-from tests.helpers import tone_corpus
+from tests.fixtures.corpora import tone_corpus
 
 
 def _identity_dirs(work) -> list[str]:

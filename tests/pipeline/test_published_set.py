@@ -15,8 +15,9 @@ from pipeline.plan import check_current
 from pipeline.prepare import prepare_manifest
 from pipeline.store import StageReader, read_pointer
 from pipeline.verify import verify_cache
-from tests.helpers import write_manifest, write_tone
-from tests.reliability.test_kill_resume import small_shards
+from tests.fixtures.audio import write_tone
+from tests.fixtures.corpora import write_manifest
+from tests.fixtures.stages import small_shards
 
 
 def _shard_of(utt: str, n: int) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tests.helpers import write_tone
+from tests.fixtures.audio import write_tone
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Runs ``cli.py ARGS`` in this process after:
 - ``--write-delay S``: each utterance write sleeps S seconds first (shards last long enough for a
   kill to land inside one; sleeping costs no CPU on a shared machine).
 - ``--shard-size STAGE=N``: a smaller shard size for STAGE (more shards from a small corpus).
-- ``--toy``: registers the test-only ``toy`` and ``toy2`` stages (tests/helpers.py).
+- ``--toy``: registers the test-only ``toy`` and ``toy2`` stages (tests/fixtures/stages.py).
 
 The same instrumentation is installed in-process with :func:`install` (tests use monkeypatch).
 """
@@ -88,8 +88,8 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     if a.toy:
-        from tests.helpers import register_toy_stages
-        register_toy_stages()
+        from tests.fixtures.stages import install_toy_stages
+        install_toy_stages()  # a process of its own: nothing to undo
     from pipeline.stages import register
     for spec in a.shard_size:
         stage, size = spec.split("=")

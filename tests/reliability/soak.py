@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from pipeline.verify import verify_shard
-from tests.helpers import shard_files
+from tests.fixtures.stores import shard_files
 from tests.reliability.runner import REPO, read_journal
 
 PY = sys.executable

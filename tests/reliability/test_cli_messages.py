@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from tests.helpers import tone_corpus
+from tests.fixtures.corpora import tone_corpus
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_the_fix_is_named_as_the_user_invoked_us(tmp_path, prog, shown):
 ])
 def test_predict_checks_its_runs_first(tmp_path, args, message):
     import numpy as np
-    from tests.helpers import fake_run, write_tone
+    from tests.fixtures.audio import write_tone
+    from tests.fixtures.runs import fake_run
     fake_run(tmp_path, "ser", "small", ["A", "B"], np.random.default_rng(0), 1.0)
     wav = write_tone(tmp_path / "x.wav", 0.5)
     out = CliRunner().invoke(cli, ["predict", wav, *args, "-w", str(tmp_path)])
@@ -106,7 +107,7 @@ def test_json_for_scripts(tmp_path):
     """status and fuse print their result as JSON on stdout with --json (train: test_any_classes)."""
     import json
     import numpy as np
-    from tests.helpers import fake_run
+    from tests.fixtures.runs import fake_run
     rng = np.random.default_rng(0)
     fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
     fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.5)

@@ -7,11 +7,12 @@ import time
 import numpy as np
 
 from pipeline.extract import extract
-from tests.helpers import stage_arrays, tone_corpus
+from tests.fixtures.corpora import tone_corpus
+from tests.fixtures.stages import small_shards
+from tests.fixtures.stores import stage_arrays
 from tests.reliability.runner import read_journal
 from tests.reliability.soak import (assert_shards_valid, commits, kill, runner_cmd, start,
                                     temp_files, wait_until)
-from tests.reliability.test_kill_resume import small_shards
 
 N_UTTS = 15
 

@@ -20,9 +20,12 @@ from pipeline.extract import extract, status
 from pipeline.prepare import prepare_manifest
 from pipeline.store import ShardWriter, StageReader
 from pipeline.verify import verify_cache
-from tests.helpers import LinearTask, make_corpus, shard_files, tone_corpus, write_tone
+from tests.fixtures.audio import write_tone
+from tests.fixtures.corpora import make_corpus, tone_corpus
+from tests.fixtures.stages import small_shards
+from tests.fixtures.stores import shard_files
+from tests.fixtures.tasks import LinearTask
 from tests.reliability.soak import temp_files
-from tests.reliability.test_kill_resume import small_shards
 
 CFG = TrainConfig(steps=10, batch_size=8, lr=0.05, eval_every=5, seed=0, progress=False)
 
@@ -62,9 +65,7 @@ def test_a_lone_surrogate_rejects_its_row_not_the_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["renamed", "another stage's shard"])
-def test_a_shard_that_is_not_what_its_name_says_is_replaced(tmp_path, monkeypatch, how):
-    from tests.helpers import register_toy_stages
-    register_toy_stages()
+def test_a_shard_that_is_not_what_its_name_says_is_replaced(tmp_path, monkeypatch, how, toy_stages):
     small_shards(monkeypatch, {"mel": 3, "toy": 3})
     work = tone_corpus(tmp_path, n=6, seconds=(0.3, 0.6))
     extract(work, ["mel", "toy"], workers=1)

@@ -23,7 +23,10 @@ from features.fairseq_convert import RestrictedUnpickler
 from features.gentle import GentleClient, GentleConfig, GentleUnavailable
 from models.trained import load_run
 from pipeline.extract import extract
-from tests.helpers import fake_run, save_tiny_text_encoder, shard_files, tone_corpus
+from tests.fixtures.corpora import tone_corpus
+from tests.fixtures.encoders import save_tiny_text_encoder
+from tests.fixtures.runs import fake_run
+from tests.fixtures.stores import shard_files
 from tests.reliability.runner import REPO
 from tests.reliability.test_untrusted import Payload
 

@@ -13,7 +13,7 @@ from pipeline.corpus import load_corpus
 from pipeline.extract import extract
 from pipeline.prepare import prepare_manifest
 from pipeline.store import StageReader
-from tests.helpers import write_manifest
+from tests.fixtures.corpora import write_manifest
 from tests.reliability import hostile
 from tests.reliability.runner import REPO
 from tests.reliability.soak import PY

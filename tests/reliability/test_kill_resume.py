@@ -6,27 +6,17 @@ uninterrupted reference run are in-process. The CI-sized soaks kill 3 times; the
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from pipeline.corpus import load_corpus
 from pipeline.extract import extract
-import pipeline.stages as stages_mod
-from pipeline.stages import get_stage
-from tests.helpers import register_toy_stages, stage_arrays, tone_corpus
+from tests.fixtures.corpora import tone_corpus
+from tests.fixtures.stages import small_shards
+from tests.fixtures.stores import stage_arrays
 from tests.reliability import runner
 from tests.reliability.soak import (assert_shards_valid, begins, commits, kill_soak, runner_cmd,
                                     temp_files)
-
-register_toy_stages()
-
-
-def small_shards(monkeypatch, sizes: dict[str, int]) -> None:
-    for name, n in sizes.items():
-        monkeypatch.setitem(stages_mod._REGISTRY, name,  # noqa: SLF001 - test-only override
-                            dataclasses.replace(get_stage(name), shard_size=n))
 
 
 def soak_extract(tmp_path, monkeypatch, n_utts: int, n_kills: int, seed: int,
@@ -69,10 +59,10 @@ def soak_extract(tmp_path, monkeypatch, n_utts: int, n_kills: int, seed: int,
     return {"kills": soak.kills, "shards": n_shards}
 
 
-def test_extract_kill_resume_ci(tmp_path, monkeypatch):
+def test_extract_kill_resume_ci(tmp_path, monkeypatch, toy_stages):
     assert soak_extract(tmp_path, monkeypatch, n_utts=15, n_kills=3, seed=1)["kills"] == 3
 
 
 @pytest.mark.slow
-def test_extract_kill_resume_soak(tmp_path, monkeypatch):
+def test_extract_kill_resume_soak(tmp_path, monkeypatch, toy_stages):
     assert soak_extract(tmp_path, monkeypatch, n_utts=60, n_kills=20, seed=3)["kills"] == 20

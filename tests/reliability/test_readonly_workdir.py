@@ -15,7 +15,8 @@ from models.run_folds import train_folds
 from models.trainer import TrainConfig
 from pipeline.corpus import load_corpus
 from pipeline.extract import extract
-from tests.helpers import LinearTask, tone_corpus
+from tests.fixtures.corpora import tone_corpus
+from tests.fixtures.tasks import LinearTask
 from tests.reliability.runner import REPO
 
 TRAIN = """
@@ -25,7 +26,7 @@ from models.runs import RunPaths
 from models.run_folds import train_folds
 from models.trainer import TrainConfig
 from pipeline.corpus import load_corpus
-from tests.helpers import LinearTask
+from tests.fixtures.tasks import LinearTask
 w = sys.argv[1]
 c = load_corpus(w)
 cfg = TrainConfig(steps=10, batch_size=8, lr=0.05, eval_every=5, progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models.report import write_report
-from tests.helpers import fake_run
+from tests.fixtures.runs import fake_run
 from tests.reliability.runner import REPO
 
 SCRIPT = r"""
@@ -54,7 +54,8 @@ from models.runs import RunPaths
 from models.run_folds import train_folds
 from models.trainer import TrainConfig
 from pipeline.corpus import write_corpus
-from tests.helpers import LinearTask, make_corpus
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.tasks import LinearTask
 w = sys.argv[1]
 c = make_corpus(n_groups=2, per_class=3)
 write_corpus(w, c)

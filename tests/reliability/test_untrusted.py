@@ -22,7 +22,8 @@ from models.checkpoint import load_checkpoint
 from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
 from models.trainer import TrainConfig, train_fold
-from tests.helpers import LinearTask, make_corpus
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.tasks import LinearTask
 from tests.reliability.runner import REPO
 
 PRODUCT = [REPO / "cli.py"] + [p for d in ("core", "pipeline", "features", "models", "commands", "bench")

@@ -15,7 +15,7 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
     import torch
     torch.set_num_threads(1)
     from pipeline.corpus import write_corpus
-    from tests.helpers import make_corpus
+    from tests.fixtures.corpora import make_corpus
     corpus = make_corpus(n_groups=2, per_class=4)
     write_corpus(workdir, corpus)
     if task == "ter":
@@ -23,7 +23,7 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
         from models.run_folds import train_run
         from models.ter_train import TERRun
         from models.trainer import TrainConfig
-        from tests.helpers import separable_token_features
+        from tests.fixtures.stores import separable_token_features
         reader = separable_token_features(corpus, dim=16)
         spec = TERRun(run="soak", model=TERConfig(max_tokens=16),
                       train=TrainConfig(steps=steps, batch_size=4, lr=1e-3, eval_every=10,
@@ -37,7 +37,7 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
         from models.ser import make_config
         from models.ser_train import SERRun
         from models.trainer import TrainConfig, train_fold
-        from tests.helpers import TINY_SER, ser_source
+        from tests.fixtures.ser import TINY_SER, ser_source
         source = ser_source(corpus, frames=(60, 120))
         spec = SERRun(model=make_config("small", **TINY_SER),
                       train=TrainConfig(batch_size=2, steps=steps, eval_every=5, lr=1e-3, progress=False))
