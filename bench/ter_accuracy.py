@@ -120,7 +120,7 @@ def extract(corpus: Corpus, device: str, batch: int = 64) -> tuple[dict[str, np.
     ext = TextExtractor(TextConfig(model="minilm-l6", batch_size=batch), device)
     out = ext([ItemInput(u.id, text=u.text) for u in corpus.utterances])
     feats = {u.id: o["tokens"] for u, o in zip(corpus.utterances, out) if isinstance(o, dict)}
-    return feats, ext.weights_checksum()[:16]
+    return feats, ext.weights_checksum(ext.config)[:16]
 
 
 def logistic_baseline(corpus: Corpus, feats: dict[str, np.ndarray], folds, seed: int) -> dict:

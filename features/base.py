@@ -8,16 +8,12 @@ of shards, caches or Dask: the pipeline feeds it decoded audio and writes what i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from core.errors import ItemError
-from core.hashing import file_checksum
 
 Output = dict[str, np.ndarray]
 
@@ -52,8 +48,11 @@ class Extractor:
         self.config = config if config is not None else self.Config()
         self.device = device
 
-    def weights_checksum(self) -> str:
-        """Checksum of the model weights this extractor uses ('' when it has none)."""
+    @classmethod
+    def weights_checksum(cls, config: Any) -> str:
+        """Checksum of the model weights ``config`` selects ('' when there are none): cheap
+        (memoised file hashes, no model loading). With ``VERSION`` and the config it is the
+        extractor's whole identity, from which the pipeline keys its cache."""
         return ""
 
     def attrs(self) -> dict[str, Any]:
@@ -67,12 +66,6 @@ class Extractor:
 def config_dict(config: Any) -> dict[str, Any]:
     """A frozen config dataclass as a plain JSON-able dict."""
     return dataclasses.asdict(config)
-
-
-def tree_checksum(paths: Sequence[str | Path]) -> str:
-    """One checksum over several files (e.g. a model folder's weight files), order-independent."""
-    parts = sorted((Path(p).name, file_checksum(p)) for p in paths)
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def run_each(items: Sequence[ItemInput], fn) -> list[Output | ItemError]:

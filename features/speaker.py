@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from core.errors import ItemError
-from core.hashing import file_checksum
+from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,10 @@ class SpeakerExtractor(Extractor):
         super().__init__(config, device)
         resemblyzer, self._audio = _resemblyzer()
         self.encoder = resemblyzer.VoiceEncoder(device=device, verbose=False).eval()
-        self._checksum: str | None = None
 
-    def weights_checksum(self) -> str:
-        if self._checksum is None:
-            self._checksum = file_checksum(weights_path())
-        return self._checksum
+    @classmethod
+    def weights_checksum(cls, config: SpeakerConfig) -> str:
+        return files_checksum([weights_path()])
 
     def attrs(self) -> dict:
         return {"dim": EMBED_DIM, "model": "resemblyzer-0.1.4 pretrained.pt"}

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from core.errors import ItemError, StageError
-from features.base import Extractor, ItemInput, Output, tree_checksum
+from core.hashing import files_checksum
+from features.base import Extractor, ItemInput, Output
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,6 @@ class SpeechEncoderExtractor(Extractor):
                  backend=None):
         super().__init__(config, device)
         self.backend = backend if backend is not None else load_backend(self.config)
-        self._checksum: str | None = None
         self.torch_device = torch.device(device)
         self.backend.model.to(self.torch_device)
         _autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
@@ -279,10 +279,9 @@ class SpeechEncoderExtractor(Extractor):
         ext._checksum = h.hexdigest()
         return ext
 
-    def weights_checksum(self) -> str:
-        if self._checksum is None:
-            self._checksum = tree_checksum(model_files(self.config.model))
-        return self._checksum
+    @classmethod
+    def weights_checksum(cls, config: SpeechEncoderConfig) -> str:
+        return files_checksum(model_files(config.model))
 
     def attrs(self) -> dict:
         return {"num_layers": self.backend.num_layers, "dim": self.backend.dim,

@@ -155,8 +155,9 @@ class TextExtractor(Extractor):
         if limit and cfg.max_length > limit:
             raise StageError(f"text.max_length={cfg.max_length} exceeds the model's {limit} positions")
 
-    def weights_checksum(self) -> str:
-        return model_checksum(str(self.folder))
+    @classmethod
+    def weights_checksum(cls, config: TextConfig) -> str:
+        return model_checksum(config.model)
 
     def attrs(self) -> dict:
         mc = self.model.config

@@ -44,7 +44,8 @@ def _extractor(run: TrainedRun, stage: str, device: str):
     features it would compute are not the ones the run learned from (changed model weights or
     code version), so that a run never gets other features than it was trained on."""
     from core.hashing import digest
-    from pipeline.plan import build_cached, stage_identity
+    from pipeline.engine import build_cached
+    from pipeline.plan import stage_identity
     st = get_stage(stage)
     rec = run.config.get("stages", {}).get(stage)
     if rec is None:

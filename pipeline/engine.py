@@ -8,6 +8,7 @@ that fail are recorded in the shard with their reason; the rest of the shard goe
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,11 +22,12 @@ from typing import Any, Callable, Iterator
 from core.atomic import atomic_write_text, exclusive_lock, writer_alive
 from core.devices import resolve_device
 from core.errors import CacheError, ItemError, StageError
+from core.hashing import digest
 from features.base import ItemInput
 from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
-from pipeline.plan import ShardPlan, StagePlan, build_cached, finalize_name
-from pipeline.stages import get_stage
+from pipeline.plan import ShardPlan, StagePlan, finalize_name
+from pipeline.stages import Stage, get_stage
 from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
     read_shard_attrs
 from pipeline.verify import discard_shard, orphan_shards
@@ -44,6 +46,17 @@ class ShardResult:
     seconds: float
     skipped: bool = False  # another process held the shard's lock, or it was already done
     nbytes: int = 0
+
+
+_BUILT: dict[tuple[str, str, str], Any] = {}
+
+
+def build_cached(stage: Stage, config: Any, device: str) -> Any:
+    """The stage's extractor, built once per process (models are loaded once per worker)."""
+    key = (stage.name, digest(dataclasses.asdict(config)), device)
+    if key not in _BUILT:
+        _BUILT[key] = stage.extractor(config, device)
+    return _BUILT[key]
 
 
 def shard_lock(path: Path, blocking: bool):

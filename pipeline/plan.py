@@ -46,27 +46,12 @@ def save_params(workdir: str | Path, params: dict[str, dict[str, Any]]) -> None:
     atomic_write_text(Path(workdir) / PARAMS_FILE, json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
-_BUILT: dict[tuple[str, str, str], Any] = {}
-
-
-def build_cached(stage: Stage, config: Any, device: str) -> Any:
-    """The stage's extractor, built once per process (models are loaded once per worker)."""
-    key = (stage.name, digest(dataclasses.asdict(config)), device)
-    if key not in _BUILT:
-        _BUILT[key] = stage.build(config, device)
-    return _BUILT[key]
-
-
 def stage_identity(stage: Stage, config: Any) -> dict[str, Any]:
-    """What a stage's output depends on besides its inputs: name, VERSION, config, weights."""
-    if stage.version is None:
-        ext = build_cached(stage, config, "cpu")
-        version, checksum = ext.VERSION, ext.weights_checksum()
-    else:
-        version = stage.version
-        checksum = stage.checksum(config) if stage.checksum else ""
-    return {"stage": stage.name, "version": version,
-            "config": dataclasses.asdict(config), "weights": checksum}
+    """What a stage's output depends on besides its inputs: name, and its extractor's VERSION,
+    config and weights checksum (no model is loaded to plan)."""
+    return {"stage": stage.name, "version": stage.extractor.VERSION,
+            "config": dataclasses.asdict(config),
+            "weights": stage.extractor.weights_checksum(config)}
 
 
 @dataclass

@@ -17,22 +17,18 @@ from core.errors import StageError
 
 @dataclass(frozen=True)
 class Stage:
-    """A feature stage: what it needs, what builds its extractor, how it is scheduled."""
+    """A feature stage: its extractor, what it needs, how it is scheduled.
+
+    The extractor class (:class:`features.base.Extractor`) carries the stage's identity:
+    ``VERSION``, its frozen ``Config`` (whose fields are the stage parameters, ``-p
+    name.field=value``) and ``weights_checksum(config)``."""
 
     name: str
-    #: Frozen config dataclass; its fields are the stage parameters (``-p name.field=value``).
-    config_cls: type
-    #: Builds the extractor from a config instance and a torch device string.
-    build: Callable[[Any, str], Any]
+    extractor: type  # built as extractor(config, device), once per worker process
     needs_audio: bool = True
     needs_text: bool = False
     needs_gpu: bool = False  # uses a GPU when present (one worker process per GPU)
     upstream: tuple[str, ...] = ()
-    #: The extractor's VERSION and a cheap weights checksum ``checksum(config) -> str``
-    #: (memoised file hashes, no model loading). When ``version`` is None the engine builds
-    #: the extractor once and asks it (slower: loads the model just to plan).
-    version: int | None = None
-    checksum: Callable[[Any], str] | None = None
     #: Utterances per shard (one Dask task).
     shard_size: int = 200
     #: Optional post-step over all utterances' outputs, e.g. per-speaker means:
@@ -41,6 +37,10 @@ class Stage:
     help: str = ""
     #: Only for tests: hidden from ``extract --stage all`` and ``--help``.
     test_only: bool = False
+
+    @property
+    def config_cls(self) -> type:
+        return self.extractor.Config
 
     def make_config(self, params: Mapping[str, Any] | None = None):
         """Config from defaults overridden by ``params`` (strings are converted to field types)."""

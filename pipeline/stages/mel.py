@@ -1,9 +1,8 @@
 """The ``mel`` stage: 80-bin log-mel spectrograms (the SER reconstruction target)."""
-from features.mel import MelConfig, MelExtractor
+from features.mel import MelExtractor
 from pipeline.stages import Stage, register
 
 register(Stage(
-    name="mel", config_cls=MelConfig, build=lambda cfg, device: MelExtractor(cfg, device),
-    version=MelExtractor.VERSION, needs_audio=True, needs_gpu=False, shard_size=200,
+    name="mel", extractor=MelExtractor, needs_audio=True, needs_gpu=False, shard_size=200,
     help="80-bin log-mel spectrogram, AutoVC normalisation, 20 ms frames",
 ))

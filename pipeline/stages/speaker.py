@@ -4,8 +4,7 @@ from __future__ import annotations
 import logging
 
 from core.errors import CacheError
-from core.hashing import files_checksum
-from features.speaker import SpeakerConfig, SpeakerExtractor, speaker_means, weights_path
+from features.speaker import SpeakerConfig, SpeakerExtractor, speaker_means
 from pipeline.stages import Stage, register
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,7 @@ def finalize(reader, utterances, config: SpeakerConfig) -> dict:
 
 register(Stage(
     name="speaker",
-    config_cls=SpeakerConfig,
-    build=lambda cfg, device: SpeakerExtractor(cfg, device),
-    version=SpeakerExtractor.VERSION,
-    checksum=lambda cfg: files_checksum([weights_path()]),
+    extractor=SpeakerExtractor,
     needs_audio=True,
     needs_gpu=True,
     finalize=finalize,

@@ -1,14 +1,10 @@
 """Stage ``wav2vec``: all hidden states of a speech encoder per 20 ms frame (features/speech_encoder.py)."""
-from core.hashing import files_checksum
-from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, model_files
+from features.speech_encoder import SpeechEncoderExtractor
 from pipeline.stages import Stage, register
 
 register(Stage(
     name="wav2vec",
-    config_cls=SpeechEncoderConfig,
-    build=lambda cfg, device: SpeechEncoderExtractor(cfg, device),
-    version=SpeechEncoderExtractor.VERSION,
-    checksum=lambda cfg: files_checksum(model_files(cfg.model)),
+    extractor=SpeechEncoderExtractor,
     needs_audio=True,
     needs_gpu=True,
     help="All hidden states (T, L, D) fp16 of a speech encoder: a transformers folder "

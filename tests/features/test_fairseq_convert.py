@@ -161,4 +161,4 @@ def test_extractor_reads_fairseq_pt(tmp_path):
     normalized = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
     np.testing.assert_allclose(out.astype(np.float32), states(normalized), rtol=1e-2, atol=1e-2)
     assert not np.allclose(out.astype(np.float32), states(audio), rtol=1e-2, atol=1e-2)
-    assert len(ext.weights_checksum()) == 64
+    assert len(ext.weights_checksum(ext.config)) == 64

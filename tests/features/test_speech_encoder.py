@@ -63,7 +63,7 @@ def test_all_layers_batched_equals_single_and_model(folders, arch):
         np.testing.assert_allclose(feats[:, -1].astype(np.float32), _reference_last(arch, model, a),
                                    rtol=2e-3, atol=2e-3)
     assert ext.attrs()["num_layers"] == n_layers + 1
-    assert len(ext.weights_checksum()) == 64
+    assert len(ext.weights_checksum(ext.config)) == 64
 
 
 @pytest.mark.parametrize("arch,unpadded", [("wav2vec2", False), ("wav2vec2-group", False),
@@ -127,8 +127,8 @@ def test_stage_registration_and_bad_model(folders):
     assert stage.needs_gpu and stage.config_cls is SpeechEncoderConfig
     cfg = stage.make_config({"model": str(folders["hubert"][0]), "frame_budget": "500"})
     assert cfg.frame_budget == 500
-    assert len(stage.checksum(cfg)) == 64
-    ext = stage.build(cfg, "cpu")
+    assert len(stage.extractor.weights_checksum(cfg)) == 64
+    ext = stage.extractor(cfg, "cpu")
     assert ext([ItemInput("a", speech_audio(1600))])[0]["feats"].shape == (5, 3, 16)
     with pytest.raises(StageError, match="neither"):
         SpeechEncoderExtractor(SpeechEncoderConfig(model="/nonexistent/model"))

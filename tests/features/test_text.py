@@ -9,6 +9,7 @@ from transformers import AutoModel, AutoTokenizer
 from core.errors import ItemError, StageError
 from features.base import ItemInput
 from features.text import TextConfig, TextExtractor, model_checksum, usable_text
+from pipeline.plan import stage_identity
 from pipeline.stages import get_stage
 from tests.fixtures.encoders import save_tiny_text_encoder
 
@@ -43,7 +44,7 @@ def test_minilm_real_features(minilm):
     a, b = (o["tokens"].astype(np.float32).mean(0) for o in out)
     assert np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) < 0.95  # different sentences differ
     assert minilm.attrs()["dim"] == 384
-    assert minilm.weights_checksum() == model_checksum("minilm-l6")
+    assert minilm.weights_checksum(minilm.config) == model_checksum("minilm-l6")
 
 
 def test_official_slicing_keeps_sep_and_padding(minilm):
@@ -105,7 +106,7 @@ def test_stage_registration_and_checksum(tmp_path):
     a = save_tiny_text_encoder(tmp_path / "a", "bert")
     b = save_tiny_text_encoder(tmp_path / "b", "bert", hidden=16)
     assert model_checksum(str(a)) != model_checksum(str(b))
-    assert stage.checksum(TextConfig(model=str(a))) == TextExtractor(TextConfig(model=str(a))).weights_checksum()
+    assert stage_identity(stage, TextConfig(model=str(a)))["weights"] == model_checksum(str(a))
 
 
 @pytest.mark.slow
