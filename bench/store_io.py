@@ -69,7 +69,18 @@ def main() -> None:
     items, nbytes = make_items(a.gb, a.layers, a.dim)
     res = {"machine": machine(), "bytes": nbytes, "utterances": len(items),
            "layout": f"(T, {a.layers}, {a.dim}) float16"}
+    work = root / "work"
+    res.update(time_writes(items, nbytes, root, work, a))
+    res.update(time_crops(work, a.crops))
+    res.update(compression(items[0][1], root, a.layers, a.dim))
+    shutil.rmtree(root, ignore_errors=True)
+    report(res, len(items), nbytes)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
 
+
+def time_writes(items, nbytes: int, root: Path, work: Path, a: argparse.Namespace) -> dict:
+    """The store's shard writes against a raw sequential h5py write of the same bytes."""
     # Baseline: raw sequential h5py write of the same bytes into one dataset per file.
     raw = root / "raw"
     raw.mkdir()
@@ -87,7 +98,6 @@ def main() -> None:
     raw_s = time.perf_counter() - t0
 
     # The store: per-utterance groups, attributes, temp file + fsync + rename.
-    work = root / "work"
     identity = "b" * 64
     sdir = stage_dir(work, "wav2vec", identity)
     sdir.mkdir(parents=True)
@@ -100,37 +110,50 @@ def main() -> None:
         w.commit()
     os.sync()
     store_s = time.perf_counter() - t0
-    current_pointer(work, "wav2vec").write_text(json.dumps({"identity": identity}))
-    res.update(raw_write_MBps=nbytes / raw_s / 1e6, store_write_MBps=nbytes / store_s / 1e6,
-               write_ratio_store_over_raw=raw_s / store_s)
+    # The stage's index, as publish writes it: the identity and the shards it serves.
+    current_pointer(work, "wav2vec").write_text(json.dumps(
+        {"identity": identity, "shards": sorted(p.name for p in sdir.glob("shard-*.h5"))}))
+    return {"raw_write_MBps": nbytes / raw_s / 1e6, "store_write_MBps": nbytes / store_s / 1e6,
+            "write_ratio_store_over_raw": raw_s / store_s}
 
-    # Random 96-frame crops of all layers (cold page cache where the kernel allows it).
+
+def time_crops(work: Path, crops: int) -> dict:
+    """Random crops per second from the published store."""
+
+    # Random 96-frame crops of all layers (cold page cache where the kernel allows it), read as
+    # the SER trainer streams them (models.ser_data.StoreSource.encoder: one slice per crop).
     drop_caches(work)
     rng = np.random.default_rng(1)
     with StageReader(work, "wav2vec") as r:
         ids = r.ids()
         t0 = time.perf_counter()
-        for _ in range(a.crops // 16):
-            r.crops([ids[i] for i in rng.integers(0, len(ids), 16)], "feats", 96, rng)
+        for i in rng.integers(0, len(ids), crops):
+            t = r.length(ids[i], "feats")
+            start = int(rng.integers(0, max(1, t - 96 + 1)))
+            r.dataset(ids[i], "feats")[start:start + 96]
         crop_s = time.perf_counter() - t0
-    res["crops_per_s"] = a.crops // 16 * 16 / crop_s
-    res["crop_MBps"] = res["crops_per_s"] * 96 * a.layers * a.dim * 2 / 1e6
+        layers, dim = r.shape(ids[0], "feats")[1:]
+    return {"crops_per_s": crops / crop_s, "crop_MBps": crops / crop_s * 96 * layers * dim * 2 / 1e6}
 
-    # Does compression pay? lzf and gzip-1 on a sample, chunked (96, L, D).
-    sample = items[0][1]
+
+def compression(sample: np.ndarray, root: Path, layers: int, dim: int) -> dict:
+    """Does compression pay? lzf and gzip-1 on a sample, chunked (96, L, D)."""
+    res = {}
     for comp, opts in (("lzf", None), ("gzip", 1)):
         p = root / f"c_{comp}.h5"
         t0 = time.perf_counter()
         with h5py.File(p, "w") as f:
-            f.create_dataset("x", data=sample, chunks=(min(96, len(sample)), a.layers, a.dim),
+            f.create_dataset("x", data=sample, chunks=(min(96, len(sample)), layers, dim),
                              compression=comp, compression_opts=opts)
         dt = time.perf_counter() - t0
         res[f"{comp}_size_ratio"] = p.stat().st_size / sample.nbytes
         res[f"{comp}_write_MBps"] = sample.nbytes / dt / 1e6
-    shutil.rmtree(root, ignore_errors=True)
+    return res
 
+
+def report(res: dict, n_items: int, nbytes: int) -> None:
     print(f"machine: {res['machine']}")
-    print(f"{len(items)} utterances, {nbytes / 1e9:.2f} GB of {res['layout']}")
+    print(f"{n_items} utterances, {nbytes / 1e9:.2f} GB of {res['layout']}")
     print(f"write: store {res['store_write_MBps']:.0f} MB/s vs raw h5py {res['raw_write_MBps']:.0f}"
           f" MB/s -> ratio {res['write_ratio_store_over_raw']:.2f}")
     print(f"random 96-frame crops of all layers: {res['crops_per_s']:.0f} crops/s "
@@ -138,8 +161,6 @@ def main() -> None:
     print(f"compression on random fp16 features: lzf size x{res['lzf_size_ratio']:.2f} "
           f"({res['lzf_write_MBps']:.0f} MB/s), gzip-1 x{res['gzip_size_ratio']:.2f} "
           f"({res['gzip_write_MBps']:.0f} MB/s)")
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

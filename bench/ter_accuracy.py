@@ -49,6 +49,7 @@ from models.metrics import classification_metrics, mean_over_folds
 from models.runs import RunPaths
 from models.ter import TERConfig
 from models.ter_train import TERTask
+from pipeline.arrays import ArrayReader
 from models.run_folds import train_folds
 from models.trainer import TrainConfig
 from pipeline.corpus import Corpus, Utterance  # noqa: E402
@@ -101,19 +102,6 @@ def build_corpus(data: dict[str, str], per_class: int, groups: int, seed: int) -
             utts.append(Utterance(id=f"{label}-{k:05d}", audio="", speaker=f"g{g}", label=label,
                                   group=f"g{g}", text=t))
     return Corpus("xed4", CLASSES, tuple(utts), source=str(XED))
-
-
-class ArrayReader:
-    """In-memory stand-in for pipeline.store.StageReader (ids/get/attrs)."""
-
-    def __init__(self, feats: dict[str, np.ndarray], key: str):
-        self.feats, self.attrs, self.failed = feats, {"fingerprint": key}, {}
-
-    def ids(self) -> list[str]:
-        return list(self.feats)
-
-    def get(self, utt_id: str, name: str) -> np.ndarray:
-        return self.feats[utt_id]
 
 
 def extract(corpus: Corpus, device: str, batch: int = 64) -> tuple[dict[str, np.ndarray], str]:
@@ -184,7 +172,7 @@ def main() -> None:
     t_base = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    task = TERTask(corpus, ArrayReader(feats, key), TERConfig(max_tokens=args.max_tokens, dropout=args.dropout),
+    task = TERTask(corpus, ArrayReader({u: {"tokens": f} for u, f in feats.items()}, key, stage="text"), TERConfig(max_tokens=args.max_tokens, dropout=args.dropout),
                    batch_size=args.batch_size)
     cfg = TrainConfig(steps=0, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, progress=False)

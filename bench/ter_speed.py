@@ -31,26 +31,19 @@ from models.folds import make_folds  # noqa: E402
 from models.runs import RunPaths  # noqa: E402
 from models.ter import TERConfig  # noqa: E402
 from models.ter_train import TERTask  # noqa: E402
+from pipeline.arrays import ArrayReader  # noqa: E402
 from models.trainer import TrainConfig, train_fold  # noqa: E402
 from pipeline.corpus import DEFAULT_CLASSES, Corpus, Utterance  # noqa: E402
 
 PAPER_STEPS, PAPER_BATCH = 412_800, 4
 
 
-class RandomReader:
-    """Random (n, D) fp16 token features per utterance; StageReader's ids/get/attrs."""
-
-    def __init__(self, ids: list[str], dim: int, max_len: int, seed: int):
-        rng = np.random.default_rng(seed)
-        self._len = dict(zip(ids, rng.integers(5, max_len + 1, size=len(ids)).tolist()))
-        self._rng, self.dim = rng, dim
-        self.attrs, self.failed = {"fingerprint": f"random-{dim}-{seed}"}, {}
-
-    def ids(self) -> list[str]:
-        return list(self._len)
-
-    def get(self, utt_id: str, name: str) -> np.ndarray:
-        return self._rng.standard_normal((self._len[utt_id], self.dim), dtype=np.float32).astype(np.float16)
+def random_tokens(ids: list[str], dim: int, max_len: int, seed: int) -> ArrayReader:
+    """Random (n, D) fp16 token features per utterance, 5 <= n <= max_len, in memory."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, max_len + 1, size=len(ids)).tolist()
+    return ArrayReader({u: {"tokens": rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16)}
+                        for u, n in zip(ids, lengths)}, f"random-{dim}-{seed}", stage="text")
 
 
 def random_corpus(n: int, groups: int, seed: int) -> Corpus:
@@ -98,7 +91,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
 
     corpus = random_corpus(args.utterances, args.folds, seed=0)
-    reader = RandomReader([u.id for u in corpus.utterances], args.dim, args.max_tokens - 2, seed=0)
+    reader = random_tokens([u.id for u in corpus.utterances], args.dim, args.max_tokens - 2, seed=0)
     t0 = time.perf_counter()
     model = TERConfig(max_tokens=args.max_tokens)
     big = TERTask(corpus, reader, model, batch_size=args.batch_size, amp=args.amp)

@@ -59,14 +59,24 @@ class Source(Protocol):
     def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray: ...  # (T,) int
     def speaker_mean(self, speaker: str) -> np.ndarray: ...  # (256,)
     def missing(self, utt_id: str) -> str | None: ...  # why an utterance is unusable, or None
+    def stage_identities(self) -> dict[str, str]: ...  # stage -> identity of its features
+    def utterance_key(self, utt_id: str, speaker: str) -> str: ...  # what an example is read from
 
 
 class ArraySource:
     """In-memory source: dicts utt_id -> array, speaker -> mean (tests, benches)."""
 
     def __init__(self, mel: Mapping[str, np.ndarray], phones: Mapping[str, np.ndarray],
-                 speakers: Mapping[str, np.ndarray], encoder: Mapping[str, np.ndarray] | None = None):
+                 speakers: Mapping[str, np.ndarray], encoder: Mapping[str, np.ndarray] | None = None,
+                 identity: str = "in-memory"):
         self._enc, self._mel, self._ph, self._spk = encoder, mel, phones, speakers
+        self.identity = identity
+
+    def stage_identities(self) -> dict[str, str]:
+        return {"arrays": self.identity}
+
+    def utterance_key(self, utt_id: str, speaker: str) -> str:
+        return self.identity  # arrays held in memory change together
 
     def length(self, utt_id: str) -> int:
         lens = [len(self._mel[utt_id]), len(self._ph[utt_id])]

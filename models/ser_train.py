@@ -132,13 +132,9 @@ class SERTask:
         return {"model": self.model_cfg.to_dict(), "inputs": inputs}
 
     def feature_keys(self) -> dict[str, str]:
-        if hasattr(self.source, "stage_identities"):
-            return self.source.stage_identities()
-        return {"arrays": "in-memory"}
+        return self.source.stage_identities()
 
     def utterance_keys(self, ids: Sequence[str]) -> dict[str, str]:
-        if not hasattr(self.source, "utterance_key"):  # in-memory arrays: no cache keys
-            return {}
         return {u: self.source.utterance_key(u, self.speakers[u]) for u in ids}
 
     def available(self, ids: Sequence[str]) -> list[str]:

@@ -66,15 +66,13 @@ class TERTask:
                 "inputs": {"feature": self.feature, "amp": "bf16" if self.amp else "off"}}
 
     def feature_keys(self) -> dict[str, str]:
-        key = getattr(self.reader, "identity", None) or self.reader.attrs.get("fingerprint", "")
-        return {"text": str(key)}
+        return {"text": self.reader.identity}
 
     def available(self, ids: Sequence[str]) -> list[str]:
         return [i for i in ids if i in self._row]
 
     def utterance_keys(self, ids: Sequence[str]) -> dict[str, str]:
-        keys = getattr(self.reader, "keys", {})
-        return {u: keys.get(u, "") for u in ids}
+        return {u: self.reader.keys.get(u, "") for u in ids}
 
     def build_model(self) -> TextCNN:
         return TextCNN(self.model_config)

@@ -360,22 +360,6 @@ class StageReader:
     def length(self, utt_id: str, name: str) -> int:
         return self.shape(utt_id, name)[0]
 
-    def crops(self, utt_ids: list[str], name: str, size: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Random ``size``-frame crops, zero-padded → (B, size, ...) array and (B,) lengths."""
-        out, lens = [], []
-        for u in utt_ids:
-            ds = self.dataset(u, name)
-            t = ds.shape[0]
-            t0 = int(rng.integers(0, t - size + 1)) if t > size else 0
-            with self._lock:
-                x = ds[t0:t0 + size]
-            lens.append(len(x))
-            if len(x) < size:
-                x = np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
-            out.append(x)
-        return np.stack(out), np.asarray(lens)
-
     def items(self, name: str) -> Iterator[tuple[str, np.ndarray]]:
         for u in self.ids():
             yield u, self.get(u, name)

@@ -11,7 +11,7 @@ from features.base import ItemInput
 from features.speaker import SpeakerConfig, SpeakerExtractor, draw_utterances, speaker_means
 from pipeline.corpus import Utterance
 from tests.fixtures.audio import speech_audio
-from tests.fixtures.stores import FakeStageReader
+from pipeline.arrays import ArrayReader
 
 torch.set_num_threads(1)
 EMODB = "/work/shared/data/emodb4/wav"
@@ -107,7 +107,7 @@ def test_finalize_uses_the_reader_and_skips_failed():
         if i != 5:
             v = rng.normal(size=256)
             data[f"u{i}"] = {"embed": (v / np.linalg.norm(v)).astype(np.float32)}
-    reader = FakeStageReader(data, failed={"u5": "audio is digital silence"})
+    reader = ArrayReader(data, failed={"u5": "audio is digital silence"})
     out = stage.finalize(reader, utts, SpeakerConfig())
     assert set(out) == {"s1", "s2"}
     np.testing.assert_allclose(out["s2"], data["u4"]["embed"], atol=1e-6)
