@@ -84,7 +84,7 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
     from models.folds import SplitConfig
     from models.run_folds import train_run
     from models.ser import CPU_WIDTHS, make_config
-    from models.ser_data import StoreKeys
+    from models.ser_sources import StoreKeys
     from models.ser_train import SERInputs, SERRun, ser_schedule
     from models.trainer import TrainConfig
     from pipeline.scheduler import parse_gpus

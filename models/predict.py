@@ -154,7 +154,8 @@ def _warn_language(corpus, language: str) -> None:
 def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Prediction],
                   device: str) -> dict[int, np.ndarray]:
     """Fold-ensemble SER probabilities per input index; failures are recorded in ``out``."""
-    from models.ser_data import ArraySource, load_set
+    from models.ser_data import load_set
+    from models.ser_sources import ArraySource
     from models.ser_train import window_probs
     cfg, models, weighting = _ser_models(run, device)
     keys, its = list(items), list(items.values())

@@ -1,7 +1,6 @@
 """SER data layer: 96-frame crops of encoder layers, mel and phones, plus the speaker mean.
 
-A *source* gives per-utterance arrays (:class:`StoreSource` over the shard readers, or
-:class:`ArraySource` over in-memory arrays for tests and benches). A *set* serves training crops
+A *source* (:mod:`models.ser_sources`) gives per-utterance arrays. A *set* serves training crops
 and inference windows:
 
 - :class:`ResidentSet` concatenates every utterance's frames into one tensor on the device
@@ -20,20 +19,19 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from core.hashing import digest
 import torch
 import torch.nn.functional as F
 
-from core.errors import CacheError, TrainingError
+from core.errors import TrainingError
+from models.ser_sources import ALL, Source
 
 log = logging.getLogger(__name__)
 
 N_PHONES = 128
-ALL = slice(None)
 
 
 @dataclass
@@ -46,149 +44,6 @@ class Batch:
     spk: torch.Tensor  # (B, 256) float32
     labels: torch.Tensor  # (B,) int64
     frames: torch.Tensor  # (B,) int64 real (unpadded) frames per crop
-
-
-class Source(Protocol):
-    """Per-utterance arrays; ``encoder`` may be None when the model takes the mel as input."""
-
-    def length(self, utt_id: str) -> int: ...  # frames common to every feature
-    def encoder_shape(self, utt_id: str) -> tuple[int, int]: ...  # (L, D)
-    # ``sl`` reads only some frames (a crop) where the backend allows it.
-    def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray: ...  # (T, L, D)
-    def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray: ...  # (T, 80)
-    def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray: ...  # (T,) int
-    def speaker_mean(self, speaker: str) -> np.ndarray: ...  # (256,)
-    def missing(self, utt_id: str) -> str | None: ...  # why an utterance is unusable, or None
-    def stage_identities(self) -> dict[str, str]: ...  # stage -> identity of its features
-    def utterance_key(self, utt_id: str, speaker: str) -> str: ...  # what an example is read from
-
-
-class ArraySource:
-    """In-memory source: dicts utt_id -> array, speaker -> mean (tests, benches)."""
-
-    def __init__(self, mel: Mapping[str, np.ndarray], phones: Mapping[str, np.ndarray],
-                 speakers: Mapping[str, np.ndarray], encoder: Mapping[str, np.ndarray] | None = None,
-                 identity: str = "in-memory"):
-        self._enc, self._mel, self._ph, self._spk = encoder, mel, phones, speakers
-        self.identity = identity
-
-    def stage_identities(self) -> dict[str, str]:
-        return {"arrays": self.identity}
-
-    def utterance_key(self, utt_id: str, speaker: str) -> str:
-        return self.identity  # arrays held in memory change together
-
-    def length(self, utt_id: str) -> int:
-        lens = [len(self._mel[utt_id]), len(self._ph[utt_id])]
-        return min(lens + ([len(self._enc[utt_id])] if self._enc is not None else []))
-
-    def encoder_shape(self, utt_id: str) -> tuple[int, int]:
-        return tuple(self.encoder(utt_id).shape[1:])
-
-    def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        if self._enc is None:
-            raise TrainingError("this source has no encoder features (mel-input models only)")
-        return self._enc[utt_id][sl]
-
-    def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self._mel[utt_id][sl]
-
-    def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self._ph[utt_id][sl]
-
-    def speaker_mean(self, speaker: str) -> np.ndarray:
-        return self._spk[speaker]
-
-    def missing(self, utt_id: str) -> str | None:
-        for name, d in (("mel", self._mel), ("phones", self._ph), ("encoder", self._enc)):
-            if d is not None and utt_id not in d:
-                return f"no {name} feature"
-        return None
-
-
-@dataclass(frozen=True)
-class StoreKeys:
-    """Which cached stages/datasets the SER model reads (DESIGN.md §2)."""
-
-    encoder_stage: str | None = "wav2vec"  # None: mel-input model
-    encoder_name: str = "feats"
-    mel_stage: str = "mel"
-    mel_name: str = "mel"
-    phones_stage: str = "phones"
-    phones_name: str = "ids"
-    speaker_stage: str = "speaker"
-
-
-class StoreSource:
-    """Source over the shard store (``pipeline.store.StageReader`` per stage)."""
-
-    def __init__(self, workdir, keys: StoreKeys = StoreKeys()):
-        from pipeline.store import StageReader
-
-        self.keys = keys
-        self.enc = StageReader(workdir, keys.encoder_stage) if keys.encoder_stage else None
-        self.mel_r = StageReader(workdir, keys.mel_stage)
-        self.ph_r = StageReader(workdir, keys.phones_stage)
-        self.spk_r = StageReader(workdir, keys.speaker_stage)
-        self._spk_cache: dict[str, np.ndarray] = {}
-
-    def readers(self) -> dict[str, Any]:
-        """Stage name -> its StageReader."""
-        return {r.stage: r for r in (self.enc, self.mel_r, self.ph_r, self.spk_r) if r is not None}
-
-    def stage_identities(self) -> dict[str, str]:
-        """Stage -> identity of the features used (saved in checkpoints)."""
-        return {name: r.identity for name, r in self.readers().items()}
-
-    def utterance_key(self, utt_id: str, speaker: str) -> str:
-        """Key of everything this utterance's training example is read from."""
-        frames = [r.keys.get(utt_id, "") for r in (self.enc, self.mel_r, self.ph_r) if r is not None]
-        return digest(frames, self.spk_r.extra_name, speaker)
-
-    def length(self, utt_id: str) -> int:
-        lens = [self.mel_r.length(utt_id, self.keys.mel_name), self.ph_r.length(utt_id, self.keys.phones_name)]
-        if self.enc is not None:
-            lens.append(self.enc.length(utt_id, self.keys.encoder_name))
-        return min(lens)
-
-    def encoder_shape(self, utt_id: str) -> tuple[int, int]:
-        return tuple(self.enc.shape(utt_id, self.keys.encoder_name)[1:])
-
-    def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self.enc.dataset(utt_id, self.keys.encoder_name)[sl]  # one contiguous read
-
-    def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self.mel_r.dataset(utt_id, self.keys.mel_name)[sl]
-
-    def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self.ph_r.dataset(utt_id, self.keys.phones_name)[sl]
-
-    def speaker_mean(self, speaker: str) -> np.ndarray:
-        if speaker not in self._spk_cache:
-            self._spk_cache[speaker] = np.asarray(self.spk_r.extra(speaker), dtype=np.float32).reshape(-1)
-        return self._spk_cache[speaker]
-
-    def missing(self, utt_id: str) -> str | None:
-        for r in (self.enc, self.mel_r, self.ph_r):
-            if r is not None and utt_id not in r:
-                return f"no {r.stage!r} feature" + (f" ({r.failed[utt_id]})" if utt_id in r.failed else "")
-        return None
-
-
-def usable(source: Source, ids: Sequence[str], speakers: Mapping[str, str]) -> list[str]:
-    """``ids`` that have every feature and a speaker mean; the rest are logged and dropped."""
-    out, dropped = [], []
-    for u in ids:
-        why = source.missing(u)
-        if why is None:
-            try:
-                source.speaker_mean(speakers[u])
-            except (CacheError, KeyError) as e:
-                why = f"no speaker mean for {speakers[u]!r} ({e})"
-        (dropped if why else out).append(u if not why else (u, why))
-    if dropped:
-        log.warning("SER skips %d utterance(s) without features, e.g. %s: %s", len(dropped), *dropped[0])
-    return out
 
 
 def _aligned(source: Source, u: str, use_encoder: bool, sl: slice = ALL

@@ -25,8 +25,8 @@ from models.checkpoint import from_record
 from models.folds import SplitConfig
 from models.runs import RunPaths, write_json
 from models.ser import PRESETS, SERConfig, SERModel, ser_loss
-from models.ser_data import (Batch, ResidentSet, StoreKeys, StoreSource, StreamingSet,
-                             iter_windows, load_set, usable)
+from models.ser_data import Batch, ResidentSet, StreamingSet, iter_windows, load_set
+from models.ser_sources import StoreKeys, StoreSource, usable
 from models.trainer import TrainConfig
 from pipeline.corpus import Corpus, load_corpus
 

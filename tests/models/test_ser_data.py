@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models import ser_data
-from models.ser_data import ArraySource, ResidentSet, StreamingSet, iter_windows, load_set, usable
+from models.ser_data import ResidentSet, StreamingSet, iter_windows, load_set
+from models.ser_sources import ArraySource, usable
 from tests.fixtures.corpora import make_corpus
 from tests.fixtures.ser import ser_source
 

@@ -158,7 +158,7 @@ def test_cli_train_ser_and_probe_speaker_on_the_shard_store(tmp_path):
     from click.testing import CliRunner
 
     from cli import cli
-    from models.ser_data import StoreKeys, StoreSource
+    from models.ser_sources import StoreKeys, StoreSource
     from tests.fixtures.stores import write_ser_store
 
     corpus = make_corpus(n_groups=2, per_class=2)
