@@ -16,13 +16,16 @@ def _device(device: str) -> str:
     return resolve_device(device)
 
 
-def _model_overrides(values: tuple[str, ...]) -> dict:
-    """``-m FIELD=VALUE`` strings → SERConfig overrides, converted like stage parameters."""
-    from models.ser import SERConfig
-    from core.errors import StageError
-    from pipeline.stages import convert_value
+def _model_overrides(preset: str, values: tuple[str, ...]) -> dict:
+    """``-m FIELD=VALUE`` strings → overrides of the preset's config (SERConfig or HeadConfig),
+    converted like stage parameters."""
     import dataclasses
-    fields = {f.name for f in dataclasses.fields(SERConfig)}
+
+    from core.errors import StageError
+    from models.ser_train import model_config
+    from pipeline.stages import convert_value
+    base = model_config(preset)
+    fields = {f.name for f in dataclasses.fields(base)}
     out = {}
     for v in values:
         key, _, val = v.partition("=")
@@ -30,28 +33,42 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
             raise click.BadParameter(f"{v!r}: expected FIELD=VALUE with FIELD one of "
                                      f"{', '.join(sorted(fields))}", param_hint="--model")
         try:
-            out[key] = convert_value(getattr(SERConfig(), key), val, key)
+            out[key] = convert_value(getattr(base, key), val, key)
         except StageError as e:
             raise click.BadParameter(str(e), param_hint="--model") from None
     return out
 
 
+CLASS_BALANCE = click.option(
+    "--class-balance", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+    help="Class-weighted loss (the metric is UA): auto = on when the largest training class has "
+         ">= 1.5x the smallest's utterances; off = plain cross-entropy (the paper's).")
+
+
 @train.command("ser")
-@click.option("--config", "preset", type=click.Choice(["small", "large", "spec"]), default="small",
-              show_default=True, help="small: d=8, f=48 (the paper's); large: d=128, f=2; "
-                                      "spec: mel spectrogram as input (ablation).")
+@click.option("--config", "preset", default="small", show_default=True,
+              type=click.Choice(["small", "large", "spec", "head-linear", "head-mlp", "head-attentive",
+                                 "mfcc-linear"]),
+              help="The paper's network: small: d=8, f=48 (the paper's); large: d=128, f=2; spec: mel "
+                   "spectrogram as input (ablation). Reference heads on the same cache (softmax "
+                   "layer weights, pooling over time): head-linear (mean → linear), head-mlp "
+                   "(mean → 2-layer MLP), head-attentive (attentive statistics pooling → MLP); "
+                   "mfcc-linear: MFCC mean/std → logistic regression (the classic baseline).")
 @click.option("--folds", default="all", show_default=True,
               help="'all', a count k (first k groups) or comma-separated group names.")
-@click.option("--crops", type=int, default=2_000_000, show_default=True,
-              help="Training crops seen per fold (paper: 2 M = batch 2 × 1 M steps).")
+@click.option("--crops", type=int, default=None,
+              help="Training crops seen per fold (default for the paper's network: 2 M = batch 2 × "
+                   "1 M steps; the reference heads default to 40 passes over the training utterances).")
 @click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --crops).")
-@click.option("--batch-size", type=int, default=2, show_default=True,
-              help="Crops per step; the learning rate follows --lr-rule unless --lr is given.")
-@click.option("--lr", type=float, default=0.0, help="Fixed learning rate (default: the rule).")
+@click.option("--batch-size", type=int, default=None,
+              help="Crops per step (default: 2, the paper's; heads: 32); the learning rate follows "
+                   "--lr-rule unless --lr is given.")
+@click.option("--lr", type=float, default=0.0, help="Fixed learning rate (default: the rule; heads: 5e-3).")
 @click.option("--lr-rule", type=click.Choice(["sqrt", "linear", "none"]), default="sqrt",
               show_default=True, help="sqrt: 1e-4·sqrt(B/2) capped at 1e-3.")
-@click.option("--select", type=click.Choice(["last", "val"]), default="last", show_default=True,
-              help="last: the final model (official); val: best validation UA inside the training groups.")
+@click.option("--select", type=click.Choice(["last", "val"]), default=None,
+              help="last: the final model (official; the paper network's default); val: best "
+                   "validation UA inside the training groups (the heads' default).")
 @click.option("--run", "run_name", default="", help="Run folder name (default: the config name).")
 @click.option("--widths", type=click.Choice(["paper", "cpu"]), default="paper", show_default=True,
               help="paper: the official layer widths; cpu: narrower convs/LSTMs (same architecture) "
@@ -60,9 +77,11 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
               help="Free architecture values, e.g. -m dim_neck=16 -m freq=24 -m classifier_act=relu.")
 @click.option("--encoder-stage", default="wav2vec", show_default=True,
               help="Cached speech-encoder stage whose layers are the input (not used by spec).")
-@click.option("--window-weighting", type=click.Choice(["equal", "frames"]), default="equal", show_default=True,
-              help="Inference: equal = plain mean over 96-frame windows, the zero-padded last one "
-                   "included (official); frames = windows weighted by their real frames.")
+@click.option("--window-weighting", type=click.Choice(["equal", "frames"]), default=None,
+              help="Inference: equal = plain mean over the model's windows, the zero-padded last "
+                   "one included (official; the default for the paper's network); frames = windows "
+                   "weighted by their real frames (the default for the reference heads).")
+@CLASS_BALANCE
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="bf16", show_default=True,
               is_flag=False, flag_value="bf16",
@@ -77,26 +96,39 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
 @JSON_OUT
 @WORKDIR
 def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
-                  model_values, encoder_stage, window_weighting, eval_every, amp, resident, seed, device, gpus, scheduler, workdir) -> None:
-    """Train the SER model (AutoVC-like cross-representation network) with leave-one-group-out
-    cross-validation; writes runs/ser/<config>/ (checkpoints, predictions, metrics, layer weights)."""
+                  model_values, encoder_stage, window_weighting, class_balance, eval_every, amp, resident,
+                  seed, device, gpus, scheduler, workdir) -> None:
+    """Train a speech model with leave-one-group-out cross-validation: the paper's AutoVC-like
+    network, or a reference head on the same cached features; writes runs/ser/<config>/
+    (checkpoints, predictions, metrics, layer weights)."""
+    import dataclasses
+
     from commands.display import console
-    from models.folds import SplitConfig
+    from models.heads import HEAD_TRAIN, HEADS
     from models.run_folds import train_run
-    from models.ser import CPU_WIDTHS, make_config
+    from models.ser import CPU_WIDTHS
     from models.ser_sources import StoreKeys
-    from models.ser_train import SERInputs, SERRun, ser_schedule
-    from models.trainer import TrainConfig
+    from models.ser_train import SERInputs, SERRun, model_config, ser_schedule
     from pipeline.scheduler import parse_gpus
-    model = make_config(preset, **{**(CPU_WIDTHS if widths == "cpu" else {}),
-                                   **_model_overrides(model_values)})
-    n_steps, rate = ser_schedule(crops, batch_size, steps, lr, lr_rule)
-    spec = SERRun(run=run_name or preset, model=model, split=SplitConfig(),
-                  train=TrainConfig(steps=n_steps, batch_size=batch_size, lr=rate, seed=seed,
-                                    eval_every=eval_every, select=select),
-                  inputs=SERInputs(keys=StoreKeys(encoder_stage=encoder_stage), amp=amp,
-                                   resident=resident, window_weighting=window_weighting))
-    console.print(f"SER {spec.run}: {n_steps} steps × batch {batch_size} per fold, lr {rate:g}")
+    head = preset in HEADS
+    widths_cpu = CPU_WIDTHS if widths == "cpu" and not head else {}
+    model = model_config(preset, **{**widths_cpu, **_model_overrides(preset, model_values)})
+    base = HEAD_TRAIN if head else SERRun().train
+    batch_size = batch_size or base.batch_size
+    if head and crops is None and not steps:  # passes over the training utterances
+        n_steps, rate, epochs = 0, lr or base.lr, base.epochs
+    else:
+        n_steps, rate = ser_schedule(crops or 2_000_000, batch_size, steps, lr, lr_rule)
+        epochs = 0.0
+    train_cfg = dataclasses.replace(base, steps=n_steps, epochs=epochs, batch_size=batch_size, lr=rate,
+                                    seed=seed, eval_every=eval_every, select=select or base.select,
+                                    class_balance=class_balance)
+    spec = SERRun(run=run_name or preset, model=model, train=train_cfg,
+                  inputs=SERInputs(keys=StoreKeys(encoder_stage=encoder_stage), amp=amp, resident=resident,
+                                   window_weighting=window_weighting or ("frames" if head else "equal")))
+    schedule = f"{epochs:g} passes" if epochs else f"{n_steps} steps"
+    console.print(f"SER {spec.run}: {schedule} × batch {batch_size} per fold, lr {rate:g}, select "
+                  f"{train_cfg.select}, class balance {class_balance}")
     if not (gpus or scheduler) and _device(device) == "cpu" and n_steps > 20_000:
         console.print(f"[yellow]warning:[/yellow] {n_steps:,} steps per fold on the CPU "
                       "take days (the paper's schedule is a GPU job); for a CPU run try "
@@ -162,6 +194,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
               help="val: best validation UA inside the training groups; last: the final model.")
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @click.option("--run", "run_name", default="cnn", show_default=True, help="Run folder: runs/ter/<name>.")
+@CLASS_BALANCE
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="off", show_default=True,
               is_flag=False, flag_value="bf16",
               help="bf16 autocast on CUDA (`--amp` alone = bf16, as in train ser).")
@@ -170,7 +203,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
 @JSON_OUT
 @WORKDIR
 def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official, max_tokens, select, eval_every,
-                  run_name, amp, seed, device, workdir) -> None:
+                  run_name, class_balance, amp, seed, device, workdir) -> None:
     """Train the text model (the official 1-D CNN on cached `text` token features) with
     leave-one-group-out cross-validation; writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
     from models.run_folds import train_run
@@ -182,6 +215,6 @@ def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official
     model = TERConfig(max_tokens=max_tokens, sigmoid_logits=official,
                       pooling="official" if official else "masked")
     train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
-                            seed=seed, eval_every=eval_every, select=select)
+                            seed=seed, eval_every=eval_every, select=select, class_balance=class_balance)
     spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp))
     _report("TER", train_run(workdir, spec, folds, _device(device)), as_json)

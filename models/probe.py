@@ -136,6 +136,10 @@ def probe_speaker(workdir, run: str, cfg: ProbeConfig = ProbeConfig(), device: s
                   corpus: Corpus | None = None, source=None) -> dict:
     """Codes of run ``run`` → probe accuracy; writes ``runs/ser/<run>/probe_speaker.json``."""
     corpus = corpus or load_corpus(workdir)
+    config = RunPaths(workdir, "ser", run).config
+    if config.exists() and "head" in read_json(config).get("model", {}):
+        raise TrainingError(f"SER run {run!r} is a reference head: it has no encoder codes to probe "
+                            "(the speaker probe is for the paper's network)")
     ids, x = run_codes(workdir, run, corpus, source, device, cfg.input_size, cfg.pooling)
     spk = {u.id: u.speaker for u in corpus.utterances}
     result = {"run": run, **probe_accuracy(x, [spk[i] for i in ids], cfg, device),

@@ -126,8 +126,11 @@ def setup_table(evals: list[RunEval], fingerprint: str) -> list[str]:
         corpus += " (current)" if corpus == fingerprint else " (other)"
         feats = ", ".join(f"{s}: `{v.get('identity', '')[:10]}`" for s, v in c.get("stages", {}).items())
         t = c.get("train", {})
-        sched = (f"{t.get('steps') or t.get('epochs', '')} {'steps' if t.get('steps') else 'epochs'}, "
-                 f"batch {t.get('batch_size')}, lr {t.get('lr', 0):.3g}, select {t.get('select')}"
+        model = c.get("model", {})
+        kind = f"{model.get('name', '')}: " if isinstance(model, dict) and model.get("name") else ""
+        sched = (f"{kind}{t.get('steps') or t.get('epochs', '')} {'steps' if t.get('steps') else 'epochs'}, "
+                 f"batch {t.get('batch_size')}, lr {t.get('lr', 0):.3g}, select {t.get('select')}, "
+                 f"class balance {t.get('class_balance', 'off')}"
                  if "batch_size" in t else (c.get("weights") or "–"))
         lines.append(f"| {ev.name} | `{prov.get('commit', 'unknown')}`{dirty} | {prov.get('created', '?')} "
                      f"| `{corpus}` | {feats or '–'} | {sched} | {prov.get('device') or c.get('device') or '–'} "

@@ -290,9 +290,11 @@ class SERModel(nn.Module):
         return {"codes": codes, "logits": logits, "mel_r1": mel_r1, "mel_r2": mel_r2}
 
 
-def ser_loss(out: dict[str, torch.Tensor], mel: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """L = MSE(mel_r1, mel) + MSE(mel_r2, mel) + CE(logits, labels); terms computed in float32."""
+def ser_loss(out: dict[str, torch.Tensor], mel: torch.Tensor, labels: torch.Tensor,
+             class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """L = MSE(mel_r1, mel) + MSE(mel_r2, mel) + CE(logits, labels) (class-weighted when
+    ``class_weights`` (C,) is given); terms computed in float32."""
     r1 = F.mse_loss(out["mel_r1"].float(), mel.float())
     r2 = F.mse_loss(out["mel_r2"].float(), mel.float())
-    ce = F.cross_entropy(out["logits"].float(), labels)
+    ce = F.cross_entropy(out["logits"].float(), labels, weight=class_weights)
     return {"loss": r1 + r2 + ce, "r1": r1, "r2": r2, "ce": ce}

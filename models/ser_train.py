@@ -19,12 +19,14 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.errors import TrainingError
 from models.checkpoint import from_record
 from models.folds import SplitConfig
 from models.runs import RunPaths, write_json
-from models.ser import PRESETS, SERConfig, SERModel, ser_loss
+from models.heads import HEADS, HeadConfig, PoolingHead
+from models.ser import PRESETS, SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import Batch, ResidentSet, StreamingSet, iter_windows, load_set
 from models.ser_sources import StoreKeys, StoreSource, usable
 from models.trainer import TrainConfig
@@ -76,7 +78,7 @@ class SERRun:
 
     task: ClassVar[str] = "ser"
     run: str = "small"
-    model: SERConfig = PRESETS["small"]
+    model: SERConfig | HeadConfig = PRESETS["small"]  # the paper's network, or a reference head
     train: TrainConfig = TrainConfig(steps=PAPER_CROPS // PAPER_BATCH, batch_size=PAPER_BATCH,
                                      lr=PAPER_LR, select="last")
     split: SplitConfig = SplitConfig()
@@ -101,7 +103,7 @@ class SERTask:
     name = "ser"
 
     def __init__(self, corpus: Corpus, source, spec: SERRun = SERRun(),
-                 model_cfg: SERConfig | None = None):
+                 model_cfg: SERConfig | HeadConfig | None = None):
         """``model_cfg``: the model already resolved (features held in memory, no source)."""
         self.corpus, self.source, self.spec, self.inputs = corpus, source, spec, spec.inputs
         self.speakers = _speakers(corpus)
@@ -111,8 +113,9 @@ class SERTask:
         self.train: ResidentSet | StreamingSet | None = None
         self._eval: dict[tuple[str, ...], ResidentSet | StreamingSet] = {}
         self._gen: torch.Generator | None = None
+        self.class_weights: torch.Tensor | None = None  # set by prepare
 
-    def _model_config(self) -> SERConfig:
+    def _model_config(self) -> SERConfig | HeadConfig:
         """The spec's model with the corpus's class count and the cached encoder's shape."""
         shape = {"n_classes": len(self.corpus.classes)}
         if self.spec.model.input == "encoder":
@@ -141,9 +144,11 @@ class SERTask:
         return usable(self.source, [i for i in ids if i in self.label_of], self.speakers)
 
     def build_model(self) -> torch.nn.Module:
-        return SERModel(self.model_cfg)
+        return build_model(self.model_cfg)
 
-    def prepare(self, train_ids: Sequence[str], device: str, seed: int) -> None:
+    def prepare(self, train_ids: Sequence[str], device: str, seed: int,
+                class_weights: list[float] | None = None) -> None:
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights, device=device)
         data = load_set(self.source, train_ids, self.speakers, self.label_of, self.use_encoder,
                         torch.device(device), self.inputs.resident)
         self.attach(data, device, seed)
@@ -167,7 +172,10 @@ class SERTask:
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with self._autocast():
             out = model(batch.feats, batch.spk, batch.phones)
-        terms = ser_loss(out, batch.mel, batch.labels)
+        if isinstance(self.model_cfg, HeadConfig):  # a reference head: classification only
+            ce = F.cross_entropy(out["logits"].float(), batch.labels, weight=self.class_weights)
+            return ce, {"ce": ce}
+        terms = ser_loss(out, batch.mel, batch.labels, self.class_weights)
         return terms["loss"], {k: terms[k] for k in ("r1", "r2", "ce")}
 
     def predict(self, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray:
@@ -233,10 +241,27 @@ def open_source(workdir, keys: StoreKeys, model: SERConfig, corpus: Corpus) -> S
     return source
 
 
-def ser_model(run, fold: str) -> SERModel:
+def model_config(preset: str, **overrides: Any) -> SERConfig | HeadConfig:
+    """A SER preset (small, large, spec) or a reference head (head-linear, head-mlp,
+    head-attentive, mfcc-linear) with fields overridden."""
+    if preset in HEADS:
+        return dataclasses.replace(HEADS[preset], **overrides)
+    return make_config(preset, **overrides)
+
+
+def config_from_record(record: dict[str, Any]) -> SERConfig | HeadConfig:
+    """The model config a run recorded (a head's record names its ``head``)."""
+    return from_record(HeadConfig if "head" in record else SERConfig, record)
+
+
+def build_model(cfg: SERConfig | HeadConfig) -> SERModel | PoolingHead:
+    return PoolingHead(cfg) if isinstance(cfg, HeadConfig) else SERModel(cfg)
+
+
+def ser_model(run, fold: str) -> SERModel | PoolingHead:
     """The SER model a run (:class:`models.trained.TrainedRun`) was evaluated with on ``fold``
     (best-validation or last weights, as the run chose); no command line needed."""
-    model = SERModel(from_record(SERConfig, run.config["model"]))
+    model = build_model(config_from_record(run.config["model"]))
     model.load_state_dict(run.selected_state(fold))
     return model.eval()
 
@@ -248,7 +273,7 @@ def iter_test_folds(workdir, run: str, corpus: Corpus | None = None, source=None
     corpus = corpus or load_corpus(workdir)
     trained = load_run(workdir, "ser", run, corpus)
     speakers = _speakers(corpus)
-    model_cfg = from_record(SERConfig, trained.config["model"])
+    model_cfg = config_from_record(trained.config["model"])
     use_encoder = model_cfg.input == "encoder"
     if source is None:  # the run's feature stages, opened and checked once for every fold
         source = open_source(workdir, StoreKeys(**trained.config["inputs"]["keys"]), model_cfg, corpus)

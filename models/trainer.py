@@ -47,6 +47,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at every validation pass
     select: str = "val"  # "val": best validation UA; "last": the final model
     patience: int = 0  # stop after this many validation passes without improvement; 0 = off
+    #: Class-weighted loss (weights n / (C · n_c), sklearn's "balanced"), since the metric is UA:
+    #: "auto" when the largest training class has >= 1.5x the utterances of the smallest; "on";
+    #: "off" (the paper's plain cross-entropy).
+    class_balance: str = "auto"
     progress: bool = True  # progress bar
 
     def resolve_steps(self, n_train: int) -> int:
@@ -75,7 +79,9 @@ class Task(Protocol):
 
     def build_model(self) -> torch.nn.Module: ...
 
-    def prepare(self, train_ids: Sequence[str], device: str, seed: int) -> None: ...
+    # class_weights: (C,) loss weights in class order, or None for plain cross-entropy
+    def prepare(self, train_ids: Sequence[str], device: str, seed: int,
+                class_weights: list[float] | None = None) -> None: ...
 
     def train_batch(self, step: int, generator: torch.Generator) -> Any: ...
 
@@ -116,6 +122,22 @@ class EpochSampler:
             out.append(self._permutation(epoch)[off:off + take])
             pos += take
         return torch.cat(out)
+
+
+IMBALANCE = 1.5  # class_balance="auto": the largest/smallest training-class ratio that turns it on
+
+
+def class_weights(balance: str, train_labels: Sequence[str], classes: Sequence[str]) -> list[float] | None:
+    """Loss weights n / (C · n_c) over the classes present in training (0 for absent ones), or
+    None for plain cross-entropy (see :attr:`TrainConfig.class_balance`)."""
+    if balance not in ("auto", "on", "off"):
+        raise TrainingError(f"class_balance must be auto, on or off, not {balance!r}")
+    counts = np.array([sum(lab == c for lab in train_labels) for c in classes], dtype=np.float64)
+    present = counts > 0
+    if balance == "off" or (balance == "auto" and counts[present].max() < IMBALANCE * counts[present].min()):
+        return None
+    weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+    return [round(float(w), 6) for w in weights]
 
 
 def _labels(corpus: Corpus) -> dict[str, str]:
@@ -229,7 +251,8 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    fit = _start(task, fold, config, ids, device, steps, ckpt)
+    weights = class_weights(config.class_balance, [labels[u] for u in ids["train"]], task.corpus.classes)
+    fit = _start(task, fold, config, ids, device, steps, ckpt, weights)
     ckpt_path = paths.checkpoint(fold.name)
     meta = {"config": record, "feature_keys": keys, "data": data, "fold": fold.name}
 
@@ -242,7 +265,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step)
     train_s = time.perf_counter() - t0
     metrics, final_model = _select_and_evaluate(task, fit.model, fold, ids, paths, fit.state, config)
-    metrics.update(train_seconds=round(train_s, 3), fold_digest=fold_digest(fold, labels),
+    metrics.update(train_seconds=round(train_s, 3), class_weights=weights, fold_digest=fold_digest(fold, labels),
                    data_digest=digest(data), provenance=provenance(paths.workdir, device))
     write_json(paths.fold_metrics(fold.name), metrics)
     fit.model.load_state_dict(final_model)
@@ -264,7 +287,7 @@ def _already_done(ckpt: dict | None, steps: int, paths: RunPaths, fold: str) -> 
 
 
 def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, steps: int,
-           ckpt: dict | None) -> _Fit:
+           ckpt: dict | None, weights: list[float] | None) -> _Fit:
     """A fresh model and optimizer seeded per fold, or the checkpoint's state to resume from."""
     seed = fold_seed(config.seed, fold.name)
     torch.manual_seed(seed)
@@ -273,7 +296,7 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
     generator = torch.Generator().manual_seed(seed + 1)
     state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
              "stopped_early": False, "evals_since_best": 0}
-    task.prepare(ids["train"], device, seed)  # before any RNG restore: it may draw random numbers
+    task.prepare(ids["train"], device, seed, weights)  # before any RNG restore: it may draw random numbers
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -1,0 +1,138 @@
+"""Reference heads: the standard downstream models the paper's network must beat on the same cache.
+
+The SUPERB/s3prl practice for emotion recognition on a frozen speech encoder: learned softmax
+weights over the encoder's layers (:class:`models.ser.LayerWeights`), pooling over time, then a
+classifier. Three poolings × classifiers, and the field's classic acoustic baseline:
+
+- ``head-linear``: mean pooling → linear (a learned-layer linear probe);
+- ``head-mlp``: mean pooling → 2-layer MLP;
+- ``head-attentive``: attentive statistics pooling (Okabe et al., 2018: attention-weighted mean
+  and standard deviation) → 2-layer MLP;
+- ``mfcc-linear``: the cached mel spectrogram → MFCCs (DCT-II of the log-mel) → mean and standard
+  deviation over time → linear: multinomial logistic regression on MFCC statistics, trained by the
+  same loop.
+
+A head reads the same batches as the SER model (``feats`` (B, T, L, D) with zero padding after the
+real frames; padded frames are masked out of every pooling) and is trained by the same trainer
+with cross-entropy only. Pooled vectors are standardised by a BatchNorm without affine terms
+(what a StandardScaler does for logistic regression).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import TrainingError
+from models.ser import LayerWeights
+from models.trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """One reference head; presets in :data:`HEADS`."""
+
+    name: str = "head-linear"
+    head: str = "linear"  # linear | mlp | attentive | mfcc (see the module docstring)
+    input: str = "encoder"  # "encoder": cached speech-encoder layers; "mel": the spectrogram
+    n_layers: int = 25  # L (taken from the cache when training)
+    feat_dim: int = 1024  # D (mel input: 80)
+    layer_weighting: str = "softmax"  # learned softmax weights over layers (s3prl)
+    hidden: int = 256  # MLP width (mlp, attentive) and attention width (attentive)
+    crop: int = 300  # frames per training crop and inference window (6 s at 20 ms)
+    n_classes: int = 4
+    dropout: float = 0.2  # before the output layer of the MLP heads
+    n_mfcc: int = 20  # mfcc head: cepstral coefficients kept (c0 .. c19)
+
+    def __post_init__(self):
+        if self.head not in ("linear", "mlp", "attentive", "mfcc"):
+            raise TrainingError(f"head must be linear, mlp, attentive or mfcc, not {self.head!r}")
+        if (self.head == "mfcc") != (self.input == "mel"):
+            raise TrainingError("the mfcc head reads the mel spectrogram (input=mel), the others "
+                                "the encoder layers (input=encoder)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: A head's default schedule: passes over each fold's training utterances (one crop each), not
+#: crops; best validation UA.
+HEAD_TRAIN = TrainConfig(steps=0, epochs=40, batch_size=32, lr=5e-3, select="val")
+
+HEADS: dict[str, HeadConfig] = {
+    "head-linear": HeadConfig(name="head-linear", head="linear"),
+    "head-mlp": HeadConfig(name="head-mlp", head="mlp"),
+    "head-attentive": HeadConfig(name="head-attentive", head="attentive"),
+    "mfcc-linear": HeadConfig(name="mfcc-linear", head="mfcc", input="mel", n_layers=1, feat_dim=80),
+}
+
+
+def _mask(feats: torch.Tensor) -> torch.Tensor:
+    """(B, T) float mask of real frames: padding is all-zero across layers and dims."""
+    return (feats.abs().amax(dim=(2, 3)) > 0).float()
+
+
+def masked_stats(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean and standard deviation over time: x (B, T, D), w (B, T) summing to 1 per row
+    (0 on padding) → (B, D), (B, D)."""
+    mean = torch.einsum("bt,btd->bd", w, x)
+    var = torch.einsum("bt,btd->bd", w, x * x) - mean * mean
+    return mean, var.clamp_min(1e-8).sqrt()
+
+
+def dct_matrix(n_mels: int, n_mfcc: int) -> torch.Tensor:
+    """Orthonormal DCT-II basis (n_mels, n_mfcc), as librosa's MFCCs use (norm="ortho")."""
+    k = torch.arange(n_mfcc, dtype=torch.float64)
+    n = torch.arange(n_mels, dtype=torch.float64)
+    basis = torch.cos(math.pi / n_mels * (n[:, None] + 0.5) * k[None, :])  # (M, K)
+    basis[:, 0] *= math.sqrt(1 / n_mels)
+    basis[:, 1:] *= math.sqrt(2 / n_mels)
+    return basis.float()
+
+
+class PoolingHead(nn.Module):
+    """Layer weights → (MFCC) → pooling over real frames → standardisation → classifier."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = LayerWeights(cfg.n_layers, cfg.layer_weighting)
+        d = cfg.feat_dim
+        if cfg.head == "mfcc":
+            self.register_buffer("dct", dct_matrix(cfg.feat_dim, cfg.n_mfcc), persistent=False)
+            d = cfg.n_mfcc
+        if cfg.head == "attentive":
+            self.attention = nn.Sequential(nn.Linear(d, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
+        pooled = 2 * d if cfg.head in ("attentive", "mfcc") else d
+        self.norm = nn.BatchNorm1d(pooled, affine=False)
+        if cfg.head in ("mlp", "attentive"):
+            self.classifier = nn.Sequential(nn.Linear(pooled, cfg.hidden), nn.ReLU(),
+                                            nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.n_classes))
+        else:
+            self.classifier = nn.Linear(pooled, cfg.n_classes)
+
+    def pool(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (B, T, L, D), zero-padded → pooled (B, D or 2D)."""
+        mask = _mask(feats)  # (B, T)
+        x = self.layers(feats).float()  # (B, T, D)
+        if self.cfg.head == "mfcc":
+            x = x @ self.dct  # (B, T, n_mfcc)
+        if self.cfg.head == "attentive":
+            scores = self.attention(x).squeeze(-1).masked_fill(mask == 0, float("-inf"))  # (B, T)
+            w = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an all-padding window: zeros
+        else:
+            w = mask / mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, T)
+        mean, std = masked_stats(x, w)
+        return mean if self.cfg.head in ("linear", "mlp") else torch.cat([mean, std], -1)
+
+    def classify(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes); ``spk`` is not used (the heads see no speaker identity)."""
+        with torch.autocast(feats.device.type, enabled=False):
+            return self.classifier(self.norm(self.pool(feats)))
+
+    def forward(self, feats: torch.Tensor, spk: torch.Tensor, phones: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.classify(feats, spk)}
