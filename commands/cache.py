@@ -6,6 +6,7 @@ import time
 import click
 
 from commands.common import JSON_OUT, WORKDIR, emit_json
+from commands.recipes import RECIPE, recipe_used
 
 
 def _parse_params(stage: tuple[str, ...], param: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -39,6 +40,7 @@ def _parse_params(stage: tuple[str, ...], param: tuple[str, ...]) -> dict[str, d
               help="GPUs for GPU stages, one worker process each (default: all visible).")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Use an existing Dask cluster; its workers must see the work directory.")
+@RECIPE
 @WORKDIR
 def extract(stages, param, reset_params, force, rehash, workers, gpus, scheduler, workdir) -> None:
     """Compute features into the HDF5 shard cache; only what changed is recomputed.
@@ -49,6 +51,9 @@ def extract(stages, param, reset_params, force, rehash, workers, gpus, scheduler
     from pipeline.extract import extract as run
     from commands.display import console, stage_progress, table
     from pipeline.scheduler import parse_gpus
+    if param:  # what this run changes, before anything is computed
+        console.print("parameters: " + ", ".join(param)
+                      + (f" (recipe {recipe_used()})" if recipe_used() else ""))
     t = time.perf_counter()
     with stage_progress() as prog:
         reports = run(workdir, list(stages), _parse_params(stages, param), force=force,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from commands.common import JSON_OUT, WORKDIR, ProjectGroup, emit_json
+from commands.recipes import RECIPE, recipe_used
 
 
 @click.group(cls=ProjectGroup)
@@ -93,6 +94,7 @@ CLASS_BALANCE = click.option(
 @click.option("--gpus", default=None, metavar="0,1", help="Run folds in parallel, one per GPU.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run folds on an existing Dask cluster (workers must see the work directory).")
+@RECIPE
 @JSON_OUT
 @WORKDIR
 def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
@@ -123,12 +125,13 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
     train_cfg = dataclasses.replace(base, steps=n_steps, epochs=epochs, batch_size=batch_size, lr=rate,
                                     seed=seed, eval_every=eval_every, select=select or base.select,
                                     class_balance=class_balance)
-    spec = SERRun(run=run_name or preset, model=model, train=train_cfg,
+    spec = SERRun(run=run_name or preset, model=model, train=train_cfg, recipe=recipe_used(),
                   inputs=SERInputs(keys=StoreKeys(encoder_stage=encoder_stage), amp=amp, resident=resident,
                                    window_weighting=window_weighting or ("frames" if head else "equal")))
     schedule = f"{epochs:g} passes" if epochs else f"{n_steps} steps"
     console.print(f"SER {spec.run}: {schedule} × batch {batch_size} per fold, lr {rate:g}, select "
-                  f"{train_cfg.select}, class balance {class_balance}")
+                  f"{train_cfg.select}, class balance {class_balance}"
+                  + (f" (recipe {spec.recipe})" if spec.recipe else ""))
     if not (gpus or scheduler) and _device(device) == "cpu" and n_steps > 20_000:
         console.print(f"[yellow]warning:[/yellow] {n_steps:,} steps per fold on the CPU "
                       "take days (the paper's schedule is a GPU job); for a CPU run try "
@@ -200,6 +203,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
               help="bf16 autocast on CUDA (`--amp` alone = bf16, as in train ser).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@RECIPE
 @JSON_OUT
 @WORKDIR
 def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official, max_tokens, select, eval_every,
@@ -216,5 +220,5 @@ def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official
                       pooling="official" if official else "masked")
     train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
                             seed=seed, eval_every=eval_every, select=select, class_balance=class_balance)
-    spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp))
+    spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp), recipe=recipe_used())
     _report("TER", train_run(workdir, spec, folds, _device(device)), as_json)

@@ -74,15 +74,21 @@ def combine(ser: dict[str, dict], ter: dict[str, dict], w1: float, w2: float
 
 
 def search_weight(ser_val: dict[str, dict], ter_val: dict[str, dict], classes: Sequence[str],
-                  grid: int) -> tuple[float, float]:
-    """λ with the best validation UA (ties: the λ closest to 0.5); returns (λ, val UA)."""
+                  grid: int) -> tuple[float, float, str]:
+    """λ with the best validation UA → (λ, val UA, chosen). A fused λ (0 < λ < 1) is chosen only
+    when it beats both single modalities on validation (ties between fused λ: the closest to
+    0.5); otherwise fusion shrinks to the better modality alone (speech on a tie): λ = 1
+    ("speech") or 0 ("text"), so fusion is never below its best modality on validation."""
     scored = []
     for lam in np.linspace(0, 1, grid):
         _, p, y, _ = combine(ser_val, ter_val, lam, 1 - lam)
         ua = classification_metrics(list(y), list(p.argmax(1)), classes)["ua"]
         scored.append((round(ua, 9), -abs(lam - 0.5), float(lam)))
-    ua, _, lam = max(scored)
-    return lam, ua
+    single = max((scored[-1][0], 1.0, "speech"), (scored[0][0], 0.0, "text"))
+    fused = max(scored[1:-1], default=None)
+    if fused is not None and fused[0] > single[0]:
+        return fused[2], fused[0], "fused"
+    return single[1], single[0], single[2]
 
 
 def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> FusionResult:
@@ -114,8 +120,8 @@ def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> FusionRe
         if not ser["val"]:
             raise TrainingError(f"SER fold {fold} has no validation predictions to choose "
                                 "fusion weights on (the test fold is never used)")
-        lam, val_ua = search_weight(ser["val"], ter["val"], classes, config.grid)
-        weights[fold] = {"w1": lam, "w2": 1 - lam, "val_ua": val_ua,
+        lam, val_ua, chosen = search_weight(ser["val"], ter["val"], classes, config.grid)
+        weights[fold] = {"w1": lam, "w2": 1 - lam, "val_ua": val_ua, "chosen": chosen,
                          **validation_baselines(ser["val"], ter["val"], classes)}
         digest = ser_run.fold_metrics(fold)["fold_digest"]
         for paths, (w1, w2) in ((searched, (lam, 1 - lam)), (fixed, PAPER_WEIGHTS)):
@@ -153,8 +159,9 @@ def _warn_if_losing(weights: dict[str, dict]) -> None:
             if ua < best - 1e-9:
                 log.warning("fuse: fold %s: %s weights reach validation UA %.3f, below the best "
                             "single modality (%.3f)", fold, kind, ua, best)
-            elif kind == "searched" and ua <= best + 1e-9:
-                w["note"] = "no fused weight beats the best single modality on validation"
+            elif kind == "searched" and w["chosen"] != "fused":
+                w["note"] = (f"no fused weight beats the best single modality on validation: "
+                             f"{w['chosen']} alone is used")
 
 
 def _write_fold(paths: RunPaths, fold: str, ser: dict, ter: dict, w1: float, w2: float,

@@ -30,6 +30,7 @@ class RunSpec(Protocol):
     run: str
     train: TrainConfig
     split: SplitConfig
+    recipe: str  # "name@sha" of the recipe file it came from, or ""
 
     def make_task(self, workdir: Path, corpus: Corpus) -> Task: ...
 
@@ -50,9 +51,9 @@ def train_run(workdir: str | Path, spec: RunSpec, folds: str | int = "all", devi
         # "auto" is resolved on each worker (an external cluster's workers may have GPUs where
         # this process has none).
         jobs = partial(_on_dask, workdir, spec, gpus, scheduler, "cuda" if gpus else device)
-        return train_folds(task, fold_list, spec.train, paths, where, spec.split, jobs)
+        return train_folds(task, fold_list, spec.train, paths, where, spec.split, jobs, spec.recipe)
     device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
-    return train_folds(task, fold_list, spec.train, paths, device, spec.split)
+    return train_folds(task, fold_list, spec.train, paths, device, spec.split, recipe=spec.recipe)
 
 
 def fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str) -> dict | None:
@@ -74,16 +75,17 @@ def _on_dask(workdir: Path, spec: RunSpec, gpus: list[int] | None, scheduler: st
 
 def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
                 device: str = "cpu", split: SplitConfig | None = None,
-                jobs: Callable[[Sequence[Fold]], list[dict | None]] | None = None) -> dict:
+                jobs: Callable[[Sequence[Fold]], list[dict | None]] | None = None,
+                recipe: str = "") -> dict:
     """Every fold (resuming finished and partial ones) under the run's lock; the run's config is
     written once, before any fold. ``jobs(folds)`` trains them elsewhere (``device`` then only
     describes where); else here, one after the other. The task's optional ``run_done(paths,
     metrics per fold)`` writes run-level extras (SER: the mean layer weights)."""
     split = split or SplitConfig()
     with run_lock(paths):
-        write_run_config(paths, run_record(config_record(task, config), task.feature_keys(), folds,
-                                           device, paths, {"val_fraction": split.val_fraction,
-                                                           "split_seed": split.split_seed}))
+        record = run_record(config_record(task, config), task.feature_keys(), folds, device, paths,
+                            {"val_fraction": split.val_fraction, "split_seed": split.split_seed})
+        write_run_config(paths, {**record, "recipe": recipe})
         results = jobs(folds) if jobs else [train_fold(task, f, config, paths, device) for f in folds]
         done = {f.name: m for f, m in zip(folds, results) if m is not None}
         if not done:

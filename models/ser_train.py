@@ -83,6 +83,7 @@ class SERRun:
                                      lr=PAPER_LR, select="last")
     split: SplitConfig = SplitConfig()
     inputs: SERInputs = SERInputs()
+    recipe: str = ""  # "name@sha" of the recipe file it came from (recorded, not part of identity)
 
     def make_task(self, workdir, corpus: Corpus, source=None) -> "SERTask":
         """The task over the shard store (opened and checked against the corpus once)."""

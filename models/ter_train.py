@@ -137,6 +137,7 @@ class TERRun:
     train: TrainConfig = TrainConfig(steps=0, epochs=20, batch_size=32, lr=3e-4)
     split: SplitConfig = SplitConfig()
     inputs: TERInputs = TERInputs()
+    recipe: str = ""  # "name@sha" of the recipe file it came from (recorded, not part of identity)
 
     def make_task(self, workdir, corpus: Corpus, reader: Any = None) -> TERTask:
         """The task over the text stage's shards (checked against the corpus once)."""

@@ -86,6 +86,7 @@ def test_fusion_helps_when_text_is_informative(tmp_path):
     out = fuse(tmp_path)
     ser_ua = summarize_run(RunPaths(tmp_path, "ser", "small"), CLASSES, ["A", "B", "C"])["pooled"]["ua"]
     assert out.searched["pooled"]["ua"] > ser_ua
+    assert any(w["chosen"] == "fused" and 0 < w["w1"] < 1 for w in out.weights.values())
 
 
 def test_fuse_says_when_fixed_weights_lose_to_a_single_modality(tmp_path, caplog):
@@ -103,3 +104,6 @@ def test_fuse_says_when_fixed_weights_lose_to_a_single_modality(tmp_path, caplog
     for fold, v in weights.items():  # and the report says when fusion adds nothing on validation
         assert ("Fold " + fold + ": no fused weight beats" in report) == bool(v.get("note"))
     assert weights["A"].get("note") and weights["B"].get("note")
+    for v in weights.values():  # fusion adds nothing here: the better modality alone is used
+        assert v["chosen"] == "text" and (v["w1"], v["w2"]) == (0.0, 1.0), v
+        assert v["val_ua"] == max(v["val_ua_speech"], v["val_ua_text"])
