@@ -66,7 +66,7 @@ CLASS_BALANCE = click.option(
                    "--lr-rule unless --lr is given.")
 @click.option("--lr", type=float, default=0.0, help="Fixed learning rate (default: the rule; heads: 5e-3).")
 @click.option("--lr-rule", type=click.Choice(["sqrt", "linear", "none"]), default="sqrt",
-              show_default=True, help="sqrt: 1e-4·sqrt(B/2) capped at 1e-3.")
+              show_default=True, help="sqrt: 1e-4·sqrt(B/2) capped at 5e-4 (safe for the raw layer weights).")
 @click.option("--select", type=click.Choice(["last", "val"]), default=None,
               help="last: the final model (official; the paper network's default); val: best "
                    "validation UA inside the training groups (the heads' default).")

@@ -2,8 +2,9 @@
 
 The paper's schedule is given in *crops seen* (2 M per fold = batch 2 × 1 M steps);
 :func:`ser_schedule` turns crops into steps for a batch size, with the learning rate scaled by the
-square-root rule ``lr = base_lr · sqrt(B / 2)`` capped at ``lr_max`` (Adam's update size scales
-with the gradient noise, which falls as 1/sqrt(B); the cap keeps the LSTMs at Adam's usual 1e-3).
+square-root rule ``lr = base_lr · sqrt(B / 2)`` capped at ``lr_max`` = 5e-4 (Adam's update size
+scales with the gradient noise, which falls as 1/sqrt(B); at 1e-3, reached from batch 200, the
+official raw layer weights can collapse (Σα → 0) in GPU runs, so the cap stays below it).
 Inference cuts each utterance into non-overlapping ``crop``-frame windows (last one zero-padded)
 and averages the windows' class probabilities. Runs go through :func:`models.run_folds.train_run`
 like TER's.
@@ -41,7 +42,7 @@ PAPER_CROPS = 2_000_000
 
 def ser_schedule(crops: int = PAPER_CROPS, batch_size: int = PAPER_BATCH, steps: int = 0,
                  lr: float = 0.0, lr_rule: str = "sqrt", base_lr: float = PAPER_LR,
-                 lr_max: float = 1e-3) -> tuple[int, float]:
+                 lr_max: float = 5e-4) -> tuple[int, float]:
     """(steps, lr) for a batch size: ``steps`` > 0 wins over ``crops`` seen; ``lr`` > 0 wins over
     the rule ("sqrt": base_lr·sqrt(B/2) capped at lr_max; "linear": ·B/2 capped; "none")."""
     steps = steps if steps > 0 else max(1, math.ceil(crops / batch_size))
@@ -163,7 +164,15 @@ class SERTask:
         # The crops of step s are a pure function of (fold seed, s): resuming needs no sampler
         # state, and drawing them on the device costs no host-device synchronisation.
         self._gen.manual_seed((self._seed * 1_000_003 + 7919 * step + 1) % (2**63))
-        return self.train.sample(self.spec.train.batch_size, self.model_cfg.crop, self._gen)
+        return self.train.sample(self.spec.train.batch_size, self._crop(self.train), self._gen)
+
+    def _crop(self, data: ResidentSet | StreamingSet) -> int:
+        """Frames per crop and window: the model's, but a reference head (which masks padding
+        out of its pooling) never pads beyond the longest utterance of ``data`` (same result,
+        less work: 2-s clips in 6-s crops would be two thirds padding)."""
+        if isinstance(self.model_cfg, HeadConfig):
+            return max(1, min(self.model_cfg.crop, int(data.lengths.max())))
+        return self.model_cfg.crop
 
     def _autocast(self):
         if self.device.type == "cuda" and self.inputs.amp == "bf16":
@@ -186,9 +195,8 @@ class SERTask:
             self._eval = {key: load_set(self.source, ids, self.speakers, self.label_of, self.use_encoder,
                                         self.device, self.inputs.resident, reserve_bytes=12 << 30)}
         with self._autocast():
-            return window_probs(model, self._eval[key], self.model_cfg.crop, self.inputs.window_batch,
-                                self.inputs.window_weighting)
-
+            return window_probs(model, self._eval[key], self._crop(self._eval[key]),
+                                self.inputs.window_batch, self.inputs.window_weighting)
 
     def describe(self, model: SERModel) -> dict[str, Any]:
         """The selected model's learned layer weights, kept in the fold's metrics."""

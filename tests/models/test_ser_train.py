@@ -29,8 +29,9 @@ def _cfg(preset: str = "small", run: str = "", **train) -> SERRun:
 def test_schedule_in_crops_and_the_large_batch_lr_rule():
     assert ser_schedule() == (1_000_000, 1e-4)
     steps, lr = ser_schedule(2_000_000, 64)
-    assert steps == 31_250 and lr == pytest.approx(1e-4 * np.sqrt(32))
-    assert ser_schedule(batch_size=512)[1] == pytest.approx(1e-3)  # capped
+    assert steps == 31_250 and lr == pytest.approx(5e-4)  # 1e-4·sqrt(32) = 5.7e-4, capped
+    assert ser_schedule(batch_size=512)[1] == pytest.approx(5e-4)  # capped below raw α's hazard
+    assert ser_schedule(batch_size=32)[1] == pytest.approx(4e-4)  # under the cap: the rule
     assert ser_schedule(batch_size=8, lr_rule="linear")[1] == pytest.approx(4e-4)
     assert ser_schedule(batch_size=8, lr_rule="none")[1] == 1e-4
     assert ser_schedule(batch_size=8, lr=5e-5)[1] == 5e-5
