@@ -82,7 +82,9 @@ def prepare_iemocap_cmd(root: str, classes, maps, workdir: str) -> None:
 @WORKDIR
 def prepare_manifest_cmd(manifest: str, classes, maps, workdir: str) -> None:
     """Your own corpus from a CSV or JSONL MANIFEST with columns id,audio,speaker,label
-    (optional text,group,start,end,language; audio paths relative to the manifest). The classes
+    (optional text,group,start,end,language,split; audio paths relative to the manifest). A
+    text-only corpus leaves out audio and gives text; a split column (train/dev/test) trains on
+    train, selects on dev and reports on test instead of leave-one-group-out. The classes
     are the labels it has (common spellings of neutral/happy/sad/angry normalised; a rare label
     close to another is rejected as a typo), or exactly --classes."""
     from pipeline.labels import LabelPolicy

@@ -74,6 +74,8 @@ def make_folds(corpus: Corpus, folds: str | int = "all", val_fraction: float = 0
         raise TrainingError(f"corpus {corpus.name!r} has {len(corpus.classes)} class(es) "
                             f"({', '.join(corpus.classes)}); training needs at least 2")
     utts = sorted(corpus.utterances, key=lambda u: u.id)
+    if any(u.split for u in utts):
+        return [official_fold(utts, folds)]
     groups = sorted({u.group for u in utts})
     if len(groups) < 2:
         raise TrainingError(
@@ -88,6 +90,22 @@ def make_folds(corpus: Corpus, folds: str | int = "all", val_fraction: float = 0
         out.append(Fold(name, test, train, tuple(u.id for u in rest if u.id in val)))
         log.debug("fold %s: %d train, %d val, %d test", name, len(train), len(val), len(test))
     return out
+
+
+OFFICIAL = "official"  # the one fold of a corpus with official splits
+
+
+def official_fold(utts: list[Utterance], folds: str | int) -> Fold:
+    """The corpus's own train / dev / test split as one fold (train, select on dev, test)."""
+    if str(folds) not in ("all", "1", OFFICIAL):
+        raise TrainingError(f"--folds {folds!r}: this corpus has official splits (train/dev/test), "
+                            f"one fold: use --folds all")
+    by = {s: tuple(u.id for u in utts if u.split == s) for s in ("train", "dev", "test")}
+    empty = [s for s in ("train", "test") if not by[s]]
+    if empty:
+        raise TrainingError(f"the corpus's official split has no {' and no '.join(empty)} "
+                            "utterances")
+    return Fold(OFFICIAL, by["test"], by["train"], by["dev"])
 
 
 def fold_seed(seed: int, name: str) -> int:

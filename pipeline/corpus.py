@@ -22,7 +22,7 @@ DEFAULT_CLASSES = ("neutral", "happy", "sad", "angry")
 @dataclass(frozen=True)
 class Utterance:
     id: str
-    audio: str  # absolute path to the audio file
+    audio: str  # absolute path to the audio file; "" for a text-only utterance
     speaker: str
     label: str
     group: str  # cross-validation group (IEMOCAP: session)
@@ -30,9 +30,14 @@ class Utterance:
     start: float | None = None  # seconds into ``audio``; None = whole file
     end: float | None = None
     language: str = "en"
+    #: The corpus's official split (train | dev | test), e.g. MELD's; None: cross-validation by group
+    split: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+        d = dataclasses.asdict(self)
+        if d["split"] is None:  # corpora without official splits keep their files as they were
+            del d["split"]
+        return json.dumps(d, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Utterance":

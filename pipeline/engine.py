@@ -69,6 +69,8 @@ def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> I
     upstream shard turned out corrupt: it is deleted so that the next run recomputes it."""
     for u in utts:
         try:
+            if stage.needs_audio and not u.audio:
+                raise ItemError(u.id, "a text-only utterance: no audio for this stage")
             audio = load_audio(u.id, u.audio, u.start, u.end) if stage.needs_audio else None
             ups = {s: {n: r.get(u.id, n) for n in r.names(u.id)}
                    for s, r in upstream.items()}

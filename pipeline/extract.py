@@ -82,6 +82,25 @@ def plans_for(workdir: str | Path, names: list[str],
     return plans
 
 
+def _with_audio(names: list[str], corpus, every: bool) -> list[str]:
+    """A text-only corpus (no utterance has audio): ``all`` leaves out the stages that need
+    audio (or read a stage that does); naming one is an error."""
+    if any(u.audio for u in corpus.utterances):
+        return names
+
+    def audio_bound(name: str) -> bool:
+        stage = get_stage(name)
+        return stage.needs_audio or any(audio_bound(s) for s in stage.upstream)
+
+    bound = [n for n in names if audio_bound(n)]
+    if bound and not every:
+        raise StageError(f"stage(s) {', '.join(bound)} need audio, and this corpus is text-only "
+                         "(its manifest gives no audio): extract the text stage")
+    if bound:
+        log.info("text-only corpus: leaving out %s", ", ".join(bound))
+    return [n for n in names if n not in bound]
+
+
 def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[str, Any]] | None = None,
             force: bool = False, workers: int | None = None, gpus: list[int] | None = None,
             scheduler: str | None = None, progress: Callable | None = None,
@@ -96,6 +115,7 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
     params = merged_params(workdir, overrides, names if reset_params else None)
     planner = _Planner(workdir, params, rehash)
     corpus = planner.corpus
+    names = _with_audio(names, corpus, stages == ["all"])
     reports: list[StageReport] = []
     for name in resolve_order(names):
         plan = planner.plan(name)

@@ -1,5 +1,7 @@
 """Generic manifest reader: CSV or JSONL with ``id,audio,speaker,label`` and optional
-``text,group,start,end,language``. Relative audio paths resolve against the manifest's folder.
+``text,group,start,end,language,split``. Relative audio paths resolve against the manifest's
+folder. A text-only corpus has no audio column (or empty audio values) and a text per row; a
+``split`` column (train / dev / test, as MELD and MSP-Podcast ship) replaces cross-validation.
 
 Example (CSV)::
 
@@ -17,7 +19,7 @@ from typing import Iterator
 
 from core.errors import CorpusError
 
-REQUIRED = ("id", "audio", "speaker", "label")
+REQUIRED = ("id", "speaker", "label")  # and audio or text (a text-only corpus has no audio)
 
 
 def read_manifest_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -46,7 +48,9 @@ def read_manifest_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
     if missing:
         raise CorpusError(f"manifest {path} lacks column(s) {missing}; "
-                          f"required: {', '.join(REQUIRED)}")
+                          f"required: {', '.join(REQUIRED)}, and audio or text")
+    if not {"audio", "text"} & set(reader.fieldnames or []):
+        raise CorpusError(f"manifest {path} has neither an audio nor a text column")
     for n, row in enumerate(reader, 2):
         yield n, {k: (v or "") for k, v in row.items() if k is not None}
 

@@ -75,6 +75,9 @@ def check_items(utts: list[Utterance], source: str) -> tuple[list[Utterance], li
         if bad_name:
             rejected.append((printable_name(u.id), source, bad_name))
             continue
+        if not u.audio:  # a text-only utterance: nothing to probe
+            good.append(u)
+            continue
         try:
             info = probe(u.id, u.audio)
         except ItemError as e:
@@ -154,6 +157,11 @@ def finish(workdir: str | Path, name: str, source: str, utts: list[Utterance],
     return PrepareResult(corpus, rejected, notes, seconds, stats or {})
 
 
+#: Spellings of the official splits a manifest's ``split`` column may use.
+SPLITS = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev",
+          "validation": "dev", "test": "test", "eval": "test"}
+
+
 def prepare_manifest(workdir: str | Path, manifest: str | Path,
                      policy: LabelPolicy = LabelPolicy()) -> PrepareResult:
     """Your own corpus; its classes are the labels it has, or ``policy.classes``."""
@@ -167,9 +175,16 @@ def prepare_manifest(workdir: str | Path, manifest: str | Path,
         if encoding:
             rejected.append((printable(uid) or f"line {line}", where, encoding))
             continue
-        missing = [c for c in ("id", "audio", "speaker", "label") if not row.get(c, "").strip()]
+        missing = [c for c in ("id", "speaker", "label") if not row.get(c, "").strip()]
         if missing:
             rejected.append((uid or f"line {line}", where, f"empty field(s) {missing}"))
+            continue
+        if not row.get("audio", "").strip() and not (row.get("text") or "").strip():
+            rejected.append((uid, where, "neither audio nor text: give one or both"))
+            continue
+        split = SPLITS.get((row.get("split") or "").strip().lower(), "?") if row.get("split") else None
+        if split == "?":
+            rejected.append((uid, where, f"split {row['split']!r} is not one of train, dev, test"))
             continue
         label = policy.canonical(row["label"])
         if label is None:
@@ -183,16 +198,20 @@ def prepare_manifest(workdir: str | Path, manifest: str | Path,
         except ValueError:
             rejected.append((uid, where, "start/end are not numbers"))
             continue
-        audio = Path(row["audio"])
+        audio = Path(row["audio"]) if row.get("audio", "").strip() else None
         try:  # absolute paths and `..` are accepted: the manifest is trusted like a script
-            audio = (audio if audio.is_absolute() else base / audio).resolve()
+            audio = (audio if audio.is_absolute() else base / audio).resolve() if audio else None
         except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
             rejected.append((uid, where, f"audio path {row['audio']!r} cannot be resolved ({e})"))
             continue
-        utts.append(Utterance(id=uid, audio=str(audio), speaker=row["speaker"].strip(),
+        utts.append(Utterance(id=uid, audio=str(audio) if audio else "", speaker=row["speaker"].strip(),
                               label=label, group=(row.get("group") or row["speaker"]).strip(),
                               text=row.get("text") or None, start=start, end=end,
-                              language=(row.get("language") or "en").strip()))
+                              language=(row.get("language") or "en").strip(), split=split))
+    if len({u.split is None for u in utts}) > 1:
+        raise CorpusError(f"{manifest}: {sum(u.split is not None for u in utts)} row(s) have a "
+                          f"split and {sum(u.split is None for u in utts)} do not: give every row "
+                          "a split (train, dev or test), or none for cross-validation by group")
     return finish(workdir, manifest.stem, str(manifest), utts, rejected, policy=policy)
 
 
