@@ -35,8 +35,8 @@ def make(out: Path, tokenizer: Path | None, seed: int = 0) -> dict[str, Path]:
     if not (bert / "config.json").exists():
         BertModel(BertConfig(**BERT_LARGE)).save_pretrained(bert)
         if tokenizer is None:
-            from features.text import minilm_folder
-            tokenizer = minilm_folder()
+            from features.text_models import packaged_folder
+            tokenizer = packaged_folder("minilm-l6")
         for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                      "special_tokens_map.json"):
             if (Path(tokenizer) / name).exists():

