@@ -185,7 +185,12 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
               help="Passes over each fold's training utterances.")
 @click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --epochs).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=float, default=None,
+              help="Adam learning rate (default: 3e-4 for the CNN, 5e-3 for the reference heads).")
+@click.option("--config", "config", type=click.Choice(["cnn", "text-linear", "text-mlp"]), default="cnn",
+              show_default=True,
+              help="cnn: the paper's 1-D CNN; reference heads on the same tokens: text-linear (mean "
+                   "over tokens → logistic regression), text-mlp (mean → 2-layer MLP).")
 @click.option("--paper", is_flag=True,
               help="The paper's schedule: batch 4, lr 1e-4, 412,800 steps per fold (overrides the above).")
 @click.option("--official", is_flag=True,
@@ -196,7 +201,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
 @click.option("--select", type=click.Choice(["val", "last"]), default="val", show_default=True,
               help="val: best validation UA inside the training groups; last: the final model.")
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
-@click.option("--run", "run_name", default="cnn", show_default=True, help="Run folder: runs/ter/<name>.")
+@click.option("--run", "run_name", default=None, help="Run folder: runs/ter/<name> (default: the config name).")
 @CLASS_BALANCE
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="off", show_default=True,
               is_flag=False, flag_value="bf16",
@@ -206,18 +211,27 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
 @RECIPE
 @JSON_OUT
 @WORKDIR
-def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, paper, official, max_tokens, select, eval_every,
-                  run_name, class_balance, amp, seed, device, workdir) -> None:
-    """Train the text model (the official 1-D CNN on cached `text` token features) with
-    leave-one-group-out cross-validation; writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
+def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, config, paper, official, max_tokens, select,
+                  eval_every, run_name, class_balance, amp, seed, device, workdir) -> None:
+    """Train a text model on cached `text` token features with leave-one-group-out
+    cross-validation (or the corpus's official split): the paper's 1-D CNN, or a reference head;
+    writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
+    import dataclasses
+
+    from models.heads import TEXT_HEADS
     from models.run_folds import train_run
     from models.ter import TERConfig
     from models.ter_train import TERInputs, TERRun
     from models.trainer import TrainConfig
+    if config in TEXT_HEADS and (paper or official):
+        raise click.BadParameter("--paper and --official are the CNN's", param_hint="--config")
+    lr = lr or (3e-4 if config == "cnn" else 5e-3)
     if paper:
         steps, epochs, batch_size, lr = 412_800, 0.0, 4, 1e-4
-    model = TERConfig(max_tokens=max_tokens, sigmoid_logits=official,
-                      pooling="official" if official else "masked")
+    model = (dataclasses.replace(TEXT_HEADS[config], max_tokens=max_tokens) if config in TEXT_HEADS else
+             TERConfig(max_tokens=max_tokens, sigmoid_logits=official,
+                       pooling="official" if official else "masked"))
+    run_name = run_name or config
     train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
                             seed=seed, eval_every=eval_every, select=select, class_balance=class_balance)
     spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp), recipe=recipe_used())

@@ -136,3 +136,57 @@ class PoolingHead(nn.Module):
 
     def forward(self, feats: torch.Tensor, spk: torch.Tensor, phones: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.classify(feats, spk)}
+
+
+@dataclass(frozen=True)
+class TextHeadConfig:
+    """A reference head for TER on the cached token features: masked mean over the real tokens →
+    standardisation → linear (``text-linear``: logistic regression on mean-pooled tokens, the strong
+    simple baseline) or a 2-layer MLP (``text-mlp``)."""
+
+    name: str = "text-linear"
+    head: str = "linear"  # linear | mlp
+    input_dim: int = 1024  # token feature size (taken from the features)
+    n_classes: int = 4
+    max_tokens: int = 122  # tokens kept per utterance (as the CNN's)
+    hidden: int = 256
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        if self.head not in ("linear", "mlp"):
+            raise TrainingError(f"text head must be linear or mlp, not {self.head!r}")
+
+    def batch_length(self, longest: int) -> int:
+        """Tokens a batch needs: its longest sentence (the mean masks the rest)."""
+        return min(self.max_tokens, max(1, longest))
+
+
+TEXT_HEADS: dict[str, TextHeadConfig] = {
+    "text-linear": TextHeadConfig(name="text-linear", head="linear"),
+    "text-mlp": TextHeadConfig(name="text-mlp", head="mlp"),
+}
+
+
+class TextHead(nn.Module):
+    """Token features (B, N, D) zero-padded, true lengths (B,) → logits (B, C)."""
+
+    def __init__(self, config: TextHeadConfig):
+        super().__init__()
+        self.config = config
+        d = config.input_dim
+        self.norm = nn.BatchNorm1d(d, affine=False)
+        if config.head == "mlp":
+            self.classifier = nn.Sequential(nn.Linear(d, config.hidden), nn.ReLU(),
+                                            nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes))
+        else:
+            self.classifier = nn.Linear(d, config.n_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).float()
+        w = mask / mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, N)
+        pooled = torch.einsum("bn,bnd->bd", w, x.float())  # (B, D)
+        return self.classifier(self.norm(pooled))
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from core.errors import TrainingError
 from models.checkpoint import from_record
 from models.folds import SplitConfig
+from models.heads import TextHead, TextHeadConfig
 from models.ter import TERConfig, TextCNN, pad_tokens
 from models.trainer import EpochSampler, TrainConfig
 from pipeline.corpus import Corpus
@@ -74,8 +75,8 @@ class TERTask:
     def utterance_keys(self, ids: Sequence[str]) -> dict[str, str]:
         return {u: self.reader.keys.get(u, "") for u in ids}
 
-    def build_model(self) -> TextCNN:
-        return TextCNN(self.model_config)
+    def build_model(self) -> TextCNN | TextHead:
+        return text_model(self.model_config)
 
     def prepare(self, train_ids: Sequence[str], device: str, seed: int,
                 class_weights: list[float] | None = None) -> None:
@@ -115,7 +116,7 @@ class TERTask:
             x, lengths, _ = self._batch(rows[s:s + self.predict_batch])
             with self._autocast():
                 logits = model(x, lengths)
-            out.append(TextCNN.probabilities(logits.float()).cpu())
+            out.append(model.probabilities(logits.float()).cpu())
         return torch.cat(out).numpy()  # (n, C)
 
 
@@ -133,7 +134,7 @@ class TERRun:
 
     task: ClassVar[str] = "ter"
     run: str = "cnn"
-    model: TERConfig = TERConfig()
+    model: TERConfig | TextHeadConfig = TERConfig()  # the paper's CNN, or a reference head
     train: TrainConfig = TrainConfig(steps=0, epochs=20, batch_size=32, lr=3e-4)
     split: SplitConfig = SplitConfig()
     inputs: TERInputs = TERInputs()
@@ -153,9 +154,14 @@ class TERRun:
         return task
 
 
-def model_from_state(run_config: dict, state: dict) -> TextCNN:
+def text_model(cfg: TERConfig | TextHeadConfig) -> TextCNN | TextHead:
+    return TextHead(cfg) if isinstance(cfg, TextHeadConfig) else TextCNN(cfg)
+
+
+def model_from_state(run_config: dict, state: dict) -> TextCNN | TextHead:
     """The TER CNN of a run (``config.json`` or a checkpoint's ``config``) with ``state`` loaded;
     which state (best-validation or last) is the run's choice: :meth:`TrainedRun.selected_state`."""
-    model = TextCNN(from_record(TERConfig, run_config["model"]))
+    record = run_config["model"]
+    model = text_model(from_record(TextHeadConfig if "head" in record else TERConfig, record))
     model.load_state_dict(state)
     return model.eval()

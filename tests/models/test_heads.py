@@ -138,3 +138,22 @@ def test_cli_trains_heads_and_the_classic_baseline_beside_the_paper_model(tmp_pa
         assert RunPaths(tmp_path, "ser", config).fold_names() == ["G0", "G1"]
     assert read_json(RunPaths(tmp_path, "ser", "mfcc-linear").config)["feature_keys"] == {
         "mel": "mel-test-identity", "phones": "phones-test-identity", "speaker": "speaker-test-identity"}
+
+
+def test_text_reference_head_learns_masks_padding_and_reloads(tmp_path):
+    from models.heads import TEXT_HEADS, TextHead
+    from models.ter_train import TERRun, model_from_state
+    from tests.fixtures.stores import separable_token_features
+    head = TextHead(dataclasses.replace(TEXT_HEADS["text-mlp"], input_dim=8, hidden=8)).eval()
+    x, lengths = torch.rand(2, 5, 8) + 0.1, torch.tensor([3, 5])
+    padded = torch.cat([x, torch.rand(2, 4, 8)], 1)  # whatever lies beyond a sentence is ignored
+    torch.testing.assert_close(head(padded, lengths), head(x, lengths))
+    corpus = make_corpus(n_groups=2, per_class=8)
+    spec = TERRun(run="text-linear", model=TEXT_HEADS["text-linear"],
+                  train=TrainConfig(steps=0, epochs=40, batch_size=8, lr=1e-2, progress=False))
+    reader = separable_token_features(corpus, dim=8)
+    summary = train_run(tmp_path, spec, "all", "cpu", corpus=corpus, task=spec.make_task(tmp_path, corpus, reader))
+    assert summary["mean"]["ua"] > 0.9, summary["mean"]
+    ckpt = torch.load(RunPaths(tmp_path, "ter", "text-linear").checkpoint("G0"), weights_only=True)
+    rebuilt = model_from_state(ckpt["config"], ckpt["model"])
+    assert isinstance(rebuilt, TextHead) and rebuilt.config.input_dim == 8

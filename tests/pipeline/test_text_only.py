@@ -42,7 +42,8 @@ def test_a_text_only_corpus_with_official_splits_trains_ter_through_the_cli(tmp_
     model = save_tiny_text_encoder(tmp_path / "enc", "bert")
     steps = [["prepare", "manifest", str(_manifest(tmp_path / "m.csv"))],
              ["extract", "-p", f"text.model={model}", "--workers", "1"],
-             ["train", "ter", "--steps", "20", "--batch-size", "8", "--device", "cpu"]]
+             ["train", "ter", "--steps", "20", "--batch-size", "8", "--device", "cpu"],
+             ["train", "ter", "--config", "text-linear", "--steps", "20", "--batch-size", "8", "--device", "cpu"]]
     for args in steps:
         out = CliRunner().invoke(cli, [*args, "-w", work])
         assert out.exit_code == 0, (args, out.output)
@@ -54,6 +55,7 @@ def test_a_text_only_corpus_with_official_splits_trains_ter_through_the_cli(tmp_
     split_of = {u.id: u.split for u in corpus.utterances}
     assert {r["id"] for r in rows if r["split"] == "test"} == {u for u, s in split_of.items() if s == "test"}
     assert {r["id"] for r in rows if r["split"] == "val"} == {u for u, s in split_of.items() if s == "dev"}
+    assert RunPaths(work, "ter", "text-linear").fold_names() == ["official"]  # a reference head beside it
     config = read_json(RunPaths(work, "ter", "cnn").config)
     assert config["folds"] == {"official": {"train": 24, "val": 6, "test": 6}}
     assert not (tmp_path / "w" / "cache" / "mel").exists()  # audio stages left out of "all"
