@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from commands.common import JSON_OUT, WORKDIR, emit_json
+from commands.recipes import RECIPE, recipe_used
 
 
 @click.command()
@@ -65,17 +66,24 @@ def report(out, compare, workdir) -> None:
 
 @click.command()
 @click.option("--quick", is_flag=True, help="A tiny corpus and few steps (a smoke test, ~1-2 min).")
+@click.option("--ser-config", default="small", show_default=True,
+              type=click.Choice(["small", "large", "head-linear", "head-mlp", "head-attentive"]),
+              help="The SER model: the paper's network (CPU widths, short schedule) or a reference head.")
+@RECIPE
 @WORKDIR
-def demo(quick, workdir) -> None:
+def demo(quick, ser_config, workdir) -> None:
     """The whole journey on the built-in espeak-ng corpus, offline on CPU: prepare → extract
     (real Whisper-base, Resemblyzer, MiniLM weights) → train SER + TER → fuse → report.
     A second run reuses every cached stage and trained fold."""
-    from models.demo import QUICK, DemoConfig, run_demo
+    import dataclasses
+
     from commands.display import console, stage_progress, table
+    from models.demo import QUICK, DemoConfig, run_demo
     t = time.perf_counter()
+    config = dataclasses.replace(QUICK if quick else DemoConfig(), ser_config=ser_config,
+                                 recipe=recipe_used())
     with stage_progress() as prog:
-        out = run_demo(workdir, QUICK if quick else DemoConfig(), progress=prog,
-                       say=console.print)
+        out = run_demo(workdir, config, progress=prog, say=console.print)
     console.print(table("demo: UA (mean over leave-one-session-out folds)", ["model", "UA %"],
                         [[k, f"{100 * v:.1f}"] for k, v in out["ua"].items()]))
     console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["times"].items()) +

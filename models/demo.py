@@ -9,6 +9,7 @@ shows the pipeline working end to end on CPU, not the paper's accuracy.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class DemoConfig:
     ser_batch: int = 16
     ter_epochs: float = 30
     seed: int = 0
+    ser_config: str = "small"  # the paper's network (CPU widths), or a reference head (head-linear, ...)
+    recipe: str = ""  # "name@sha" of the recipe it ran with (recorded by its runs)
 
 
 QUICK = DemoConfig(per_cell=3, ser_steps=40, ser_batch=8, ter_epochs=5)
@@ -43,8 +46,6 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     from models.fusion import FusionConfig, fuse
     from models.report import write_report
     from models.run_folds import train_run
-    from models.ser import CPU_WIDTHS, make_config
-    from models.ser_train import SERRun, ser_schedule
     from models.ter_train import TERRun
     from models.trainer import TrainConfig
     from pipeline.corpus import corpus_paths, load_corpus
@@ -72,22 +73,37 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
             f"{len(r.failed)} failed item(s)")
 
     t = time.perf_counter()
-    _, lr = ser_schedule(batch_size=config.ser_batch)  # the square-root rule
-    ser_train = TrainConfig(steps=config.ser_steps, batch_size=config.ser_batch, lr=lr,
-                            select="val", eval_every=config.ser_steps // 6, seed=config.seed)
-    ser = train_run(workdir, SERRun(run="small", model=make_config("small", **CPU_WIDTHS),
-                                    train=ser_train), device="cpu")
+    ser_spec = _ser_spec(config)
+    ser = train_run(workdir, ser_spec, device="cpu")
     times["train ser"] = time.perf_counter() - t
     t = time.perf_counter()
     ter_train = TrainConfig(steps=0, epochs=config.ter_epochs, batch_size=32, lr=3e-4,
                             seed=config.seed)
-    ter = train_run(workdir, TERRun(train=ter_train), device="cpu")
+    ter = train_run(workdir, TERRun(train=ter_train, recipe=config.recipe), device="cpu")
     times["train ter"] = time.perf_counter() - t
     t = time.perf_counter()
-    fused = fuse(workdir, FusionConfig(ser_run="small", ter_run="cnn"))
+    fused = fuse(workdir, FusionConfig(ser_run=ser_spec.run, ter_run="cnn"))
     path = write_report(workdir)
     times["fuse + report"] = time.perf_counter() - t
-    summary = {"SER small": ser["mean"]["ua"], "TER cnn": ter["mean"]["ua"],
+    summary = {f"SER {ser_spec.run}": ser["mean"]["ua"], "TER cnn": ter["mean"]["ua"],
                "fusion (weights searched on validation)": fused.searched["mean"]["ua"],
                "fusion (paper's fixed weights)": fused.paper["mean"]["ua"]}
     return {"times": times, "ua": summary, "report": str(path)}
+
+
+def _ser_spec(config: DemoConfig):
+    """The demo's SER run: the paper's network at CPU widths on a short schedule, or a reference
+    head with its own defaults."""
+    from models.heads import HEAD_TRAIN, HEADS
+    from models.ser import CPU_WIDTHS
+    from models.ser_train import SERInputs, SERRun, model_config, ser_schedule
+    from models.trainer import TrainConfig
+    if config.ser_config in HEADS:
+        train = dataclasses.replace(HEAD_TRAIN, seed=config.seed)
+        return SERRun(run=config.ser_config, model=model_config(config.ser_config), train=train,
+                      inputs=SERInputs(window_weighting="frames"), recipe=config.recipe)
+    _, lr = ser_schedule(batch_size=config.ser_batch)  # the square-root rule
+    train = TrainConfig(steps=config.ser_steps, batch_size=config.ser_batch, lr=lr, select="val",
+                        eval_every=config.ser_steps // 6, seed=config.seed)
+    return SERRun(run=config.ser_config, model=model_config(config.ser_config, **CPU_WIDTHS),
+                  train=train, recipe=config.recipe)

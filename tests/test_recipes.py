@@ -64,8 +64,10 @@ def test_every_shipped_recipe_names_real_options():
     """Each shipped recipe's tables apply to their commands without an unknown key."""
     from commands.recipes import default_map
     from commands.cache import extract
+    from commands.results import demo
     from commands.train import train_ser_cmd, train_ter_cmd
-    commands = {("extract",): extract, ("train", "ser"): train_ser_cmd, ("train", "ter"): train_ter_cmd}
+    commands = {("extract",): extract, ("train", "ser"): train_ser_cmd, ("train", "ter"): train_ter_cmd,
+                ("demo",): demo}
     shipped = sorted(SHIPPED.glob("*.toml"))
     assert {p.stem for p in shipped} >= {"paper", "cpu", "gpu"}
     for path in shipped:

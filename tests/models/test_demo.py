@@ -187,3 +187,30 @@ def test_predict_formats_paths_and_language(demo_dir, monkeypatch):
     bad = CliRunner().invoke(cli, ["predict", utt.audio, "--transcribe", "--language", "de",
                                    "-w", str(work)])
     assert bad.exit_code == 2 and "only transcribes English" in " ".join(bad.output.split())
+
+
+def test_demo_recipe_trains_a_reference_head_beside_the_paper_model(demo_dir):
+    """`demo --recipe cpu` sets --ser-config head-linear: the head is trained on the same cache
+    and folds, fused and reported next to `small`, and predict loads it."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from commands.results import demo
+    from commands.recipes import SHIPPED, read_recipe
+    assert read_recipe(SHIPPED / "cpu.toml")["demo"] == {"ser-config": "head-linear"}
+    assert "head-linear" in next(p for p in demo.params if p.name == "ser_config").type.choices
+    work, _ = demo_dir
+    out = run_demo(work, dataclasses.replace(TINY, ser_config="head-linear", recipe="cpu@test"),
+                   say=lambda s: None)
+    assert set(out["ua"]) == {"SER head-linear", "TER cnn", "fusion (weights searched on validation)",
+                              "fusion (paper's fixed weights)"}
+    assert out["ua"]["SER head-linear"] == pytest.approx(mean_test_ua(RunPaths(work, "ser", "head-linear")))
+    assert read_json(RunPaths(work, "ser", "head-linear").config)["recipe"] == "cpu@test"
+    report = Path(out["report"]).read_text()
+    assert "## ser / head-linear" in report and "## ser / small" in report
+    assert "## fusion / head-linear+cnn" in report
+    utt = load_corpus(work).utterances[0]
+    (p,) = predict(work, [utt.audio], [utt.text], ser_run="head-linear")
+    assert p.label is not None and abs(sum(p.probs.values()) - 1) < 1e-5
+    assert CliRunner().invoke(demo, ["--help"]).exit_code == 0
