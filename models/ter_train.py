@@ -21,8 +21,9 @@ from core.errors import TrainingError
 from models.checkpoint import from_record
 from models.folds import SplitConfig
 from models.heads import TextHead, TextHeadConfig
+from models.sampling import EpochSampler
 from models.ter import TERConfig, TextCNN, pad_tokens
-from models.trainer import EpochSampler, TrainConfig
+from models.trainer import TrainConfig
 from pipeline.corpus import Corpus
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from models.heads import HEAD_TRAIN, HEADS, PoolingHead, dct_matrix
 from models.run_folds import train_run
 from models.runs import RunPaths, read_json, read_predictions
 from models.ser_train import SERRun, model_config
-from models.trainer import TrainConfig, class_weights
+from models.sampling import class_weights
+from models.trainer import TrainConfig
 from tests.fixtures.corpora import make_corpus
 from tests.fixtures.ser import ser_source
 

@@ -8,7 +8,8 @@ from core.errors import TrainingError
 from models.folds import make_folds
 from models.runs import RunPaths, read_json, read_predictions
 from models.run_folds import train_folds
-from models.trainer import EpochSampler, TrainConfig, train_fold
+from models.sampling import EpochSampler
+from models.trainer import TrainConfig, train_fold
 from tests.fixtures.corpora import make_corpus
 from tests.fixtures.tasks import LinearTask
 
