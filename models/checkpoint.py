@@ -103,3 +103,12 @@ def from_record(cls: type, record: dict[str, Any]):
     import dataclasses
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in names})
+
+
+def model_record(config: dict[str, Any], task: str, run: str) -> dict[str, Any]:
+    """The model part of a run's config.json (or a checkpoint's config); a run recorded before
+    run specs (mmer 0.5: no ``inputs``) is a TrainingError that says to retrain it."""
+    if "inputs" not in config or not isinstance(config.get("model"), dict):
+        raise TrainingError(f"{task} run {run!r} was trained by an older version of this toolkit "
+                            "(its configuration predates run specs); retrain it", then=f"train {task} --run {run}")
+    return config["model"]

@@ -67,7 +67,7 @@ def _ser_models(run: TrainedRun, device: str):
 
 def _ter_models(run: TrainedRun):
     from models.ter_train import model_from_state
-    return [model_from_state(run.config, run.selected_state(f)) for f in run.folds]
+    return [model_from_state(run.config, run.selected_state(f), run.paths.run) for f in run.folds]
 
 
 def fusion_weights(workdir: Path, ser_run: str, ter_run: str) -> tuple[float, float]:

@@ -268,3 +268,7 @@ def iter_windows(data: ResidentSet | StreamingSet, crop: int, max_windows: int =
 
 def _cat(parts: list[Batch]) -> Batch:
     return Batch(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Batch)))
+
+
+# The sources lived here before models/ser_sources.py; scripts that import them from here still work.
+from models.ser_sources import ArraySource, StoreKeys, StoreSource, usable  # noqa: E402,F401

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import TrainingError
-from models.checkpoint import from_record
+from models.checkpoint import from_record, model_record
 from models.folds import SplitConfig
 from models.runs import RunPaths, write_json
 from models.heads import HEADS, HeadConfig, PoolingHead
@@ -270,7 +270,7 @@ def build_model(cfg: SERConfig | HeadConfig) -> SERModel | PoolingHead:
 def ser_model(run, fold: str) -> SERModel | PoolingHead:
     """The SER model a run (:class:`models.trained.TrainedRun`) was evaluated with on ``fold``
     (best-validation or last weights, as the run chose); no command line needed."""
-    model = build_model(config_from_record(run.config["model"]))
+    model = build_model(config_from_record(model_record(run.config, "ser", run.paths.run)))
     model.load_state_dict(run.selected_state(fold))
     return model.eval()
 
@@ -282,7 +282,7 @@ def iter_test_folds(workdir, run: str, corpus: Corpus | None = None, source=None
     corpus = corpus or load_corpus(workdir)
     trained = load_run(workdir, "ser", run, corpus)
     speakers = _speakers(corpus)
-    model_cfg = config_from_record(trained.config["model"])
+    model_cfg = config_from_record(model_record(trained.config, "ser", run))
     use_encoder = model_cfg.input == "encoder"
     if source is None:  # the run's feature stages, opened and checked once for every fold
         source = open_source(workdir, StoreKeys(**trained.config["inputs"]["keys"]), model_cfg, corpus)

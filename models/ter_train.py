@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import TrainingError
-from models.checkpoint import from_record
+from models.checkpoint import from_record, model_record
 from models.folds import SplitConfig
 from models.heads import TextHead, TextHeadConfig
 from models.sampling import EpochSampler
@@ -159,10 +159,10 @@ def text_model(cfg: TERConfig | TextHeadConfig) -> TextCNN | TextHead:
     return TextHead(cfg) if isinstance(cfg, TextHeadConfig) else TextCNN(cfg)
 
 
-def model_from_state(run_config: dict, state: dict) -> TextCNN | TextHead:
+def model_from_state(run_config: dict, state: dict, run: str = "") -> TextCNN | TextHead:
     """The TER CNN of a run (``config.json`` or a checkpoint's ``config``) with ``state`` loaded;
     which state (best-validation or last) is the run's choice: :meth:`TrainedRun.selected_state`."""
-    record = run_config["model"]
+    record = model_record(run_config, "ter", run)
     model = text_model(from_record(TextHeadConfig if "head" in record else TERConfig, record))
     model.load_state_dict(state)
     return model.eval()

@@ -177,3 +177,15 @@ def test_prepare_over_trained_runs_says_which_it_made_stale(tmp_path):
     assert out.exit_code == 0, out.output
     assert "trained runs" in out.output and "ter/toy fold s0 stale: its utterances or labels" \
         in " ".join(out.output.split())
+
+
+def test_a_run_recorded_before_run_specs_says_to_retrain(tmp_path):
+    """config.json of mmer 0.5 ({"model": {"model": …, "run": …}}, no "inputs"): predict and the
+    probes stop with a message naming the run and the command, not a KeyError."""
+    from core.errors import TrainingError
+    from models.checkpoint import model_record
+    old = {"task": "ser", "model": {"model": {"dim_neck": 8}, "run": {"window_weighting": "equal"}}}
+    with pytest.raises(TrainingError, match="ser run 'small' was trained by an older version") as e:
+        model_record(old, "ser", "small")
+    assert e.value.then == ("train ser --run small",)
+    assert model_record({"model": {"dim_neck": 8}, "inputs": {}}, "ser", "small") == {"dim_neck": 8}

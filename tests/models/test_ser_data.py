@@ -129,3 +129,11 @@ def test_frame_counts_off_by_one_are_trimmed(setup):
                        {k: src.encoder(k) for k in ids})
     res = load_set(src2, ids, spk, lab, True, "cpu", "yes")
     assert int(res.lengths[0]) == len(src.mel(u))
+
+
+def test_the_sources_are_still_importable_from_their_old_home():
+    """Scripts written against models.ser_data keep working after the sources moved."""
+    import models.ser_data as old
+    import models.ser_sources as new
+    assert (old.StoreSource, old.StoreKeys, old.ArraySource, old.usable) == \
+        (new.StoreSource, new.StoreKeys, new.ArraySource, new.usable)
