@@ -10,7 +10,7 @@ from commands.cache import extract, gc, status, verify
 from commands.common import ProjectGroup
 from commands.predict import predict
 from commands.prepare import prepare
-from commands.results import demo, fuse, report
+from commands.results import demo, fuse, inspect, report
 from commands.train import probe, train
 
 
@@ -65,7 +65,7 @@ def cli(verbose: bool, log_file: str | None) -> None:
     _setup_logging(verbose, log_file)
 
 
-for _command in (prepare, extract, status, verify, gc, train, probe, fuse, report, demo, predict):
+for _command in (prepare, extract, status, verify, gc, train, probe, fuse, report, demo, predict, inspect):
     cli.add_command(_command)
 
 

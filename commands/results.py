@@ -89,3 +89,21 @@ def demo(quick, ser_config, workdir) -> None:
     console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["times"].items()) +
                   f"; total {time.perf_counter() - t:.0f} s")
     console.print(f"report: [bold]{out['report']}[/bold]")
+
+
+@click.command()
+@click.argument("utt_id")
+@click.option("--ser-run", default="small", show_default=True, help="SER run (runs/ser/<name>).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Figure path (PNG; an SVG is written beside it). Default: <workdir>/report/inspect_<id>.png")
+@WORKDIR
+def inspect(utt_id, ser_run, out, workdir) -> None:
+    """One utterance in one figure: waveform, cached mel spectrogram, phone alignment, and the
+    class probabilities of each inference window of the fold that tested it."""
+    from commands.display import console
+    from models.inspect_utt import inspect_utterance
+    r = inspect_utterance(workdir, utt_id, ser_run, out)
+    mean = r.window_probs.mean(0)
+    console.print(f"{utt_id}: label {r.label}; fold {r.fold}; {len(r.window_probs)} window(s); mean P: "
+                  + ", ".join(f"{c} {p:.2f}" for c, p in zip(r.classes, mean)))
+    console.print(f"figure: {r.figure}")

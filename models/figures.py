@@ -12,13 +12,14 @@ from core.atomic import atomic_write_bytes
 
 
 @contextmanager
-def figure(path: Path, title: str, size: tuple[float, float], ncols: int = 1) -> Iterator[Any]:
-    """Axes (one, or a row of ``ncols``) whose figure is titled, laid out and saved to ``path``
-    (PNG) and ``path.with_suffix('.svg')``."""
+def figure(path: Path, title: str, size: tuple[float, float], ncols: int = 1,
+           nrows: int = 1) -> Iterator[Any]:
+    """Axes (one, or a grid of ``nrows`` × ``ncols``) whose figure is titled, laid out and saved
+    to ``path`` (PNG) and ``path.with_suffix('.svg')``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, ncols, figsize=size)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size)
     try:
         yield axes
         fig.suptitle(title, fontsize=9)

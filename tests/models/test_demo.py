@@ -214,3 +214,25 @@ def test_demo_recipe_trains_a_reference_head_beside_the_paper_model(demo_dir):
     (p,) = predict(work, [utt.audio], [utt.text], ser_run="head-linear")
     assert p.label is not None and abs(sum(p.probs.values()) - 1) < 1e-5
     assert CliRunner().invoke(demo, ["--help"]).exit_code == 0
+
+
+def test_inspect_draws_one_utterance_with_its_window_probabilities(demo_dir, tmp_path):
+    """`inspect UTT_ID`: the figure (PNG + SVG) and per-window probabilities whose mean is the
+    score the run's predictions file holds for that utterance."""
+    from click.testing import CliRunner
+
+    from cli import cli
+    from models.inspect_utt import inspect_utterance
+    work, _ = demo_dir
+    utt = load_corpus(work).utterances[0]
+    r = inspect_utterance(work, utt.id, "small", tmp_path / "u.png")
+    assert r.figure.stat().st_size > 10_000 and r.figure.with_suffix(".svg").exists()
+    paths = RunPaths(work, "ser", "small")
+    row = next(row for fold in paths.fold_names() for row in read_predictions(paths.predictions(fold))
+               if row["id"] == utt.id and row["split"] == "test")
+    assert r.window_probs.shape[1] == 4 and np.allclose(r.window_probs.sum(1), 1, atol=1e-5)
+    window = read_json(paths.config)["inputs"]["window_weighting"]
+    if window == "equal":  # the run's score is the plain mean of its windows
+        np.testing.assert_allclose(r.window_probs.mean(0), row["probs"], atol=1e-4)
+    out = CliRunner().invoke(cli, ["inspect", "nosuch", "-w", str(work)])
+    assert out.exit_code == 1 and "'nosuch' is not an utterance id" in out.output
