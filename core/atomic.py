@@ -6,9 +6,9 @@ file. The one home of write-then-rename for the project's small files (JSON, rep
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
-import dataclasses
 import math
 import os
 import re
@@ -102,4 +102,15 @@ def writer_alive(tmp: Path) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but is not yet reaped (Linux state Z): it holds no files and
+    no locks any more, so its temp files are stale. (A waiter woken by the dead writer's lock
+    release sees it in this state until its parent reaps it.)"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (not Linux) or already gone: os.kill answered for it
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
