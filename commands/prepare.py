@@ -13,6 +13,13 @@ def prepare() -> None:
     """Read a corpus into the work directory (corpus.jsonl, rejected.tsv) and summarise it."""
 
 
+def _prepare_and_summarise(run, workdir: str) -> None:
+    """Run ``run()`` (a prepare_* call) and print its summary with the time it took."""
+    t = time.perf_counter()
+    result = run()
+    _summary(result, time.perf_counter() - t, workdir)
+
+
 def _summary(result, seconds: float, workdir: str) -> None:
     from commands.display import console, table
     c = result.corpus
@@ -56,10 +63,14 @@ MAP = click.option("--map", "maps", multiple=True, metavar="OLD=NEW",
                         "(repeatable).")
 
 
+def label_options(command):
+    """--classes and --map: the class set of a corpus read from its own labels."""
+    return CLASSES(MAP(command))
+
+
 @prepare.command("iemocap")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@CLASSES
-@MAP
+@label_options
 @WORKDIR
 def prepare_iemocap_cmd(root: str, classes, maps, workdir: str) -> None:
     """IEMOCAP from its official release folder ROOT (IEMOCAP_full_release), leave-one-session-out
@@ -68,17 +79,15 @@ def prepare_iemocap_cmd(root: str, classes, maps, workdir: str) -> None:
     disgusted, other; e.g. --classes neutral,happy,sad,angry,excited,frustrated (6 classes)."""
     from pipeline.labels import LabelPolicy
     from pipeline.prepare import prepare_iemocap
-    t = time.perf_counter()
     policy = LabelPolicy.parse(classes, maps) if classes or maps else None
     if policy is not None and policy.classes is None:
         raise click.BadParameter("with --map, also name the classes to keep", param_hint="--classes")
-    _summary(prepare_iemocap(workdir, root, policy), time.perf_counter() - t, workdir)
+    _prepare_and_summarise(lambda: prepare_iemocap(workdir, root, policy), workdir)
 
 
 @prepare.command("manifest")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
-@CLASSES
-@MAP
+@label_options
 @WORKDIR
 def prepare_manifest_cmd(manifest: str, classes, maps, workdir: str) -> None:
     """Your own corpus from a CSV or JSONL MANIFEST with columns id,audio,speaker,label
@@ -89,9 +98,8 @@ def prepare_manifest_cmd(manifest: str, classes, maps, workdir: str) -> None:
     close to another is rejected as a typo), or exactly --classes."""
     from pipeline.labels import LabelPolicy
     from pipeline.prepare import prepare_manifest
-    t = time.perf_counter()
     policy = LabelPolicy.parse(classes, maps)
-    _summary(prepare_manifest(workdir, manifest, policy), time.perf_counter() - t, workdir)
+    _prepare_and_summarise(lambda: prepare_manifest(workdir, manifest, policy), workdir)
 
 
 @prepare.command("demo")
@@ -103,5 +111,4 @@ def prepare_demo_cmd(per_cell: int, seed: int, workdir: str) -> None:
     """The built-in demo corpus: English sentences spoken by espeak-ng voices with
     emotion-dependent prosody, generated offline in seconds."""
     from pipeline.prepare import prepare_demo
-    t = time.perf_counter()
-    _summary(prepare_demo(workdir, per_cell, seed), time.perf_counter() - t, workdir)
+    _prepare_and_summarise(lambda: prepare_demo(workdir, per_cell, seed), workdir)

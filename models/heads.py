@@ -71,6 +71,19 @@ HEADS: dict[str, HeadConfig] = {
 }
 
 
+def classifier(d_in: int, mlp: bool, hidden: int, dropout: float, n_classes: int) -> nn.Module:
+    """A head's classifier on a standardised pooled vector: linear, or a 2-layer MLP."""
+    if mlp:
+        return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(hidden, n_classes))
+    return nn.Linear(d_in, n_classes)
+
+
+def mean_weights(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) weights of a plain mean over the real frames (or tokens) of ``mask`` (B, T)."""
+    return mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+
+
 def _mask(feats: torch.Tensor) -> torch.Tensor:
     """(B, T) float mask of real frames: padding is all-zero across layers and dims."""
     return (feats.abs().amax(dim=(2, 3)) > 0).float()
@@ -109,11 +122,8 @@ class PoolingHead(nn.Module):
             self.attention = nn.Sequential(nn.Linear(d, cfg.hidden), nn.Tanh(), nn.Linear(cfg.hidden, 1))
         pooled = 2 * d if cfg.head in ("attentive", "mfcc") else d
         self.norm = nn.BatchNorm1d(pooled, affine=False)
-        if cfg.head in ("mlp", "attentive"):
-            self.classifier = nn.Sequential(nn.Linear(pooled, cfg.hidden), nn.ReLU(),
-                                            nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.n_classes))
-        else:
-            self.classifier = nn.Linear(pooled, cfg.n_classes)
+        self.classifier = classifier(pooled, cfg.head in ("mlp", "attentive"), cfg.hidden, cfg.dropout,
+                                     cfg.n_classes)
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (B, T, L, D), zero-padded → pooled (B, D or 2D)."""
@@ -125,7 +135,7 @@ class PoolingHead(nn.Module):
             scores = self.attention(x).squeeze(-1).masked_fill(mask == 0, float("-inf"))  # (B, T)
             w = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an all-padding window: zeros
         else:
-            w = mask / mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, T)
+            w = mean_weights(mask)  # (B, T)
         mean, std = masked_stats(x, w)
         return mean if self.cfg.head in ("linear", "mlp") else torch.cat([mean, std], -1)
 
@@ -173,18 +183,13 @@ class TextHead(nn.Module):
     def __init__(self, config: TextHeadConfig):
         super().__init__()
         self.config = config
-        d = config.input_dim
-        self.norm = nn.BatchNorm1d(d, affine=False)
-        if config.head == "mlp":
-            self.classifier = nn.Sequential(nn.Linear(d, config.hidden), nn.ReLU(),
-                                            nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes))
-        else:
-            self.classifier = nn.Linear(d, config.n_classes)
+        self.norm = nn.BatchNorm1d(config.input_dim, affine=False)
+        self.classifier = classifier(config.input_dim, config.head == "mlp", config.hidden, config.dropout,
+                                     config.n_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).float()
-        w = mask / mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, N)
-        pooled = torch.einsum("bn,bnd->bd", w, x.float())  # (B, D)
+        pooled = torch.einsum("bn,bnd->bd", mean_weights(mask), x.float())  # (B, D)
         return self.classifier(self.norm(pooled))
 
     @staticmethod
