@@ -44,6 +44,10 @@ CLASS_BALANCE = click.option(
     "--class-balance", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
     help="Class-weighted loss (the metric is UA): auto = on when the largest training class has "
          ">= 1.5x the smallest's utterances; off = plain cross-entropy (the paper's).")
+CHECKPOINT_MINUTES = click.option(
+    "--checkpoint-minutes", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
+    help="Minutes of training between checkpoints (written in the background; always one at the "
+         "end of a fold). A killed run resumes from the last one.")
 
 
 @train.command("ser")
@@ -84,6 +88,7 @@ CLASS_BALANCE = click.option(
                    "weighted by their real frames (the default for the reference heads).")
 @CLASS_BALANCE
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
+@CHECKPOINT_MINUTES
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="bf16", show_default=True,
               is_flag=False, flag_value="bf16",
               help="bf16 autocast on CUDA.")
@@ -98,8 +103,8 @@ CLASS_BALANCE = click.option(
 @JSON_OUT
 @WORKDIR
 def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
-                  model_values, encoder_stage, window_weighting, class_balance, eval_every, amp, resident,
-                  seed, device, gpus, scheduler, workdir) -> None:
+                  model_values, encoder_stage, window_weighting, class_balance, eval_every, checkpoint_minutes,
+                  amp, resident, seed, device, gpus, scheduler, workdir) -> None:
     """Train a speech model with leave-one-group-out cross-validation: the paper's AutoVC-like
     network, or a reference head on the same cached features; writes runs/ser/<config>/
     (checkpoints, predictions, metrics, layer weights)."""
@@ -124,7 +129,7 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
         epochs = 0.0
     train_cfg = dataclasses.replace(base, steps=n_steps, epochs=epochs, batch_size=batch_size, lr=rate,
                                     seed=seed, eval_every=eval_every, select=select or base.select,
-                                    class_balance=class_balance)
+                                    class_balance=class_balance, checkpoint_minutes=checkpoint_minutes)
     spec = SERRun(run=run_name or preset, model=model, train=train_cfg, recipe=recipe_used(),
                   inputs=SERInputs(keys=StoreKeys(encoder_stage=encoder_stage), amp=amp, resident=resident,
                                    window_weighting=window_weighting or ("frames" if head else "equal")))
@@ -203,6 +208,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @click.option("--run", "run_name", default=None, help="Run folder: runs/ter/<name> (default: the config name).")
 @CLASS_BALANCE
+@CHECKPOINT_MINUTES
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="off", show_default=True,
               is_flag=False, flag_value="bf16",
               help="bf16 autocast on CUDA (`--amp` alone = bf16, as in train ser).")
@@ -212,7 +218,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
 @JSON_OUT
 @WORKDIR
 def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, config, paper, official, max_tokens, select,
-                  eval_every, run_name, class_balance, amp, seed, device, workdir) -> None:
+                  eval_every, run_name, class_balance, checkpoint_minutes, amp, seed, device, workdir) -> None:
     """Train a text model on cached `text` token features with leave-one-group-out
     cross-validation (or the corpus's official split): the paper's 1-D CNN, or a reference head;
     writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
@@ -233,6 +239,7 @@ def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, config, paper, 
                        pooling="official" if official else "masked"))
     run_name = run_name or config
     train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
-                            seed=seed, eval_every=eval_every, select=select, class_balance=class_balance)
+                            seed=seed, eval_every=eval_every, select=select, class_balance=class_balance,
+                            checkpoint_minutes=checkpoint_minutes)
     spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp), recipe=recipe_used())
     _report("TER", train_run(workdir, spec, folds, _device(device)), as_json)

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,52 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         if not torch.cuda.is_available():
             raise TrainingError("this checkpoint was written on a GPU run; resume it with a GPU")
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint's dicts, lists and tensors (tensors on the CPU) that training can go
+    on mutating while the copy is written: optimizer moments change in place, lists grow."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread so that the training loop does not wait for
+    the disk: ``submit`` snapshots the state (one device-to-host copy) and returns; the next
+    ``submit`` or ``wait`` waits for the previous write and re-raises its error (disk full)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, state: dict[str, Any], wait: bool = False) -> None:
+        self.wait()
+        copy = snapshot(state)
+        if wait:
+            save_checkpoint(self.path, copy)
+            return
+
+        def write() -> None:
+            try:
+                save_checkpoint(self.path, copy)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the training thread
+                self._error = e
+        self._thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.checkpoint import capture_rng, cpu_state_dict, load_checkpoint, restore_rng, save_checkpoint
+from models.checkpoint import CheckpointWriter, capture_rng, cpu_state_dict, load_checkpoint, restore_rng
 from models.folds import Fold, fold_seed
 from models.metrics import classification_metrics
 from models.provenance import provenance
@@ -45,7 +45,10 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     seed: int = 0
     eval_every: int = 0  # steps between validation passes; 0 = about 20 per fold
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = at every validation pass
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = by wall time (checkpoint_minutes)
+    #: with checkpoint_every = 0: a checkpoint once this many minutes have passed since the last
+    #: (and always at the end); written in a background thread
+    checkpoint_minutes: float = 5.0
     select: str = "val"  # "val": best validation UA; "last": the final model
     patience: int = 0  # stop after this many validation passes without improvement; 0 = off
     #: Class-weighted loss (weights n / (C · n_c), sklearn's "balanced"), since the metric is UA:
@@ -61,7 +64,8 @@ class TrainConfig:
 
 
 # Fields that may change between a run and its resumption without invalidating the checkpoint.
-_RESUMABLE_CHANGES = {"steps", "epochs", "progress", "patience"}
+_RESUMABLE_CHANGES = {"steps", "epochs", "progress", "patience", "checkpoint_every",
+                      "checkpoint_minutes"}
 
 
 class Task(Protocol):
@@ -182,7 +186,7 @@ class _Fit:
     state: dict[str, Any]
     steps: int
     eval_every: int
-    ckpt_every: int
+    ckpt_every: int  # steps between checkpoints; 0 = by wall time
 
 
 def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
@@ -210,13 +214,18 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     ckpt_path = paths.checkpoint(fold.name)
     meta = {"config": record, "feature_keys": keys, "data": data, "fold": fold.name}
 
+    writer = CheckpointWriter(ckpt_path)
+
     def save(done: bool) -> None:
-        save_checkpoint(ckpt_path, {**fit.state, "model": cpu_state_dict(fit.model),
-                                    "optimizer": fit.optimizer.state_dict(),
-                                    "rng": capture_rng(fit.generator), **meta, "done": done})
+        writer.submit({**fit.state, "model": fit.model.state_dict(),
+                       "optimizer": fit.optimizer.state_dict(),
+                       "rng": capture_rng(fit.generator), **meta, "done": done}, wait=done)
 
     t0 = time.perf_counter()
-    _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step)
+    try:
+        _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step)
+    finally:
+        writer.wait()  # a checkpoint still being written is complete before anything else
     train_s = time.perf_counter() - t0
     metrics, final_model = _select_and_evaluate(task, fit.model, fold, ids, paths, fit.state, config)
     metrics.update(train_seconds=round(train_s, 3), class_weights=weights, fold_digest=fold_digest(fold, labels),
@@ -258,16 +267,16 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
         state.update({k: ckpt[k] for k in state})
         log.info("fold %s: resuming at step %d of %d", fold.name, state["step"], steps)
     eval_every = config.eval_every or max(1, steps // 20)
-    return _Fit(model, optimizer, generator, state, steps, eval_every,
-                config.checkpoint_every or eval_every)
+    return _Fit(model, optimizer, generator, state, steps, eval_every, config.checkpoint_every)
 
 
 def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
           save: Callable[[bool], None], ckpt_path, on_step: Callable[[int], None] | None) -> None:
     """Optimizer steps up to ``fit.steps`` (or early stop): validation every ``eval_every``
-    steps, a checkpoint every ``ckpt_every``; loss terms are summed on the device (no sync per
-    step) and checked finite before anything is saved."""
+    steps, a checkpoint every ``ckpt_every`` steps or ``checkpoint_minutes``; loss terms are
+    summed on the device (no sync per step) and checked finite before anything is saved."""
     model, state, steps = fit.model, fit.state, fit.steps
+    due = _checkpoint_due(fit.ckpt_every, config.checkpoint_minutes)
     bar = _progress(f"{task.name} {fold}", steps, state["step"], config.progress)
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
@@ -295,7 +304,7 @@ def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()},
                              "val_ua": f"{entry.get('val_ua', float('nan')):.3f}",
                              "best": f"{state['best_ua']:.3f}"}, refresh=False)
-        if step % fit.ckpt_every == 0 and step < steps and not state["stopped_early"]:
+        if due(step) and step < steps and not state["stopped_early"]:
             if "loss" in sums:  # steps since the last evaluation (synced here, not every step)
                 _check_finite(task, fold, config, ckpt_path, float(sums["loss"]), step)
             save(False)
@@ -303,6 +312,22 @@ def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
         if on_step is not None:
             on_step(step)
     bar.close()
+
+
+def _checkpoint_due(every: int, minutes: float) -> Callable[[int], bool]:
+    """``due(step)``: every ``every`` steps, or (``every`` = 0) once ``minutes`` have passed since
+    the last checkpoint (time starts when the loop does)."""
+    if every > 0:
+        return lambda step: step % every == 0
+    last = [time.monotonic()]
+
+    def due(step: int) -> bool:
+        now = time.monotonic()
+        if now - last[0] < minutes * 60:
+            return False
+        last[0] = now
+        return True
+    return due
 
 
 def _check_finite(task: Task, fold_name: str, config: TrainConfig, ckpt_path, value: float,

@@ -59,7 +59,7 @@ def test_demo_second_run_reuses_everything(demo_dir, monkeypatch):
     import pipeline.extract as extract
     monkeypatch.setattr(extract, "run_shard", lambda *a, **k: pytest.fail("a shard was recomputed"))
     import models.trainer as trainer
-    monkeypatch.setattr(trainer, "save_checkpoint", lambda *a, **k: pytest.fail("a fold retrained"))
+    monkeypatch.setattr(trainer.CheckpointWriter, "submit", lambda *a, **k: pytest.fail("a fold retrained"))
     first_ua = json.loads((work / "runs" / "ser" / "small" / "metrics.json").read_text())["mean"]["ua"]
     out = run_demo(work, TINY, say=lambda s: None)
     assert out["ua"]["SER small"] == first_ua  # the reused folds, not new ones

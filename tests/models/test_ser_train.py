@@ -95,7 +95,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
     corpus = make_corpus(n_groups=2, per_class=2)
     src = ser_source(corpus)
     (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
-    cfg = _cfg(steps=8, eval_every=3)
+    cfg = _cfg(steps=8, eval_every=3, checkpoint_every=3)
 
     def fit(work, on_step=None):
         train_fold(cfg.make_task(work, corpus, src), fold, cfg.train, RunPaths(work, "ser", "small"),

@@ -93,6 +93,56 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert train_fold(LinearTask(corpus), fold, cfg, paths)["history"] == resumed["history"]
 
 
+def _killed_at(tmp_path, cfg, step_to_kill):
+    corpus = make_corpus(n_groups=2, per_class=6)
+    (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
+
+    def kill(step):
+        if step == step_to_kill:
+            raise _Kill
+
+    paths = RunPaths(tmp_path, "toy", "r")
+    with pytest.raises(_Kill):
+        train_fold(LinearTask(corpus), fold, cfg, paths, on_step=kill)
+    return paths.checkpoint("G0")
+
+
+def test_checkpoints_by_wall_time_by_default(tmp_path):
+    """No step interval: a checkpoint only once ``checkpoint_minutes`` have passed (the default
+    5 min never comes in a test run: no mid-run checkpoint at all, whatever the validation
+    passes); 0 minutes = after every step. Either resumes from what it wrote."""
+    cfg = TrainConfig(steps=30, batch_size=4, lr=0.01, eval_every=5, progress=False)
+    assert cfg.checkpoint_every == 0 and cfg.checkpoint_minutes == 5.0
+    assert not _killed_at(tmp_path / "default", cfg, 13).exists()
+    every_step = TrainConfig(**{**cfg.__dict__, "checkpoint_minutes": 0.0})
+    ckpt = _killed_at(tmp_path / "zero", every_step, 13)
+    assert torch.load(ckpt, weights_only=True)["step"] == 13  # the write was waited for
+
+
+def test_background_checkpoint_is_a_snapshot(tmp_path):
+    """The state written in the background is the state at the step it was asked for, though
+    training mutates the optimizer moments in place and appends to the history meanwhile."""
+    from models.checkpoint import CheckpointWriter
+    w = CheckpointWriter(tmp_path / "c.pt")
+    moment, history = torch.zeros(1000), [{"step": 1}]
+    w.submit({"m": moment, "history": history})
+    moment += 1.0
+    history.append({"step": 2})
+    w.wait()
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert saved["m"].sum() == 0 and saved["history"] == [{"step": 1}]
+
+
+def test_background_checkpoint_error_reaches_the_loop(tmp_path):
+    from models.checkpoint import CheckpointWriter
+    (tmp_path / "blocker").write_text("a file where the run folder should be")
+    w = CheckpointWriter(tmp_path / "blocker" / "c.pt")
+    w.submit({"x": torch.ones(2)})
+    with pytest.raises(FileExistsError):
+        w.wait()
+    w.wait()  # reported once
+
+
 def test_changed_config_refuses_to_resume_and_epochs_set_steps(tmp_path):
     corpus = make_corpus(n_groups=2, per_class=4)
     (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
@@ -129,7 +179,8 @@ def test_a_diverging_loss_stops_the_fold_with_a_remedy_and_keeps_the_last_good_c
     (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
     paths = RunPaths(tmp_path, "toy", "r")
     with pytest.raises(TrainingError, match=r"loss is nan by step 30 .*--lr.*task's remedy"):
-        train_fold(_DivergingTask(corpus), fold, CFG, paths)
+        train_fold(_DivergingTask(corpus), fold, TrainConfig(**{**CFG.__dict__, "checkpoint_every": 10}),
+                   paths)
     ckpt = torch.load(paths.checkpoint(fold.name), weights_only=True)
     assert ckpt["step"] == 20 and not ckpt["done"]  # saved at step 20, before the divergence
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())

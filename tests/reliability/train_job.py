@@ -26,7 +26,7 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
         from tests.fixtures.stores import separable_token_features
         reader = separable_token_features(corpus, dim=16)
         spec = TERRun(run="soak", model=TERConfig(max_tokens=16),
-                      train=TrainConfig(steps=steps, batch_size=4, lr=1e-3, eval_every=10,
+                      train=TrainConfig(steps=steps, batch_size=4, lr=1e-3, eval_every=10, checkpoint_every=10,
                                         progress=False))
         if on_ready:
             on_ready()
@@ -40,7 +40,8 @@ def run(task: str, workdir: str | Path, steps: int, on_ready=None) -> None:
         from tests.fixtures.ser import TINY_SER, ser_source
         source = ser_source(corpus, frames=(60, 120))
         spec = SERRun(model=make_config("small", **TINY_SER),
-                      train=TrainConfig(batch_size=2, steps=steps, eval_every=5, lr=1e-3, progress=False))
+                      train=TrainConfig(batch_size=2, steps=steps, eval_every=5, checkpoint_every=5, lr=1e-3,
+                                        progress=False))
         if on_ready:
             on_ready()
         (fold,) = spec.split.folds(corpus, "G0")
