@@ -8,6 +8,7 @@ that fail are recorded in the shard with their reason; the rest of the shard goe
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -91,50 +93,107 @@ def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> I
 
 def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, Any],
               sp: ShardPlan, device: str | None = None,
-              on_item: Callable[[int], None] | None = None) -> ShardResult:
-    """Compute and publish one shard. Safe to call from several processes at once."""
+              on_item: Callable[[int], None] | None = None, background: bool = False) -> ShardResult:
+    """Compute and publish one shard. Safe to call from several processes at once.
+
+    ``background``: the shard's fsync and rename run in this process's publishing thread
+    while the caller goes on to the next shard (its lock is held until then); call
+    :func:`wait_published` before relying on the shard being there.
+    """
     t0 = time.perf_counter()
     stage = get_stage(stage_name)
-    with shard_lock(sp.path, blocking=False) as got:
-        if not got:
+    with contextlib.ExitStack() as stack:
+        if not stack.enter_context(shard_lock(sp.path, blocking=False)) or not _needs_work(stage_name, sp):
             return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
-        if sp.path.exists():
-            if not sp.force:
-                if (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
-                    return ShardResult(sp.index, 0, 0, 0.0, skipped=True)
-                # unreadable, or not what its name says (renamed, copied): replace it
-                log.warning("%s: %s is not the shard this plan expects; recomputing it",
-                            stage_name, sp.path)
-            discard_shard(sp.path)
-        for stale in sp.path.parent.glob(f".shard-{sp.index:05d}-*.tmp-*"):
-            if writer_alive(stale):  # its lock file was deleted under it: leave it alone
-                log.warning("%s: a live process (temp file %s) writes this shard too", stage_name, stale)
-                continue
-            log.info("removing temp file of an interrupted writer: %s", stale)
-            stale.unlink(missing_ok=True)
-        dev = device or (resolve_device("auto") if stage.needs_gpu else "cpu")
-        extractor = build_cached(stage, config, dev)
-        upstream = {s: StageReader(workdir, s) for s in stage.upstream}
-        attrs = {"stage": stage_name, "identity": identity, "shard": sp.index, "key": sp.key,
-                 "layout": dict(getattr(extractor, "layout", {})),
-                 "attrs": extractor.attrs(), "versions": _versions(),
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        writer = ShardWriter(sp.path, attrs)
-        try:
-            _fill(writer, stage, extractor, sp, upstream, on_item)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            for r in upstream.values():
-                r.close()
-        # Older shards at this index (their utterances changed) are superseded.
-        for old in sp.path.parent.glob(f"shard-{sp.index:05d}-*.h5"):
-            if old != sp.path:
-                old.unlink(missing_ok=True)
+        _remove_stale_temps(stage_name, sp)
+        writer = _write(workdir, stage, config, identity, sp, device, on_item)
+        lock = stack.pop_all()  # held until the shard is published
+
+    def finish() -> None:
+        with lock:
+            writer.publish()
+            # Older shards at this index (their utterances changed) are superseded.
+            for old in sp.path.parent.glob(f"shard-{sp.index:05d}-*.h5"):
+                if old != sp.path:
+                    old.unlink(missing_ok=True)
+
+    if background:
+        _PUBLISHING.append(_publisher().submit(finish))
+    else:
+        finish()
     return ShardResult(sp.index, len(writer.items) - len(writer.failed), len(writer.failed),
                        time.perf_counter() - t0, nbytes=writer.nbytes)
+
+
+def _needs_work(stage_name: str, sp: ShardPlan) -> bool:
+    """False when the shard is already there under its key (another process made it); a file
+    at its name that is not what the plan expects is removed."""
+    if sp.path.exists():
+        if not sp.force:
+            if (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
+                return False
+            # unreadable, or not what its name says (renamed, copied): replace it
+            log.warning("%s: %s is not the shard this plan expects; recomputing it", stage_name, sp.path)
+        discard_shard(sp.path)
+    return True
+
+
+def _remove_stale_temps(stage_name: str, sp: ShardPlan) -> None:
+    for stale in sp.path.parent.glob(f".shard-{sp.index:05d}-*.tmp-*"):
+        if writer_alive(stale):  # its lock file was deleted under it: leave it alone
+            log.warning("%s: a live process (temp file %s) writes this shard too", stage_name, stale)
+            continue
+        log.info("removing temp file of an interrupted writer: %s", stale)
+        stale.unlink(missing_ok=True)
+
+
+def _write(workdir: str, stage: Stage, config: Any, identity: dict[str, Any], sp: ShardPlan,
+           device: str | None, on_item) -> ShardWriter:
+    """The shard's temp file, filled and closed (not yet published)."""
+    dev = device or (resolve_device("auto") if stage.needs_gpu else "cpu")
+    extractor = build_cached(stage, config, dev)
+    upstream = {s: StageReader(workdir, s) for s in stage.upstream}
+    attrs = {"stage": stage.name, "identity": identity, "shard": sp.index, "key": sp.key,
+             "layout": dict(getattr(extractor, "layout", {})),
+             "attrs": extractor.attrs(), "versions": _versions(),
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    writer = ShardWriter(sp.path, attrs)
+    try:
+        _fill(writer, stage, extractor, sp, upstream, on_item)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        for r in upstream.values():
+            r.close()
+    return writer
+
+
+_PUBLISHER: tuple[int, ThreadPoolExecutor] | None = None
+_PUBLISHING: list[Future] = []
+
+
+def _publisher() -> ThreadPoolExecutor:
+    """This process's publishing thread (made per process: a forked child must not inherit one)."""
+    global _PUBLISHER
+    if _PUBLISHER is None or _PUBLISHER[0] != os.getpid():
+        _PUBLISHER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish"))
+        _PUBLISHING.clear()
+    return _PUBLISHER[1]
+
+
+def wait_published() -> None:
+    """Waits for this process's shards still being published; re-raises the first failure
+    (every pending shard is waited for first)."""
+    errors = []
+    while _PUBLISHING:
+        try:
+            _PUBLISHING.pop(0).result()
+        except BaseException as e:  # noqa: BLE001 - the first is re-raised below
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_item) -> None:

@@ -10,7 +10,8 @@ from typing import Any, Callable
 from core.errors import StageError
 from core.hashing import FileHashCache
 from pipeline.corpus import load_corpus
-from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary
+from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary, \
+    wait_published
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params, \
     stage_identity
 from core.devices import visible_gpus
@@ -150,18 +151,26 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
     n = len(use_gpus) if use_gpus else (workers or default_workers(len(pending)))
     results: list[ShardResult] = []
     args = (workdir, stage.name, plan.config, plan.identity)
+    # Each process publishes a shard (fsync, rename) in the background while it computes the
+    # next one; every shard is published (or its failure raised) before this returns.
     if scheduler or (n > 1 and len(pending) > 1):
         from distributed import as_completed
         with dask_client(n, use_gpus or None, scheduler) as client:
             futures = [client.submit(run_shard, *args, sp, key=f"{stage.name}-{sp.index}-{sp.key[:8]}",
-                                     pure=False) for sp in pending]
+                                     pure=False, background=True) for sp in pending]
             size = {f.key: len(sp.utts) for f, sp in zip(futures, pending)}
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                advance(size[fut.key])
+            try:
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    advance(size[fut.key])
+            finally:
+                client.run(wait_published)
     else:
-        for sp in pending:
-            results.append(run_shard(*args, sp, on_item=advance))
+        try:
+            for sp in pending:
+                results.append(run_shard(*args, sp, on_item=advance, background=True))
+        finally:
+            wait_published()
     # Shards another process was writing: wait for its lock, then compute here if it died.
     for sp in pending:
         if not sp.path.exists():

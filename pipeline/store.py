@@ -99,6 +99,11 @@ class ShardWriter:
         self.items[utt_id] = meta
 
     def commit(self) -> Path:
+        self.close()
+        return self.publish()
+
+    def close(self) -> None:
+        """Marks the temp file complete and closes it (HDF5 work; the file is not yet visible)."""
         with self._failing("publish"):
             self._f.attrs["items"] = json.dumps(self.items)
             self._f.attrs["failed"] = json.dumps(self.failed)
@@ -106,6 +111,12 @@ class ShardWriter:
             self._f.attrs["complete"] = True
             self._f.flush()
             self._f.close()
+            self._f = None
+
+    def publish(self) -> Path:
+        """fsync, then rename over the shard's name: no HDF5 call, so it can run in another
+        thread while the next shard is being computed and written."""
+        with self._failing("publish"):
             with open(self.tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(self.tmp, self.path)

@@ -3,7 +3,7 @@
 Runs ``cli.py ARGS`` in this process after:
 - ``--journal FILE``: every shard writer appends ``begin``/``commit`` lines
   (``event shard pid time_ns``) to FILE (O_APPEND, one ``write`` per line, so several processes
-  can share it). ``commit`` is written after the rename, so a commit line means a published shard.
+  can share it). ``commit`` is written after the rename (ShardWriter.publish), so a commit line means a published shard.
 - ``--write-delay S``: each utterance write sleeps S seconds first (shards last long enough for a
   kill to land inside one; sleeping costs no CPU on a shared machine).
 - ``--shard-size STAGE=N``: a smaller shard size for STAGE (more shards from a small corpus).
@@ -46,10 +46,10 @@ def read_journal(path: str | Path) -> list[tuple[str, str, int, int]]:
 
 
 def install(setattr_: Callable, journal: str | Path | None, write_delay: float = 0.0) -> None:
-    """Wrap ShardWriter's constructor, write and commit (``setattr_`` = monkeypatch.setattr or
-    builtin setattr)."""
+    """Wrap ShardWriter's constructor, write and publish (the rename; ``commit`` calls it too;
+    ``setattr_`` = monkeypatch.setattr or builtin setattr)."""
     from pipeline.store import ShardWriter
-    init, write, commit = ShardWriter.__init__, ShardWriter.write, ShardWriter.commit
+    init, write, publish = ShardWriter.__init__, ShardWriter.write, ShardWriter.publish
 
     def init_(self, path, attrs):
         init(self, path, attrs)
@@ -61,15 +61,15 @@ def install(setattr_: Callable, journal: str | Path | None, write_delay: float =
             time.sleep(write_delay)
         return write(self, utt_id, outputs, meta)
 
-    def commit_(self):
-        out = commit(self)
+    def publish_(self):
+        out = publish(self)
         if journal:
             journal_line(journal, "commit", self.path.name)
         return out
 
     setattr_(ShardWriter, "__init__", init_)
     setattr_(ShardWriter, "write", write_)
-    setattr_(ShardWriter, "commit", commit_)
+    setattr_(ShardWriter, "publish", publish_)
 
 
 def set_shard_size(setattr_register: Callable, stage: str, size: int) -> None:

@@ -2,6 +2,8 @@
 says, rewritten audio, concurrent runs, a full disk while training. Each test failed before."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -148,13 +150,14 @@ def test_a_full_disk_while_checkpointing_is_a_clean_error(tmp_path, monkeypatch)
 
     monkeypatch.setattr(ck.torch, "save", full_after_first)
     folds = make_folds(corpus, "G0", val_fraction=0.25)
+    cfg = dataclasses.replace(CFG, checkpoint_every=5)  # a checkpoint in the background at step 5
     with pytest.raises(TrainingError, match="disk full; free disk space and re-run the same command"):
-        train_folds(LinearTask(corpus), folds, CFG, paths)
+        train_folds(LinearTask(corpus), folds, cfg, paths)
     left = sorted(p.name for p in paths.fold_dir("G0").iterdir())
     assert "checkpoint.pt" in left and not [n for n in left if ".tmp" in n]  # no temp file
     assert torch.load(paths.checkpoint("G0"), weights_only=True)["step"] == 5  # the good one
     monkeypatch.undo()
-    train_folds(LinearTask(corpus), folds, CFG, paths)  # resumes and finishes
+    train_folds(LinearTask(corpus), folds, cfg, paths)  # resumes and finishes
     assert torch.load(paths.checkpoint("G0"), weights_only=True)["done"]
 
 
