@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -50,13 +51,16 @@ class SpeechEncoderConfig:
     #: "auto": bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU;
     #: or "float32", "bfloat16", "float16" (autocast; CUDA only for the half types)
     dtype: str = "auto"
-    #: encoder frames per forward pass, padding included (50 frames = 1 s); bounds memory
-    frame_budget: int = 6000
+    #: encoder frames per forward pass, padding included (50 frames = 1 s); bounds memory.
+    #: 0 = sized from the GPU's free memory (3000 on the CPU)
+    frame_budget: int = 0
     #: Whisper only: run each window at its own length instead of padding to 30 s (faster on short
     #: clips; deep layers drift from the faithful output, see features/whisper_ct2.py)
     unpadded_whisper: bool = False
     #: per-utterance zero-mean unit-variance input: "auto" (as the model was trained), "true", "false"
     normalize: str = "auto"
+    #: fields that change speed and memory, not what is computed: not part of the stage identity
+    RUNTIME: ClassVar[tuple[str, ...]] = ("frame_budget",)
 
 
 class _HFBackend:
@@ -152,18 +156,22 @@ def model_files(model: str) -> list[Path]:
                      f"checkpoint nor an installed Whisper short name ({', '.join(CT2_MODELS)})")
 
 
-def _hf_folder(path: Path, cfg: SpeechEncoderConfig):
+def _hf_folder(path: Path, cfg: SpeechEncoderConfig, device: torch.device):
     from transformers import AutoConfig, AutoModel
 
     from features.hf_load import from_pretrained
     mcfg = from_pretrained(AutoConfig, path, "wav2vec.model")
+    # straight into the compute dtype (float32 on the CPU, bf16/fp16 under CUDA autocast) and,
+    # where accelerate is installed, straight onto the device: no float32 copy on the host
+    load = {"dtype": compute_dtype(device, cfg.dtype)}
+    if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
+        load["device_map"] = str(device)
     if mcfg.model_type == "whisper":
         from transformers import WhisperModel
 
-        model = from_pretrained(WhisperModel, path, "wav2vec.model", dtype=torch.float32)
+        model = from_pretrained(WhisperModel, path, "wav2vec.model", **load)
         return _WhisperBackend(model.get_encoder(), cfg.unpadded_whisper)
-    # float32 master weights whatever the folder stores (fp16 checkpoints): autocast does the rest
-    model = from_pretrained(AutoModel, path, "wav2vec.model", dtype=torch.float32)
+    model = from_pretrained(AutoModel, path, "wav2vec.model", **load)
     pre = path / "preprocessor_config.json"
     if pre.is_file():
         trained_normalized = bool(json.loads(pre.read_text()).get("do_normalize", True))
@@ -178,8 +186,9 @@ def _normalize(cfg: SpeechEncoderConfig, trained: bool) -> bool:
     return trained if cfg.normalize == "auto" else cfg.normalize == "true"
 
 
-def load_backend(cfg: SpeechEncoderConfig):
-    """The backend for ``cfg.model`` (folder, ``.pt`` or installed short name), on CPU."""
+def load_backend(cfg: SpeechEncoderConfig, device: torch.device | str = "cpu"):
+    """The backend for ``cfg.model`` (folder, ``.pt`` or installed short name); a transformers
+    folder is loaded in the compute dtype onto ``device``, the others on the CPU (moved later)."""
     from features.whisper_ct2 import CT2_MODELS, load_ct2_whisper
 
     model_files(cfg.model)  # raises a clear StageError for an unusable ``model``
@@ -188,7 +197,7 @@ def load_backend(cfg: SpeechEncoderConfig):
         return _WhisperBackend(encoder, cfg.unpadded_whisper)
     path = Path(cfg.model).expanduser()
     if path.is_dir():
-        return _hf_folder(path, cfg)
+        return _hf_folder(path, cfg, torch.device(device))
     from features.fairseq_convert import load_fairseq_wav2vec2
 
     model, trained_normalized = load_fairseq_wav2vec2(path)
@@ -217,16 +226,42 @@ def plan_batches(lengths: Sequence[int], cost, budget: int, group_key=lambda n: 
     return batches
 
 
-def _autocast(device: torch.device, dtype: str):
+def compute_dtype(device: torch.device, dtype: str) -> torch.dtype:
+    """What the encoder computes in: float32 on the CPU or with ``dtype=float32``; else bf16
+    (``auto`` where the GPU supports it, fp16 where not) or the half type asked for."""
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise StageError(f"wav2vec.dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
     if device.type != "cuda" or dtype == "float32":
+        return torch.float32
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, dtype)
+
+
+def _autocast(device: torch.device, dtype: str):
+    half = compute_dtype(device, dtype)
+    if half == torch.float32:
         if dtype in ("bfloat16", "float16") and device.type != "cuda":
             log.warning("wav2vec.dtype=%s applies on CUDA only; running float32 on %s", dtype, device)
         return contextlib.nullcontext()
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    return torch.autocast("cuda", dtype=half)
+
+
+#: bytes of device memory per encoder frame and (layer x dim), a generous bound on what a
+#: forward pass keeps (every layer's states, the stacked fp16 copy, FFN and attention buffers)
+_BYTES_PER_FRAME_VALUE = 12
+#: the largest automatic budget (about 21 min of audio per forward pass)
+_MAX_AUTO_BUDGET = 64_000
+
+
+def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:
+    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (3000 on
+    the CPU, where larger batches do not pay)."""
+    if device.type != "cuda":
+        return 3000
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = int(free / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
+    return max(500, min(_MAX_AUTO_BUDGET, budget))
 
 
 def _finite_items(feats: torch.Tensor, lengths: Sequence[int]) -> list[bool]:
@@ -253,19 +288,25 @@ class SpeechEncoderExtractor(Extractor):
     """All hidden states of a speech encoder: ``{"feats": float16 (T, L, D)}`` per utterance."""
 
     name = "wav2vec"
-    VERSION = 1
+    #: 2: a transformers folder is loaded in the compute dtype on CUDA (bf16 weights, not float32
+    #: ones under autocast)
+    VERSION = 2
     Config = SpeechEncoderConfig
     layout = {"feats": {"dims": "T,L,D", "dtype": "float16", "frame_rate": FRAME_RATE}}
 
     def __init__(self, config: SpeechEncoderConfig | None = None, device: str = "cpu",
                  backend=None):
         super().__init__(config, device)
-        self.backend = backend if backend is not None else load_backend(self.config)
         self.torch_device = torch.device(device)
-        self.backend.model.to(self.torch_device)
         _autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
-        log.info("wav2vec: %s (%s), L=%d D=%d on %s", self.config.model, self.backend.kind,
-                 self.backend.num_layers, self.backend.dim, device)
+        self.backend = backend if backend is not None else load_backend(self.config, self.torch_device)
+        self.backend.model.to(self.torch_device)
+        self.frame_budget = self.config.frame_budget or auto_frame_budget(
+            self.torch_device, self.backend.num_layers, self.backend.dim)
+        # items per engine call: enough that a GPU's budget is filled by typical 2-8 s utterances
+        self.items_per_call = max(32, min(256, self.frame_budget // 250))
+        log.info("wav2vec: %s (%s), L=%d D=%d on %s, %d frames per forward pass", self.config.model,
+                 self.backend.kind, self.backend.num_layers, self.backend.dim, device, self.frame_budget)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, config: SpeechEncoderConfig | None = None,
@@ -310,7 +351,7 @@ class SpeechEncoderExtractor(Extractor):
                 results[i] = e
         idx = list(audios)
         lengths = [len(audios[i]) for i in idx]
-        for batch in plan_batches(lengths, self.backend.cost, self.config.frame_budget,
+        for batch in plan_batches(lengths, self.backend.cost, self.frame_budget,
                                   self.backend.group_key):
             members = [idx[j] for j in batch]
             try:

@@ -36,7 +36,8 @@ from pipeline.verify import discard_shard, orphan_shards
 
 log = logging.getLogger(__name__)
 
-#: Items handed to the extractor per call (it may batch further by length).
+#: Items handed to the extractor per call (it may batch further by length), unless the
+#: extractor says otherwise (``items_per_call``: a GPU encoder with a large frame budget).
 BATCH_ITEMS = 32
 
 
@@ -200,8 +201,9 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
     """Decode (thread) → extract (this thread) → write (thread), so that audio decoding and
     HDF5 writes overlap the encoder (on a GPU the encoder releases the GIL)."""
     utts = _by_length(sp.utts)
+    per_call = int(getattr(extractor, "items_per_call", BATCH_ITEMS))
     stop = object()
-    decoded: queue.Queue = queue.Queue(maxsize=2 * BATCH_ITEMS)
+    decoded: queue.Queue = queue.Queue(maxsize=2 * per_call)
     outputs: queue.Queue = queue.Queue(maxsize=2)  # (items, results) batches awaiting write
     write_error: list[BaseException] = []
 
@@ -234,7 +236,7 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
         while not done and not write_error:
             batch: list[ItemInput] = []
             failed: list[ItemError] = []
-            while len(batch) < BATCH_ITEMS:
+            while len(batch) < per_call:
                 x = decoded.get()
                 if x is stop:
                     done = True

@@ -48,9 +48,11 @@ def save_params(workdir: str | Path, params: dict[str, dict[str, Any]]) -> None:
 
 def stage_identity(stage: Stage, config: Any) -> dict[str, Any]:
     """What a stage's output depends on besides its inputs: name, and its extractor's VERSION,
-    config and weights checksum (no model is loaded to plan)."""
+    config (less its ``RUNTIME`` fields: batch sizes and the like) and weights checksum (no model
+    is loaded to plan)."""
+    runtime = getattr(config, "RUNTIME", ())  # speed/memory settings: the same output
     return {"stage": stage.name, "version": stage.extractor.VERSION,
-            "config": dataclasses.asdict(config),
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in runtime},
             "weights": stage.extractor.weights_checksum(config)}
 
 

@@ -136,6 +136,20 @@ def test_stage_registration_and_bad_model(folders):
         SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["hubert"][0]), dtype="int8"))
 
 
+def test_frame_budget_is_not_part_of_the_identity(folders):
+    """A batch-size setting changes speed and memory, not the features: it does not make the
+    cache stale. Its default (0) is sized per device: 3000 frames on the CPU."""
+    from pipeline.plan import stage_identity
+    from pipeline.stages import get_stage
+    stage = get_stage("wav2vec")
+    model = str(folders["hubert"][0])
+    base = stage_identity(stage, stage.make_config({"model": model}))
+    assert stage_identity(stage, stage.make_config({"model": model, "frame_budget": "500"})) == base
+    assert stage_identity(stage, stage.make_config({"model": model, "normalize": "false"})) != base
+    assert "frame_budget" not in base["config"]
+    assert SpeechEncoderExtractor(SpeechEncoderConfig(model=model)).frame_budget == 3000
+
+
 @pytest.mark.parametrize("arch", ["wav2vec2", "whisper"])
 def test_mixed_precision_path(folders, arch):
     """The CUDA autocast path, exercised with CPU bf16 autocast: fp16 out, close to fp32."""

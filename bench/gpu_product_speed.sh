@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue #19 on one GPU: extraction and SER training through the product's own commands against
+# their benches, and the SER step rate at larger batches (how bench/RESULTS.md's 2026-11-30 rows
+# were measured).   bash bench/gpu_product_speed.sh OUT_DIR
+set -u
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+OUT=${1:-/tmp/gpu-speed}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+run() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T))"; \
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep -v "it/s\]\|s/it\]\|Loading weights" | tail -${TAIL:-14}; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+run extract_speech 330 python3 bench/extract_speech.py --device cuda --gpus "${GPUS:-1}" \
+  --minutes "${MINUTES:-30}" --whisper-minutes 0 --official-minutes 2 --json "$OUT/extract_speech.json"
+run train_speed 240 python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" --crops 400000 \
+  --batch-size 512 --json "$OUT/train_speed.json"
+run ser_speed 150 python3 bench/ser_speed.py --device cuda --batches "${BATCHES:-256,512,1024,2048}" \
+  --steps 40 --warmup 10 --out "$OUT/ser_speed.json"

@@ -1,0 +1,146 @@
+"""SER training through the command line against the steps-only rate of ``bench/ser_speed.py``.
+
+Data: an IEMOCAP-shaped corpus (5 groups x 2 speakers, 4 classes, lengths as ser_speed's) of
+RANDOM features — 25 x 1024 fp16 encoder layers, mel, phone ids, speaker means — published into
+a work directory's cache by the product's own store (``ShardWriter`` + ``publish``, through
+``tests/fixtures/stores.write_ser_store``; only the extractors are skipped). NOT real speech.
+
+Measured in one run, on the same data:
+  steps   ``bench/ser_speed.time_batch``: the real step (``SERTask.train_batch`` / ``loss``,
+          Adam) on the fold resident on the device, steps only
+  cli     ``python cli.py train ser --config small --folds G1 --crops C --batch-size B``: the whole
+          command (imports, opening the cache, moving the fold to the device, validation passes,
+          checkpoints, test inference)
+  loop    the trainer's ``train_seconds`` of that fold (steps, validation passes, checkpoints)
+Prints crops/s of each, cli / steps and loop / steps (target >= 0.9 for the whole command).
+
+    python -m bench.train_speed --device cuda --hours 2 --crops 400000 --batch-size 512
+    python -m bench.train_speed --hours 0.02 --crops 64 --batch-size 8 --layers 3 --dim 16  # CPU smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.ser_speed import IEMOCAP_HOURS, IEMOCAP_UTTS, synthetic_fold, time_batch  # noqa: E402
+from pipeline.corpus import DEFAULT_CLASSES, Corpus, Utterance  # noqa: E402
+from tests.fixtures.stores import write_ser_store  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RandomSource:
+    """Per-utterance random features cut from one random block (fast for tens of GB)."""
+
+    def __init__(self, lengths: dict[str, int], n_layers: int, dim: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.lengths = lengths
+        longest = max(lengths.values())
+        self.block = rng.standard_normal((longest + 997, n_layers, dim), dtype=np.float32).astype(np.float16)
+        self.mel_block = rng.random((longest + 997, 80), dtype=np.float32)
+        self.offset = {u: i % 997 for i, u in enumerate(lengths)}
+        self.spk = {}
+
+    def encoder(self, u: str) -> np.ndarray:
+        return self.block[self.offset[u]:self.offset[u] + self.lengths[u]]
+
+    def mel(self, u: str) -> np.ndarray:
+        return self.mel_block[self.offset[u]:self.offset[u] + self.lengths[u]]
+
+    def phones(self, u: str) -> np.ndarray:
+        return (np.arange(self.lengths[u]) % 40).astype(np.int16)
+
+    def speaker_mean(self, spk: str) -> np.ndarray:
+        if spk not in self.spk:
+            v = np.random.default_rng(abs(hash(spk)) % 2**32).standard_normal(256)
+            self.spk[spk] = (v / np.linalg.norm(v)).astype(np.float32)
+        return self.spk[spk]
+
+
+def synthetic_workdir(work: Path, hours: float, n_layers: int, dim: int, seed: int = 0) -> dict:
+    """The corpus and the four SER stages in ``work``'s cache; returns its size."""
+    rng = np.random.default_rng(seed)
+    n = max(20, round(IEMOCAP_UTTS * hours / IEMOCAP_HOURS))
+    secs = np.clip(rng.lognormal(np.log(4.6) - 0.18, 0.6, n), 0.6, 34.0)
+    secs *= hours * 3600 / secs.sum()
+    frames = np.maximum(1, np.round(secs * 50)).astype(int)
+    utts, lengths = [], {}
+    for i in range(n):
+        g = i % 5
+        uid = f"Ses{g + 1}_{i:05d}"
+        utts.append(Utterance(id=uid, audio=f"/nonexistent/{uid}.wav", speaker=f"S{g}{i % 2}",
+                              label=DEFAULT_CLASSES[i % 4], group=f"G{g + 1}"))
+        lengths[uid] = int(frames[i])
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    write_ser_store(work, Corpus("iemocap-like-random", DEFAULT_CLASSES, tuple(utts)),
+                    RandomSource(lengths, n_layers, dim, seed))
+    return {"utterances": n, "hours": round(float(frames.sum()) / 50 / 3600, 2),
+            "feature_gb": round(float(frames.sum()) * n_layers * dim * 2 / 1e9, 2)}
+
+
+def run_cli(work: Path, crops: int, batch: int, device: str) -> tuple[float, dict]:
+    """``cli.py train ser`` on fold G1; wall seconds and the fold's metrics."""
+    cmd = [sys.executable, str(REPO / "cli.py"), "train", "ser", "--config", "small", "--folds", "G1",
+           "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run", "speed",
+           "-w", str(work)]
+    if device == "cpu":
+        cmd += ["--widths", "cpu"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    return wall, json.loads((work / "runs" / "ser" / "speed" / "fold-G1" / "metrics.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--hours", type=float, default=2.0, help="corpus size (IEMOCAP 4-class: ~7 h)")
+    ap.add_argument("--layers", type=int, default=25)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--crops", type=int, default=400_000, help="crops of the one timed fold")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/train_speed_bench"))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    t0 = time.perf_counter()
+    info = synthetic_workdir(args.dir / "work", args.hours, args.layers, args.dim)
+    info["write_s"] = round(time.perf_counter() - t0, 1)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"machine: {machine}; torch {torch.__version__}; corpus {info} (RANDOM features)")
+
+    wall, metrics = run_cli(args.dir / "work", args.crops, args.batch_size, args.device)
+    steps = metrics["steps"]
+    crops = steps * args.batch_size
+    data, _ = synthetic_fold(info["hours"], args.layers, args.dim, device, 0.8)
+    bench = time_batch(data, "small", args.layers, args.dim, args.batch_size, steps=min(200, steps),
+                       warmup=10, amp="bf16", device=device)
+    bench.pop("model")
+    out = {"machine": machine, "data": info, "batch": args.batch_size, "steps": steps,
+           "cli_wall_s": wall, "loop_s": metrics["train_seconds"],
+           "crops_per_s": {"steps_only": bench["crops_per_s"], "cli": crops / wall,
+                           "loop": crops / metrics["train_seconds"]}}
+    out["cli_over_steps"] = out["crops_per_s"]["cli"] / bench["crops_per_s"]
+    out["loop_over_steps"] = out["crops_per_s"]["loop"] / bench["crops_per_s"]
+    print(f"{steps} steps x batch {args.batch_size}: steps only {bench['crops_per_s']:.0f} crops/s; "
+          f"trainer loop {out['crops_per_s']['loop']:.0f} crops/s ({out['loop_over_steps']:.2f}); "
+          f"whole command {wall:.1f} s = {out['crops_per_s']['cli']:.0f} crops/s "
+          f"({out['cli_over_steps']:.2f}; target >= 0.9)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
