@@ -268,7 +268,7 @@ def main() -> None:
           f"architecture with RANDOM weights, device {device}, frame budget {ext.frame_budget} (auto), "
           f"{ext.items_per_call} items per call; model load {t_load:.1f} s")
     layers, dim = ext.backend.num_layers, ext.backend.dim
-    run_product(work, params, gpus, force=False)  # warm-up: every batch shape seen once
+    t_cold = run_product(work, params, gpus, force=False)  # first pass: every batch shape new
     t_prod = run_product(work, params, gpus)
     prev = {**params, "frame_budget": 6000}
     _, t_load_prev = load_model(prev, device)
@@ -286,12 +286,13 @@ def main() -> None:
     t_off = run_official(folder, device, sub, root / "official")
     gb = sum(num_frames(n) for *_, n in corpus) * layers * dim * 2 / 1e9
     x = {"decode": secs / t_decode, "encoder": secs / t_enc, "writes": secs / t_write,
-         "product": secs / t_prod, "previous_frame_budget_6000": secs / t_prev,
+         "product": secs / t_prod, "product_first_pass": secs / t_cold,
+         "previous_frame_budget_6000": secs / t_prev,
          "official": acc / t_off}
     summary = {"machine": machine(args.device), "arch": args.arch, "random_weights": True,
                "minutes": secs / 60, "utterances": len(corpus), "feature_gb": gb, "x_real_time": x,
                "frame_budget_auto": ext.frame_budget, "model_load_s": t_load,
-               "product_s": t_prod, "previous_s": t_prev,
+               "product_s": t_prod, "product_first_pass_s": t_cold, "previous_s": t_prev,
                "product_over_min_encoder_writes": x["product"] / min(x["encoder"], x["writes"]),
                "product_over_previous": t_prev / t_prod,
                "speedup_over_official": x["product"] / x["official"]}

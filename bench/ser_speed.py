@@ -122,6 +122,17 @@ def time_inference(model: SERModel, data: ResidentSet, n_utts: int, device: torc
     return {"utterances": n_utts, "seconds": dt, "audio_hours_per_s": hours / dt}
 
 
+def profile_steps(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: int, amp: str,
+                  device: torch.device) -> None:
+    """The kernels that take the time of a training step (torch.profiler, 10 steps after 5)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        time_batch(data, preset, n_layers, dim, batch, steps=10, warmup=5, amp=amp, device=device)
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=18,
+                                    max_name_column_width=60))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -137,6 +148,8 @@ def main() -> None:
     ap.add_argument("--infer-utts", type=int, default=1100, help="utterances in the timed inference pass")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=None, help="JSON summary (default: print only)")
+    ap.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of 10 steps "
+                                                            "at the first batch size")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -173,6 +186,8 @@ def main() -> None:
                  if "peak_gb" in r else ""))
         del model
         model = None
+    if args.profile:
+        profile_steps(data, args.config, n_layers, dim, int(args.batches.split(",")[0]), args.amp, device)
     ok = [r for r in rows if "error" not in r]
     base, best = ok[0], max(ok, key=lambda r: r["crops_per_s"])
 

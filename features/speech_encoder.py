@@ -250,8 +250,10 @@ def _autocast(device: torch.device, dtype: str):
 #: bytes of device memory per encoder frame and (layer x dim), a generous bound on what a
 #: forward pass keeps (every layer's states, the stacked fp16 copy, FFN and attention buffers)
 _BYTES_PER_FRAME_VALUE = 12
-#: the largest automatic budget (about 21 min of audio per forward pass)
-_MAX_AUTO_BUDGET = 64_000
+#: the largest automatic budget (5 min of audio per forward pass): on an H200 the encoder alone
+#: then runs ~2,000x real time, far above what a disk takes, and larger batches only cost
+#: page-locked host memory (bench/RESULTS.md, 2026-11-30)
+_MAX_AUTO_BUDGET = 16_000
 
 
 def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:
