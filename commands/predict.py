@@ -9,7 +9,10 @@ from commands.common import WORKDIR
 
 
 @click.command()
-@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("audio", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
+              help="Batch mode: a text file of audio paths, one per line (relative to the file's "
+                   "folder; blank lines and # comments skipped), after any AUDIO given.")
 @click.option("--text", "texts", multiple=True,
               help="Transcript of each AUDIO file, in order (repeat once per file).")
 @click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
@@ -25,12 +28,15 @@ from commands.common import WORKDIR
               show_default=True, help="Output: a table, JSON, or tab-separated values.")
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @WORKDIR
-def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, language, fmt, as_json,
-            workdir) -> None:
+def predict(audio, list_file, texts, transcripts, transcribe, ser_run, ter_run, fold, language, fmt,
+            as_json, workdir) -> None:
     """Emotion of AUDIO files with the trained checkpoints in the work directory; features are
     computed on the fly (no cache needed). Speech alone, or fused with text when a transcript
     is given or transcribed. One row per file, in the order given; exit status 1 if any failed."""
     from models.predict import predict as run
+    audio = list(audio) + (_listed(Path(list_file)) if list_file else [])
+    if not audio:
+        raise click.UsageError("give AUDIO files, or --list FILE")
     if texts and len(texts) != len(audio):
         raise click.BadParameter(f"{len(texts)} --text for {len(audio)} files", param_hint="--text")
     if transcribe and language != "en":
@@ -47,6 +53,20 @@ def predict(audio, texts, transcripts, transcribe, ser_run, ter_run, fold, langu
     preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe, language=language)
     _print_predictions(preds, "json" if as_json else fmt)
     _fail_if_any(preds)
+
+
+def _listed(path: Path) -> list[str]:
+    """The audio paths a --list file names; a missing one is an error naming its line."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        f = path.parent / name
+        if not f.is_file():
+            raise click.BadParameter(f"{path}:{n}: {name!r} is not a file", param_hint="--list")
+        out.append(str(f))
+    return out
 
 
 def _print_predictions(preds, fmt: str) -> None:

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
 
-import librosa
 import numpy as np
-from scipy import signal
 
 from features.base import Extractor, ItemInput, Output, run_each
 from features.frames import HOP, SAMPLE_RATE, WIN, num_frames, pad_for_frames
@@ -37,12 +35,15 @@ class MelExtractor(Extractor):
 
     @cached_property
     def _basis(self) -> np.ndarray:  # (n_fft // 2 + 1, n_mels)
+        import librosa  # imported here: every command discovers the stages, few compute mels
+
         c = self.config
         return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=WIN, n_mels=c.n_mels, fmin=c.fmin,
                                    fmax=c.fmax).T
 
     @cached_property
     def _highpass(self) -> tuple[np.ndarray, np.ndarray]:
+        from scipy import signal
         return signal.butter(5, self.config.highpass_hz / (SAMPLE_RATE / 2), btype="high")
 
     def attrs(self) -> dict:
@@ -50,6 +51,8 @@ class MelExtractor(Extractor):
 
     def mel(self, audio: np.ndarray) -> np.ndarray:
         """(n,) float32 audio → (num_frames(n), n_mels) normalised log-mel in [0, 1]."""
+        from scipy import signal
+
         c = self.config
         b, a = self._highpass
         y = signal.filtfilt(b, a, audio) if len(audio) > 3 * max(len(a), len(b)) else audio

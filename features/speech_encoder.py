@@ -39,7 +39,7 @@ import torch
 from core.errors import ItemError, StageError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output
-from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
+from features.frames import FRAME_RATE, HOP, LEFT_PAD, WIN, num_frames, pad_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,6 @@ class _HFBackend:
 
     def run(self, audios: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
         """(B, T_max, L, D) float16 on ``device`` and each utterance's num_frames(n)."""
-        if self.normalize:
-            audios = [(a - a.mean()) / np.sqrt(a.var() + 1e-7) for a in audios]
         padded = [pad_for_frames(np.asarray(a, dtype=np.float32)) for a in audios]
         longest = max(len(p) for p in padded)
         x = torch.zeros(len(padded), longest)  # (B, S)
@@ -102,8 +100,11 @@ class _HFBackend:
         for i, p in enumerate(padded):
             x[i, :len(p)] = torch.from_numpy(p)
             mask[i, :len(p)] = 1
+        x = x.to(device)
+        if self.normalize:  # on the device: a CPU pass here would hold the GIL the writes need
+            x = _normalized(x, [len(a) for a in audios])
         use_mask = not self.padding_sensitive and len({len(p) for p in padded}) > 1
-        out = self.model(x.to(device), attention_mask=mask.to(device) if use_mask else None,
+        out = self.model(x, attention_mask=mask.to(device) if use_mask else None,
                          output_hidden_states=True)
         states = list(out.hidden_states)  # L x (B, T', D)
         states[-1] = out.last_hidden_state  # after the final layer norm (module docstring)
@@ -112,6 +113,17 @@ class _HFBackend:
         with torch.autocast(device.type, enabled=False):
             feats = torch.stack([h[:, :max(lengths)].to(torch.float16) for h in states], dim=2)
         return feats, lengths
+
+
+def _normalized(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """Each row of frame-padded audio (B, S) at zero mean and unit variance over its real
+    samples, zeros elsewhere: what normalising each utterance before padding it gives."""
+    idx = torch.arange(x.shape[1], device=x.device)[None]
+    n = torch.tensor(lengths, device=x.device, dtype=x.dtype)[:, None]
+    real = ((idx >= LEFT_PAD) & (idx < LEFT_PAD + n)).to(x.dtype)
+    mean = (x * real).sum(1, keepdim=True) / n
+    var = (((x - mean) * real) ** 2).sum(1, keepdim=True) / n
+    return (x - mean) / torch.sqrt(var + 1e-7) * real
 
 
 class _WhisperBackend:

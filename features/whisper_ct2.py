@@ -130,11 +130,67 @@ def encoder_from_ct2(variables: dict[str, np.ndarray]):
 
 
 def load_ct2_whisper(name: str):
-    """(HF ``WhisperEncoder``, sha256 of model.bin) for an installed short name."""
-    model = read_ct2(ct2_files(name))
+    """(HF ``WhisperEncoder``, sha256 of model.bin) for an installed short name.
+
+    Converting the package's model.bin takes seconds (bf16 unpacking, fused q/k/v split), so the
+    converted encoder is kept in the user cache (:func:`core.paths.user_cache_dir`) under a key
+    of the package files' paths, sizes and modification times: a re-installed or changed package
+    is converted again; an unreadable cache entry is converted again and replaced."""
+    files = ct2_files(name)
+    cached = _converted_path(name, files)
+    if cached.is_file():
+        try:
+            return _load_converted(cached)
+        except Exception as e:  # noqa: BLE001 - a damaged cache entry is a miss
+            log.warning("converted %s in %s is unreadable (%s); converting again", name, cached, e)
+    model = read_ct2(files)
     if model.spec != "WhisperSpec":
         raise StageError(f"{name}: model.bin holds a {model.spec}, not a Whisper model")
-    return encoder_from_ct2(model.variables), model.checksum
+    encoder = encoder_from_ct2(model.variables)
+    _save_converted(cached, encoder, model.checksum)
+    return encoder, model.checksum
+
+
+def _converted_path(name: str, files: list[Path]) -> Path:
+    import hashlib
+
+    from core.paths import user_cache_dir
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return user_cache_dir() / "whisper-ct2" / f"{name}-{h.hexdigest()[:20]}.safetensors"
+
+
+def _save_converted(path: Path, encoder, checksum: str) -> None:
+    """The encoder's weights and config as one safetensors file, written atomically; a cache
+    that cannot be written (read-only home, full disk) only costs the next call a conversion."""
+    import os
+
+    from safetensors.torch import save_file
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp),
+                  metadata={"config": encoder.config.to_json_string(), "checksum": checksum})
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot cache the converted Whisper encoder in %s (%s)", path.parent, e)
+
+
+def _load_converted(path: Path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    encoder = WhisperEncoder(WhisperConfig.from_dict(json.loads(meta["config"])))
+    encoder.load_state_dict(load_file(str(path)), strict=True)
+    return encoder.eval().requires_grad_(False), meta["checksum"]
 
 
 def export_hf_folder(name: str, out: str | Path, half: bool = True) -> Path:

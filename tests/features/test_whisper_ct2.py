@@ -169,3 +169,26 @@ def test_exported_transformers_folder_gives_the_same_features(tmp_path):
     assert a.shape == b.shape == (num_frames(len(audio)), 5, 384)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)  # (T, L)
     assert cos.min() > 0.999
+
+
+def test_the_converted_encoder_is_cached_keyed_by_the_package_files(tmp_path, monkeypatch, caplog):
+    """The second load reads the cached conversion (same weights and checksum, no model.bin
+    parsing); a damaged cache entry is converted again; a changed package file is a new key."""
+    import features.whisper_ct2 as w
+    monkeypatch.setenv("MMER_CACHE_DIR", str(tmp_path))
+    first, sha = load_ct2_whisper("whisper-tiny.en")
+    (entry,) = (tmp_path / "whisper-ct2").glob("whisper-tiny.en-*.safetensors")
+    monkeypatch.setattr(w, "read_ct2", lambda *a: pytest.fail("converted again"))
+    again, sha2 = load_ct2_whisper("whisper-tiny.en")
+    assert sha2 == sha
+    for k, v in first.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    monkeypatch.undo()
+    monkeypatch.setenv("MMER_CACHE_DIR", str(tmp_path))
+    entry.write_bytes(b"not a safetensors file")
+    assert load_ct2_whisper("whisper-tiny.en")[1] == sha
+    assert "unreadable" in caplog.text
+    assert w._converted_path("whisper-tiny.en", ct2_files("whisper-tiny.en")) == entry
+    other = tmp_path / "model.bin"
+    other.write_bytes(b"x")
+    assert w._converted_path("whisper-tiny.en", [other]) != entry

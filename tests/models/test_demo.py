@@ -189,6 +189,27 @@ def test_predict_formats_paths_and_language(demo_dir, monkeypatch):
     assert bad.exit_code == 2 and "only transcribes English" in " ".join(bad.output.split())
 
 
+def test_predict_list_file_is_batch_mode(demo_dir, tmp_path):
+    """--list: paths relative to the list's folder, comments and blank lines skipped, rows in
+    order after any AUDIO given; a listed file that does not exist is named with its line."""
+    from click.testing import CliRunner
+    from cli import cli
+    work, _ = demo_dir
+    utts = load_corpus(work).utterances[:3]
+    listing = Path(utts[1].audio).parent / "batch.txt"
+    listing.write_text(f"# a batch\n{Path(utts[1].audio).name}\n\n{utts[2].audio}\n")
+    out = CliRunner().invoke(cli, ["predict", utts[0].audio, "--list", str(listing), "--format", "tsv",
+                                   "-w", str(work)])
+    assert out.exit_code == 0, out.output
+    rows = [r.split("\t")[0] for r in out.stdout.strip().splitlines()[1:]]
+    assert [Path(r).name for r in rows] == [Path(u.audio).name for u in utts]
+    listing.write_text("nosuch.wav\n")
+    bad = CliRunner().invoke(cli, ["predict", "--list", str(listing), "-w", str(work)])
+    assert bad.exit_code == 2 and "batch.txt:1: 'nosuch.wav' is not a file" in " ".join(bad.output.split())
+    none = CliRunner().invoke(cli, ["predict", "-w", str(work)])
+    assert none.exit_code == 2 and "--list FILE" in none.output
+
+
 def test_demo_recipe_trains_a_reference_head_beside_the_paper_model(demo_dir):
     """`demo --recipe cpu` sets --ser-config head-linear: the head is trained on the same cache
     and folds, fused and reported next to `small`, and predict loads it."""
