@@ -139,8 +139,8 @@ def playable_bytes(u: Utterance) -> tuple[bytes, str]:
 
 
 def copy_audio(corpus: Corpus, ids: Sequence[str], folder: Path) -> tuple[dict[str, str], HtmlReport]:
-    """Copy the audio of ``ids`` into ``folder`` (files of earlier reports that are no longer
-    listed are removed); returns id -> path relative to the report folder, and the counts."""
+    """Copy the audio of ``ids`` into ``folder``; returns id -> path relative to the report
+    folder, and the counts."""
     by_id, rel, done = corpus.by_id(), {}, HtmlReport(folder.parent / HTML_NAME)
     problems = []
     for uid in ids:
@@ -161,11 +161,14 @@ def copy_audio(corpus: Corpus, ids: Sequence[str], folder: Path) -> tuple[dict[s
         done.audio_bytes += len(data)
     if problems:
         log.warning("report: %d utterance(s) listed without audio (e.g. %s)", len(problems), problems[0])
-    keep = {Path(r).name for r in rel.values()}
+    return rel, done
+
+
+def remove_unlisted(folder: Path, keep: set[str]) -> None:
+    """Remove the audio files of earlier reports that the page no longer lists."""
     for old in folder.glob("*") if folder.is_dir() else []:
         if old.is_file() and old.name not in keep and not old.name.startswith("."):
             old.unlink(missing_ok=True)
-    return rel, done
 
 
 def _asset(name: str) -> str:
@@ -188,8 +191,11 @@ def render_page(report_md: str, data: dict[str, Any], title: str) -> str:
 
 def write_html(out: Path, evals: Sequence[RunEval], corpus: Corpus, report_md: str,
                audio_mode: str = "errors") -> HtmlReport:
-    """Write ``out/index.html`` and ``out/audio/`` (see the module docstring)."""
-    rel, done = copy_audio(corpus, listed_ids(evals, audio_mode), Path(out) / AUDIO_DIR)
+    """Write ``out/index.html`` and ``out/audio/`` (see the module docstring); files of earlier
+    reports are removed only once the new page is in place."""
+    folder = Path(out) / AUDIO_DIR
+    rel, done = copy_audio(corpus, listed_ids(evals, audio_mode), folder)
     data = page_data(evals, corpus, rel)
     atomic_write_text(done.path, render_page(report_md, data, f"Emotion recognition report: {corpus.name}"))
+    remove_unlisted(folder, {Path(r).name for r in rel.values()})
     return done

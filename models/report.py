@@ -1,4 +1,5 @@
-"""``report``: one Markdown report over every run in a work directory, with plots.
+"""``report``: one Markdown report over every run in a work directory, with plots, and the same
+report as a self-contained web page with an error browser (:mod:`models.html_report`).
 
 Reads only what the trainers and ``fuse`` wrote (config, predictions, alpha.json, probe results)
 and the cache indexes; every number is recomputed from the saved test predictions of the folds
