@@ -40,13 +40,21 @@ def fuse(ser_run, ter_run, grid, as_json, workdir) -> None:
               help="Report folder (default: <workdir>/report).")
 @click.option("--compare", nargs=2, multiple=True, metavar="TASK/RUN TASK/RUN",
               help="Also test one run against another (paired), e.g. --compare ser/small ser/large.")
+@click.option("--html-audio", type=click.Choice(["errors", "all", "none"]), default="errors",
+              show_default=True,
+              help="Audio copied into the report folder for index.html's error browser: the "
+                   "utterances some run misclassified, every test utterance, or none.")
 @WORKDIR
-def report(out, compare, workdir) -> None:
+def report(out, compare, html_audio, workdir) -> None:
     """Write report.md: pooled UA/WA with 95 % bootstrap CIs, per-fold tables, per-class
     precision/recall/F1, chance and majority lines, paired tests of fusion against each modality
     (and of --compare pairs), each run's setup (commit, corpus, features, command), confusion
     matrices, layer weights and speaker-probe results. Runs trained on another corpus are set
-    apart. Written atomically: on failure the previous report stays intact."""
+    apart. Beside it, index.html: the same report as one self-contained page (opens from the
+    file system) with an error browser: click a confusion-matrix cell to list its utterances
+    with audio, transcript and speech/text/fused probabilities. Written atomically: on failure
+    the previous report stays intact."""
+    from models.html_report import HTML_NAME
     from models.report import write_report
     from core.errors import MMERError
     from commands.display import console
@@ -56,12 +64,13 @@ def report(out, compare, workdir) -> None:
     folder = Path(out) if out else Path(workdir) / "report"
     had_report = (folder / "report.md").exists()
     try:
-        path = write_report(workdir, out, list(compare))
+        path = write_report(workdir, out, list(compare), html_audio)
     except OSError as e:
         kept = (f"the previous report.md in {folder} is intact" if had_report
                 else f"no report.md was written in {folder}")
         raise MMERError(f"report not written ({e.strerror or e}); {kept}") from e
     console.print(f"report: {path}")
+    console.print(f"html: {path.parent / HTML_NAME}")
 
 
 @click.command()
@@ -89,6 +98,7 @@ def demo(quick, ser_config, workdir) -> None:
     console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["times"].items()) +
                   f"; total {time.perf_counter() - t:.0f} s")
     console.print(f"report: [bold]{out['report']}[/bold]")
+    console.print(f"html: [bold]{out['html']}[/bold] (error browser: open it in a browser)")
 
 
 @click.command()

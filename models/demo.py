@@ -2,7 +2,8 @@
 
 prepare demo → extract every stage (real Whisper-base, Resemblyzer and MiniLM weights; the
 embedded phone aligner) → train SER (small) and TER with leave-one-session-out folds → fuse →
-report. A second run finds every stage cached and every fold trained and finishes in seconds.
+report (report.md, and index.html with the error browser). A second run finds every stage
+cached and every fold trained and finishes in seconds.
 Step counts are far below the paper's (2 M crops per SER fold) and the SER network uses the
 narrow CPU widths (same architecture, ~20x fewer FLOPs; ``models.ser.CPU_WIDTHS``): the demo
 shows the pipeline working end to end on CPU, not the paper's accuracy.
@@ -44,6 +45,7 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
              progress: Callable | None = None, say: Callable[[str], None] = print) -> dict:
     """Run (or resume) the demo in ``workdir``; returns timings and the report path."""
     from models.fusion import FusionConfig, fuse
+    from models.html_report import HTML_NAME
     from models.report import write_report
     from models.run_folds import train_run
     from models.ter_train import TERRun
@@ -88,7 +90,7 @@ def run_demo(workdir: str | Path, config: DemoConfig = DemoConfig(),
     summary = {f"SER {ser_spec.run}": ser["mean"]["ua"], "TER cnn": ter["mean"]["ua"],
                "fusion (weights searched on validation)": fused.searched["mean"]["ua"],
                "fusion (paper's fixed weights)": fused.paper["mean"]["ua"]}
-    return {"times": times, "ua": summary, "report": str(path)}
+    return {"times": times, "ua": summary, "report": str(path), "html": str(path.parent / HTML_NAME)}
 
 
 def _ser_spec(config: DemoConfig):

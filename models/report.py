@@ -1,4 +1,5 @@
-"""``report``: one Markdown report over every run in a work directory, with plots.
+"""``report``: one Markdown report over every run in a work directory, with plots, and the same
+report as a self-contained web page with an error browser (:mod:`models.html_report`).
 
 Reads only what the trainers and ``fuse`` wrote (config, predictions, alpha.json, probe results)
 and the cache indexes; every number is recomputed from the saved test predictions of the folds
@@ -8,6 +9,7 @@ mixed in). Every file is written atomically: a failed report leaves the previous
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,15 @@ import numpy as np
 from core.atomic import atomic_write_text
 from core.errors import CacheError, TrainingError
 from models import figures
+from models.html_report import AUDIO_DIR, write_html
 from models.provenance import code_version, corpus_fingerprint
 from models.run_eval import RunEval, evaluate, paired, summary
 from models.runs import RunPaths, read_json
 from models.trained import TrainedRun, find_runs, load_run
 from pipeline.corpus import Corpus, load_corpus
 from pipeline.store import cache_root, read_pointer
+
+log = logging.getLogger(__name__)
 
 #: Paper-reported UA (%) on IEMOCAP 4-class, leave-one-session-out (Makiuchi et al., 2021).
 PAPER_UA = {"ser": 70.1, "ter": 66.1, "fusion": 73.0}
@@ -219,8 +224,10 @@ def load_runs(workdir: Path, corpus: Corpus) -> tuple[list[TrainedRun], list[tup
 
 
 def write_report(workdir: str | Path, out: str | Path | None = None,
-                 compare: list[tuple[str, str]] = ()) -> Path:
-    """Write ``report.md``, figures and ``metadata.json`` to ``out`` (default workdir/report)."""
+                 compare: list[tuple[str, str]] = (), html_audio: str = "errors") -> Path:
+    """Write ``report.md``, figures, ``metadata.json`` and the HTML page ``index.html`` with its
+    error browser (audio copied as ``html_audio`` says: errors | all | none) to ``out``
+    (default workdir/report). report.md is written last: it is whole or the previous one."""
     workdir = Path(workdir)
     out = Path(out) if out else workdir / "report"
     corpus_obj = load_corpus(workdir)
@@ -252,6 +259,9 @@ def write_report(workdir: str | Path, out: str | Path | None = None,
               for s, v in meta["stages"].items()]
     meta["runs"] = {ev.name: {k: sums[ev.name][k] for k in ("pooled", "mean", "ci", "per_class")}
                     for ev in evals}
+    page = write_html(out, evals, corpus_obj, "\n".join(lines) + "\n", html_audio)
+    log.info("%s: audio of %d utterance(s) in %s (%.1f MB; --html-audio %s)", page.path,
+             page.audio_files, page.path.parent / AUDIO_DIR, page.audio_bytes / 1e6, html_audio)
     atomic_write_text(out / "metadata.json", json.dumps(meta, indent=2, default=str))
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

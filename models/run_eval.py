@@ -20,6 +20,7 @@ class RunEval:
     y: np.ndarray  # (n,) true class indices
     pred: np.ndarray  # (n,) predicted class indices
     folds: list[str]  # (n,) fold of each row
+    probs: np.ndarray  # (n, C) class probabilities, in the run's class order
 
     @property
     def name(self) -> str:
@@ -29,8 +30,9 @@ class RunEval:
 def evaluate(run: TrainedRun) -> RunEval:
     index = {c: i for i, c in enumerate(run.classes)}
     rows = run.test_rows()
-    return RunEval(run, [r["id"] for r in rows], np.array([index[r["label"]] for r in rows]),
-                   np.array([int(np.argmax(r["probs"])) for r in rows]), [r["fold"] for r in rows])
+    probs = np.array([r["probs"] for r in rows], dtype=float).reshape(len(rows), len(run.classes))
+    return RunEval(run, [r["id"] for r in rows], np.array([index[r["label"]] for r in rows], dtype=int),
+                   probs.argmax(1), [r["fold"] for r in rows], probs)
 
 
 def summary(ev: RunEval) -> dict[str, Any]:

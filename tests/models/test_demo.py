@@ -42,6 +42,9 @@ def test_demo_end_to_end(demo_dir):
     assert "## ser / small" in report and "## ter / cnn" in report and "## fusion / small+cnn" in report
     assert (work / "report" / "confusion_fusion_small_cnn.png").stat().st_size > 1000
     assert (work / "report" / "alpha_ser_small.png").exists()
+    assert out["html"] == str(work / "report" / "index.html")  # the page with the error browser
+    assert 'id="mmer-data"' in Path(out["html"]).read_text()
+    assert any((work / "report" / "audio").glob("demo_*.wav"))  # the misclassified utterances' audio
     assert set(out["ua"]) == {"SER small", "TER cnn", "fusion (weights searched on validation)",
                               "fusion (paper's fixed weights)"}
     runs = {"SER small": ("ser", "small"), "TER cnn": ("ter", "cnn"),
