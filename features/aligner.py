@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from core.errors import MMERError
 from features import espeak
@@ -92,14 +91,14 @@ class EmbeddedAligner:
         if np.abs(audio).max(initial=0.0) <= 0.0:
             raise AlignmentError("the audio is digital silence")
         synth, words = self.synthesize(tr.words, tr.spans, tr.speech_text(), language)
-        y = resample_poly(synth.audio, SR, synth.sample_rate).astype(np.float32)
+        y = _resample(synth.audio, synth.sample_rate)
         if self.config.rate_adapt:  # speak the reference about as fast as the speaker does
             ratio = syllable_rate(audio) / syllable_rate(y)
             if np.isfinite(ratio) and abs(ratio - 1.0) > 0.1:
                 rate = int(np.clip(self.config.rate * ratio, 80, 400))
                 synth, words = self.synthesize(tr.words, tr.spans, tr.speech_text(), language,
                                                rate)
-                y = resample_poly(synth.audio, SR, synth.sample_rate).astype(np.float32)
+                y = _resample(synth.audio, synth.sample_rate)
         # espeak ends the utterance right after the last phoneme; real recordings have silence
         # around the speech: pad the reference so that silence has frames to match
         y = np.concatenate([np.zeros(int(PAD_S[0] * SR), np.float32), y,
@@ -262,3 +261,9 @@ def uniform_alignment(audio: np.ndarray, text: str | None, language: str | None 
         words.append(AlignedWord(word, SUCCESS, seg[0][1], seg[-1][2], seg, word.lower()))
         i += len(tags)
     return Alignment(words, tr.tokens_before, duration, backend="uniform")
+
+
+def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
+    from scipy.signal import resample_poly  # here: every command discovers the stages
+
+    return resample_poly(audio, SR, rate).astype(np.float32)

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.fft import dct, rfft
-from scipy.signal import butter, find_peaks, sosfiltfilt
 
 HOP_S = 0.010  # DTW grid: 10 ms
 
@@ -68,6 +66,8 @@ def mfcc(audio: np.ndarray, cfg: MfccConfig = MfccConfig()) -> np.ndarray:
     left = (win - hop) // 2  # centre frame k on [k*hop, (k+1)*hop)
     x = np.pad(x, (left, (k - 1) * hop + win - len(x) - left))
     frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop][:k]  # (K, win)
+    from scipy.fft import dct, rfft  # imported where used: every command discovers the stages
+
     spec = np.abs(rfft(frames * np.hamming(win), n=cfg.n_fft, axis=1)) ** 2  # (K, F)
     logmel = np.log(spec @ mel_filterbank(cfg).T + 1e-10)  # (K, n_mels)
     if cfg.floor_db:
@@ -148,6 +148,8 @@ def syllable_rate(audio: np.ndarray, sample_rate: int = 16_000) -> float:
     """Vowel nuclei per second of speech: peaks (>= 3 dB prominence, within 25 dB of the
     loudest) of the smoothed 300-2500 Hz band energy, over the span from the first to the last
     frame above that level. NaN when there is too little speech to tell."""
+    from scipy.signal import butter, find_peaks, sosfiltfilt
+
     y = sosfiltfilt(butter(2, [300, 2500], "bandpass", fs=sample_rate, output="sos"),
                     np.asarray(audio, np.float64))
     hop = int(HOP_S * sample_rate)
