@@ -6,11 +6,11 @@ weights' values. Audio: synthetic speech-like clips, log-normal lengths clipped 
 (median ~4 s, as IEMOCAP), 16-bit WAV files in a manifest prepared by ``prepare_manifest``.
 
 Measured in one run, on the same corpus:
-  product     ``pipeline.extract.extract`` (what ``cli.py extract -s wav2vec`` runs) in this
+  product     ``pipeline.extract.extract`` (what ``cli.py extract -s speech`` runs) in this
               process, ``--force`` after a warm-up pass; the model is loaded once beforehand by
               the engine's own ``build_cached`` (timed apart as "model load")
   previous    the same with ``frame_budget=6000`` (the 0.6 default; now sized from free memory)
-  cli         ``python cli.py extract -s wav2vec --force`` as a subprocess: imports, planning,
+  cli         ``python cli.py extract -s speech --force`` as a subprocess: imports, planning,
               model load and all; "fixed costs" = cli - product - model load
   encoder     the extractor's backend alone on the engine's batches (decoded audio in memory)
   writes      ``pipeline.store.ShardWriter`` writing arrays of the same shapes alone
@@ -59,7 +59,7 @@ ARCHS = {  # wav2vec2 configs; all keep the real CNN (400-sample field, 320 hop)
     "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
                  conv_dim=(64,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True),
 }
-SHARD = 200  # utterances per shard in the writes-alone ceiling (the wav2vec stage's size)
+SHARD = 200  # utterances per shard in the writes-alone ceiling (the speech stage's size)
 
 
 def machine(device: str) -> str:
@@ -110,7 +110,7 @@ def product_workdir(root: Path, corpus, arch: str, seed: int = 0) -> tuple[Path,
 
 def load_model(params: dict, device: str) -> tuple[SpeechEncoderExtractor, float]:
     """The engine's cached extractor for ``params`` (what ``extract`` then reuses), and its seconds."""
-    stage = get_stage("wav2vec")
+    stage = get_stage("speech")
     t0 = time.perf_counter()
     ext = build_cached(stage, stage.make_config(params), device)
     sync(device)
@@ -118,16 +118,16 @@ def load_model(params: dict, device: str) -> tuple[SpeechEncoderExtractor, float
 
 
 def run_product(work: Path, params: dict, gpus: list[int] | None, force: bool = True) -> float:
-    """``extract -s wav2vec`` in this process (the CLI's function); seconds."""
+    """``extract -s speech`` in this process (the CLI's function); seconds."""
     t0 = time.perf_counter()
-    extract(work, ["wav2vec"], {"wav2vec": {k: str(v) for k, v in params.items()}}, force=force,
+    extract(work, ["speech"], {"speech": {k: str(v) for k, v in params.items()}}, force=force,
             workers=1, gpus=gpus)
     return time.perf_counter() - t0
 
 
 def run_cli(work: Path, gpus: str | None) -> float:
-    """``python cli.py extract -s wav2vec --force`` as a user runs it; wall seconds."""
-    cmd = [sys.executable, str(REPO / "cli.py"), "extract", "-s", "wav2vec", "--force", "-w", str(work)]
+    """``python cli.py extract -s speech --force`` as a user runs it; wall seconds."""
+    cmd = [sys.executable, str(REPO / "cli.py"), "extract", "-s", "speech", "--force", "-w", str(work)]
     t0 = time.perf_counter()
     subprocess.run(cmd + (["--gpus", gpus] if gpus else []), check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)
@@ -176,7 +176,7 @@ def run_writes_alone(corpus, layers: int, dim: int, out_dir: Path) -> float:
     order = [i for g in engine_groups(corpus, 32) for i in g]
     t0 = time.perf_counter()
     for s in range(0, len(order), SHARD):
-        w = ShardWriter(out_dir / f"shard-{s // SHARD:05d}.h5", {"stage": "wav2vec"})
+        w = ShardWriter(out_dir / f"shard-{s // SHARD:05d}.h5", {"stage": "speech"})
         for i in order[s:s + SHARD]:
             w.write(corpus[i][0], {"feats": base[:num_frames(corpus[i][2])]}, None)
         w.commit()

@@ -17,7 +17,7 @@ run train_speed 240 python3 -m bench.train_speed --device cuda --hours "${HOURS:
 run ser_speed 150 python3 bench/ser_speed.py --device cuda --batches "${BATCHES:-256,512,1024,2048}" \
   --steps 40 --warmup 10 --out "$OUT/ser_speed.json"
 if [ -n "${PROFILE:-}" ]; then  # where the CLI's time goes (cProfile), and a SER step's kernels
-  timeout 120 python3 -m cProfile -o "$OUT/cli_extract.prof" cli.py extract -s wav2vec --force --gpus 0 \
+  timeout 120 python3 -m cProfile -o "$OUT/cli_extract.prof" cli.py extract -s speech --force --gpus 0 \
     -w /tmp/extract_speech_bench/work > /dev/null 2>&1
   python3 -c "import pstats; pstats.Stats('$OUT/cli_extract.prof').sort_stats('cumulative').print_stats(45)" \
     | grep -E '^ +[0-9]' | awk '$4 > 0.4' | head -45

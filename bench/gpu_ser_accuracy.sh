@@ -20,7 +20,7 @@ run() { python3 bench/ser_accuracy.py --data .carry/emo_flac --workdir "$W" --de
   --encoder "$PWD/.carry/whisper-base-hf" --widths paper --crops "$CROPS" --batch-size "$BATCH" \
   --lr "$LR" --evals 4 --probe-epochs 60 --threads 4 "$@"; }
 s=$(date +%s)
-run --extract wav2vec,mel --configs "" > "$OUT/extract.log" 2>&1; echo "extract: exit $? $(( $(date +%s) - s )) s"
+run --extract speech,mel --configs "" > "$OUT/extract.log" 2>&1; echo "extract: exit $? $(( $(date +%s) - s )) s"
 for cg in $CONFIGS; do  # one process per config, on the GPU named after the colon
   c=${cg%%:*}; CUDA_VISIBLE_DEVICES=${cg##*:} run --extract "" --configs "$c" --out "$OUT/$c.json" > "$OUT/$c.log" 2>&1 &
 done

@@ -41,7 +41,7 @@ def make(out: Path, tokenizer: Path | None, seed: int = 0) -> dict[str, Path]:
                      "special_tokens_map.json"):
             if (Path(tokenizer) / name).exists():
                 shutil.copy(Path(tokenizer) / name, bert / name)
-    return {"wav2vec": w2v, "text": bert}
+    return {"speech": w2v, "text": bert}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Data: ../shared/data/emodb4 (German acted speech, 339 clips of exactly 2.0 s, 10
 its README). Speakers are paired into 5 groups (03+08, 09+10, 11+12, 13+14, 15+16: one male and
 one female each) → 5 speaker-independent leave-one-group-out folds, validation split inside the
 training groups (models.folds). Everything goes through the real pipeline in one work directory:
-``prepare manifest`` → ``extract`` (wav2vec stage with real Whisper-base: 7 layers × 512; mel;
+``prepare manifest`` → ``extract`` (speech stage with real Whisper-base: 7 layers × 512; mel;
 phones; Resemblyzer speaker means) → ``train ser`` per config → ``probe speaker``.
 
 Reported, all in this run on the same folds:
@@ -69,7 +69,7 @@ def write_manifest(data: Path, out: Path) -> Path:
 
 
 def prepare_and_extract(workdir: Path, data: Path, encoder: str, unpadded: bool, device: str,
-                        stages: tuple[str, ...] = ("wav2vec", "mel", "phones", "speaker")) -> dict:
+                        stages: tuple[str, ...] = ("speech", "mel", "phones", "speaker")) -> dict:
     """Corpus + the SER stages in ``stages`` (the others must be in ``workdir`` already); seconds per stage."""
     from pipeline.extract import extract
     from pipeline.prepare import prepare_manifest
@@ -78,7 +78,7 @@ def prepare_and_extract(workdir: Path, data: Path, encoder: str, unpadded: bool,
         prepare_manifest(workdir, write_manifest(data, workdir / "emodb4_pairs.csv"))
     gpus = [0] if device.startswith("cuda") else None
     times = {}
-    params_of = {"wav2vec": {"model": encoder, "unpadded_whisper": unpadded}}
+    params_of = {"speech": {"model": encoder, "unpadded_whisper": unpadded}}
     for stage in stages:
         params = params_of.get(stage)
         t = time.perf_counter()
@@ -129,12 +129,12 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=EMODB)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ser_accuracy"))
-    ap.add_argument("--encoder", default="whisper-base", help="wav2vec stage model (installed short name or folder)")
+    ap.add_argument("--encoder", default="whisper-base", help="speech stage model (installed short name or folder)")
     ap.add_argument("--whisper", choices=["unpadded", "faithful"], default=None,
                     help="Whisper windows: faithful = padded to 30 s as trained (slow on CPU); unpadded = "
                          "clip length (~25× faster, deep layers drift: cosine ≈ 0.93 at the last layer). "
                          "Default: unpadded on CPU, faithful on CUDA")
-    ap.add_argument("--extract", default="wav2vec,mel,phones,speaker",
+    ap.add_argument("--extract", default="speech,mel,phones,speaker",
                     help="stages to extract here; the others must already be in --workdir (e.g. the "
                          "CPU stages extracted on another machine and copied over)")
     ap.add_argument("--configs", default="small,large,spec")
@@ -166,7 +166,7 @@ def train_presets(args: argparse.Namespace) -> tuple[dict, dict]:
                       train=TrainConfig(steps=steps, batch_size=args.batch_size, lr=lr, select=args.select,
                                         seed=args.seed, eval_every=max(1, steps // args.evals), progress=False),
                       split=SplitConfig(val_fraction=args.val_fraction),
-                      inputs=SERInputs(keys=StoreKeys(encoder_stage="wav2vec"),
+                      inputs=SERInputs(keys=StoreKeys(encoder_stage="speech"),
                                        window_weighting=args.window_weighting))
         t = time.perf_counter()
         s = train_run(args.workdir, spec, "all", args.device)

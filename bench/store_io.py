@@ -99,19 +99,19 @@ def time_writes(items, nbytes: int, root: Path, work: Path, a: argparse.Namespac
 
     # The store: per-utterance groups, attributes, temp file + fsync + rename.
     identity = "b" * 64
-    sdir = stage_dir(work, "wav2vec", identity)
+    sdir = stage_dir(work, "speech", identity)
     sdir.mkdir(parents=True)
     t0 = time.perf_counter()
     for s in range(0, len(items), a.shard_size):
         w = ShardWriter(sdir / f"shard-{s // a.shard_size:05d}-{'0' * 16}.h5",
-                        {"stage": "wav2vec", "identity": {"bench": True}})
+                        {"stage": "speech", "identity": {"bench": True}})
         for uid, x in items[s:s + a.shard_size]:
             w.write(uid, {"feats": x}, {"key": uid})
         w.commit()
     os.sync()
     store_s = time.perf_counter() - t0
     # The stage's index, as publish writes it: the identity and the shards it serves.
-    current_pointer(work, "wav2vec").write_text(json.dumps(
+    current_pointer(work, "speech").write_text(json.dumps(
         {"identity": identity, "shards": sorted(p.name for p in sdir.glob("shard-*.h5"))}))
     return {"raw_write_MBps": nbytes / raw_s / 1e6, "store_write_MBps": nbytes / store_s / 1e6,
             "write_ratio_store_over_raw": raw_s / store_s}
@@ -124,7 +124,7 @@ def time_crops(work: Path, crops: int) -> dict:
     # the SER trainer streams them (models.ser_data.StoreSource.encoder: one slice per crop).
     drop_caches(work)
     rng = np.random.default_rng(1)
-    with StageReader(work, "wav2vec") as r:
+    with StageReader(work, "speech") as r:
         ids = r.ids()
         t0 = time.perf_counter()
         for i in rng.integers(0, len(ids), crops):

@@ -4,7 +4,7 @@ A recipe has one table per command, keyed by the command's own option names::
 
     name = "cpu"
     [extract]
-    param = ["wav2vec.model=whisper-base", "wav2vec.unpadded_whisper=true"]
+    param = ["speech.model=whisper-base", "speech.unpadded_whisper=true"]
     [train.ser]
     config = "head-mlp"
     batch-size = 32

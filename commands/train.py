@@ -80,8 +80,9 @@ CHECKPOINT_MINUTES = click.option(
                    "for CPU runs.")
 @click.option("--model", "-m", "model_values", multiple=True, metavar="FIELD=VALUE",
               help="Free architecture values, e.g. -m dim_neck=16 -m freq=24 -m classifier_act=relu.")
-@click.option("--encoder-stage", default="wav2vec", show_default=True,
-              help="Cached speech-encoder stage whose layers are the input (not used by spec).")
+@click.option("--encoder-stage", default="speech", show_default=True,
+              help="Cached speech-encoder stage whose layers are the input (not used by spec; "
+                   "'wav2vec' is its former name).")
 @click.option("--window-weighting", type=click.Choice(["equal", "frames"]), default=None,
               help="Inference: equal = plain mean over the model's windows, the zero-padded last "
                    "one included (official; the default for the paper's network); frames = windows "
@@ -117,6 +118,7 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
     from models.ser_sources import StoreKeys
     from models.ser_train import SERInputs, SERRun, model_config, ser_schedule
     from pipeline.scheduler import parse_gpus
+    from pipeline.stages import canonical
     head = preset in HEADS
     widths_cpu = CPU_WIDTHS if widths == "cpu" and not head else {}
     model = model_config(preset, **{**widths_cpu, **_model_overrides(preset, model_values)})
@@ -131,7 +133,7 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
                                     seed=seed, eval_every=eval_every, select=select or base.select,
                                     class_balance=class_balance, checkpoint_minutes=checkpoint_minutes)
     spec = SERRun(run=run_name or preset, model=model, train=train_cfg, recipe=recipe_used(),
-                  inputs=SERInputs(keys=StoreKeys(encoder_stage=encoder_stage), amp=amp, resident=resident,
+                  inputs=SERInputs(keys=StoreKeys(encoder_stage=canonical(encoder_stage)), amp=amp, resident=resident,
                                    window_weighting=window_weighting or ("frames" if head else "equal")))
     schedule = f"{epochs:g} passes" if epochs else f"{n_steps} steps"
     console.print(f"SER {spec.run}: {schedule} × batch {batch_size} per fold, lr {rate:g}, select "

@@ -1,4 +1,4 @@
-"""The ``wav2vec`` stage: all hidden states of a speech encoder per 20 ms frame, fp16 (T, L, D).
+"""The ``speech`` stage (``wav2vec`` until 0.7): all hidden states of a speech encoder per 20 ms frame, fp16 (T, L, D).
 
 Backends (``SpeechEncoderConfig.model``):
 
@@ -164,7 +164,7 @@ def model_files(model: str) -> list[Path]:
         return files + [p for p in [path / "config.json"] if p.is_file()]
     if path.is_file() and path.suffix == ".pt":
         return [path]
-    raise StageError(f"wav2vec.model={model!r} is neither a transformers folder, a fairseq .pt "
+    raise StageError(f"speech.model={model!r} is neither a transformers folder, a fairseq .pt "
                      f"checkpoint nor an installed Whisper short name ({', '.join(CT2_MODELS)})")
 
 
@@ -172,7 +172,7 @@ def _hf_folder(path: Path, cfg: SpeechEncoderConfig, device: torch.device):
     from transformers import AutoConfig, AutoModel
 
     from features.hf_load import from_pretrained
-    mcfg = from_pretrained(AutoConfig, path, "wav2vec.model")
+    mcfg = from_pretrained(AutoConfig, path, "speech.model")
     # straight into the compute dtype (float32 on the CPU, bf16/fp16 under CUDA autocast) and,
     # where accelerate is installed, straight onto the device: no float32 copy on the host
     load = {"dtype": compute_dtype(device, cfg.dtype)}
@@ -181,9 +181,9 @@ def _hf_folder(path: Path, cfg: SpeechEncoderConfig, device: torch.device):
     if mcfg.model_type == "whisper":
         from transformers import WhisperModel
 
-        model = from_pretrained(WhisperModel, path, "wav2vec.model", **load)
+        model = from_pretrained(WhisperModel, path, "speech.model", **load)
         return _WhisperBackend(model.get_encoder(), cfg.unpadded_whisper)
-    model = from_pretrained(AutoModel, path, "wav2vec.model", **load)
+    model = from_pretrained(AutoModel, path, "speech.model", **load)
     pre = path / "preprocessor_config.json"
     if pre.is_file():
         trained_normalized = bool(json.loads(pre.read_text()).get("do_normalize", True))
@@ -194,7 +194,7 @@ def _hf_folder(path: Path, cfg: SpeechEncoderConfig, device: torch.device):
 
 def _normalize(cfg: SpeechEncoderConfig, trained: bool) -> bool:
     if cfg.normalize not in ("auto", "true", "false"):
-        raise StageError(f"wav2vec.normalize={cfg.normalize!r}: expected auto, true or false")
+        raise StageError(f"speech.normalize={cfg.normalize!r}: expected auto, true or false")
     return trained if cfg.normalize == "auto" else cfg.normalize == "true"
 
 
@@ -242,7 +242,7 @@ def compute_dtype(device: torch.device, dtype: str) -> torch.dtype:
     """What the encoder computes in: float32 on the CPU or with ``dtype=float32``; else bf16
     (``auto`` where the GPU supports it, fp16 where not) or the half type asked for."""
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise StageError(f"wav2vec.dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
+        raise StageError(f"speech.dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
     if device.type != "cuda" or dtype == "float32":
         return torch.float32
     if dtype == "auto":
@@ -254,7 +254,7 @@ def _autocast(device: torch.device, dtype: str):
     half = compute_dtype(device, dtype)
     if half == torch.float32:
         if dtype in ("bfloat16", "float16") and device.type != "cuda":
-            log.warning("wav2vec.dtype=%s applies on CUDA only; running float32 on %s", dtype, device)
+            log.warning("speech.dtype=%s applies on CUDA only; running float32 on %s", dtype, device)
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=half)
 
@@ -301,7 +301,7 @@ def check_audio(item: ItemInput) -> np.ndarray:
 class SpeechEncoderExtractor(Extractor):
     """All hidden states of a speech encoder: ``{"feats": float16 (T, L, D)}`` per utterance."""
 
-    name = "wav2vec"
+    name = "speech"
     #: 2: a transformers folder is loaded in the compute dtype on CUDA (bf16 weights, not float32
     #: ones under autocast)
     VERSION = 2
@@ -319,7 +319,7 @@ class SpeechEncoderExtractor(Extractor):
             self.torch_device, self.backend.num_layers, self.backend.dim)
         # items per engine call: enough that a GPU's budget is filled by typical 2-8 s utterances
         self.items_per_call = max(32, min(256, self.frame_budget // 250))
-        log.info("wav2vec: %s (%s), L=%d D=%d on %s, %d frames per forward pass", self.config.model,
+        log.info("speech: %s (%s), L=%d D=%d on %s, %d frames per forward pass", self.config.model,
                  self.backend.kind, self.backend.num_layers, self.backend.dim, device, self.frame_budget)
 
     @classmethod

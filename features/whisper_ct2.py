@@ -194,7 +194,7 @@ def _load_converted(path: Path):
 
 
 def export_hf_folder(name: str, out: str | Path, half: bool = True) -> Path:
-    """Write an installed CTranslate2 Whisper's encoder as a transformers folder (``wav2vec.model=``).
+    """Write an installed CTranslate2 Whisper's encoder as a transformers folder (``speech.model=``).
 
     Only the encoder's weights are stored (the decoder is never used here; transformers initialises
     it on load and says so), in fp16 by default: Whisper-base is then 41 MB instead of the package's

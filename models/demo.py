@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 #: Stage parameters of the demo: real weights that install from the package registry.
 DEMO_PARAMS = {
-    "wav2vec": {"model": "whisper-base", "unpadded_whisper": True},
+    "speech": {"model": "whisper-base", "unpadded_whisper": True},
     "text": {"model": "minilm-l6"},
     "phones": {"aligner": "embedded"},
 }

@@ -159,7 +159,7 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
     from models.ser_train import window_probs
     cfg, models, weighting = _ser_models(run, device)
     keys, its = list(items), list(items.values())
-    stages = (["wav2vec"] if cfg.input == "encoder" else []) + ["mel", "speaker"]
+    stages = (["speech"] if cfg.input == "encoder" else []) + ["mel", "speaker"]
     res = {s: _extractor(run, s, device)(its) for s in stages}
     good = []
     for j, k in enumerate(keys):
@@ -170,7 +170,7 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
             good.append(j)
     if not good:
         return {}
-    mel, spk, enc = res["mel"], res["speaker"], res.get("wav2vec")
+    mel, spk, enc = res["mel"], res["speaker"], res.get("speech")
     src = ArraySource(
         mel={its[j].utt_id: mel[j]["mel"] for j in good},
         phones={its[j].utt_id: np.zeros(len(mel[j]["mel"]), np.int64) for j in good},

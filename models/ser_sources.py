@@ -82,7 +82,7 @@ class ArraySource:
 class StoreKeys:
     """Which cached stages/datasets the SER model reads (DESIGN.md §2)."""
 
-    encoder_stage: str | None = "wav2vec"  # None: mel-input model
+    encoder_stage: str | None = "speech"  # None: mel-input model
     encoder_name: str = "feats"
     mel_stage: str = "mel"
     mel_name: str = "mel"

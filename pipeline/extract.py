@@ -43,10 +43,10 @@ def merged_params(workdir: str | Path, overrides: dict[str, dict[str, Any]] | No
     """
     params = load_params(workdir)
     for stage in reset or []:
-        get_stage(stage)  # an unknown name is an error, not a silent no-op
-        params.pop(stage, None)
-    for stage, kv in (overrides or {}).items():
-        st = get_stage(stage)
+        params.pop(get_stage(stage).name, None)  # an unknown name is an error, not a no-op
+    for given, kv in (overrides or {}).items():
+        st = get_stage(given)
+        stage = st.name
         # validate before anything is remembered: a bad value (a model that does not exist) must
         # not be saved, or every later extract and status would fail on it
         stage_identity(st, st.make_config({**params.get(stage, {}), **kv}))
@@ -112,7 +112,7 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
     ``rehash``: hash every audio file again instead of trusting (size, mtime).
     """
     workdir = str(Path(workdir).resolve())  # Dask workers have other working directories
-    names = stage_names() if stages == ["all"] else stages
+    names = stage_names() if stages == ["all"] else [get_stage(s).name for s in stages]
     params = merged_params(workdir, overrides, names if reset_params else None)
     planner = _Planner(workdir, params, rehash)
     corpus = planner.corpus
@@ -199,7 +199,7 @@ class StageStatus:
 def status(workdir: str | Path, names: list[str] | None = None) -> list[StageStatus]:
     """Per stage: shard states, failed items, bytes, current key and why stale."""
     params = load_params(workdir)
-    names = names or stage_names()
+    names = [get_stage(n).name for n in names] if names else stage_names()
     rows = []
     for plan in plans_for(workdir, names, params):
         rows.append(StageStatus(plan.stage.name, plan.identity_key[:16], plan.identity["config"],

@@ -17,7 +17,7 @@ from typing import Any
 from core.atomic import atomic_write_text
 from core.hashing import FileHashCache, digest
 from pipeline.corpus import Corpus, Utterance
-from pipeline.stages import Stage, get_stage
+from pipeline.stages import Stage, canonical, get_stage
 from pipeline.store import SHARD_GLOB, cache_root, read_shard_attrs, shard_index, shard_name, \
     stage_dir
 
@@ -36,6 +36,8 @@ def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
         params = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
             raise ValueError("expected {stage: {field: value}}")
+        for old in [k for k in params if canonical(k) != k]:  # a stage renamed since: same settings
+            params[canonical(old)] = {**params.pop(old), **params.get(canonical(old), {})}
     except (ValueError, OSError) as e:
         raise StageError(f"{p} is damaged ({e}); fix it, or delete it to go back to every stage's "
                          "default parameters (then see what changed)", then="status") from None

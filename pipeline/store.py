@@ -28,6 +28,7 @@ import numpy as np
 
 from core.errors import CacheError
 from features.base import NOTE_KEY
+from pipeline.stages import canonical
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def cache_root(workdir: str | Path) -> Path:
 
 
 def stage_dir(workdir: str | Path, stage: str, identity: str) -> Path:
-    return cache_root(workdir) / stage / identity[:16]
+    return cache_root(workdir) / canonical(stage) / identity[:16]
 
 
 def shard_name(index: int, key: str) -> str:
@@ -226,7 +227,7 @@ def extra_key_name(key: str) -> str:
 
 
 def current_pointer(workdir: str | Path, stage: str) -> Path:
-    return cache_root(workdir) / stage / "current.json"
+    return cache_root(workdir) / canonical(stage) / "current.json"
 
 
 def read_pointer(workdir: str | Path, stage: str, listing: bool = True) -> dict[str, Any]:
@@ -261,7 +262,7 @@ class StageReader:
     def __init__(self, workdir: str | Path, stage: str, identity: str | None = None,
                  max_open: int = 64, shards: list[str] | None = None):
         self.workdir = Path(workdir)
-        self.stage = stage
+        self.stage = stage = canonical(stage)
         meta: dict[str, Any] = {}
         if identity is None:
             meta = read_pointer(workdir, stage)

@@ -8,11 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from core.errors import StageError
+
+log = logging.getLogger(__name__)
+
+#: Former stage names, still accepted wherever a stage is named (a warning says the new name).
+ALIASES = {"wav2vec": "speech"}
+_WARNED: set[str] = set()
+
+
+def canonical(name: str) -> str:
+    """The stage's current name: ``wav2vec`` (until 0.7) is ``speech``, the all-layer features of
+    whichever speech encoder the stage is given (Whisper by default, wav2vec 2.0, HuBERT, …)."""
+    new = ALIASES.get(name)
+    if new is None:
+        return name
+    if name not in _WARNED:
+        _WARNED.add(name)
+        log.warning("the stage %r is now called %r (the old name still works, until 0.9)", name, new)
+    return new
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,7 @@ def _discover() -> None:
 
 def get_stage(name: str) -> Stage:
     _discover()
+    name = canonical(name)
     if name not in _REGISTRY:
         raise StageError(f"unknown stage {name!r}; available: {', '.join(stage_names())}")
     return _REGISTRY[name]

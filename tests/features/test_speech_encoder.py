@@ -1,4 +1,4 @@
-"""The ``wav2vec`` stage extractor on tiny random models of every supported architecture."""
+"""The ``speech`` stage extractor on tiny random models of every supported architecture."""
 from __future__ import annotations
 
 import numpy as np
@@ -123,7 +123,7 @@ def test_bad_audio_is_an_item_error_and_the_rest_goes_on(folders):
 
 def test_stage_registration_and_bad_model(folders):
     from pipeline.stages import get_stage
-    stage = get_stage("wav2vec")
+    stage = get_stage("speech")
     assert stage.needs_gpu and stage.config_cls is SpeechEncoderConfig
     cfg = stage.make_config({"model": str(folders["hubert"][0]), "frame_budget": "500"})
     assert cfg.frame_budget == 500
@@ -141,7 +141,7 @@ def test_frame_budget_is_not_part_of_the_identity(folders):
     cache stale. Its default (0) is sized per device: 3000 frames on the CPU."""
     from pipeline.plan import stage_identity
     from pipeline.stages import get_stage
-    stage = get_stage("wav2vec")
+    stage = get_stage("speech")
     model = str(folders["hubert"][0])
     base = stage_identity(stage, stage.make_config({"model": model}))
     assert stage_identity(stage, stage.make_config({"model": model, "frame_budget": "500"})) == base

@@ -156,7 +156,7 @@ def test_unknown_short_name():
 
 @needs_tiny
 def test_exported_transformers_folder_gives_the_same_features(tmp_path):
-    # real tiny.en weights: CT2 package -> fp16 transformers folder -> the wav2vec stage's loader
+    # real tiny.en weights: CT2 package -> fp16 transformers folder -> the speech stage's loader
     from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor
     from features.whisper_ct2 import export_hf_folder
     from features.base import ItemInput

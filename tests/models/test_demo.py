@@ -54,7 +54,7 @@ def test_demo_end_to_end(demo_dir):
         assert out["ua"][name] == pytest.approx(mean_test_ua(RunPaths(work, task, run))), name
     print(f"\n[demo] UA: {out['ua']}")
     params = json.loads((work / "stage_params.json").read_text())
-    assert params["wav2vec"]["model"] == "whisper-base"  # real weights, labelled in the report
+    assert params["speech"]["model"] == "whisper-base"  # real weights, labelled in the report
 
 
 def test_demo_second_run_reuses_everything(demo_dir, monkeypatch):
@@ -142,7 +142,7 @@ def test_demo_report_carries_its_claims(demo_dir):
     conf = json.loads((work / "runs" / "ser" / "small" / "config.json").read_text())
     prov = conf["provenance"]
     assert prov["corpus"] != "unknown" and "commit" in prov and prov["versions"]["torch"]
-    assert set(conf["stages"]) == {"wav2vec", "mel", "phones", "speaker"}
+    assert set(conf["stages"]) == {"speech", "mel", "phones", "speaker"}
 
 
 def test_predict_command_exits_1_when_an_input_failed(demo_dir):

@@ -170,7 +170,7 @@ def test_cli_train_ser_and_probe_speaker_on_the_shard_store(tmp_path):
     assert store.length(u.id) == src.length(u.id) and store.encoder_shape(u.id) == (3, 16)
     np.testing.assert_array_equal(store.encoder(u.id, slice(5, 9)), src.encoder(u.id)[5:9])
     np.testing.assert_array_equal(store.speaker_mean(u.speaker), src.speaker_mean(u.speaker))
-    assert store.stage_identities()["wav2vec"] == "wav2vec-test-identity"
+    assert store.stage_identities()["speech"] == "speech-test-identity"
 
     run = CliRunner().invoke(cli, ["train", "ser", "--config", "small", "--steps", "2", "--batch-size", "2",
                                    "--widths", "cpu", "--device", "cpu", "--resident", "no", "-w", str(tmp_path)])
@@ -214,8 +214,8 @@ def test_cli_end_to_end_on_the_demo_corpus(tmp_path):
 
     w = str(tmp_path)
     steps = [["prepare", "demo", "--per-cell", "2", "-w", w],
-             ["extract", "-s", "wav2vec", "-s", "mel", "-s", "phones", "-s", "speaker", "--workers", "1",
-              "-p", "wav2vec.model=whisper-base", "-p", "wav2vec.unpadded_whisper=true", "-w", w],
+             ["extract", "-s", "speech", "-s", "mel", "-s", "phones", "-s", "speaker", "--workers", "1",
+              "-p", "speech.model=whisper-base", "-p", "speech.unpadded_whisper=true", "-w", w],
              ["train", "ser", "--config", "small", "--steps", "2", "--batch-size", "4", "--widths", "cpu",
               "--device", "cpu", "-w", w],
              ["train", "ser", "--config", "spec", "--steps", "2", "--batch-size", "4", "--widths", "cpu",

@@ -17,7 +17,7 @@ def work(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["extract", "-s", "wav2vec", "-p", "wav2vec.model=nosuch"], "wav2vec.model='nosuch' is neither"),
+    (["extract", "-s", "speech", "-p", "speech.model=nosuch"], "speech.model='nosuch' is neither"),
     (["verify", "-s", "melx"], "unknown stage 'melx'"),
     (["extract", "-s", "mel", "--gpus", "a,b"], "--gpus 'a,b': expected GPU indices"),
     (["train", "ser", "-m", "dim_neck=abc"], "dim_neck='abc': expected int"),
@@ -70,7 +70,7 @@ def test_asking_for_a_gpu_on_a_cpu_machine(work, args, message):
 
 
 def test_a_bad_stage_parameter_is_not_remembered(work):
-    CliRunner().invoke(cli, ["extract", "-s", "wav2vec", "-p", "wav2vec.model=nosuch", "-w", work])
+    CliRunner().invoke(cli, ["extract", "-s", "speech", "-p", "speech.model=nosuch", "-w", work])
     assert not (Path(work) / "stage_params.json").exists()
     out = CliRunner().invoke(cli, ["status", "-s", "mel", "-w", work])  # status still works
     assert out.exit_code == 0, out.output

@@ -1,9 +1,9 @@
-"""Stage ``wav2vec``: all hidden states of a speech encoder per 20 ms frame (features/speech_encoder.py)."""
+"""Stage ``speech`` (``wav2vec`` until 0.7): all hidden states of a speech encoder per 20 ms frame (features/speech_encoder.py)."""
 from features.speech_encoder import SpeechEncoderExtractor
 from pipeline.stages import Stage, register
 
 register(Stage(
-    name="wav2vec",
+    name="speech",
     extractor=SpeechEncoderExtractor,
     needs_audio=True,
     needs_gpu=True,
