@@ -128,13 +128,13 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
 
 def _needs_work(stage_name: str, sp: ShardPlan) -> bool:
     """False when the shard is already there under its key (another process made it); a file
-    at its name that is not what the plan expects is removed."""
-    if sp.path.exists():
-        if not sp.force:
-            if (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
-                return False
-            # unreadable, or not what its name says (renamed, copied): replace it
-            log.warning("%s: %s is not the shard this plan expects; recomputing it", stage_name, sp.path)
+    at its name that is not what the plan expects is removed. Under ``--force`` a good shard
+    stays readable until the new one is renamed over it (a kill loses nothing)."""
+    if sp.path.exists() and not sp.force:
+        if (read_shard_attrs(sp.path) or {}).get("key") == sp.key:
+            return False
+        # unreadable, or not what its name says (renamed, copied): replace it
+        log.warning("%s: %s is not the shard this plan expects; recomputing it", stage_name, sp.path)
         discard_shard(sp.path)
     return True
 

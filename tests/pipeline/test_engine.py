@@ -270,3 +270,27 @@ def test_cli_status_and_bad_param(tmp_path):
     p = _cli(work, "status", "--stage", "mel")
     out = p.communicate(timeout=120)[0].decode()
     assert p.returncode == 0 and "missing" in out
+
+
+def test_force_keeps_good_shards_readable_until_replaced(work, monkeypatch):
+    """--force interrupted in its second shard: the first is already replaced, the others are the
+    earlier good shards (renamed over, never deleted up front): everything stays readable."""
+    extract(work, ["toy"], workers=1)
+    before = snapshot(work, "toy")
+    calls = {"n": 0}
+    real = Toy.__call__
+
+    def dies_in_the_second_shard(self, items):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, items)
+
+    monkeypatch.setattr(Toy, "__call__", dies_in_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract(work, ["toy"], workers=1, force=True)
+    after = snapshot(work, "toy")
+    assert set(after) == set(before)  # same shard names, none missing
+    assert sum(after[n] != before[n] for n in after) == 1  # exactly the first was rewritten
+    with StageReader(work, "toy") as r:
+        assert len(r.ids()) == 8 and all(r.get(u, "energy").size for u in r.ids())
