@@ -127,10 +127,10 @@ def run_product(work: Path, params: dict, gpus: list[int] | None, force: bool = 
 
 def run_cli(work: Path, gpus: str | None) -> float:
     """``python cli.py extract -s speech --force`` as a user runs it; wall seconds."""
-    cmd = [sys.executable, str(REPO / "cli.py"), "extract", "-s", "speech", "--force", "-w", str(work)]
+    extra = ["--gpus", gpus] if gpus else []
     t0 = time.perf_counter()
-    subprocess.run(cmd + (["--gpus", gpus] if gpus else []), check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(REPO / "cli.py"), "extract", "-s", "speech", "--force", "-w",
+                    str(work), *extra], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 

@@ -10,12 +10,14 @@ export PYTHONUNBUFFERED=1
 run() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T))"; \
   timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep -v "it/s\]\|s/it\]\|Loading weights" | tail -${TAIL:-14}; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-run extract_speech 330 python3 bench/extract_speech.py --device cuda --gpus "${GPUS:-1}" \
+run extract_speech "${EXTRACT_LIMIT:-330}" python3 bench/extract_speech.py --device cuda --gpus "${GPUS:-1}" \
   --minutes "${MINUTES:-30}" --whisper-minutes 0 --official-minutes 2 --json "$OUT/extract_speech.json"
+if [ -z "${SKIP_TRAIN:-}" ]; then
 run train_speed 240 python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" --crops 400000 \
   --batch-size 512 --json "$OUT/train_speed.json"
 run ser_speed 150 python3 bench/ser_speed.py --device cuda --batches "${BATCHES:-256,512,1024,2048}" \
   --steps 40 --warmup 10 --out "$OUT/ser_speed.json"
+fi
 if [ -n "${PROFILE:-}" ]; then  # where the CLI's time goes (cProfile), and a SER step's kernels
   timeout 120 python3 -m cProfile -o "$OUT/cli_extract.prof" cli.py extract -s speech --force --gpus 0 \
     -w /tmp/extract_speech_bench/work > /dev/null 2>&1
@@ -23,4 +25,12 @@ if [ -n "${PROFILE:-}" ]; then  # where the CLI's time goes (cProfile), and a SE
     | grep -E '^ +[0-9]' | awk '$4 > 0.4' | head -45
   TAIL=30 run ser_profile 150 python3 bench/ser_speed.py --device cuda --hours 2 --batches 512 --steps 5 \
     --warmup 2 --profile
+fi
+if [ -n "${CONCURRENT:-}" ]; then  # two folds on one GPU at once: two processes, each its own resident fold
+  for i in 1 2; do
+    timeout 200 python3 bench/ser_speed.py --device cuda --batches 512 --steps 300 --warmup 10 \
+      --out "$OUT/ser_speed_pair$i.json" > "$OUT/ser_speed_pair$i.log" 2>&1 &
+  done
+  wait
+  echo "=== two ser_speed processes at once on one GPU"; grep -h "batch   512" "$OUT"/ser_speed_pair*.log
 fi

@@ -89,13 +89,11 @@ def synthetic_workdir(work: Path, hours: float, n_layers: int, dim: int, seed: i
 
 def run_cli(work: Path, crops: int, batch: int, device: str) -> tuple[float, dict]:
     """``cli.py train ser`` on fold G1; wall seconds and the fold's metrics."""
-    cmd = [sys.executable, str(REPO / "cli.py"), "train", "ser", "--config", "small", "--folds", "G1",
-           "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run", "speed",
-           "-w", str(work)]
-    if device == "cpu":
-        cmd += ["--widths", "cpu"]
+    widths = ["--widths", "cpu"] if device == "cpu" else []
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "ser", "--config", "small", "--folds",
+                    "G1", "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run",
+                    "speed", "-w", str(work), *widths], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     return wall, json.loads((work / "runs" / "ser" / "speed" / "fold-G1" / "metrics.json").read_text())
 

@@ -159,7 +159,9 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
     from models.ser_train import window_probs
     cfg, models, weighting = _ser_models(run, device)
     keys, its = list(items), list(items.values())
-    stages = (["speech"] if cfg.input == "encoder" else []) + ["mel", "speaker"]
+    from models.heads import HeadConfig
+    speaker = not isinstance(cfg, HeadConfig)  # the reference heads never read speaker means
+    stages = (["speech"] if cfg.input == "encoder" else []) + ["mel"] + (["speaker"] if speaker else [])
     res = {s: _extractor(run, s, device)(its) for s in stages}
     good = []
     for j, k in enumerate(keys):
@@ -170,11 +172,11 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
             good.append(j)
     if not good:
         return {}
-    mel, spk, enc = res["mel"], res["speaker"], res.get("speech")
+    mel, spk, enc = res["mel"], res.get("speaker"), res.get("speech")
     src = ArraySource(
         mel={its[j].utt_id: mel[j]["mel"] for j in good},
         phones={its[j].utt_id: np.zeros(len(mel[j]["mel"]), np.int64) for j in good},
-        speakers={its[j].speaker: spk[j]["embed"] for j in good},
+        speakers={its[j].speaker: spk[j]["embed"] if spk else np.zeros(256, np.float32) for j in good},
         encoder={its[j].utt_id: enc[j]["feats"] for j in good} if enc else None)
     gid = [its[j].utt_id for j in good]
     data = load_set(src, gid, {its[j].utt_id: its[j].speaker for j in good},
