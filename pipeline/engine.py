@@ -113,6 +113,8 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
     def finish() -> None:
         with lock:
             writer.publish()
+            if sp.force:
+                log.info("%s: replaced %s", stage_name, sp.path.name)
             # Older shards at this index (their utterances changed) are superseded.
             for old in sp.path.parent.glob(f"shard-{sp.index:05d}-*.h5"):
                 if old != sp.path:

@@ -131,7 +131,7 @@ def test_log_file_and_shell_completion(work, tmp_path):
     out = CliRunner().invoke(cli, ["--log-file", str(log), "extract", "-s", "mel", "--force", "--workers", "1",
                                    "-w", work])
     assert out.exit_code == 0, out.output
-    assert "INFO pipeline.verify: removing cache shard" in log.read_text()  # time, level, origin
+    assert "INFO pipeline.engine: mel: replaced shard-" in log.read_text()  # time, level, origin
     mmer = Path(sys.executable).parent / "mmer"
     if mmer.exists():  # click's completion for the installed command
         script = subprocess.run([str(mmer)], env=dict(os.environ, _MMER_COMPLETE="bash_source"),
