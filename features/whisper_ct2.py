@@ -188,8 +188,11 @@ def _load_converted(path: Path):
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    encoder = WhisperEncoder(WhisperConfig.from_dict(json.loads(meta["config"])))
-    encoder.load_state_dict(load_file(str(path)), strict=True)
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced
+        encoder = WhisperEncoder(WhisperConfig.from_dict(json.loads(meta["config"])))
+    encoder.load_state_dict(load_file(str(path)), strict=True, assign=True)
+    if any(t.is_meta for t in (*encoder.parameters(), *encoder.buffers())):
+        raise ValueError("the cached encoder does not hold every weight")
     return encoder.eval().requires_grad_(False), meta["checksum"]
 
 

@@ -47,7 +47,9 @@ def _extractor(run: TrainedRun, stage: str, device: str):
     from pipeline.engine import build_cached
     from pipeline.plan import stage_identity
     st = get_stage(stage)
-    rec = run.config.get("stages", {}).get(stage)
+    from pipeline.stages import canonical
+    recorded = {canonical(k): v for k, v in run.config.get("stages", {}).items()}  # older names
+    rec = recorded.get(st.name)
     if rec is None:
         raise StageError(f"{run.paths.task} run {run.paths.run!r} does not record the settings of its "
                          f"{stage!r} features (trained by an older version): train it again")
