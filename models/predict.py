@@ -48,7 +48,7 @@ def _extractor(run: TrainedRun, stage: str, device: str):
     from pipeline.plan import stage_identity
     st = get_stage(stage)
     from pipeline.stages import canonical
-    recorded = {canonical(k): v for k, v in run.config.get("stages", {}).items()}  # older names
+    recorded = {canonical(k, warn=False): v for k, v in run.config.get("stages", {}).items()}
     rec = recorded.get(st.name)
     if rec is None:
         raise StageError(f"{run.paths.task} run {run.paths.run!r} does not record the settings of its "

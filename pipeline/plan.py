@@ -36,8 +36,9 @@ def load_params(workdir: str | Path) -> dict[str, dict[str, Any]]:
         params = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
             raise ValueError("expected {stage: {field: value}}")
-        for old in [k for k in params if canonical(k) != k]:  # a stage renamed since: same settings
-            params[canonical(old)] = {**params.pop(old), **params.get(canonical(old), {})}
+        for old in [k for k in params if canonical(k, warn=False) != k]:  # a stage renamed since
+            new = canonical(old, warn=False)
+            params[new] = {**params.pop(old), **params.get(new, {})}
     except (ValueError, OSError) as e:
         raise StageError(f"{p} is damaged ({e}); fix it, or delete it to go back to every stage's "
                          "default parameters (then see what changed)", then="status") from None

@@ -41,7 +41,7 @@ def cache_root(workdir: str | Path) -> Path:
 
 
 def stage_dir(workdir: str | Path, stage: str, identity: str) -> Path:
-    return cache_root(workdir) / canonical(stage) / identity[:16]
+    return cache_root(workdir) / canonical(stage, warn=False) / identity[:16]
 
 
 def shard_name(index: int, key: str) -> str:
@@ -227,7 +227,7 @@ def extra_key_name(key: str) -> str:
 
 
 def current_pointer(workdir: str | Path, stage: str) -> Path:
-    return cache_root(workdir) / canonical(stage) / "current.json"
+    return cache_root(workdir) / canonical(stage, warn=False) / "current.json"
 
 
 def read_pointer(workdir: str | Path, stage: str, listing: bool = True) -> dict[str, Any]:
@@ -262,7 +262,7 @@ class StageReader:
     def __init__(self, workdir: str | Path, stage: str, identity: str | None = None,
                  max_open: int = 64, shards: list[str] | None = None):
         self.workdir = Path(workdir)
-        self.stage = stage = canonical(stage)
+        self.stage = stage = canonical(stage, warn=False)
         meta: dict[str, Any] = {}
         if identity is None:
             meta = read_pointer(workdir, stage)

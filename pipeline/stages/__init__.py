@@ -22,13 +22,14 @@ ALIASES = {"wav2vec": "speech"}
 _WARNED: set[str] = set()
 
 
-def canonical(name: str) -> str:
+def canonical(name: str, warn: bool = True) -> str:
     """The stage's current name: ``wav2vec`` (until 0.7) is ``speech``, the all-layer features of
-    whichever speech encoder the stage is given (Whisper by default, wav2vec 2.0, HuBERT, …)."""
+    whichever speech encoder the stage is given (Whisper by default, wav2vec 2.0, HuBERT, …).
+    ``warn``: say so once (for names a user typed; not for names read from older files)."""
     new = ALIASES.get(name)
     if new is None:
         return name
-    if name not in _WARNED:
+    if warn and name not in _WARNED:
         _WARNED.add(name)
         log.warning("the stage %r is now called %r (the old name still works, until 0.9)", name, new)
     return new
