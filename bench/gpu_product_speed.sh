@@ -2,14 +2,9 @@
 # Issue #19 on one GPU: extraction and SER training through the product's own commands against
 # their benches, and the SER step rate at larger batches (how bench/RESULTS.md's 2026-11-30 rows
 # were measured).   bash bench/gpu_product_speed.sh OUT_DIR
-set -u
-export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${1:-/tmp/gpu-speed}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-run() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T))"; \
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep -v "it/s\]\|s/it\]\|Loading weights" | tail -${TAIL:-14}; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+TAIL=${TAIL:-14}
+source "$(dirname "$0")/gpu_common.sh"
 run extract_speech "${EXTRACT_LIMIT:-330}" python3 bench/extract_speech.py --device cuda --gpus "${GPUS:-1}" \
   --minutes "${MINUTES:-30}" --whisper-minutes 0 --official-minutes 2 --json "$OUT/extract_speech.json"
 if [ -z "${SKIP_TRAIN:-}" ]; then
