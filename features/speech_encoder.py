@@ -104,8 +104,9 @@ class _HFBackend:
         if self.normalize:  # on the device: a CPU pass here would hold the GIL the writes need
             x = _normalized(x, [len(a) for a in audios])
         use_mask = not self.padding_sensitive and len({len(p) for p in padded}) > 1
-        out = self.model(x, attention_mask=mask.to(device) if use_mask else None,
-                         output_hidden_states=True)
+        with _attention_backends(device):
+            out = self.model(x, attention_mask=mask.to(device) if use_mask else None,
+                             output_hidden_states=True)
         states = list(out.hidden_states)  # L x (B, T', D)
         states[-1] = out.last_hidden_state  # after the final layer norm (module docstring)
         lengths = [num_frames(len(a)) for a in audios]
@@ -113,6 +114,16 @@ class _HFBackend:
         with torch.autocast(device.type, enabled=False):
             feats = torch.stack([h[:, :max(lengths)].to(torch.float16) for h in states], dim=2)
         return feats, lengths
+
+
+def _attention_backends(device: torch.device):
+    """Memory-efficient or flash attention on CUDA, not cuDNN's: cuDNN builds a graph for every
+    new sequence length (16 ms a layer on an H200), and in an extraction nearly every batch has
+    a new length (4.3 s of a 15-s first pass, bench/extract_first_pass.py)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _normalized(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
@@ -350,7 +361,11 @@ class SpeechEncoderExtractor(Extractor):
             feats, lengths = self.backend.run(audios, self.torch_device)  # (B, T_max, L, D) fp16
             finite = _finite_items(feats, lengths)  # on the device: a CPU pass over fp16 costs ~1 s/GB
         if feats.is_cuda:  # one copy per batch into page-locked memory (torch caches these blocks)
-            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True).copy_(feats).numpy()
+            # always a block of the largest batch's size, of which a prefix is used: page-locking
+            # costs ~0.3 s a block, and torch's cache keeps blocks by size class (2026-11-30)
+            numel = max(feats.numel(), self.frame_budget * self.backend.num_layers * self.backend.dim)
+            block = torch.empty(numel, dtype=feats.dtype, pin_memory=True)
+            host = block[:feats.numel()].view(feats.shape).copy_(feats).numpy()
         else:
             host = feats.numpy()
         return [host[i, :n] if ok else None for i, (n, ok) in enumerate(zip(lengths, finite))]
