@@ -42,7 +42,8 @@ import torch
 
 from features.base import ItemInput  # noqa: E402
 from features.frames import num_frames  # noqa: E402
-from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor, _autocast, plan_batches  # noqa: E402
+from features.encoder_runtime import encoder_autocast, plan_batches  # noqa: E402
+from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor  # noqa: E402
 from pipeline.audio import load_audio  # noqa: E402
 from pipeline.engine import build_cached  # noqa: E402
 from pipeline.extract import extract  # noqa: E402
@@ -163,7 +164,7 @@ def run_encoder_alone(ext, corpus, audios) -> float:
     for g in engine_groups(corpus, ext.items_per_call):
         lengths = [corpus[i][2] for i in g]
         for b in plan_batches(lengths, ext.backend.cost, ext.frame_budget, ext.backend.group_key):
-            with torch.inference_mode(), _autocast(dev, ext.config.dtype):
+            with torch.inference_mode(), encoder_autocast(dev, ext.config.dtype):
                 ext.backend.run([audios[g[j]] for j in b], dev)
     sync(str(dev))
     return time.perf_counter() - t0
@@ -236,7 +237,7 @@ def whisper_numbers(device: str, corpus, speech_dir: str | None) -> dict:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--arch", default="large", choices=sorted(ARCHS), help="wav2vec2 size (random weights)")
@@ -253,6 +254,26 @@ def main() -> None:
     args = ap.parse_args()
     if args.small:
         args.minutes, args.official_minutes, args.whisper_minutes = 3.0, min(args.official_minutes, 1.0), min(args.whisper_minutes, 1.0)
+    return args
+
+
+def print_summary(summary: dict) -> None:
+    x, secs = summary["x_real_time"], summary["minutes"] * 60
+    print(f"features: {summary['feature_gb']:.2f} GB fp16")
+    for k, v in x.items():
+        print(f"  {k:<28} {v:9.1f} x real time")
+    print(f"product / min(encoder, writes): {summary['product_over_min_encoder_writes']:.2f}   "
+          f"product / previous default (frame budget 6000): {summary['product_over_previous']:.2f}x")
+    if "cli_s" in summary:
+        print(f"cli: {summary['cli_s']:.1f} s = {secs / summary['cli_s']:.1f} x real time; product in-process "
+              f"{summary['product_s']:.1f} s + model load {summary['model_load_s']:.1f} s; fixed costs "
+              f"{summary['cli_fixed_costs_s']:.1f} s; cli / product {summary['cli_over_product']:.2f} (with the "
+              f"model load {summary['cli_over_product_plus_load']:.2f})")
+    print(f"speed-up over the official-style loop (batch 1, fp32, .npy): {summary['speedup_over_official']:.1f}x")
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.dir)
     cuda = args.device.startswith("cuda")
@@ -301,17 +322,7 @@ def main() -> None:
                        cli_fixed_costs_s=t_cli - t_prod - t_load,
                        cli_over_product=t_prod / t_cli,
                        cli_over_product_plus_load=(t_prod + t_load) / t_cli)
-    print(f"features: {gb:.2f} GB fp16 ({layers} layers x {dim})")
-    for k, v in x.items():
-        print(f"  {k:<28} {v:9.1f} x real time")
-    print(f"product / min(encoder, writes): {summary['product_over_min_encoder_writes']:.2f}   "
-          f"product / previous default (frame budget 6000): {summary['product_over_previous']:.2f}x")
-    if t_cli is not None:
-        print(f"cli: {t_cli:.1f} s = {secs / t_cli:.1f} x real time; product in-process {t_prod:.1f} s + model "
-              f"load {t_load:.1f} s; fixed costs {summary['cli_fixed_costs_s']:.1f} s; cli / product "
-              f"{summary['cli_over_product']:.2f} (with the model load {summary['cli_over_product_plus_load']:.2f})")
-    print(f"speed-up over the official-style loop (batch 1, fp32, .npy): {summary['speedup_over_official']:.1f}x "
-          f"(official measured on {acc / 60:.1f} min)")
+    print_summary(summary)
     if args.gpus > 1:
         t_multi = run_product(work, params, list(range(args.gpus)))
         summary["multi_gpu"] = {"gpus": args.gpus, "seconds": t_multi, "x_real_time": secs / t_multi,

@@ -24,7 +24,6 @@ would change their output: they only batch utterances of identical length.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -39,7 +38,9 @@ import torch
 from core.errors import ItemError, StageError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output
-from features.frames import FRAME_RATE, HOP, LEFT_PAD, WIN, num_frames, pad_for_frames
+from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
+                                      encoder_autocast, finite_items, normalized_input, plan_batches)
+from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,9 @@ class _HFBackend:
             mask[i, :len(p)] = 1
         x = x.to(device)
         if self.normalize:  # on the device: a CPU pass here would hold the GIL the writes need
-            x = _normalized(x, [len(a) for a in audios])
+            x = normalized_input(x, [len(a) for a in audios])
         use_mask = not self.padding_sensitive and len({len(p) for p in padded}) > 1
-        with _attention_backends(device):
+        with attention_backends(device):
             out = self.model(x, attention_mask=mask.to(device) if use_mask else None,
                              output_hidden_states=True)
         states = list(out.hidden_states)  # L x (B, T', D)
@@ -114,27 +115,6 @@ class _HFBackend:
         with torch.autocast(device.type, enabled=False):
             feats = torch.stack([h[:, :max(lengths)].to(torch.float16) for h in states], dim=2)
         return feats, lengths
-
-
-def _attention_backends(device: torch.device):
-    """Memory-efficient or flash attention on CUDA, not cuDNN's: cuDNN builds a graph for every
-    new sequence length (16 ms a layer on an H200), and in an extraction nearly every batch has
-    a new length (4.3 s of a 15-s first pass, bench/extract_first_pass.py)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def _normalized(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-    """Each row of frame-padded audio (B, S) at zero mean and unit variance over its real
-    samples, zeros elsewhere: what normalising each utterance before padding it gives."""
-    idx = torch.arange(x.shape[1], device=x.device)[None]
-    n = torch.tensor(lengths, device=x.device, dtype=x.dtype)[:, None]
-    real = ((idx >= LEFT_PAD) & (idx < LEFT_PAD + n)).to(x.dtype)
-    mean = (x * real).sum(1, keepdim=True) / n
-    var = (((x - mean) * real) ** 2).sum(1, keepdim=True) / n
-    return (x - mean) / torch.sqrt(var + 1e-7) * real
 
 
 class _WhisperBackend:
@@ -227,75 +207,6 @@ def load_backend(cfg: SpeechEncoderConfig, device: torch.device | str = "cpu"):
     return _HFBackend(model, _normalize(cfg, trained_normalized), str(path))
 
 
-def plan_batches(lengths: Sequence[int], cost, budget: int, group_key=lambda n: None) -> list[list[int]]:
-    """Indices grouped into batches: sorted by length, ``len(batch) * max cost <= budget``.
-
-    Items with different ``group_key`` never share a batch. An item costlier than the budget
-    runs alone.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (str(group_key(lengths[i])), -lengths[i]))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    cur_max, cur_key = 0, None
-    for i in order:
-        c, k = cost(lengths[i]), group_key(lengths[i])
-        if cur and (k != cur_key or (len(cur) + 1) * max(cur_max, c) > budget):
-            batches.append(cur)
-            cur, cur_max = [], 0
-        cur.append(i)
-        cur_max, cur_key = max(cur_max, c), k
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def compute_dtype(device: torch.device, dtype: str) -> torch.dtype:
-    """What the encoder computes in: float32 on the CPU or with ``dtype=float32``; else bf16
-    (``auto`` where the GPU supports it, fp16 where not) or the half type asked for."""
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise StageError(f"speech.dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
-    if device.type != "cuda" or dtype == "float32":
-        return torch.float32
-    if dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, dtype)
-
-
-def _autocast(device: torch.device, dtype: str):
-    half = compute_dtype(device, dtype)
-    if half == torch.float32:
-        if dtype in ("bfloat16", "float16") and device.type != "cuda":
-            log.warning("speech.dtype=%s applies on CUDA only; running float32 on %s", dtype, device)
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=half)
-
-
-#: bytes of device memory per encoder frame and (layer x dim), a generous bound on what a
-#: forward pass keeps (every layer's states, the stacked fp16 copy, FFN and attention buffers)
-_BYTES_PER_FRAME_VALUE = 12
-#: the largest automatic budget (5 min of audio per forward pass): on an H200 the encoder alone
-#: then runs ~2,000x real time, far above what a disk takes, and larger batches only cost
-#: page-locked host memory (bench/RESULTS.md, 2026-11-30)
-_MAX_AUTO_BUDGET = 16_000
-
-
-def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:
-    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (3000 on
-    the CPU, where larger batches do not pay)."""
-    if device.type != "cuda":
-        return 3000
-    free, _ = torch.cuda.mem_get_info(device)
-    budget = int(free / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
-    return max(500, min(_MAX_AUTO_BUDGET, budget))
-
-
-def _finite_items(feats: torch.Tensor, lengths: Sequence[int]) -> list[bool]:
-    """Per item of a padded (B, T, ...) batch: are all its real frames finite? (padding ignored)"""
-    bad = (~torch.isfinite(feats)).flatten(2).any(2)  # (B, T)
-    real = torch.arange(feats.shape[1], device=feats.device)[None] < torch.tensor(lengths, device=feats.device)[:, None]
-    return (~(bad & real).any(1)).tolist()
-
-
 def check_audio(item: ItemInput) -> np.ndarray:
     """The item's audio as float32, or an ItemError for audio no encoder can take."""
     a = item.audio
@@ -323,7 +234,7 @@ class SpeechEncoderExtractor(Extractor):
                  backend=None):
         super().__init__(config, device)
         self.torch_device = torch.device(device)
-        _autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
+        encoder_autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
         self.backend = backend if backend is not None else load_backend(self.config, self.torch_device)
         self.backend.model.to(self.torch_device)
         self.frame_budget = self.config.frame_budget or auto_frame_budget(
@@ -357,9 +268,9 @@ class SpeechEncoderExtractor(Extractor):
 
     def _run(self, audios: list[np.ndarray]) -> list[np.ndarray | None]:
         """(T_i, L, D) fp16 per audio, or None where the real frames overflow float16."""
-        with torch.inference_mode(), _autocast(self.torch_device, self.config.dtype):
+        with torch.inference_mode(), encoder_autocast(self.torch_device, self.config.dtype):
             feats, lengths = self.backend.run(audios, self.torch_device)  # (B, T_max, L, D) fp16
-            finite = _finite_items(feats, lengths)  # on the device: a CPU pass over fp16 costs ~1 s/GB
+            finite = finite_items(feats, lengths)  # on the device: a CPU pass over fp16 costs ~1 s/GB
         if feats.is_cuda:  # one copy per batch into page-locked memory (torch caches these blocks)
             # always a block of the largest batch's size, of which a prefix is used: page-locking
             # costs ~0.3 s a block, and torch's cache keeps blocks by size class (2026-11-30)

@@ -5,7 +5,8 @@ one group per utterance, one *contiguous* dataset per output name (so a 96-frame
 (T, 25, 1024) array is one contiguous read), and file attributes carrying the stage identity,
 the per-utterance keys, failed items with reasons, the layout and library versions, and
 ``complete=True`` written last. A shard is written by one process to a temporary name in the
-same folder and renamed into place (DVC-style); a file that fails to open or lacks the
+same folder, then fsynced and renamed into place (DVC-style; :meth:`ShardWriter.publish` can run
+in another thread while the next shard is computed); a file that fails to open or lacks the
 completeness marker is treated as a miss, logged and deleted. Each dataset carries the CRC-32
 of its bytes (attribute ``crc32``), checked on every full read (:meth:`StageReader.get`) and by
 :func:`verify_shard`; HDF5 checksums its own metadata, not the data. A mismatch is a miss too.

@@ -165,11 +165,11 @@ def test_mixed_precision_path(folders, arch):
 
 def test_items_whose_real_frames_overflow_fp16_fail_alone(folders):
     # the finiteness check runs on the batch on the device, over real frames only
-    from features.speech_encoder import _finite_items
+    from features.encoder_runtime import finite_items
     feats = torch.zeros(3, 5, 2, 4, dtype=torch.float16)
     feats[1, 2, 1, 3] = float("inf")  # a real frame of item 1
     feats[2, 4, 0, 0] = float("nan")  # padding of item 2 (2 real frames)
-    assert _finite_items(feats, [5, 5, 2]) == [True, False, True]
+    assert finite_items(feats, [5, 5, 2]) == [True, False, True]
 
     ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2"][0])))
     run = ext.backend.run

@@ -1,0 +1,105 @@
+"""How the ``speech`` stage runs an encoder on a device: compute dtype and autocast, attention
+backends, the frame budget per forward pass and length-sorted batches, input normalisation on
+the device, and the finiteness check of outputs (features/speech_encoder.py uses these)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Sequence
+
+import torch
+
+from core.errors import StageError
+from features.frames import LEFT_PAD
+
+log = logging.getLogger(__name__)
+
+
+def plan_batches(lengths: Sequence[int], cost, budget: int, group_key=lambda n: None) -> list[list[int]]:
+    """Indices grouped into batches: sorted by length, ``len(batch) * max cost <= budget``.
+
+    Items with different ``group_key`` never share a batch. An item costlier than the budget
+    runs alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (str(group_key(lengths[i])), -lengths[i]))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cur_max, cur_key = 0, None
+    for i in order:
+        c, k = cost(lengths[i]), group_key(lengths[i])
+        if cur and (k != cur_key or (len(cur) + 1) * max(cur_max, c) > budget):
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max, cur_key = max(cur_max, c), k
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def compute_dtype(device: torch.device, dtype: str) -> torch.dtype:
+    """What the encoder computes in: float32 on the CPU or with ``dtype=float32``; else bf16
+    (``auto`` where the GPU supports it, fp16 where not) or the half type asked for."""
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise StageError(f"speech.dtype={dtype!r}: expected auto, float32, bfloat16 or float16")
+    if device.type != "cuda" or dtype == "float32":
+        return torch.float32
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, dtype)
+
+
+def encoder_autocast(device: torch.device, dtype: str):
+    half = compute_dtype(device, dtype)
+    if half == torch.float32:
+        if dtype in ("bfloat16", "float16") and device.type != "cuda":
+            log.warning("speech.dtype=%s applies on CUDA only; running float32 on %s", dtype, device)
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=half)
+
+
+#: bytes of device memory per encoder frame and (layer x dim), a generous bound on what a
+#: forward pass keeps (every layer's states, the stacked fp16 copy, FFN and attention buffers)
+_BYTES_PER_FRAME_VALUE = 12
+#: the largest automatic budget (5 min of audio per forward pass): on an H200 the encoder alone
+#: then runs ~2,000x real time, far above what a disk takes, and larger batches only cost
+#: page-locked host memory (bench/RESULTS.md, 2026-11-30)
+_MAX_AUTO_BUDGET = 16_000
+
+
+def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:
+    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (3000 on
+    the CPU, where larger batches do not pay)."""
+    if device.type != "cuda":
+        return 3000
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = int(free / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
+    return max(500, min(_MAX_AUTO_BUDGET, budget))
+
+
+def attention_backends(device: torch.device):
+    """Memory-efficient or flash attention on CUDA, not cuDNN's: cuDNN builds a graph for every
+    new sequence length (16 ms a layer on an H200), and in an extraction nearly every batch has
+    a new length (4.3 s of a 15-s first pass, bench/extract_first_pass.py)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def normalized_input(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """Each row of frame-padded audio (B, S) at zero mean and unit variance over its real
+    samples, zeros elsewhere: what normalising each utterance before padding it gives."""
+    idx = torch.arange(x.shape[1], device=x.device)[None]
+    n = torch.tensor(lengths, device=x.device, dtype=x.dtype)[:, None]
+    real = ((idx >= LEFT_PAD) & (idx < LEFT_PAD + n)).to(x.dtype)
+    mean = (x * real).sum(1, keepdim=True) / n
+    var = (((x - mean) * real) ** 2).sum(1, keepdim=True) / n
+    return (x - mean) / torch.sqrt(var + 1e-7) * real
+
+
+def finite_items(feats: torch.Tensor, lengths: Sequence[int]) -> list[bool]:
+    """Per item of a padded (B, T, ...) batch: are all its real frames finite? (padding ignored)"""
+    bad = (~torch.isfinite(feats)).flatten(2).any(2)  # (B, T)
+    real = torch.arange(feats.shape[1], device=feats.device)[None] < torch.tensor(lengths, device=feats.device)[:, None]
+    return (~(bad & real).any(1)).tolist()
