@@ -163,14 +163,18 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
                 for fut in as_completed(futures):
                     results.append(fut.result())
                     advance(size[fut.key])
-            finally:
-                client.run(wait_published)
+            except BaseException:
+                _publish_what_is_done(lambda: client.run(wait_published))
+                raise
+            client.run(wait_published)
     else:
         try:
             for sp in pending:
                 results.append(run_shard(*args, sp, on_item=advance, background=True))
-        finally:
-            wait_published()
+        except BaseException:
+            _publish_what_is_done(wait_published)
+            raise
+        wait_published()
     # Shards another process was writing: wait for its lock, then compute here if it died.
     for sp in pending:
         if not sp.path.exists():
@@ -179,6 +183,16 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
             if not sp.path.exists():
                 results.append(run_shard(*args, sp))
     return results
+
+
+def _publish_what_is_done(wait: Callable[[], Any]) -> None:
+    """On the way out of a failed or interrupted run: the shards already completed are still
+    published (nothing computed is lost); a failure here is only logged, so that the error that
+    stopped the run is the one raised."""
+    try:
+        wait()
+    except Exception as e:  # noqa: BLE001 - secondary to the error in flight
+        log.warning("while stopping: a completed shard could not be published (%s)", e)
 
 
 @dataclass
