@@ -153,6 +153,16 @@ def _warn_language(corpus, language: str) -> None:
                     "probabilities may mean little", language, main)
 
 
+def _needed_stages(cfg) -> list[str]:
+    """What a speech model reads at inference: the paper's network its input, the mel (the
+    decoder's target) and speaker means; a reference head only its input (the encoder's layers,
+    or the mel for mfcc-linear), so predict computes nothing else."""
+    from models.heads import HeadConfig
+    if isinstance(cfg, HeadConfig):
+        return ["speech"] if cfg.input == "encoder" else ["mel"]
+    return (["speech"] if cfg.input == "encoder" else []) + ["mel", "speaker"]
+
+
 def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Prediction],
                   device: str) -> dict[int, np.ndarray]:
     """Fold-ensemble SER probabilities per input index; failures are recorded in ``out``."""
@@ -161,10 +171,7 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
     from models.ser_train import window_probs
     cfg, models, weighting = _ser_models(run, device)
     keys, its = list(items), list(items.values())
-    from models.heads import HeadConfig
-    speaker = not isinstance(cfg, HeadConfig)  # the reference heads never read speaker means
-    stages = (["speech"] if cfg.input == "encoder" else []) + ["mel"] + (["speaker"] if speaker else [])
-    res = {s: _extractor(run, s, device)(its) for s in stages}
+    res = {s: _extractor(run, s, device)(its) for s in _needed_stages(cfg)}
     good = []
     for j, k in enumerate(keys):
         err = next((r[j] for r in res.values() if isinstance(r[j], ItemError)), None)
@@ -174,10 +181,12 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
             good.append(j)
     if not good:
         return {}
-    mel, spk, enc = res["mel"], res.get("speaker"), res.get("speech")
+    spk, enc = res.get("speaker"), res.get("speech")
+    mel = {j: res["mel"][j]["mel"] if "mel" in res else  # zeros where the model reads no mel
+           np.zeros((len(enc[j]["feats"]), 80), np.float32) for j in good}
     src = ArraySource(
-        mel={its[j].utt_id: mel[j]["mel"] for j in good},
-        phones={its[j].utt_id: np.zeros(len(mel[j]["mel"]), np.int64) for j in good},
+        mel={its[j].utt_id: mel[j] for j in good},
+        phones={its[j].utt_id: np.zeros(len(mel[j]), np.int64) for j in good},
         speakers={its[j].speaker: spk[j]["embed"] if spk else np.zeros(256, np.float32) for j in good},
         encoder={its[j].utt_id: enc[j]["feats"] for j in good} if enc else None)
     gid = [its[j].utt_id for j in good]

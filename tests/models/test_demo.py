@@ -235,9 +235,11 @@ def test_demo_recipe_trains_a_reference_head_beside_the_paper_model(demo_dir):
     assert "## ser / head-linear" in report and "## ser / small" in report
     assert "## fusion / head-linear+cnn" in report
     utt = load_corpus(work).utterances[0]
+    from features.mel import MelExtractor
     from features.speaker import SpeakerExtractor
-    with pytest.MonkeyPatch.context() as mp:  # a head reads no speaker means: none computed
+    with pytest.MonkeyPatch.context() as mp:  # a head reads only encoder layers: nothing else computed
         mp.setattr(SpeakerExtractor, "__call__", lambda *a: pytest.fail("speaker stage computed"))
+        mp.setattr(MelExtractor, "__call__", lambda *a: pytest.fail("mel stage computed"))
         (p,) = predict(work, [utt.audio], [utt.text], ser_run="head-linear")
     assert p.label is not None and abs(sum(p.probs.values()) - 1) < 1e-5
     assert CliRunner().invoke(demo, ["--help"]).exit_code == 0
