@@ -2,14 +2,16 @@
 # Issue #19 on one GPU: extraction and SER training through the product's own commands against
 # their benches, and the SER step rate at larger batches (how bench/RESULTS.md's 2026-11-30 rows
 # were measured).   bash bench/gpu_product_speed.sh OUT_DIR
+# On 2 GPUs (not yet run): GPUS=2 TRAIN_LIMIT=480 EXTRACT_LIMIT=420 — extraction on 1 and 2 GPUs through
+# the product, and all 5 folds through `train ser --gpus 0,1` against one GPU.
 OUT=${1:-/tmp/gpu-speed}
 TAIL=${TAIL:-14}
 source "$(dirname "$0")/gpu_common.sh"
 run extract_speech "${EXTRACT_LIMIT:-330}" python3 bench/extract_speech.py --device cuda --gpus "${GPUS:-1}" \
   --minutes "${MINUTES:-30}" --whisper-minutes 0 --official-minutes 2 --json "$OUT/extract_speech.json"
 if [ -z "${SKIP_TRAIN:-}" ]; then
-run train_speed 240 python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" --crops 400000 \
-  --batch-size 512 --json "$OUT/train_speed.json"
+run train_speed "${TRAIN_LIMIT:-240}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
+  --crops 400000 --batch-size 512 --gpus "${GPUS:-1}" --json "$OUT/train_speed.json"
 run ser_speed 150 python3 bench/ser_speed.py --device cuda --batches "${BATCHES:-256,512,1024,2048}" \
   --steps 40 --warmup 10 --out "$OUT/ser_speed.json"
 fi

@@ -13,6 +13,7 @@ Measured in one run, on the same data:
           checkpoints, test inference)
   loop    the trainer's ``train_seconds`` of that fold (steps, validation passes, checkpoints)
 Prints crops/s of each, cli / steps and loop / steps (target >= 0.9 for the whole command).
+``--gpus N`` also times all 5 folds through the CLI on one GPU and on N (``--gpus 0,…``).
 
     python -m bench.train_speed --device cuda --hours 2 --crops 400000 --batch-size 512
     python -m bench.train_speed --hours 0.02 --crops 64 --batch-size 8 --layers 3 --dim 16  # CPU smoke
@@ -87,15 +88,27 @@ def synthetic_workdir(work: Path, hours: float, n_layers: int, dim: int, seed: i
             "feature_gb": round(float(frames.sum()) * n_layers * dim * 2 / 1e9, 2)}
 
 
-def run_cli(work: Path, crops: int, batch: int, device: str) -> tuple[float, dict]:
-    """``cli.py train ser`` on fold G1; wall seconds and the fold's metrics."""
-    widths = ["--widths", "cpu"] if device == "cpu" else []
+def run_cli(work: Path, crops: int, batch: int, device: str, folds: str = "G1", gpus: str | None = None,
+            run: str = "speed") -> tuple[float, dict]:
+    """``cli.py train ser`` on ``folds`` (on ``gpus``, one fold per GPU, when given); wall seconds
+    and the first fold's metrics."""
+    extra = (["--widths", "cpu"] if device == "cpu" else []) + (["--gpus", gpus] if gpus else [])
     t0 = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "ser", "--config", "small", "--folds",
-                    "G1", "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run",
-                    "speed", "-w", str(work), *widths], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                    folds, "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run",
+                    run, "-w", str(work), *extra], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    return wall, json.loads((work / "runs" / "ser" / "speed" / "fold-G1" / "metrics.json").read_text())
+    return wall, json.loads((work / "runs" / "ser" / run / "fold-G1" / "metrics.json").read_text())
+
+
+def fold_parallel(work: Path, crops: int, batch: int, gpus: int) -> dict:
+    """All 5 folds on one GPU against the same on ``gpus`` GPUs (Dask, one fold per GPU)."""
+    one, _ = run_cli(work, crops, batch, "cuda", "all", None, "folds-1gpu")
+    many, _ = run_cli(work, crops, batch, "cuda", "all", ",".join(map(str, range(gpus))), f"folds-{gpus}gpu")
+    print(f"5 folds x {crops} crops: 1 GPU {one:.1f} s, {gpus} GPUs {many:.1f} s = {one / many:.2f}x "
+          f"(target >= {0.9 * gpus:.1f}; 5 folds on {gpus} cards bound it at {5 / -(-5 // gpus):.2f}x)")
+    return {"gpus": gpus, "crops_per_fold": crops, "one_gpu_s": one, "many_gpus_s": many,
+            "speedup": one / many}
 
 
 def main() -> None:
@@ -108,6 +121,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/train_speed_bench"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--gpus", type=int, default=1, help="also time all 5 folds on 1 and on N GPUs")
+    ap.add_argument("--fold-crops", type=int, default=100_000, help="crops per fold for --gpus")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -136,6 +151,8 @@ def main() -> None:
           f"trainer loop {out['crops_per_s']['loop']:.0f} crops/s ({out['loop_over_steps']:.2f}); "
           f"whole command {wall:.1f} s = {out['crops_per_s']['cli']:.0f} crops/s "
           f"({out['cli_over_steps']:.2f}; target >= 0.9)")
+    if args.gpus > 1:
+        out["fold_parallel"] = fold_parallel(args.dir / "work", args.fold_crops, args.batch_size, args.gpus)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
