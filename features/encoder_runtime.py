@@ -7,10 +7,12 @@ import contextlib
 import logging
 from typing import Sequence
 
-import torch
-
 from core.errors import StageError
 from features.frames import LEFT_PAD
+
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from core.errors import ItemError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output
 
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 log = logging.getLogger(__name__)
 
 EMBED_DIM = 256
@@ -54,9 +56,12 @@ def _resemblyzer():
 
 
 def weights_path() -> Path:
-    """Resemblyzer's bundled ``pretrained.pt``."""
-    resemblyzer, _ = _resemblyzer()
-    return Path(resemblyzer.__file__).resolve().parent / "pretrained.pt"
+    """Resemblyzer's bundled ``pretrained.pt`` (found without importing the package)."""
+    import importlib.util
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or spec.origin is None:
+        _resemblyzer()  # the ImportError that says what is missing
+    return Path(spec.origin).resolve().parent / "pretrained.pt"
 
 
 class SpeakerExtractor(Extractor):
@@ -102,8 +107,11 @@ class SpeakerExtractor(Extractor):
         mel = self._audio.wav_to_mel_spectrogram(wav)  # (frames, 40)
         return np.stack([mel[s] for s in mel_slices])
 
-    @torch.inference_mode()
     def __call__(self, items: Sequence[ItemInput]) -> list[Output | ItemError]:
+        with torch.inference_mode():
+            return self._embed_all(items)
+
+    def _embed_all(self, items: Sequence[ItemInput]) -> list[Output | ItemError]:
         results: list[Output | ItemError | None] = [None] * len(items)
         parts, owner = [], []
         for i, item in enumerate(items):

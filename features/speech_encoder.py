@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
-import torch
 
 from core.errors import ItemError, StageError
 from core.hashing import files_checksum
@@ -41,6 +40,10 @@ from features.base import Extractor, ItemInput, Output
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
                                       encoder_autocast, finite_items, normalized_input, plan_batches)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
+
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ class _WhisperBackend:
 
 def model_files(model: str) -> list[Path]:
     """The files that hold ``model``'s weights (and architecture), for its checksum."""
-    from features.whisper_ct2 import CT2_MODELS, ct2_files
+    from features.ct2_reader import CT2_MODELS, ct2_files
 
     if model in CT2_MODELS:
         return ct2_files(model)

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from core.errors import ItemError, StageError
 from features.base import Extractor, ItemInput, Output
 from features.text_models import PACKAGED, packaged_folder
 
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 log = logging.getLogger(__name__)
 
 SHORT_NAMES = tuple(PACKAGED)
@@ -145,9 +147,12 @@ class TextExtractor(Extractor):
                     items[k].utt_id, "no text feature: the tokenizer produced no tokens")
         return out  # type: ignore[return-value]
 
-    @torch.no_grad()
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
         """Per text an (N_i, D) float16 array (see the module docstring for N_i)."""
+        with torch.no_grad():
+            return self._encode_batch(texts)
+
+    def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         official = self.config.official_slicing
         enc = self.tokenizer(texts, padding="max_length" if official else True, truncation=True,
                              max_length=self.config.max_length, return_tensors="pt",

