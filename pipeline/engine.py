@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -31,7 +31,7 @@ from pipeline.corpus import Utterance
 from pipeline.plan import ShardPlan, StagePlan, finalize_name
 from pipeline.stages import Stage, get_stage
 from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
-    read_shard_attrs
+    process_thread, read_shard_attrs
 from pipeline.verify import discard_shard, orphan_shards
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
                     old.unlink(missing_ok=True)
 
     if background:
-        _PUBLISHING.append(_publisher().submit(finish))
+        _PUBLISHING.setdefault(os.getpid(), []).append(process_thread("publish").submit(finish))
     else:
         finish()
     return ShardResult(sp.index, len(writer.items) - len(writer.failed), len(writer.failed),
@@ -173,26 +173,17 @@ def _write(workdir: str, stage: Stage, config: Any, identity: dict[str, Any], sp
     return writer
 
 
-_PUBLISHER: tuple[int, ThreadPoolExecutor] | None = None
-_PUBLISHING: list[Future] = []
-
-
-def _publisher() -> ThreadPoolExecutor:
-    """This process's publishing thread (made per process: a forked child must not inherit one)."""
-    global _PUBLISHER
-    if _PUBLISHER is None or _PUBLISHER[0] != os.getpid():
-        _PUBLISHER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish"))
-        _PUBLISHING.clear()
-    return _PUBLISHER[1]
+#: Shards being published, by the process that computed them (a forked child sees its own).
+_PUBLISHING: dict[int, list[Future]] = {}
 
 
 def wait_published() -> None:
     """Waits for this process's shards still being published; re-raises the first failure
     (every pending shard is waited for first)."""
     errors = []
-    while _PUBLISHING:
+    for pending in _PUBLISHING.pop(os.getpid(), []):
         try:
-            _PUBLISHING.pop(0).result()
+            pending.result()
         except BaseException as e:  # noqa: BLE001 - the first is re-raised below
             errors.append(e)
     if errors:

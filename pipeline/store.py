@@ -88,7 +88,7 @@ class ShardWriter:
             arrays = {k: np.ascontiguousarray(a) for k, a in outputs.items()}
             self._check_space(sum(a.nbytes for a in arrays.values()))
             # CRC-32 releases the GIL: it runs beside the HDF5 write (which holds it) instead of after
-            crcs = {name: _crc_pool().submit(checksum, arr) for name, arr in arrays.items()}
+            crcs = {name: process_thread("crc32").submit(checksum, arr) for name, arr in arrays.items()}
             g = self._f.create_group(utt_id)
             for name, arr in arrays.items():
                 ds = g.create_dataset(name, data=arr)  # contiguous, uncompressed (bench/store_io.py)
@@ -155,15 +155,16 @@ class ShardWriter:
 
 
 CHECKSUM_ATTR = "crc32"
-_CRC_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_THREADS: dict[str, tuple[int, ThreadPoolExecutor]] = {}
 
 
-def _crc_pool() -> ThreadPoolExecutor:
-    """This process's CRC thread (made per process: a forked child must not inherit a dead one)."""
-    global _CRC_POOL
-    if _CRC_POOL is None or _CRC_POOL[0] != os.getpid():
-        _CRC_POOL = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="crc32"))
-    return _CRC_POOL[1]
+def process_thread(name: str) -> ThreadPoolExecutor:
+    """This process's one worker thread called ``name`` (``crc32`` beside HDF5 writes,
+    ``publish`` for fsync + rename). Made per process: a forked child must not inherit a dead
+    one."""
+    if name not in _THREADS or _THREADS[name][0] != os.getpid():
+        _THREADS[name] = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix=name))
+    return _THREADS[name][1]
 
 
 def checksum(arr: np.ndarray) -> int:
