@@ -141,7 +141,7 @@ class CheckpointWriter:
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's state (for the best-so-far model)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return snapshot(model.state_dict())
 
 
 def from_record(cls: type, record: dict[str, Any]):
