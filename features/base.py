@@ -11,9 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
+import lazy_loader
 import numpy as np
 
 from core.errors import ItemError
+
+#: torch, imported on first use: planning and ``status`` discover every stage's extractor and
+#: need no model library (tests/pipeline/test_light_planning.py). Extractors import it from here.
+torch = lazy_loader.load("torch")
 
 Output = dict[str, np.ndarray]
 

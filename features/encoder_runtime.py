@@ -8,11 +8,8 @@ import logging
 from typing import Sequence
 
 from core.errors import StageError
+from features.base import torch
 from features.frames import LEFT_PAD
-
-import lazy_loader
-
-torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 
 log = logging.getLogger(__name__)
 

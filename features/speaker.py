@@ -22,11 +22,8 @@ import numpy as np
 
 from core.errors import ItemError
 from core.hashing import files_checksum
-from features.base import Extractor, ItemInput, Output
+from features.base import Extractor, ItemInput, Output, torch
 
-import lazy_loader
-
-torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 log = logging.getLogger(__name__)
 
 EMBED_DIM = 256

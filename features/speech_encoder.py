@@ -36,14 +36,10 @@ import numpy as np
 
 from core.errors import ItemError, StageError
 from core.hashing import files_checksum
-from features.base import Extractor, ItemInput, Output
+from features.base import Extractor, ItemInput, Output, torch
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
                                       encoder_autocast, finite_items, normalized_input, plan_batches)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
-
-import lazy_loader
-
-torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +191,8 @@ def _normalize(cfg: SpeechEncoderConfig, trained: bool) -> bool:
 def load_backend(cfg: SpeechEncoderConfig, device: torch.device | str = "cpu"):
     """The backend for ``cfg.model`` (folder, ``.pt`` or installed short name); a transformers
     folder is loaded in the compute dtype onto ``device``, the others on the CPU (moved later)."""
-    from features.whisper_ct2 import CT2_MODELS, load_ct2_whisper
+    from features.ct2_reader import CT2_MODELS
+    from features.whisper_ct2 import load_ct2_whisper
 
     model_files(cfg.model)  # raises a clear StageError for an unusable ``model``
     if cfg.model in CT2_MODELS:

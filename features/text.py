@@ -28,12 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import ItemError, StageError
-from features.base import Extractor, ItemInput, Output
+from features.base import Extractor, ItemInput, Output, torch
 from features.text_models import PACKAGED, packaged_folder
 
-import lazy_loader
-
-torch = lazy_loader.load("torch")  # imported on first use: planning and `status` need no torch
 log = logging.getLogger(__name__)
 
 SHORT_NAMES = tuple(PACKAGED)

@@ -3,7 +3,7 @@
 Two sources of weights end up in the same Hugging Face ``WhisperEncoder`` module:
 
 * CTranslate2 packages that install real pretrained weights from the package registry
-  (:data:`CT2_MODELS`): ``encoder/*`` of their ``model.bin`` is mapped onto the module (the fused
+  (:data:`features.ct2_reader.CT2_MODELS`): ``encoder/*`` of their ``model.bin`` is mapped onto the module (the fused
   q/k/v ``linear_0`` is split by rows; its k slice has a zero bias, which HF's bias-free
   ``k_proj`` drops);
 * a transformers Whisper folder (see ``features/speech_encoder.py``).
@@ -41,8 +41,7 @@ import torch
 from torch import nn
 
 from core.errors import StageError
-from features.ct2_reader import (CT2_MODELS, CT2_PACKAGES, ct2_files,  # noqa: F401 (re-exported)
-                                 installed_ct2_models, read_ct2)
+from features.ct2_reader import ct2_files, read_ct2
 from features.frames import HOP, LEFT_PAD, num_frames
 
 log = logging.getLogger(__name__)

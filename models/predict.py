@@ -85,7 +85,7 @@ def transcribe(audio: np.ndarray) -> str:
     import ctranslate2
     import tokenizers
     from transformers import WhisperFeatureExtractor
-    from features.whisper_ct2 import ct2_files
+    from features.ct2_reader import ct2_files
     folder = ct2_files("whisper-tiny.en")[0].parent  # a complete CTranslate2 model folder
     feats = WhisperFeatureExtractor(feature_size=80)(audio, sampling_rate=16000,
                                                      return_tensors="np").input_features

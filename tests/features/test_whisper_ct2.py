@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from features.ct2_reader import parse_ct2, read_ct2
+from features.ct2_reader import ct2_files, installed_ct2_models, parse_ct2, read_ct2
 from features.frames import HOP, num_frames
-from features.whisper_ct2 import (WhisperFrames, ct2_files, installed_ct2_models, load_ct2_whisper,
-                                  whisper_log_mel, window_audio)
+from features.whisper_ct2 import WhisperFrames, load_ct2_whisper, whisper_log_mel, window_audio
 from core.errors import StageError
 from tests.fixtures.audio import speech_audio
 from tests.fixtures.encoders import tiny_speech_model
