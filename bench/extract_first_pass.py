@@ -11,7 +11,6 @@ times and the CUDA runtime calls and operators that took the most host time in t
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch

@@ -45,7 +45,7 @@ from features.frames import num_frames  # noqa: E402
 from features.encoder_runtime import encoder_autocast, plan_batches  # noqa: E402
 from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor  # noqa: E402
 from pipeline.audio import load_audio  # noqa: E402
-from pipeline.engine import build_cached  # noqa: E402
+from pipeline.engine import BATCH_ITEMS, build_cached  # noqa: E402
 from pipeline.extract import extract  # noqa: E402
 from pipeline.prepare import prepare_manifest  # noqa: E402
 from pipeline.stages import get_stage  # noqa: E402
@@ -174,7 +174,7 @@ def run_writes_alone(corpus, layers: int, dim: int, out_dir: Path) -> float:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     base = np.random.default_rng(0).standard_normal((max(num_frames(n) for *_, n in corpus), layers, dim)).astype(np.float16)
-    order = [i for g in engine_groups(corpus, 32) for i in g]
+    order = [i for g in engine_groups(corpus, BATCH_ITEMS) for i in g]
     t0 = time.perf_counter()
     for s in range(0, len(order), SHARD):
         w = ShardWriter(out_dir / f"shard-{s // SHARD:05d}.h5", {"stage": "speech"})
@@ -213,8 +213,8 @@ def whisper_numbers(device: str, corpus, speech_dir: str | None) -> dict:
         ext([ItemInput("warm", audios[0])])
         sync(device)
         t0 = time.perf_counter()
-        for k in range(0, len(audios), 32):
-            ext([ItemInput(str(i), a) for i, a in enumerate(audios[k:k + 32])])
+        for k in range(0, len(audios), BATCH_ITEMS):
+            ext([ItemInput(str(i), a) for i, a in enumerate(audios[k:k + BATCH_ITEMS])])
         sync(device)
         out["unpadded" if unpadded else "faithful"] = secs / (time.perf_counter() - t0)
     if speech_dir and Path(speech_dir).is_dir():
