@@ -1,36 +1,63 @@
 #!/usr/bin/env bash
-# IEMOCAP-scale dress rehearsal: an IEMOCAP-shaped corpus (bench/make_iemocap_like.py) through
-# every stage with wav2vec2-large and BERT-large architectures (random weights), 5-fold SER and
-# TER, fusion and report, on 1 and 2 GPUs.
-#   SCALE=0.3 CROPS=600000 bash bench/gpu_rehearsal.sh OUT_DIR
+# IEMOCAP-scale dress rehearsal: an IEMOCAP-shaped corpus (bench/make_iemocap_like.py) from raw
+# files to report through the product's own commands, wav2vec2-large and BERT-large
+# architectures (random weights), SER 5 folds × the paper's 2 M crops, TER with the paper's
+# samples, fuse, report, on one or two GPUs.
+#   SCALE=1.0 GPUS=0,1 bash bench/gpu_rehearsal.sh OUT_DIR
+# Resumable, so it fits calls of 10 minutes: run the same command again and it goes on where
+# the last call stopped (finished steps are skipped, extraction keeps completed shards, training
+# resumes from its last checkpoint). DEADLINE (epoch seconds) ends a call cleanly before the
+# device's limit. Step times accumulate in $STATE/times.tsv (one row per step and call).
 set -u
-# the project on the import path where setup.sh has not installed it (e.g. a bare GPU host)
 export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 OUT=${1:-/tmp/gpu-rehearsal}
 SCALE=${SCALE:-1.0}          # fraction of IEMOCAP's 5,531 utterances
 CROPS=${CROPS:-2000000}      # SER crops per fold (paper: 2 M)
-BATCH=${BATCH:-256}
+BATCH=${BATCH:-512}
+GPUS=${GPUS:-0,1}
 TOK=${TOK:-.carry/tok}       # BERT uncased tokenizer files (MiniLM's)
-W=${W:-/tmp/rehearsal-work}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-t() { local name=$1; shift; local s=$(date +%s%N); echo "=== $name ($(date +%T))"; "$@" 2>&1 \
-  | grep -v "it/s\]\|s/it\]" | tail -25; local rc=${PIPESTATUS[0]}; local e=$(date +%s%N); \
-  printf '%s\t%d ms\texit %s\n' "$name" $(( (e - s) / 1000000 )) "$rc" >> "$OUT/times.tsv"; }
-rm -f "$OUT/times.tsv"
-t corpus python3 bench/make_iemocap_like.py /tmp/iemocap-like --scale "$SCALE"
-t models python3 bench/make_random_models.py --out /tmp/random-models --tokenizer "$TOK"
-t prepare python3 cli.py prepare iemocap /tmp/iemocap-like/IEMOCAP_full_release -w "$W"
-P="-p speech.model=/tmp/random-models/wav2vec2-large-random -p text.model=/tmp/random-models/bert-large-random"
-t extract_cpu_stages python3 cli.py extract -s mel -s phones -w "$W"
-t extract_gpu_1gpu python3 cli.py extract -s speech -s speaker -s text $P --gpus 0 -w "$W"
-du -sb "$W"/cache/* | tee "$OUT/cache_bytes.txt"
-t extract_speech_2gpu python3 cli.py extract -s speech --force --gpus 0,1 -w "$W"
-t status python3 cli.py status -w "$W"
-t train_ser_2gpu python3 cli.py train ser --config small --folds all --crops "$CROPS" \
-  --batch-size "$BATCH" --gpus 0,1 -w "$W"
-t train_ter python3 cli.py train ter --folds all --steps "${TER_STEPS:-6450}" --batch-size 256 --lr 1e-3 --amp -w "$W"  # 6450 x 256 = the paper's 1.65 M samples per fold
-t fuse python3 cli.py fuse -w "$W"
-t report python3 cli.py report -w "$W"
-cp "$W"/report/report.md "$OUT/" 2>/dev/null
-cat "$OUT/times.tsv"
+STATE=${STATE:-/tmp/rehearsal}
+W=$STATE/work
+DEADLINE=${DEADLINE:-$(( $(date +%s) + 3600 ))}
+mkdir -p "$OUT" "$STATE"
+left() { echo $(( DEADLINE - $(date +%s) )); }
+# t NAME CMD…: run unless $STATE/NAME.done exists; bounded by the deadline; time appended
+t() { local name=$1; shift; [ -e "$STATE/$name.done" ] && return 0
+  local budget; budget=$(left); if [ "$budget" -lt 15 ]; then echo "=== $name: no time left"; return 1; fi
+  echo "=== $name ($(date +%T), ${budget} s left)"; local s; s=$(date +%s%N)
+  timeout -k 5 "$budget" "$@" > "$STATE/$name.log" 2>&1; local rc=$?
+  grep -v "it/s\]\|s/it\]\|Loading weights" "$STATE/$name.log" | tail -"${TAIL:-12}"
+  printf '%s\t%d ms\texit %s\n' "$name" $(( ($(date +%s%N) - s) / 1000000 )) "$rc" >> "$STATE/times.tsv"
+  [ "$rc" = 0 ] && touch "$STATE/$name.done"; return "$rc"; }
+stop_workers() { pkill -f multiprocessing 2>/dev/null; sleep 2; }  # leftover Dask workers of a killed step
+P="-p speech.model=$STATE/models/wav2vec2-large-random -p text.model=$STATE/models/bert-large-random"
+run_all() {
+  t corpus python3 bench/make_iemocap_like.py "$STATE/iemocap-like" --scale "$SCALE" || return
+  t models python3 bench/make_random_models.py --out "$STATE/models" --tokenizer "$TOK" || return
+  t prepare python3 cli.py prepare iemocap "$STATE/iemocap-like/IEMOCAP_full_release" -w "$W" || return
+  # CPU stages beside the GPU stages: two commands at once on one work directory (shard locks)
+  t extract_cpu_stages python3 cli.py extract -s mel -s phones -w "$W" &
+  t extract_gpu_stages python3 cli.py extract -s speech -s speaker -s text $P --gpus "$GPUS" -w "$W"
+  wait; stop_workers
+  [ -e "$STATE/extract_cpu_stages.done" ] && [ -e "$STATE/extract_gpu_stages.done" ] || return 1
+  [ -e "$STATE/cache_bytes.txt" ] || du -sb "$W"/cache/* > "$STATE/cache_bytes.txt"
+  # TER on the second GPU while SER's folds run: SER's 5 folds take 3 rounds on 2 GPUs, and the
+  # GPU that finishes its first fold first takes two more; TER fits beside the other's.
+  t train_ter python3 cli.py train ter --folds all --steps "${TER_STEPS:-6450}" --batch-size 256 \
+    --lr 1e-3 --amp bf16 --device "cuda:${GPUS##*,}" -w "$W" &  # 6450 × 256 = the paper's 1.65 M samples per fold
+  t train_ser python3 cli.py train ser --config small --folds all --crops "$CROPS" --batch-size "$BATCH" \
+    --gpus "$GPUS" --checkpoint-minutes 1 -w "$W"
+  wait; stop_workers
+  [ -e "$STATE/train_ser.done" ] && [ -e "$STATE/train_ter.done" ] || return 1
+  t fuse python3 cli.py fuse -w "$W" || return
+  t report python3 cli.py report -w "$W" --html-audio none || return
+  # the speech stage alone, 1 GPU against all given, for the scaling ratio (same corpus, same call)
+  t speech_1gpu python3 cli.py extract -s speech --force --gpus "${GPUS%%,*}" -w "$W" || return
+  t speech_all_gpus python3 cli.py extract -s speech --force --gpus "$GPUS" -w "$W"
+}
+run_all
+stop_workers
+cp "$STATE"/times.tsv "$STATE"/cache_bytes.txt "$W"/report/report.md "$OUT/" 2>/dev/null
+tar czf "$OUT/logs.tgz" -C "$STATE" $(cd "$STATE" && ls *.log) 2>/dev/null  # $OUT returns 8 files at most
+echo "=== times"; cat "$STATE/times.tsv"

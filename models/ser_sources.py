@@ -14,6 +14,7 @@ import numpy as np
 
 from core.errors import CacheError, TrainingError
 from core.hashing import digest
+from pipeline.rows import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,13 @@ class StoreSource:
         return tuple(self.enc.shape(utt_id, self.keys.encoder_name)[1:])
 
     def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self.enc.dataset(utt_id, self.keys.encoder_name)[sl]  # one contiguous read
+        return read_rows(self.enc.dataset(utt_id, self.keys.encoder_name), sl)  # one contiguous read
 
     def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self.mel_r.dataset(utt_id, self.keys.mel_name)[sl]
+        return read_rows(self.mel_r.dataset(utt_id, self.keys.mel_name), sl)
 
     def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self.ph_r.dataset(utt_id, self.keys.phones_name)[sl]
+        return read_rows(self.ph_r.dataset(utt_id, self.keys.phones_name), sl)
 
     def speaker_mean(self, speaker: str) -> np.ndarray:
         if speaker not in self._spk_cache:
