@@ -8,17 +8,40 @@ of shards, caches or Dask: the pipeline feeds it decoded audio and writes what i
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
-import lazy_loader
 import numpy as np
 
 from core.errors import ItemError
 
+
+
+class LazyModule:
+    """A module imported on first attribute access, by a plain ``import``.
+
+    Nothing enters ``sys.modules`` before that (``lazy_loader``/``importlib.util.LazyLoader``
+    put a half-made module there, which other libraries probe — scipy's array API check looks
+    for ``sys.modules["torch"].Tensor`` — and whose deferred import failed on Python 3.12 with
+    torch 2.11: "'_LazyModule' object has no attribute 'cuda'")."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._module = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r} ({'imported' if self._module else 'not imported yet'})>"
+
+
 #: torch, imported on first use: planning and ``status`` discover every stage's extractor and
 #: need no model library (tests/pipeline/test_light_planning.py). Extractors import it from here.
-torch = lazy_loader.load("torch")
+torch = LazyModule("torch")
 
 Output = dict[str, np.ndarray]
 
