@@ -38,9 +38,12 @@ run_all() {
   t prepare python3 cli.py prepare iemocap "$STATE/iemocap-like/IEMOCAP_full_release" -w "$W" || return
   # CPU stages beside the GPU stages: two commands at once on one work directory (shard locks)
   t extract_cpu_stages python3 cli.py extract -s mel -s phones -w "$W" &
-  t extract_gpu_stages python3 cli.py extract -s speech -s speaker -s text $P --gpus "$GPUS" -w "$W"
+  t extract_speech python3 cli.py extract -s speech $P --gpus "$GPUS" -w "$W"
+  t extract_speaker_text python3 cli.py extract -s speaker -s text $P --gpus "$GPUS" -w "$W"
   wait; stop_workers
-  [ -e "$STATE/extract_cpu_stages.done" ] && [ -e "$STATE/extract_gpu_stages.done" ] || return 1
+  [ -e "$STATE/extract_cpu_stages.done" ] && [ -e "$STATE/extract_speaker_text.done" ] || return 1
+  # the speech stage again on one GPU, for the scaling ratio (same corpus, same call)
+  [ -n "${SKIP_1GPU:-}" ] || t speech_1gpu python3 cli.py extract -s speech --force --gpus "${GPUS%%,*}" -w "$W"
   [ -e "$STATE/cache_bytes.txt" ] || du -sb "$W"/cache/* > "$STATE/cache_bytes.txt"
   # TER on the second GPU while SER's folds run: SER's 5 folds take 3 rounds on 2 GPUs, and the
   # GPU that finishes its first fold first takes two more; TER fits beside the other's.
@@ -51,10 +54,7 @@ run_all() {
   wait; stop_workers
   [ -e "$STATE/train_ser.done" ] && [ -e "$STATE/train_ter.done" ] || return 1
   t fuse python3 cli.py fuse -w "$W" || return
-  t report python3 cli.py report -w "$W" --html-audio none || return
-  # the speech stage alone, 1 GPU against all given, for the scaling ratio (same corpus, same call)
-  t speech_1gpu python3 cli.py extract -s speech --force --gpus "${GPUS%%,*}" -w "$W" || return
-  t speech_all_gpus python3 cli.py extract -s speech --force --gpus "$GPUS" -w "$W"
+  t report python3 cli.py report -w "$W" --html-audio none
 }
 run_all
 stop_workers

@@ -59,17 +59,21 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
         finally:
             client.close()
         return
+    # memory_limit=0: no Dask pausing or restarting by memory. A task here is one shard or one
+    # fold, its memory bounded by design (a GPU worker holds its model and pinned blocks, ≈ 6 GB),
+    # while Dask's default share, total RAM / workers, read 7.9 GB on a 2-GPU host whose RAM
+    # grows on demand, and restarted both GPU workers in a loop (bench/RESULTS.md, rehearsal).
     if gpus:
         workers = {
             f"gpu{g}": {"cls": Nanny, "options": {
-                "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
+                "nthreads": 1, "memory_limit": 0, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
             for g in gpus
         }
         cluster = SpecCluster(workers=workers, scheduler={
             "cls": Scheduler, "options": {"dashboard_address": None}}, silence_logs=logging.WARNING)
     else:
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, worker_dashboard_address=None,
+                               memory_limit=0, dashboard_address=None, worker_dashboard_address=None,
                                env=dict(_ONE_THREAD),
                                silence_logs=logging.WARNING)
     client = Client(cluster)

@@ -294,3 +294,13 @@ def test_force_keeps_good_shards_readable_until_replaced(work, monkeypatch):
     assert sum(after[n] != before[n] for n in after) == 1  # exactly the first was rewritten
     with StageReader(work, "toy") as r:
         assert len(r.ids()) == 8 and all(r.get(u, "energy").size for u in r.ids())
+
+
+@pytest.mark.parametrize("gpus", [None, [0]], ids=["cpu-workers", "gpu-worker"])
+def test_local_workers_have_no_dask_memory_limit(gpus):
+    """Dask pauses and restarts a worker past a share of RAM; a GPU worker legitimately holds
+    ≈ 6 GB (model, pinned blocks), so a small share restarted workers forever. None is set."""
+    from pipeline.scheduler import dask_client
+    with dask_client(1, gpus) as client:
+        limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+    assert limits and all(not lim for lim in limits), limits
