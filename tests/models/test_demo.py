@@ -245,6 +245,35 @@ def test_demo_recipe_trains_a_reference_head_beside_the_paper_model(demo_dir):
     assert CliRunner().invoke(demo, ["--help"]).exit_code == 0
 
 
+def test_predict_with_a_head_on_whisper_imports_no_transformers(demo_dir):
+    """The cold start of `predict --ser-run head-linear` (issue #19: ≤ 3 s on the 2-core VM) has
+    no transformers (2 s), torch._dynamo (1 s), scipy, librosa, Resemblyzer or Dask import, and
+    gives what the library call gives."""
+    import dataclasses
+    import subprocess
+    import sys
+    work, _ = demo_dir
+    run_demo(work, dataclasses.replace(TINY, ser_config="head-linear", recipe="cpu@test"),
+             say=lambda s: None)  # the head (cached when the test above trained it)
+    utt = load_corpus(work).utterances[1]
+    heavy = ("transformers", "torch._dynamo", "scipy.signal", "librosa", "resemblyzer", "dask")
+    argv = ["cli.py", "predict", utt.audio, "--ser-run", "head-linear", "--format", "json", "-w", str(work)]
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n"
+            f"    runpy.run_path({str(Path(__file__).parents[2] / 'cli.py')!r}, run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         check=True)
+    *rows, imported = out.stdout.strip().splitlines()
+    assert json.loads(imported) == []
+    (row,) = json.loads("\n".join(rows))
+    (want,) = predict(work, [utt.audio], ser_run="head-linear")
+    assert row["label"] == want.label and row["probs"] == pytest.approx(want.probs, abs=1e-6)
+
+
 def test_inspect_draws_one_utterance_with_its_window_probabilities(demo_dir, tmp_path):
     """`inspect UTT_ID`: the figure (PNG + SVG) and per-window probabilities whose mean is the
     score the run's predictions file holds for that utterance."""
