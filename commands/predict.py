@@ -48,11 +48,25 @@ def predict(audio, list_file, texts, transcripts, transcribe, ser_run, ter_run, 
         rows = dict(line.rstrip("\n").split("\t", 1) for line in
                     Path(transcripts).read_text(encoding="utf-8").splitlines() if "\t" in line)
         given = [rows.get(a, g) for a, g in zip(audio, given)]
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()  # no third-party bars in the output
+    _no_third_party_bars()
     preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe, language=language)
     _print_predictions(preds, "json" if as_json else fmt)
     _fail_if_any(preds)
+
+
+def _no_third_party_bars() -> None:
+    """No transformers / huggingface_hub progress bars in the output, without importing them
+    (0.7 s of a cold start; a speech head on Whisper needs neither): they read the variable when
+    first imported, and are told directly where they already are."""
+    import os
+    import sys
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
 
 
 def _listed(path: Path) -> list[str]:

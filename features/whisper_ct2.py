@@ -1,12 +1,13 @@
 """Whisper encoders as all-layer speech feature extractors on the shared 20 ms frame grid.
 
-Two sources of weights end up in the same Hugging Face ``WhisperEncoder`` module:
+Two sources of weights, one forward (:func:`features.whisper_encoder.encoder_states`):
 
 * CTranslate2 packages that install real pretrained weights from the package registry
-  (:data:`features.ct2_reader.CT2_MODELS`): ``encoder/*`` of their ``model.bin`` is mapped onto the module (the fused
-  q/k/v ``linear_0`` is split by rows; its k slice has a zero bias, which HF's bias-free
-  ``k_proj`` drops);
-* a transformers Whisper folder (see ``features/speech_encoder.py``).
+  (:data:`features.ct2_reader.CT2_MODELS`): ``encoder/*`` of their ``model.bin`` is mapped onto
+  :class:`features.whisper_encoder.WhisperEncoder`, plain torch with transformers' parameter
+  names and numbers, so that loading it imports no transformers (the fused q/k/v ``linear_0`` is
+  split by rows; its k slice has a zero bias, which the bias-free ``k_proj`` drops);
+* a transformers Whisper folder: its ``WhisperEncoder`` (see ``features/speech_encoder.py``).
 
 **Frames.** Whisper's log-mel (n_fft 400, hop 160, Whisper's own normalisation) is framed without
 centering on audio padded 40 samples left, so the encoder output ``t`` (stride 2) is centred on
@@ -43,6 +44,7 @@ from torch import nn
 from core.errors import StageError
 from features.ct2_reader import ct2_files, read_ct2
 from features.frames import HOP, LEFT_PAD, num_frames
+from features.whisper_encoder import WhisperEncoder, WhisperEncoderConfig, encoder_states
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +55,17 @@ WINDOW_FRAMES = WINDOW_SECONDS * 50  # 1,500 encoder frames per 30 s window
 WINDOW_SAMPLES = WINDOW_FRAMES * HOP  # 480,000
 
 
-def encoder_from_ct2(variables: dict[str, np.ndarray]):
-    """A float32 HF ``WhisperEncoder`` holding the ``encoder/*`` variables of a CT2 Whisper."""
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
+def encoder_from_ct2(variables: dict[str, np.ndarray]) -> WhisperEncoder:
+    """A float32 :class:`WhisperEncoder` holding the ``encoder/*`` variables of a CT2 Whisper."""
     v = {k[len("encoder/"):]: torch.from_numpy(np.asarray(a, dtype=np.float32))
          for k, a in variables.items() if k.startswith("encoder/")}
     n_layers = sum(1 for k in v if k.endswith("self_attention/linear_0/weight"))
     d_model, n_mels, _ = v["conv1/weight"].shape
-    cfg = WhisperConfig(
+    cfg = WhisperEncoderConfig(
         d_model=int(d_model), num_mel_bins=int(n_mels), encoder_layers=n_layers,
         encoder_attention_heads=int(variables["encoder/num_heads"]),
         encoder_ffn_dim=int(v["layer_0/ffn/linear_0/weight"].shape[0]),
-        max_source_positions=int(v["position_encodings/encodings"].shape[0]),
-        decoder_layers=1, decoder_attention_heads=1)  # the decoder is never built
+        max_source_positions=int(v["position_encodings/encodings"].shape[0]))
     sd = {"conv1.weight": v["conv1/weight"], "conv1.bias": v["conv1/bias"],
           "conv2.weight": v["conv2/weight"], "conv2.bias": v["conv2/bias"],
           "embed_positions.weight": v["position_encodings/encodings"],
@@ -94,13 +92,11 @@ def encoder_from_ct2(variables: dict[str, np.ndarray]):
             dst + "final_layer_norm.weight": v[src + "ffn/layer_norm/gamma"],
             dst + "final_layer_norm.bias": v[src + "ffn/layer_norm/beta"],
         })
-    enc = WhisperEncoder(cfg)
-    enc.load_state_dict(sd, strict=True)
-    return enc.eval().requires_grad_(False)
+    return WhisperEncoder.from_state_dict(cfg, sd)
 
 
-def load_ct2_whisper(name: str):
-    """(HF ``WhisperEncoder``, sha256 of model.bin) for an installed short name.
+def load_ct2_whisper(name: str) -> tuple[WhisperEncoder, str]:
+    """(:class:`WhisperEncoder`, sha256 of model.bin) for an installed short name.
 
     Converting the package's model.bin takes seconds (bf16 unpacking, fused q/k/v split), so the
     converted encoder is kept in the user cache (:func:`core.paths.user_cache_dir`) under a key
@@ -132,9 +128,10 @@ def _converted_path(name: str, files: list[Path]) -> Path:
     return user_cache_dir() / "whisper-ct2" / f"{name}-{h.hexdigest()[:20]}.safetensors"
 
 
-def _save_converted(path: Path, encoder, checksum: str) -> None:
+def _save_converted(path: Path, encoder: WhisperEncoder, checksum: str) -> None:
     """The encoder's weights and config as one safetensors file, written atomically; a cache
     that cannot be written (read-only home, full disk) only costs the next call a conversion."""
+    import json
     import os
 
     from safetensors.torch import save_file
@@ -142,28 +139,24 @@ def _save_converted(path: Path, encoder, checksum: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp),
-                  metadata={"config": encoder.config.to_json_string(), "checksum": checksum})
+                  metadata={"config": json.dumps(encoder.config.to_dict()), "checksum": checksum})
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         log.warning("cannot cache the converted Whisper encoder in %s (%s)", path.parent, e)
 
 
-def _load_converted(path: Path):
+def _load_converted(path: Path) -> tuple[WhisperEncoder, str]:
+    """The cached encoder; the config is a transformers ``WhisperConfig`` dict (entries written
+    before 0.8 hold a whole one), read without importing transformers."""
     import json
 
     from safetensors import safe_open
     from safetensors.torch import load_file
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    with torch.device("meta"):  # no random initialisation of weights about to be replaced
-        encoder = WhisperEncoder(WhisperConfig.from_dict(json.loads(meta["config"])))
-    encoder.load_state_dict(load_file(str(path)), strict=True, assign=True)
-    if any(t.is_meta for t in (*encoder.parameters(), *encoder.buffers())):
-        raise ValueError("the cached encoder does not hold every weight")
-    return encoder.eval().requires_grad_(False), meta["checksum"]
+    cfg = WhisperEncoderConfig.from_dict(json.loads(meta["config"]))
+    return WhisperEncoder.from_state_dict(cfg, load_file(str(path))), meta["checksum"]
 
 
 def export_hf_folder(name: str, out: str | Path, half: bool = True) -> Path:
@@ -176,7 +169,7 @@ def export_hf_folder(name: str, out: str | Path, half: bool = True) -> Path:
     """
     from safetensors.torch import save_file
 
-    encoder, _ = load_ct2_whisper(name)
+    encoder = load_ct2_whisper(name)[0].to_transformers()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = encoder.config
@@ -189,12 +182,23 @@ def export_hf_folder(name: str, out: str | Path, half: bool = True) -> Path:
 
 @lru_cache(maxsize=4)
 def _mel_filters(n_mels: int) -> torch.Tensor:
-    """(n_mels, 201) Slaney mel filters, as Whisper's ``mel_filters.npz`` (librosa's, to 1e-9)."""
-    from transformers.audio_utils import mel_filter_bank
+    """(n_mels, 201) Slaney mel filters, as Whisper's ``mel_filters.npz`` (librosa's, to 1e-9):
+    transformers' ``mel_filter_bank(norm="slaney", mel_scale="slaney")`` op for op, bit for bit
+    (tests/features/test_whisper_encoder.py), without importing transformers."""
+    def hz_to_mel(f):  # linear below 1 kHz, logarithmic above
+        return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * (27.0 / np.log(6.4)),
+                        3.0 * f / 200.0)
 
-    bank = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=n_mels,
-                           min_frequency=0.0, max_frequency=8000.0, sampling_rate=16000,
-                           norm="slaney", mel_scale="slaney")  # (201, n_mels)
+    def mel_to_hz(m):
+        return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), 200.0 * m / 3.0)
+
+    mel_freqs = np.linspace(hz_to_mel(np.float64(0.0)), hz_to_mel(np.float64(8000.0)), n_mels + 2)
+    filter_freqs = mel_to_hz(mel_freqs)  # (n_mels + 2,) band edges and centres, Hz
+    fft_freqs = np.linspace(0, 8000, N_FFT // 2 + 1)  # (201,)
+    diff = np.diff(filter_freqs)
+    slopes = filter_freqs[None, :] - fft_freqs[:, None]  # (201, n_mels + 2)
+    bank = np.maximum(np.zeros(1), np.minimum(-slopes[:, :-2] / diff[:-1], slopes[:, 2:] / diff[1:]))
+    bank *= (2.0 / (filter_freqs[2:n_mels + 2] - filter_freqs[:n_mels]))[None, :]  # (201, n_mels)
     return torch.from_numpy(np.ascontiguousarray(bank.T, dtype=np.float32))
 
 
@@ -236,7 +240,8 @@ def window_audio(audio: np.ndarray, unpadded: bool) -> list[np.ndarray]:
 
 
 class WhisperFrames(nn.Module):
-    """All hidden states of a HF ``WhisperEncoder`` on the 20 ms grid, for lists of audio."""
+    """All hidden states of a Whisper encoder (ours or transformers') on the 20 ms grid, for
+    lists of audio."""
 
     def __init__(self, encoder, unpadded: bool = False):
         super().__init__()
@@ -252,28 +257,9 @@ class WhisperFrames(nn.Module):
         return t if self.unpadded else -(-t // WINDOW_FRAMES) * WINDOW_FRAMES
 
     def states(self, mel: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """(B, n_mels, 2*T) -> (B, T, L, D) hidden states; ``lengths`` in encoder frames.
-
-        Mel frames beyond 2*len must be 0: they then act as the conv's own zero padding, and
-        padded frames are masked out of attention, so a batch equals its items run alone.
-        """
-        enc = self.encoder
-        t_max = mel.shape[-1] // 2
-        x = nn.functional.gelu(enc.conv1(mel))
-        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, T, D)
-        x = x + enc.embed_positions.weight[:t_max]
-        mask = None
-        if min(lengths) < t_max:
-            valid = torch.arange(t_max, device=x.device)[None, :] < torch.tensor(
-                lengths, device=x.device)[:, None]  # (B, T)
-            mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
-            mask = mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
-        states = [x]
-        for layer in enc.layers:
-            x = layer(x, mask)
-            states.append(x)
-        states[-1] = enc.layer_norm(x)  # the readout of the last layer (see module docstring)
-        return torch.stack(states, dim=2)  # (B, T, L, D)
+        """(B, n_mels, 2*T) -> (B, T, L, D) hidden states; ``lengths`` in encoder frames
+        (:func:`features.whisper_encoder.encoder_states`)."""
+        return encoder_states(self.encoder, mel, lengths)
 
     @torch.inference_mode()
     def forward(self, audios: list[np.ndarray]) -> list[torch.Tensor]:

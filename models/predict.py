@@ -168,7 +168,7 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
     """Fold-ensemble SER probabilities per input index; failures are recorded in ``out``."""
     from models.ser_data import load_set
     from models.ser_sources import ArraySource
-    from models.ser_train import window_probs
+    from models.ser_train import ensemble_window_probs
     cfg, models, weighting = _ser_models(run, device)
     keys, its = list(items), list(items.values())
     res = {s: _extractor(run, s, device)(its) for s in _needed_stages(cfg)}
@@ -192,7 +192,7 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
     gid = [its[j].utt_id for j in good]
     data = load_set(src, gid, {its[j].utt_id: its[j].speaker for j in good},
                     {u: 0 for u in gid}, cfg.input == "encoder", device, "yes")
-    probs = np.mean([window_probs(m, data, cfg.crop, weighting=weighting) for m in models], axis=0)
+    probs = ensemble_window_probs(models, data, cfg.crop, weighting=weighting).mean(0)  # (n, C)
     return {keys[j]: probs[row] for row, j in enumerate(good)}
 
 

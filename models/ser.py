@@ -155,10 +155,14 @@ class LayerWeights(nn.Module):
         a = self.alpha.float()
         return torch.softmax(a, 0) if self.mode == "softmax" else a / a.sum()
 
+    def input_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """What ``forward`` computes ``x`` in: fp16 features stay fp16 under GPU autocast (matmul
+        accumulates in fp32); otherwise the model's own dtype (fp32 master weights, or a model
+        cast by the caller)."""
+        return x.dtype if x.is_cuda and torch.is_autocast_enabled("cuda") else self.alpha.dtype
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp16 features stay fp16 under GPU autocast (matmul accumulates in fp32); otherwise the
-        # output follows the model's own dtype (fp32 master weights, or a model cast by the caller)
-        dtype = x.dtype if x.is_cuda and torch.is_autocast_enabled("cuda") else self.alpha.dtype
+        dtype = self.input_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             return torch.matmul(self.weights().to(dtype), x.to(dtype))  # (B, T, D)
 

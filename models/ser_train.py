@@ -209,7 +209,6 @@ class SERTask:
                                                "per_fold": {n: m["alpha"] for n, m in done.items()}})
 
 
-@torch.no_grad()
 def window_probs(model: SERModel, data: ResidentSet | StreamingSet, crop: int, max_windows: int = 256,
                  weighting: str = "equal") -> np.ndarray:
     """Mean softmax over non-overlapping windows of every utterance of ``data``: (n, C).
@@ -217,17 +216,31 @@ def window_probs(model: SERModel, data: ResidentSet | StreamingSet, crop: int, m
     ``weighting="equal"`` (official) averages windows alike, the zero-padded last one included;
     ``"frames"`` weights each window by its real frames.
     """
+    return ensemble_window_probs([model], data, crop, max_windows, weighting)[0]
+
+
+@torch.no_grad()
+def ensemble_window_probs(models: Sequence[SERModel], data: ResidentSet | StreamingSet, crop: int,
+                          max_windows: int = 256, weighting: str = "equal") -> np.ndarray:
+    """:func:`window_probs` of each model (all on one device): (M, n, C), the same numbers.
+
+    Each window batch is cut once for all models, and its fp16 features are widened once to the
+    dtype every model's layer weighting would widen them to (``predict``'s fold ensemble: 10
+    models read the same windows)."""
     if weighting not in ("equal", "frames"):
         raise TrainingError(f"window_weighting must be equal or frames, not {weighting!r}")
-    n, c = len(data), model.cfg.n_classes
-    dev = next(model.parameters()).device
-    sums = torch.zeros((n, c), dtype=torch.float64, device=dev)
+    n, c = len(data), models[0].cfg.n_classes
+    dev = next(models[0].parameters()).device
+    sums = torch.zeros((len(models), n, c), dtype=torch.float64, device=dev)
     counts = torch.zeros((n,), dtype=torch.float64, device=dev)
     for owner, b in iter_windows(data, crop, max_windows):
-        probs = torch.softmax(model.classify(b.feats, b.spk).float(), -1).double()  # (W, C)
         own = torch.tensor(owner, device=dev)
         w = b.frames.double() if weighting == "frames" else torch.ones(len(owner), dtype=torch.float64, device=dev)
-        sums.index_add_(0, own, probs * w[:, None])
+        dtypes = {m.layers.input_dtype(b.feats) for m in models}
+        feats = b.feats.to(dtypes.pop()) if len(dtypes) == 1 else b.feats  # exact: a widening
+        for k, model in enumerate(models):
+            probs = torch.softmax(model.classify(feats, b.spk).float(), -1).double()  # (W, C)
+            sums[k].index_add_(0, own, probs * w[:, None])
         counts.index_add_(0, own, w)
     return (sums / counts[:, None]).cpu().numpy()
 

@@ -245,6 +245,40 @@ def test_demo_recipe_trains_a_reference_head_beside_the_paper_model(demo_dir):
     assert CliRunner().invoke(demo, ["--help"]).exit_code == 0
 
 
+def test_predict_with_a_head_on_whisper_imports_no_transformers(demo_dir, tmp_path):
+    """`predict --ser-run head-linear --list` (issue #19: cold start ≤ 3 s, ≥ 20 files/s on the
+    2-core VM) imports no transformers (2 s), torch._dynamo (1 s), scipy, librosa, Resemblyzer
+    or Dask, and gives each file what predicting it alone gives (batched encoder, shared windows)."""
+    import dataclasses
+    import subprocess
+    import sys
+    work, _ = demo_dir
+    run_demo(work, dataclasses.replace(TINY, ser_config="head-linear", recipe="cpu@test"),
+             say=lambda s: None)  # the head (cached when the test above trained it)
+    utts = load_corpus(work).utterances[1:6]
+    listing = tmp_path / "files.txt"
+    listing.write_text("".join(f"{u.audio}\n" for u in utts))
+    heavy = ("transformers", "torch._dynamo", "scipy.signal", "librosa", "resemblyzer", "dask")
+    argv = ["cli.py", "predict", "--list", str(listing), "--ser-run", "head-linear", "--format", "json",
+            "-w", str(work)]
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n"
+            f"    runpy.run_path({str(Path(__file__).parents[2] / 'cli.py')!r}, run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         check=True)
+    *rows, imported = out.stdout.strip().splitlines()
+    assert json.loads(imported) == []
+    rows = json.loads("\n".join(rows))
+    assert len(rows) == len(utts)
+    for u, row in zip(utts, rows):
+        (alone,) = predict(work, [u.audio], ser_run="head-linear")
+        assert row["label"] == alone.label and row["probs"] == pytest.approx(alone.probs, abs=1e-5)
+
+
 def test_inspect_draws_one_utterance_with_its_window_probabilities(demo_dir, tmp_path):
     """`inspect UTT_ID`: the figure (PNG + SVG) and per-window probabilities whose mean is the
     score the run's predictions file holds for that utterance."""

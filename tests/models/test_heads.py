@@ -42,6 +42,20 @@ def test_padding_never_changes_a_heads_answer(name):
         assert not torch.allclose(head.classify(x.flip(-1), spk), head.classify(x, spk))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_real_frame_mask_is_any_nonzero_value_as_abs_amax_says(dtype):
+    from models.heads import _mask
+    x = torch.zeros(2, 5, 3, 4, dtype=dtype)
+    x[0, 0, 1, 2] = -3.0  # one negative value makes a real frame
+    x[0, 1, 2, 3] = 0.5
+    x[0, 2] = -0.0  # negative zeros are padding
+    x[1, 0, 0, 0], x[1, 0, 2, 1] = float("nan"), 1.0  # NaN: padding, as abs().amax() > 0 says
+    x[1, 1, 0, 0] = float("-inf")
+    x[1, 3] = torch.randn(3, 4).to(dtype)
+    want = (x.abs().amax(dim=(2, 3)) > 0).float()
+    assert torch.equal(_mask(x), want) and want.tolist() == [[1, 1, 0, 0, 0], [0, 1, 0, 1, 0]]
+
+
 def test_the_mfcc_head_computes_librosas_mfccs_and_their_statistics():
     basis = dct_matrix(80, 20).numpy()
     want = scipy.fft.dct(np.eye(80), type=2, norm="ortho")[:, :20]  # librosa.feature.mfcc's DCT

@@ -13,7 +13,7 @@ from models.run_folds import train_run
 from models.runs import RunPaths, read_json, read_predictions
 from models.ser import SERModel, make_config
 from models.ser_data import load_set
-from models.ser_train import SERRun, SERTask, ser_schedule, window_probs
+from models.ser_train import SERRun, SERTask, ensemble_window_probs, ser_schedule, window_probs
 from models.trainer import TrainConfig, train_fold
 from tests.fixtures.corpora import make_corpus
 from tests.fixtures.ser import TINY_SER, ser_source
@@ -75,6 +75,21 @@ def test_window_inference_casts_fp16_features_to_the_model_dtype_outside_autocas
     got = window_probs(model.to(torch.bfloat16), data, 96)
     assert got.shape == ref.shape and np.isfinite(got).all()
     np.testing.assert_allclose(got, ref, atol=0.05)
+
+
+@pytest.mark.parametrize("weighting", ["equal", "frames"])
+def test_an_ensemble_reading_each_window_once_gives_each_models_own_probabilities(weighting):
+    """predict's fold ensemble: windows cut and widened once for all models, the same bits as
+    each model alone (the paper's network and a reference head, fp16 features)."""
+    from models.heads import PoolingHead
+    from models.ser_train import model_config
+    _, _, _, model, data = _window_setup((40, 300))
+    torch.manual_seed(1)
+    head = PoolingHead(model_config("head-linear", n_layers=3, feat_dim=16)).eval()
+    got = ensemble_window_probs([model, head, model], data, 96, max_windows=3, weighting=weighting)
+    assert data.feats.dtype == torch.float16 and got.shape == (3, len(data), 4)
+    for k, m in enumerate([model, head, model]):
+        assert np.array_equal(got[k], window_probs(m, data, 96, max_windows=3, weighting=weighting))
 
 
 def test_crops_are_a_pure_function_of_the_step():
