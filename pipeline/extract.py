@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +18,7 @@ from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_s
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params, \
     stage_identity
 from core.devices import visible_gpus
+from pipeline.lanes import LaneStopped, run_lanes, stage_lanes
 from pipeline.scheduler import dask_client, default_workers
 from pipeline.stages import get_stage, resolve_order, stage_names
 from pipeline.store import cache_root
@@ -115,33 +119,84 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
     names = stage_names() if stages == ["all"] else [get_stage(s).name for s in stages]
     params = merged_params(workdir, overrides, names if reset_params else None)
     planner = _Planner(workdir, params, rehash)
-    corpus = planner.corpus
-    names = _with_audio(names, corpus, stages == ["all"])
-    reports: list[StageReport] = []
-    for name in resolve_order(names):
+    names = _with_audio(names, planner.corpus, stages == ["all"])
+    order = resolve_order(names)
+    lanes = [order]
+    if not scheduler and _both_kinds_pending(planner, order, set(names) if force else set()):
+        use_gpus = gpus if gpus is not None else visible_gpus()  # imports torch: only here
+        lanes = stage_lanes(order, bool(use_gpus))
+    if len(lanes) > 1:
+        log.info("CPU stage(s) %s run beside GPU stage(s) %s", ", ".join(lanes[0]), ", ".join(lanes[1]))
+        # one core per GPU worker stays for its decoding and writes
+        workers = workers or max(1, (os.cpu_count() or 1) - len(use_gpus))
+    job = _Job(workdir, planner, threading.Lock(), set(names) if force else set(), workers, gpus,
+               scheduler, progress)
+    done = run_lanes([functools.partial(_bring_up_lane, job, lane) for lane in lanes])
+    reports = {r.stage: r for lane_reports in done for r in lane_reports}
+    return [reports[n] for n in order]
+
+
+def _both_kinds_pending(planner: "_Planner", order: list[str], forced: set[str]) -> bool:
+    """Whether CPU and GPU stages both have work (planned without computing anything)."""
+    kinds = {get_stage(n).needs_gpu for n in order}
+    if len(kinds) < 2:
+        return False
+    busy = set()
+    for name in order:
         plan = planner.plan(name)
-        if force and name in names:  # replaced by each shard's writer, never deleted up front
-            for sp in plan.shards:
-                sp.force, sp.state = True, "missing"
-        pending = plan.pending()
-        results = _run(workdir, plan, pending, workers, gpus, scheduler, progress)
-        plan = planner.plan(name)
-        missing = plan.pending()
-        if missing:
-            raise StageError(f"stage {name}: {len(missing)} shard(s) could not be completed; "
-                             "see the log above, then re-run extract (completed shards are kept)")
-        publish(workdir, plan, list(corpus.utterances))
-        summary = shard_summary(plan)
+        if name in forced or plan.pending():
+            busy.add(get_stage(name).needs_gpu)
         planner.settle(plan)
-        reports.append(StageReport(name, plan.identity_key[:16], len(plan.shards),
-                                   sum(1 for r in results if not r.skipped),
-                                   len(plan.shards) - len(pending), summary["failed"],
-                                   sum(r.seconds for r in results), summary["notes"]))
-    return reports
+    planner.keys.clear()  # the lanes plan again, each in its own order
+    return len(busy) == 2
+
+
+@dataclass
+class _Job:
+    """What every stage of one ``extract`` shares; ``lock`` guards the planner across lanes."""
+    workdir: str
+    planner: "_Planner"
+    lock: threading.Lock
+    forced: set[str]
+    workers: int | None
+    gpus: list[int] | None
+    scheduler: str | None
+    progress: Callable | None
+
+
+def _bring_up_lane(job: _Job, names: list[str], stop: threading.Event) -> list[StageReport]:
+    return [_bring_up(job, name, stop) for name in names]
+
+
+def _bring_up(job: _Job, name: str, stop: threading.Event) -> StageReport:
+    """Compute the missing shards of one stage, publish it, and report."""
+    if stop.is_set():
+        raise LaneStopped(f"stage {name}: not started (interrupted)")
+    with job.lock:
+        plan = job.planner.plan(name)
+    if name in job.forced:  # replaced by each shard's writer, never deleted up front
+        for sp in plan.shards:
+            sp.force, sp.state = True, "missing"
+    pending = plan.pending()
+    results = _run(job.workdir, plan, pending, job.workers, job.gpus, job.scheduler, job.progress, stop)
+    with job.lock:
+        plan = job.planner.plan(name)
+    missing = plan.pending()
+    if missing:
+        raise StageError(f"stage {name}: {len(missing)} shard(s) could not be completed; "
+                         "see the log above, then re-run extract (completed shards are kept)")
+    publish(job.workdir, plan, list(job.planner.corpus.utterances))
+    summary = shard_summary(plan)
+    with job.lock:
+        job.planner.settle(plan)
+    return StageReport(name, plan.identity_key[:16], len(plan.shards),
+                       sum(1 for r in results if not r.skipped), len(plan.shards) - len(pending),
+                       summary["failed"], sum(r.seconds for r in results), summary["notes"])
 
 
 def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list[int] | None,
-         scheduler: str | None, progress: Callable | None) -> list[ShardResult]:
+         scheduler: str | None, progress: Callable | None,
+         stop: threading.Event | None = None) -> list[ShardResult]:
     if not pending:
         return []
     stage = plan.stage
@@ -163,6 +218,7 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
                 for fut in as_completed(futures):
                     results.append(fut.result())
                     advance(size[fut.key])
+                    _check(stop, stage.name)
             except BaseException:
                 _publish_what_is_done(lambda: client.run(wait_published))
                 raise
@@ -170,6 +226,7 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
     else:
         try:
             for sp in pending:
+                _check(stop, stage.name)
                 results.append(run_shard(*args, sp, on_item=advance, background=True))
         except BaseException:
             _publish_what_is_done(wait_published)
@@ -183,6 +240,11 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
             if not sp.path.exists():
                 results.append(run_shard(*args, sp))
     return results
+
+
+def _check(stop: threading.Event | None, stage: str) -> None:
+    if stop is not None and stop.is_set():
+        raise LaneStopped(f"stage {stage}: stopped (another stage was interrupted)")
 
 
 def _publish_what_is_done(wait: Callable[[], Any]) -> None:

@@ -1,0 +1,100 @@
+"""CPU stages beside GPU stages in one extract (pipeline/lanes.py, pipeline/extract.py)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import pytest
+
+import pipeline.stages as stages_mod
+from pipeline.extract import extract, status
+from pipeline.lanes import LaneStopped, run_lanes, stage_lanes
+from pipeline.stages import get_stage
+from tests.fixtures.corpora import tone_corpus
+
+ALL = ["mel", "phones", "speech", "speaker", "text"]
+
+
+def test_cpu_and_gpu_stages_make_two_lanes_only_when_gpus_are_used():
+    assert stage_lanes(ALL, gpus_in_use=True) == [["mel", "phones"], ["speech", "speaker", "text"]]
+    assert stage_lanes(ALL, gpus_in_use=False) == [ALL]
+    assert stage_lanes(["mel", "phones"], gpus_in_use=True) == [["mel", "phones"]]
+    assert stage_lanes(["speech", "text"], gpus_in_use=True) == [["speech", "text"]]
+
+
+def test_a_stage_that_reads_the_other_lane_keeps_one_lane(monkeypatch):
+    monkeypatch.setitem(stages_mod._REGISTRY, "speaker",  # noqa: SLF001 - test-only override
+                        dataclasses.replace(get_stage("speaker"), upstream=("mel",)))
+    assert stage_lanes(ALL, gpus_in_use=True) == [ALL]
+
+
+def test_run_lanes_returns_each_lanes_result_in_order():
+    def lane(value, delay):
+        return lambda stop: (time.sleep(delay), value)[1]
+    assert run_lanes([lane("cpu", 0.05), lane("gpu", 0.0)]) == ["cpu", "gpu"]
+    assert run_lanes([lane("only", 0.0)]) == ["only"]
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_an_error_in_one_lane_lets_the_other_finish_then_is_raised(failing):
+    finished = threading.Event()
+
+    def bad(stop):
+        raise RuntimeError("stage x failed")
+
+    def good(stop):
+        time.sleep(0.1)
+        finished.set()
+        return "done"
+    lanes = [bad, good] if failing == 0 else [good, bad]
+    with pytest.raises(RuntimeError, match="stage x failed"):
+        run_lanes(lanes)
+    assert finished.is_set()
+
+
+def test_ctrl_c_in_this_thread_stops_the_other_lanes_at_their_next_step():
+    ended = threading.Event()
+
+    def interrupted(stop):
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    def long_lane(stop):
+        try:
+            for _ in range(1000):  # one "shard" per 10 ms: stops at the next after the event
+                if stop.is_set():
+                    raise LaneStopped("stopped")
+                time.sleep(0.01)
+            return "ran to the end"
+        finally:
+            ended.set()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_lanes([interrupted, long_lane])
+    assert ended.is_set() and time.monotonic() - t0 < 5
+
+
+def test_extract_runs_a_cpu_stage_beside_a_gpu_stage(tmp_path, caplog):
+    """With GPUs in use (``gpus=[0]``; on a CPU-only machine the GPU stage computes on the CPU),
+    mel and speaker run at the same time: each started before the other's last item."""
+    work = tone_corpus(tmp_path, n=6, seconds=(0.5, 0.8))
+    seen: dict[str, list[float]] = {}
+
+    def progress(name, total):
+        seen[name] = [time.monotonic()]
+        return lambda n: seen[name].append(time.monotonic())
+    with caplog.at_level(logging.INFO, logger="pipeline.extract"):
+        reports = extract(work, ["mel", "speaker"], workers=1, gpus=[0], progress=progress)
+    assert [r.stage for r in reports] == ["mel", "speaker"]
+    assert "run beside GPU stage(s) speaker" in caplog.text
+    assert seen["mel"][0] < seen["speaker"][-1] and seen["speaker"][0] < seen["mel"][-1], seen
+    rows = {r.stage: r for r in status(work, ["mel", "speaker"])}
+    assert rows["mel"].shards.get("complete") and not rows["mel"].shards.get("missing")
+    assert rows["speaker"].shards.get("complete") and not rows["speaker"].shards.get("missing")
+    # nothing left to do: one lane, nothing computed, no GPU worker started
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.extract"):
+        again = extract(work, ["mel", "speaker"], workers=1, gpus=[0])
+    assert [r.computed for r in again] == [0, 0] and "run beside" not in caplog.text
