@@ -141,9 +141,26 @@ def _needs_work(stage_name: str, sp: ShardPlan) -> bool:
     return True
 
 
+#: Seconds a temp file's writer may take to finish exiting once its shard lock is free.
+EXIT_GRACE_S = 2.0
+
+
+def _writer_still_alive(stale: Path) -> bool:
+    """Whether the writer of ``stale`` still runs although this process holds the shard's lock:
+    either it is exiting (the kernel releases its locks before it becomes a zombie, so for a
+    moment it looks alive: a survivor once left a killed writer's temp file behind that way)
+    or its lock file was deleted under it. An exiting one is given EXIT_GRACE_S."""
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while writer_alive(stale):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def _remove_stale_temps(stage_name: str, sp: ShardPlan) -> None:
     for stale in sp.path.parent.glob(f".shard-{sp.index:05d}-*.tmp-*"):
-        if writer_alive(stale):  # its lock file was deleted under it: leave it alone
+        if _writer_still_alive(stale):  # its lock file was deleted under it: leave it alone
             log.warning("%s: a live process (temp file %s) writes this shard too", stage_name, stale)
             continue
         log.info("removing temp file of an interrupted writer: %s", stale)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import h5py
@@ -304,3 +305,37 @@ def test_local_workers_have_no_dask_memory_limit(gpus):
     with dask_client(1, gpus) as client:
         limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
     assert limits and all(not lim for lim in limits), limits
+
+
+def _temp_of(tmp_path, pid: int):
+    path = tmp_path / "shard-00000-abc.h5"
+    tmp = tmp_path / f".{path.name}.tmp-{pid}-1"
+    tmp.write_bytes(b"half a shard")
+    return types.SimpleNamespace(path=path, index=0), tmp
+
+
+def test_a_writer_that_is_still_exiting_gets_its_temp_file_removed(tmp_path):
+    """The lock is free once a killed writer's files are closed, a moment before it is a
+    zombie: the survivor waits for the exit instead of leaving the temp file behind."""
+    from pipeline.engine import _remove_stale_temps
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.4)"])
+    try:
+        sp, tmp = _temp_of(tmp_path, proc.pid)
+        t0 = time.monotonic()
+        _remove_stale_temps("mel", sp)
+        assert not tmp.exists() and time.monotonic() - t0 >= 0.1  # waited for the exit
+    finally:
+        proc.wait()
+
+
+def test_a_live_writer_keeps_its_temp_file(tmp_path, monkeypatch, caplog):
+    import pipeline.engine as engine
+    monkeypatch.setattr(engine, "EXIT_GRACE_S", 0.2)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sp, tmp = _temp_of(tmp_path, proc.pid)
+        engine._remove_stale_temps("mel", sp)
+        assert tmp.exists() and "a live process" in caplog.text
+    finally:
+        proc.kill()
+        proc.wait()
