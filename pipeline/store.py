@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from core.errors import CacheError
 from features.base import NOTE_KEY
+from pipeline.checksums import CHECKSUM_ATTR, checksum, open_dataset, read_verified
 from pipeline.stages import canonical
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,6 @@ class ShardWriter:
                 "kept)") from e
 
 
-CHECKSUM_ATTR = "crc32"
 _THREADS: dict[str, tuple[int, ThreadPoolExecutor]] = {}
 
 
@@ -165,39 +164,6 @@ def process_thread(name: str) -> ThreadPoolExecutor:
     if name not in _THREADS or _THREADS[name][0] != os.getpid():
         _THREADS[name] = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix=name))
     return _THREADS[name][1]
-
-
-def checksum(arr: np.ndarray) -> int:
-    """CRC-32 of an array's bytes (C order); ~2 GB/s, small next to reading them."""
-    return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
-
-
-def open_dataset(f: h5py.File, utt_id: str, name: str) -> h5py.Dataset:
-    """``f[utt_id][name]``; KeyError if the shard lacks that output, CacheError if the
-    metadata that leads to it is damaged (HDF5 checksums it)."""
-    try:
-        return f[utt_id][name]
-    except (KeyError, OSError, RuntimeError) as e:
-        try:
-            absent = name not in f[utt_id]
-        except (KeyError, OSError, RuntimeError):
-            absent = False
-        if absent:
-            raise KeyError(f"{utt_id} has no output {name!r} in {f.filename}") from None
-        raise CacheError(f"{utt_id}/{name} in {f.filename} cannot be opened ({e})") from None
-
-
-def read_verified(ds: h5py.Dataset) -> np.ndarray:
-    """The whole dataset; raises CacheError if it cannot be read or its bytes do not match the
-    stored CRC-32 (shards written before checksums existed have none and are not checked)."""
-    try:
-        arr = ds[()]
-        want = ds.attrs.get(CHECKSUM_ATTR)
-    except (OSError, RuntimeError, KeyError) as e:
-        raise CacheError(f"{ds.name} in {ds.file.filename} cannot be read ({e})") from None
-    if want is not None and checksum(np.asarray(arr)) != int(want):
-        raise CacheError(f"{ds.name} in {ds.file.filename}: data do not match their checksum")
-    return arr
 
 
 def _attr(v: Any) -> Any:

@@ -10,8 +10,8 @@ from typing import Any
 import h5py
 
 from core.errors import CacheError
-from pipeline.store import SHARD_GLOB, cache_root, open_dataset, read_pointer, read_verified, \
-    stage_dir
+from pipeline.checksums import open_dataset, read_verified
+from pipeline.store import SHARD_GLOB, cache_root, read_pointer, stage_dir
 
 log = logging.getLogger(__name__)
 
