@@ -1,6 +1,7 @@
 """``predict``: the click layer over :func:`models.predict.predict`."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -49,7 +50,9 @@ def predict(audio, list_file, texts, transcripts, transcribe, ser_run, ter_run, 
                     Path(transcripts).read_text(encoding="utf-8").splitlines() if "\t" in line)
         given = [rows.get(a, g) for a, g in zip(audio, given)]
     _no_third_party_bars()
-    preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe, language=language)
+    with _progress(len(audio)) as advance:
+        preds = run(workdir, list(audio), given, ser_run, ter_run, fold, transcribe,
+                    language=language, progress=advance)
     _print_predictions(preds, "json" if as_json else fmt)
     _fail_if_any(preds)
 
@@ -67,6 +70,18 @@ def _no_third_party_bars() -> None:
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def _progress(n_files: int):
+    """A progress bar (standard error) for lists longer than one chunk; else nothing."""
+    from models.predict import CHUNK
+    if n_files <= CHUNK:
+        yield None
+        return
+    from commands.display import stage_progress
+    with stage_progress() as start:
+        yield start("predict", n_files)
 
 
 def _listed(path: Path) -> list[str]:

@@ -8,10 +8,11 @@ probabilities are fused with the weights ``fuse`` chose (mean over folds), else 
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,25 +84,38 @@ def fusion_weights(workdir: Path, ser_run: str, ter_run: str) -> tuple[float, fl
 def transcribe(audio: np.ndarray) -> str:
     """English transcript of 16 kHz audio with the installed Whisper tiny.en (CTranslate2)."""
     import ctranslate2
+    model, tok, features, prompt = _transcriber()
+    feats = features(audio, sampling_rate=16000, return_tensors="np").input_features
+    res = model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, np.float32)),
+                         [prompt], max_length=200)
+    return tok.decode(res[0].sequences_ids[0]).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _transcriber():
+    """Whisper tiny.en loaded once per process (not once per file)."""
+    import ctranslate2
     import tokenizers
     from transformers import WhisperFeatureExtractor
     from features.ct2_reader import ct2_files
     folder = ct2_files("whisper-tiny.en")[0].parent  # a complete CTranslate2 model folder
-    feats = WhisperFeatureExtractor(feature_size=80)(audio, sampling_rate=16000,
-                                                     return_tensors="np").input_features
     tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     prompt = [tok.token_to_id("<|startoftranscript|>"), tok.token_to_id("<|notimestamps|>")]
-    w = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32")
-    res = w.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, np.float32)),
-                     [prompt], max_length=200)
-    return tok.decode(res[0].sequences_ids[0]).strip()
+    model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32")
+    return model, tok, WhisperFeatureExtractor(feature_size=80), prompt
+
+
+#: Files whose audio and features are held at once: memory stays bounded on long lists.
+CHUNK = 64
 
 
 def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | None] | None = None,
             ser_run: str = "small", ter_run: str = "cnn", fold: str | None = None,
-            do_transcribe: bool = False, device: str = "cpu", language: str = "en") -> list[Prediction]:
+            do_transcribe: bool = False, device: str = "cpu", language: str = "en",
+            progress: Callable[[int], None] | None = None) -> list[Prediction]:
     """One Prediction per input file, in input order (a failed file has ``error`` set).
-    ``language``: of the speech and transcripts; a warning when the TER run learned another."""
+    ``language``: of the speech and transcripts; a warning when the TER run learned another.
+    Files go through in chunks of CHUNK (models loaded once); ``progress(n)`` after each."""
     from models.trained import load_run
     workdir = Path(workdir)
     corpus = load_corpus(workdir)
@@ -115,10 +129,31 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
                                 f"{ter_run!r} has {ter.classes}: they cannot be fused; retrain one")
         _warn_language(corpus, language)
     out: list[Prediction] = [Prediction(f, None, {}, {}, None, None) for f in files]
+    models = _Models(ser, _ser_models(ser, device), ter, _ter_models(ter) if ter else [],
+                     fusion_weights(workdir, ser_run, ter_run))
+    for lo in range(0, len(files), CHUNK):
+        ks = range(lo, min(lo + CHUNK, len(files)))
+        _predict_chunk(models, files, texts, out, ks, device, language, do_transcribe)
+        if progress is not None:
+            progress(len(ks))
+    return out
+
+
+@dataclass
+class _Models:
+    ser: TrainedRun
+    ser_models: tuple  # (model config, fold models, window weighting)
+    ter: TrainedRun | None
+    ter_models: list
+    weights: tuple[float, float]  # fusion (speech, text)
+
+
+def _predict_chunk(m: _Models, files: Sequence[str], texts: list, out: list[Prediction],
+                   ks: range, device: str, language: str, do_transcribe: bool) -> None:
     items: dict[int, ItemInput] = {}
-    for k, f in enumerate(files):
+    for k in ks:
         try:
-            audio = load_audio(f, f)
+            audio = load_audio(files[k], files[k])
         except ItemError as e:
             out[k].error = e.reason
             continue
@@ -127,20 +162,19 @@ def predict(workdir: str | Path, files: Sequence[str], texts: Sequence[str | Non
         out[k].transcript = texts[k]
         items[k] = ItemInput(f"file{k}", audio, texts[k], language, f"spk{k}")
     if not items:
-        return out
-    p_speech = _speech_probs(ser, items, out, device)
+        return
+    p_speech = _speech_probs(m.ser, m.ser_models, items, out, device)
     p_text = {}
-    if ter is not None and any(it.text for k, it in items.items() if k in p_speech):
-        p_text = _text_probs(ter, items, out, device)
-    w1, w2 = fusion_weights(workdir, ser_run, ter_run)
+    if m.ter is not None and any(it.text for k, it in items.items() if k in p_speech):
+        p_text = _text_probs(m.ter, m.ter_models, items, out, device)
+    classes = m.ser.classes
     for k, ps in p_speech.items():
         pt = p_text.get(k)
-        p = fuse_probs(ps, pt, w1, w2)
-        out[k].label = ser.classes[int(np.argmax(p))]
-        out[k].probs = dict(zip(ser.classes, map(float, p)))
-        out[k].speech = dict(zip(ser.classes, map(float, ps)))
-        out[k].text = dict(zip(ser.classes, map(float, pt))) if pt is not None else None
-    return out
+        p = fuse_probs(ps, pt, *m.weights)
+        out[k].label = classes[int(np.argmax(p))]
+        out[k].probs = dict(zip(classes, map(float, p)))
+        out[k].speech = dict(zip(classes, map(float, ps)))
+        out[k].text = dict(zip(classes, map(float, pt))) if pt is not None else None
 
 
 def _warn_language(corpus, language: str) -> None:
@@ -163,13 +197,13 @@ def _needed_stages(cfg) -> list[str]:
     return (["speech"] if cfg.input == "encoder" else []) + ["mel", "speaker"]
 
 
-def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Prediction],
-                  device: str) -> dict[int, np.ndarray]:
+def _speech_probs(run: TrainedRun, ser_models: tuple, items: dict[int, ItemInput],
+                  out: list[Prediction], device: str) -> dict[int, np.ndarray]:
     """Fold-ensemble SER probabilities per input index; failures are recorded in ``out``."""
     from models.ser_data import load_set
     from models.ser_sources import ArraySource
     from models.ser_train import ensemble_window_probs
-    cfg, models, weighting = _ser_models(run, device)
+    cfg, models, weighting = ser_models
     keys, its = list(items), list(items.values())
     res = {s: _extractor(run, s, device)(its) for s in _needed_stages(cfg)}
     good = []
@@ -196,7 +230,7 @@ def _speech_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predic
     return {keys[j]: probs[row] for row, j in enumerate(good)}
 
 
-def _text_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Prediction],
+def _text_probs(run: TrainedRun, models: list, items: dict[int, ItemInput], out: list[Prediction],
                 device: str) -> dict[int, np.ndarray]:
     """Fold-ensemble TER probabilities of the inputs with a transcript."""
     from models.ter import TextCNN, pad_tokens
@@ -205,7 +239,6 @@ def _text_probs(run: TrainedRun, items: dict[int, ItemInput], out: list[Predicti
     feats = {k: r["tokens"] for k, r in zip(with_text, tok) if not isinstance(r, ItemError)}
     if not feats:
         return {}
-    models = _ter_models(run)
     x, lengths = pad_tokens(list(feats.values()), models[0].config.max_tokens)
     with torch.no_grad():
         probs = np.mean([TextCNN.probabilities(m(x, lengths)).numpy() for m in models], axis=0)

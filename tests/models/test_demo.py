@@ -192,6 +192,37 @@ def test_predict_formats_paths_and_language(demo_dir, monkeypatch):
     assert bad.exit_code == 2 and "only transcribes English" in " ".join(bad.output.split())
 
 
+def test_predict_goes_through_long_lists_in_chunks(demo_dir, monkeypatch):
+    """Bounded memory on long lists: files go through CHUNK at a time, with progress after each;
+    the rows (a bad file among them) are those of one pass over all files."""
+    import models.predict as mp
+    work, _ = demo_dir
+    utts = load_corpus(work).utterances[:4]
+    files = [u.audio for u in utts[:2]] + [str(work / "gone.wav")] + [u.audio for u in utts[2:]]
+    texts = [u.text for u in utts[:2]] + [None] + [u.text for u in utts[2:]]
+    whole = predict(work, files, texts)
+    monkeypatch.setattr(mp, "CHUNK", 2)
+    seen = []
+    chunked = predict(work, files, texts, progress=seen.append)
+    assert seen == [2, 2, 1]
+    assert [(p.file, p.label, p.error) for p in chunked] == [(p.file, p.label, p.error) for p in whole]
+    for a, b in zip(chunked, whole):
+        assert all(abs(a.probs[c] - b.probs[c]) < 1e-5 for c in b.probs)
+
+
+def test_predict_command_shows_progress_on_lists_longer_than_a_chunk(demo_dir, monkeypatch):
+    from click.testing import CliRunner
+    import models.predict as mp
+    from cli import cli
+    work, _ = demo_dir
+    a, b = load_corpus(work).utterances[:2]
+    monkeypatch.setattr(mp, "CHUNK", 1)
+    res = CliRunner().invoke(cli, ["predict", a.audio, b.audio, "--format", "tsv", "-w", str(work)])
+    assert res.exit_code == 0, res.output
+    assert "predict" in res.stderr and "2/2" in res.stderr
+    assert len([ln for ln in res.stdout.splitlines() if ln.strip()]) == 3  # header + 2 rows
+
+
 def test_predict_list_file_is_batch_mode(demo_dir, tmp_path):
     """--list: paths relative to the list's folder, comments and blank lines skipped, rows in
     order after any AUDIO given; a listed file that does not exist is named with its line."""
