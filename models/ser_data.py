@@ -237,8 +237,9 @@ def load_resident(source: Source, ids: Sequence[str], speakers: Mapping[str, str
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     gb, sec = (feats.nbytes if feats is not None else 0) / 1e9, time.perf_counter() - t0
-    log.info("resident on %s: %d utterances, %.1f GB of layers in %.1f s (%.2f GB/s)",
-             device, len(ids), gb, sec, gb / max(sec, 1e-9))
+    log.log(logging.INFO if sec > 2 else logging.DEBUG,  # worth a line when it takes a while
+            "resident on %s: %d utterances, %.1f GB of layers in %.1f s (%.2f GB/s)",
+            device, len(ids), gb, sec, gb / max(sec, 1e-9))
     spk = torch.from_numpy(np.stack([np.asarray(source.speaker_mean(speakers[u]), np.float32) for u in ids]))
     lab = torch.tensor([labels.get(u, -1) for u in ids], dtype=torch.long)
     return ResidentSet(ids, feats, mel, phones, offsets.to(device), spk.to(device), lab.to(device))
