@@ -55,6 +55,11 @@ class HeadConfig:
             raise TrainingError("the mfcc head reads the mel spectrogram (input=mel), the others "
                                 "the encoder layers (input=encoder)")
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The cached inputs it learns from: the encoder's layers, or the mel (mfcc)."""
+        return (self.input,)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -188,13 +188,9 @@ def _warn_language(corpus, language: str) -> None:
 
 
 def _needed_stages(cfg) -> list[str]:
-    """What a speech model reads at inference: the paper's network its input, the mel (the
-    decoder's target) and speaker means; a reference head only its input (the encoder's layers,
-    or the mel for mfcc-linear), so predict computes nothing else."""
-    from models.heads import HeadConfig
-    if isinstance(cfg, HeadConfig):
-        return ["speech"] if cfg.input == "encoder" else ["mel"]
-    return (["speech"] if cfg.input == "encoder" else []) + ["mel", "speaker"]
+    """The stages a speech model reads at inference (``cfg.reads``; the phones only shape
+    training's reconstruction and are zeros here), so predict computes nothing else."""
+    return ["speech" if role == "encoder" else role for role in cfg.reads if role != "phones"]
 
 
 def _speech_probs(run: TrainedRun, ser_models: tuple, items: dict[int, ItemInput],

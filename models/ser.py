@@ -57,6 +57,12 @@ class SERConfig:
             raise TrainingError(f"input must be 'encoder' or 'mel', not {self.input!r}")
 
     @property
+    def reads(self) -> tuple[str, ...]:
+        """The cached inputs it learns from: its input (encoder layers, or the mel for spec),
+        the mel it reconstructs, the phones its decoder reads and the speaker means."""
+        return (("encoder",) if self.input == "encoder" else ()) + ("mel", "phones", "speaker")
+
+    @property
     def n_codes(self) -> int:
         """Codes per crop: crop / f (small: 2, large: 48)."""
         return self.crop // self.freq

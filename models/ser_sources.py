@@ -6,6 +6,7 @@ tests, benches). :func:`usable` keeps the utterances that have everything a SER 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
@@ -79,17 +80,26 @@ class ArraySource:
         return None
 
 
+#: The roles of the cached inputs a SER model can read (StoreKeys.<role>_stage).
+ROLES = ("encoder", "mel", "phones", "speaker")
+
+
 @dataclass(frozen=True)
 class StoreKeys:
     """Which cached stages/datasets the SER model reads (DESIGN.md §2)."""
 
-    encoder_stage: str | None = "speech"  # None: mel-input model
+    encoder_stage: str | None = "speech"  # None: not read (a mel-input model)
     encoder_name: str = "feats"
-    mel_stage: str = "mel"
+    mel_stage: str | None = "mel"  # None: not read (zeros stand in: a head on the encoder)
     mel_name: str = "mel"
-    phones_stage: str = "phones"
+    phones_stage: str | None = "phones"
     phones_name: str = "ids"
-    speaker_stage: str = "speaker"
+    speaker_stage: str | None = "speaker"
+
+    def only(self, reads: Sequence[str]) -> "StoreKeys":
+        """These keys with the stages of the roles not in ``reads`` (encoder, mel, phones,
+        speaker: a model config's ``reads``) left out."""
+        return dataclasses.replace(self, **{f"{role}_stage": None for role in ROLES if role not in reads})
 
 
 class StoreSource:
@@ -99,11 +109,18 @@ class StoreSource:
         from pipeline.store import StageReader
 
         self.keys = keys
-        self.enc = StageReader(workdir, keys.encoder_stage) if keys.encoder_stage else None
-        self.mel_r = StageReader(workdir, keys.mel_stage)
-        self.ph_r = StageReader(workdir, keys.phones_stage)
-        self.spk_r = StageReader(workdir, keys.speaker_stage)
+
+        def reader(stage: str | None):
+            return StageReader(workdir, stage) if stage else None
+        self.enc, self.mel_r = reader(keys.encoder_stage), reader(keys.mel_stage)
+        self.ph_r, self.spk_r = reader(keys.phones_stage), reader(keys.speaker_stage)
         self._spk_cache: dict[str, np.ndarray] = {}
+
+    def _framed(self) -> list[tuple[Any, str]]:
+        """(reader, dataset name) of the per-frame stages read."""
+        pairs = ((self.enc, self.keys.encoder_name), (self.mel_r, self.keys.mel_name),
+                 (self.ph_r, self.keys.phones_name))
+        return [(r, name) for r, name in pairs if r is not None]
 
     def readers(self) -> dict[str, Any]:
         """Stage name -> its StageReader."""
@@ -115,14 +132,11 @@ class StoreSource:
 
     def utterance_key(self, utt_id: str, speaker: str) -> str:
         """Key of everything this utterance's training example is read from."""
-        frames = [r.keys.get(utt_id, "") for r in (self.enc, self.mel_r, self.ph_r) if r is not None]
-        return digest(frames, self.spk_r.extra_name, speaker)
+        frames = [r.keys.get(utt_id, "") for r, _ in self._framed()]
+        return digest(frames, self.spk_r.extra_name, speaker) if self.spk_r else digest(frames)
 
     def length(self, utt_id: str) -> int:
-        lens = [self.mel_r.length(utt_id, self.keys.mel_name), self.ph_r.length(utt_id, self.keys.phones_name)]
-        if self.enc is not None:
-            lens.append(self.enc.length(utt_id, self.keys.encoder_name))
-        return min(lens)
+        return min(r.length(utt_id, name) for r, name in self._framed())
 
     def encoder_shape(self, utt_id: str) -> tuple[int, int]:
         return tuple(self.enc.shape(utt_id, self.keys.encoder_name)[1:])
@@ -130,20 +144,30 @@ class StoreSource:
     def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
         return read_rows(self.enc.dataset(utt_id, self.keys.encoder_name), sl)  # one contiguous read
 
+    def _zeros(self, utt_id: str, sl: slice, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """What a stage the model does not read gives: zeros on the utterance's frames."""
+        return np.zeros((len(range(*sl.indices(self.length(utt_id)))),) + shape, dtype)
+
     def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        if self.mel_r is None:
+            return self._zeros(utt_id, sl, (80,), np.float32)
         return read_rows(self.mel_r.dataset(utt_id, self.keys.mel_name), sl)
 
     def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
+        if self.ph_r is None:
+            return self._zeros(utt_id, sl, (), np.int16)
         return read_rows(self.ph_r.dataset(utt_id, self.keys.phones_name), sl)
 
     def speaker_mean(self, speaker: str) -> np.ndarray:
+        if self.spk_r is None:
+            return np.zeros(256, np.float32)
         if speaker not in self._spk_cache:
             self._spk_cache[speaker] = np.asarray(self.spk_r.extra(speaker), dtype=np.float32).reshape(-1)
         return self._spk_cache[speaker]
 
     def missing(self, utt_id: str) -> str | None:
-        for r in (self.enc, self.mel_r, self.ph_r):
-            if r is not None and utt_id not in r:
+        for r, _ in self._framed():
+            if utt_id not in r:
                 return f"no {r.stage!r} feature" + (f" ({r.failed[utt_id]})" if utt_id in r.failed else "")
         return None
 

@@ -253,12 +253,11 @@ def alpha_record(state: dict[str, torch.Tensor], mode: str) -> dict[str, Any]:
 
 
 def open_source(workdir, keys: StoreKeys, model: SERConfig, corpus: Corpus) -> StoreSource:
-    """The shard-store source a model reads (the mel ablation reads no encoder stage), checked
-    to hold the features of ``corpus`` as it is now (CacheError otherwise)."""
+    """The shard-store source of the stages a model reads (``model.reads``: a head on the
+    encoder's layers needs no mel, phones or speaker stage), checked to hold the features of
+    ``corpus`` as it is now (CacheError otherwise)."""
     from pipeline.plan import check_current
-    if model.input == "mel":
-        keys = dataclasses.replace(keys, encoder_stage=None)
-    source = StoreSource(workdir, keys)
+    source = StoreSource(workdir, keys.only(model.reads))
     check_current(workdir, corpus, source.readers())
     return source
 

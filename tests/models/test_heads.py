@@ -151,8 +151,29 @@ def test_cli_trains_heads_and_the_classic_baseline_beside_the_paper_model(tmp_pa
         assert config_json["inputs"]["window_weighting"] == "frames"
         assert config_json["train"]["epochs"] == 40 and config_json["train"]["select"] == "val"
         assert RunPaths(tmp_path, "ser", config).fold_names() == ["G0", "G1"]
+    # each records only the stages it reads (a change to the others retrains nothing)
     assert read_json(RunPaths(tmp_path, "ser", "mfcc-linear").config)["feature_keys"] == {
-        "mel": "mel-test-identity", "phones": "phones-test-identity", "speaker": "speaker-test-identity"}
+        "mel": "mel-test-identity"}
+    assert read_json(RunPaths(tmp_path, "ser", "head-linear").config)["feature_keys"] == {
+        "speech": "speech-test-identity"}
+
+
+def test_a_head_on_the_encoder_needs_only_the_speech_stage(tmp_path):
+    """`extract -s speech` then `train ser --config head-linear` (the gpu recipe's default):
+    no mel, phones or speaker stage needed; the paper's network still asks for the mel."""
+    from click.testing import CliRunner
+
+    from cli import cli
+    from tests.fixtures.stores import write_ser_store
+    corpus = make_corpus(n_groups=2, per_class=3)
+    write_ser_store(tmp_path, corpus, ser_source(corpus), stages=("speech",))
+    out = CliRunner().invoke(cli, ["train", "ser", "--config", "head-linear", "--batch-size", "4",
+                                   "--device", "cpu", "-w", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert RunPaths(tmp_path, "ser", "head-linear").fold_names() == ["G0", "G1"]
+    out = CliRunner().invoke(cli, ["train", "ser", "--config", "small", "--steps", "2",
+                                   "--device", "cpu", "-w", str(tmp_path)])
+    assert out.exit_code != 0 and "stage 'mel' has no features" in out.output
 
 
 def test_text_reference_head_learns_masks_padding_and_reloads(tmp_path):
