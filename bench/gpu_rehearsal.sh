@@ -2,7 +2,8 @@
 # IEMOCAP-scale dress rehearsal: an IEMOCAP-shaped corpus (bench/make_iemocap_like.py) from raw
 # files to report through the product's own commands, wav2vec2-large and BERT-large
 # architectures (random weights), SER 5 folds × the paper's 2 M crops, TER with the paper's
-# samples, fuse, report, on one or two GPUs.
+# samples, fuse, report, on one or two GPUs. (2026-11-30's run, bench/RESULTS.md, predates
+# pipeline/lanes.py: it ran the CPU stages as a second command beside the GPU ones.)
 #   SCALE=1.0 GPUS=0,1 bash bench/gpu_rehearsal.sh OUT_DIR
 # Resumable, so it fits calls of 10 minutes: run the same command again and it goes on where
 # the last call stopped (finished steps are skipped, extraction keeps completed shards, training
@@ -36,12 +37,8 @@ run_all() {
   t corpus python3 bench/make_iemocap_like.py "$STATE/iemocap-like" --scale "$SCALE" || return
   t models python3 bench/make_random_models.py --out "$STATE/models" --tokenizer "$TOK" || return
   t prepare python3 cli.py prepare iemocap "$STATE/iemocap-like/IEMOCAP_full_release" -w "$W" || return
-  # CPU stages beside the GPU stages: two commands at once on one work directory (shard locks)
-  t extract_cpu_stages python3 cli.py extract -s mel -s phones -w "$W" &
-  t extract_speech python3 cli.py extract -s speech $P --gpus "$GPUS" -w "$W"
-  t extract_speaker_text python3 cli.py extract -s speaker -s text $P --gpus "$GPUS" -w "$W"
-  wait; stop_workers
-  [ -e "$STATE/extract_cpu_stages.done" ] && [ -e "$STATE/extract_speaker_text.done" ] || return 1
+  # every stage in one command: extract runs the CPU stages beside the GPU stages (pipeline/lanes.py)
+  t extract_all python3 cli.py extract $P --gpus "$GPUS" -w "$W" || { stop_workers; return 1; }
   # the speech stage again on one GPU, for the scaling ratio (same corpus, same call)
   [ -n "${SKIP_1GPU:-}" ] || t speech_1gpu python3 cli.py extract -s speech --force --gpus "${GPUS%%,*}" -w "$W"
   [ -e "$STATE/cache_bytes.txt" ] || du -sb "$W"/cache/* > "$STATE/cache_bytes.txt"
