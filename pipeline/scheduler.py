@@ -63,17 +63,20 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
     # fold, its memory bounded by design (a GPU worker holds its model and pinned blocks, ≈ 6 GB),
     # while Dask's default share, total RAM / workers, read 7.9 GB on a 2-GPU host whose RAM
     # grows on demand, and restarted both GPU workers in a loop (bench/RESULTS.md, rehearsal).
+    # dashboard_address ":0": each cluster's HTTP endpoints on a free port (extract's two lanes
+    # run two clusters in one process; both asking for 8787 made one warn and move).
     if gpus:
         workers = {
             f"gpu{g}": {"cls": Nanny, "options": {
-                "nthreads": 1, "memory_limit": 0, "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
+                "nthreads": 1, "memory_limit": 0, "dashboard": False,
+                "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
             for g in gpus
         }
         cluster = SpecCluster(workers=workers, scheduler={
-            "cls": Scheduler, "options": {"dashboard_address": None}}, silence_logs=logging.WARNING)
+            "cls": Scheduler, "options": {"dashboard_address": ":0", "dashboard": False}}, silence_logs=logging.WARNING)
     else:
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               memory_limit=0, dashboard_address=None, worker_dashboard_address=None,
+                               memory_limit=0, dashboard_address=":0", worker_dashboard_address=None,
                                env=dict(_ONE_THREAD),
                                silence_logs=logging.WARNING)
     client = Client(cluster)

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -98,3 +99,18 @@ def test_extract_runs_a_cpu_stage_beside_a_gpu_stage(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline.extract"):
         again = extract(work, ["mel", "speaker"], workers=1, gpus=[0])
     assert [r.computed for r in again] == [0, 0] and "run beside" not in caplog.text
+
+
+def test_both_lanes_on_dask_clusters_at_once(tmp_path, monkeypatch):
+    """Several shards per stage, so each lane starts its own Dask cluster (two CPU workers; two
+    'GPU' workers, which compute on the CPU here) in one process at the same time."""
+    from tests.fixtures.stages import small_shards
+    small_shards(monkeypatch, {"mel": 3, "speaker": 3})
+    work = tone_corpus(tmp_path, n=12, seconds=(0.5, 0.8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reports = extract(work, ["mel", "speaker"], workers=2, gpus=[0, 1])
+    assert not [w for w in caught if "already in use" in str(w.message)]  # no port clash
+    assert [(r.stage, r.computed, r.shards_total) for r in reports] == [("mel", 4, 4), ("speaker", 4, 4)]
+    rows = {r.stage: r.shards for r in status(work, ["mel", "speaker"])}
+    assert rows["mel"]["complete"] == 4 and rows["speaker"]["complete"] == 4
