@@ -46,7 +46,9 @@ def extract(stages, param, reset_params, force, rehash, workers, gpus, scheduler
     """Compute features into the HDF5 shard cache; only what changed is recomputed.
 
     Parameters given with -p are remembered in WORKDIR/stage_params.json and used by later runs;
-    --reset-params forgets them for the named stages.
+    --reset-params forgets them for the named stages. With GPUs, the CPU stages (mel, phones)
+    run beside the GPU stages (speech, speaker, text). Interrupted or failed runs keep every
+    completed shard: run the same command again to go on.
     """
     from pipeline.extract import extract as run
     from commands.display import console, stage_progress, table
