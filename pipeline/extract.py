@@ -121,34 +121,27 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
     planner = _Planner(workdir, params, rehash)
     names = _with_audio(names, planner.corpus, stages == ["all"])
     order = resolve_order(names)
+    plans = {}
+    for name in order:  # upstream first: a stage's keys depend on its upstream stages' keys
+        plans[name] = plan = planner.plan(name)
+        planner.settle(plan)
+        if force and name in names:  # replaced by each shard's writer, never deleted up front
+            for sp in plan.shards:
+                sp.force, sp.state = True, "missing"
     lanes = [order]
-    if not scheduler and _both_kinds_pending(planner, order, set(names) if force else set()):
+    busy = {plan.stage.needs_gpu for plan in plans.values() if plan.pending()}
+    if not scheduler and len(busy) == 2:  # CPU and GPU stages both have work
         use_gpus = gpus if gpus is not None else visible_gpus()  # imports torch: only here
         lanes = stage_lanes(order, bool(use_gpus))
-    if len(lanes) > 1:
-        log.info("CPU stage(s) %s run beside GPU stage(s) %s", ", ".join(lanes[0]), ", ".join(lanes[1]))
-        # one core per GPU worker stays for its decoding and writes
-        workers = workers or max(1, (os.cpu_count() or 1) - len(use_gpus))
-    job = _Job(workdir, planner, threading.Lock(), set(names) if force else set(), workers, gpus,
-               scheduler, progress)
-    done = run_lanes([functools.partial(_bring_up_lane, job, lane) for lane in lanes])
+        if len(lanes) > 1:
+            log.info("CPU stage(s) %s run beside GPU stage(s) %s", ", ".join(lanes[0]),
+                     ", ".join(lanes[1]))
+            # one core per GPU worker stays for its decoding and writes
+            workers = workers or max(1, (os.cpu_count() or 1) - len(use_gpus))
+    job = _Job(workdir, planner, threading.Lock(), workers, gpus, scheduler, progress)
+    done = run_lanes([functools.partial(_bring_up_lane, job, [plans[n] for n in lane]) for lane in lanes])
     reports = {r.stage: r for lane_reports in done for r in lane_reports}
     return [reports[n] for n in order]
-
-
-def _both_kinds_pending(planner: "_Planner", order: list[str], forced: set[str]) -> bool:
-    """Whether CPU and GPU stages both have work (planned without computing anything)."""
-    kinds = {get_stage(n).needs_gpu for n in order}
-    if len(kinds) < 2:
-        return False
-    busy = set()
-    for name in order:
-        plan = planner.plan(name)
-        if name in forced or plan.pending():
-            busy.add(get_stage(name).needs_gpu)
-        planner.settle(plan)
-    planner.keys.clear()  # the lanes plan again, each in its own order
-    return len(busy) == 2
 
 
 @dataclass
@@ -157,38 +150,31 @@ class _Job:
     workdir: str
     planner: "_Planner"
     lock: threading.Lock
-    forced: set[str]
     workers: int | None
     gpus: list[int] | None
     scheduler: str | None
     progress: Callable | None
 
 
-def _bring_up_lane(job: _Job, names: list[str], stop: threading.Event) -> list[StageReport]:
-    return [_bring_up(job, name, stop) for name in names]
+def _bring_up_lane(job: _Job, plans: list[StagePlan], stop: threading.Event) -> list[StageReport]:
+    return [_bring_up(job, plan, stop) for plan in plans]
 
 
-def _bring_up(job: _Job, name: str, stop: threading.Event) -> StageReport:
-    """Compute the missing shards of one stage, publish it, and report."""
+def _bring_up(job: _Job, plan: StagePlan, stop: threading.Event) -> StageReport:
+    """Compute the missing shards of one planned stage, publish it, and report."""
+    name = plan.stage.name
     if stop.is_set():
         raise LaneStopped(f"stage {name}: not started (interrupted)")
-    with job.lock:
-        plan = job.planner.plan(name)
-    if name in job.forced:  # replaced by each shard's writer, never deleted up front
-        for sp in plan.shards:
-            sp.force, sp.state = True, "missing"
     pending = plan.pending()
     results = _run(job.workdir, plan, pending, job.workers, job.gpus, job.scheduler, job.progress, stop)
     with job.lock:
-        plan = job.planner.plan(name)
+        plan = job.planner.plan(name)  # the shards as they are now
     missing = plan.pending()
     if missing:
         raise StageError(f"stage {name}: {len(missing)} shard(s) could not be completed; "
                          "see the log above, then re-run extract (completed shards are kept)")
     publish(job.workdir, plan, list(job.planner.corpus.utterances))
     summary = shard_summary(plan)
-    with job.lock:
-        job.planner.settle(plan)
     return StageReport(name, plan.identity_key[:16], len(plan.shards),
                        sum(1 for r in results if not r.skipped), len(plan.shards) - len(pending),
                        summary["failed"], sum(r.seconds for r in results), summary["notes"])

@@ -13,20 +13,13 @@ import concurrent.futures
 import threading
 from typing import Callable, Sequence, TypeVar
 
-from pipeline.stages import get_stage
+from pipeline.stages import get_stage, resolve_order
 
 T = TypeVar("T")
 
 
 class LaneStopped(KeyboardInterrupt):
     """Raised inside a lane when another lane was interrupted (Ctrl-C): stop at the next shard."""
-
-
-def _upstream(name: str) -> set[str]:
-    out: set[str] = set()
-    for u in get_stage(name).upstream:
-        out |= {u} | _upstream(u)
-    return out
 
 
 def stage_lanes(order: Sequence[str], gpus_in_use: bool) -> list[list[str]]:
@@ -36,7 +29,9 @@ def stage_lanes(order: Sequence[str], gpus_in_use: bool) -> list[list[str]]:
     cpu = [n for n in order if n not in gpu]
     if not gpus_in_use or not gpu or not cpu:
         return [list(order)]
-    crossing = any(_upstream(n) & set(gpu) for n in cpu) or any(_upstream(n) & set(cpu) for n in gpu)
+    # resolve_order([n]): n and every stage it reads, directly or not
+    crossing = any(get_stage(u).needs_gpu != get_stage(n).needs_gpu
+                   for n in order for u in resolve_order([n]))
     return [list(order)] if crossing else [cpu, gpu]
 
 
