@@ -17,7 +17,6 @@ import numpy as np
 from core.errors import ItemError
 
 
-
 class LazyModule:
     """A module imported on first attribute access, by a plain ``import``.
 

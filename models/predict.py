@@ -211,14 +211,11 @@ def _speech_probs(run: TrainedRun, ser_models: tuple, items: dict[int, ItemInput
             good.append(j)
     if not good:
         return {}
-    spk, enc = res.get("speaker"), res.get("speech")
-    mel = {j: res["mel"][j]["mel"] if "mel" in res else  # zeros where the model reads no mel
-           np.zeros((len(enc[j]["feats"]), 80), np.float32) for j in good}
-    src = ArraySource(
-        mel={its[j].utt_id: mel[j] for j in good},
-        phones={its[j].utt_id: np.zeros(len(mel[j]), np.int64) for j in good},
-        speakers={its[j].speaker: spk[j]["embed"] if spk else np.zeros(256, np.float32) for j in good},
-        encoder={its[j].utt_id: enc[j]["feats"] for j in good} if enc else None)
+
+    def arrays(stage: str, name: str, key: str = "utt_id"):  # None: not read, zeros stand in
+        return {getattr(its[j], key): res[stage][j][name] for j in good} if stage in res else None
+    src = ArraySource(mel=arrays("mel", "mel"), phones=None, speakers=arrays("speaker", "embed", "speaker"),
+                      encoder=arrays("speech", "feats"))
     gid = [its[j].utt_id for j in good]
     data = load_set(src, gid, {its[j].utt_id: its[j].speaker for j in good},
                     {u: 0 for u in gid}, cfg.input == "encoder", device, "yes")

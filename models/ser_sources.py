@@ -15,11 +15,22 @@ import numpy as np
 
 from core.errors import CacheError, TrainingError
 from core.hashing import digest
+from features.speaker import EMBED_DIM
 from pipeline.rows import read_rows
 
 log = logging.getLogger(__name__)
 
 ALL = slice(None)
+#: What a per-frame input that a model does not read gives: zeros of this shape and dtype on the
+#: utterance's frames (a source leaves the stage out: StoreKeys.<role>_stage or an array dict
+#: of None); an unread speaker mean is zeros too.
+UNREAD = {"mel": ((80,), np.float32), "phones": ((), np.int16)}
+
+
+def unread(role: str, n_frames: int, sl: slice = ALL) -> np.ndarray:
+    """Zeros standing in for ``role`` on frames ``sl`` of an ``n_frames``-frame utterance."""
+    shape, dtype = UNREAD[role]
+    return np.zeros((len(range(*sl.indices(n_frames))),) + shape, dtype)
 
 
 class Source(Protocol):
@@ -38,10 +49,11 @@ class Source(Protocol):
 
 
 class ArraySource:
-    """In-memory source: dicts utt_id -> array, speaker -> mean (tests, benches)."""
+    """In-memory source: dicts utt_id -> array, speaker -> mean (predict, tests, benches); a dict
+    given as None is an input the model does not read (:func:`unread` zeros stand in)."""
 
-    def __init__(self, mel: Mapping[str, np.ndarray], phones: Mapping[str, np.ndarray],
-                 speakers: Mapping[str, np.ndarray], encoder: Mapping[str, np.ndarray] | None = None,
+    def __init__(self, mel: Mapping[str, np.ndarray] | None, phones: Mapping[str, np.ndarray] | None,
+                 speakers: Mapping[str, np.ndarray] | None, encoder: Mapping[str, np.ndarray] | None = None,
                  identity: str = "in-memory"):
         self._enc, self._mel, self._ph, self._spk = encoder, mel, phones, speakers
         self.identity = identity
@@ -53,8 +65,7 @@ class ArraySource:
         return self.identity  # arrays held in memory change together
 
     def length(self, utt_id: str) -> int:
-        lens = [len(self._mel[utt_id]), len(self._ph[utt_id])]
-        return min(lens + ([len(self._enc[utt_id])] if self._enc is not None else []))
+        return min(len(d[utt_id]) for d in (self._mel, self._ph, self._enc) if d is not None)
 
     def encoder_shape(self, utt_id: str) -> tuple[int, int]:
         return tuple(self.encoder(utt_id).shape[1:])
@@ -65,13 +76,13 @@ class ArraySource:
         return self._enc[utt_id][sl]
 
     def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self._mel[utt_id][sl]
+        return self._mel[utt_id][sl] if self._mel is not None else unread("mel", self.length(utt_id), sl)
 
     def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
-        return self._ph[utt_id][sl]
+        return self._ph[utt_id][sl] if self._ph is not None else unread("phones", self.length(utt_id), sl)
 
     def speaker_mean(self, speaker: str) -> np.ndarray:
-        return self._spk[speaker]
+        return self._spk[speaker] if self._spk is not None else np.zeros(EMBED_DIM, np.float32)
 
     def missing(self, utt_id: str) -> str | None:
         for name, d in (("mel", self._mel), ("phones", self._ph), ("encoder", self._enc)):
@@ -144,23 +155,19 @@ class StoreSource:
     def encoder(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
         return read_rows(self.enc.dataset(utt_id, self.keys.encoder_name), sl)  # one contiguous read
 
-    def _zeros(self, utt_id: str, sl: slice, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """What a stage the model does not read gives: zeros on the utterance's frames."""
-        return np.zeros((len(range(*sl.indices(self.length(utt_id)))),) + shape, dtype)
-
     def mel(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
         if self.mel_r is None:
-            return self._zeros(utt_id, sl, (80,), np.float32)
+            return unread("mel", self.length(utt_id), sl)
         return read_rows(self.mel_r.dataset(utt_id, self.keys.mel_name), sl)
 
     def phones(self, utt_id: str, sl: slice = ALL) -> np.ndarray:
         if self.ph_r is None:
-            return self._zeros(utt_id, sl, (), np.int16)
+            return unread("phones", self.length(utt_id), sl)
         return read_rows(self.ph_r.dataset(utt_id, self.keys.phones_name), sl)
 
     def speaker_mean(self, speaker: str) -> np.ndarray:
         if self.spk_r is None:
-            return np.zeros(256, np.float32)
+            return np.zeros(EMBED_DIM, np.float32)
         if speaker not in self._spk_cache:
             self._spk_cache[speaker] = np.asarray(self.spk_r.extra(speaker), dtype=np.float32).reshape(-1)
         return self._spk_cache[speaker]
