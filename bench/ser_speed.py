@@ -66,15 +66,17 @@ def _sync(device: torch.device) -> None:
 
 
 def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: int, steps: int,
-               warmup: int, amp: str, device: torch.device) -> dict:
-    """Steady-state speed of the real SER step at ``batch`` (fresh model and Adam)."""
+               warmup: int, amp: str, device: torch.device, compile_mode: str = "off") -> dict:
+    """Steady-state speed of the real SER step at ``batch`` (fresh model and Adam; the conv
+    stacks compiled as ``train ser --compile`` does, through the task's own ``speed_up``)."""
     _, lr = ser_schedule(batch_size=batch)
-    run = SERRun(train=TrainConfig(batch_size=batch, lr=lr), inputs=SERInputs(amp=amp))
+    run = SERRun(train=TrainConfig(batch_size=batch, lr=lr), inputs=SERInputs(amp=amp, compile=compile_mode))
     task = SERTask(Corpus("bench", DEFAULT_CLASSES, ()), None, run,
                    make_config(preset, n_layers=n_layers, feat_dim=dim))
     task.attach(data, str(device), seed=0)
     torch.manual_seed(0)
     model = SERModel(task.model_cfg).to(device).train()
+    task.speed_up(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -87,16 +89,18 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
         opt.step()
         return loss.detach()
 
+    t0 = time.perf_counter()
     for i in range(warmup):
         step(i)
     _sync(device)
+    warm_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(warmup, warmup + steps):
         last = step(i)
     _sync(device)
     dt = time.perf_counter() - t0
-    out = {"batch": batch, "lr": lr, "steps_per_s": steps / dt, "crops_per_s": steps * batch / dt,
-           "loss": float(last)}
+    out = {"batch": batch, "compile": compile_mode, "lr": lr, "steps_per_s": steps / dt,
+           "crops_per_s": steps * batch / dt, "loss": float(last), "warmup_s": round(warm_s, 1)}
     if device.type == "cuda":
         out["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
         out["peak_gb_without_features"] = round(out["peak_gb"] - data.feats.nbytes / 1e9, 2)
@@ -144,6 +148,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="timed steps per batch size")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--amp", default="bf16", choices=["bf16", "off"])
+    ap.add_argument("--compile", default="", help="also time each batch with the conv stacks compiled "
+                                                  "in these modes (comma-separated, e.g. default), "
+                                                  "in the same run")
     ap.add_argument("--train-fraction", type=float, default=0.8, help="share of utterances in a training fold")
     ap.add_argument("--infer-utts", type=int, default=1100, help="utterances in the timed inference pass")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -170,17 +177,23 @@ def main() -> None:
           f"{info['train_feature_gb']} GB resident (built in {info['build_s']} s)")
 
     rows, model = [], None
-    for b in [int(x) for x in args.batches.split(",")]:
+    modes = ["off"] + [m for m in args.compile.split(",") if m and m != "off"]
+    for b, mode in [(int(x), m) for x in args.batches.split(",") for m in modes]:
         try:
-            r = time_batch(data, args.config, n_layers, dim, b, args.steps, args.warmup, args.amp, device)
+            r = time_batch(data, args.config, n_layers, dim, b, args.steps, args.warmup, args.amp, device, mode)
         except torch.cuda.OutOfMemoryError:
-            rows.append({"batch": b, "error": "out of memory"})
+            rows.append({"batch": b, "compile": mode, "error": "out of memory"})
             print(f"batch {b:5d}: out of memory")
             torch.cuda.empty_cache()
             continue
         model = r.pop("model")
         rows.append(r)
-        print(f"batch {b:5d}: {r['steps_per_s']:8.2f} steps/s {r['crops_per_s']:9.1f} crops/s  lr {r['lr']:.2e}"
+        same_b = [x for x in rows if x["batch"] == b and x.get("compile") == "off" and "error" not in x]
+        if mode != "off" and same_b:
+            r["vs_eager"] = r["crops_per_s"] / same_b[0]["crops_per_s"]
+        vs = f" = {r['vs_eager']:.2f}x eager" if "vs_eager" in r else ""
+        print(f"batch {b:5d} compile {mode}: {r['steps_per_s']:8.2f} steps/s {r['crops_per_s']:9.1f} crops/s"
+              f"{vs}  lr {r['lr']:.2e}  warm-up {r['warmup_s']} s"
               f"  5 folds × 2 M crops: {r['projected_5_folds_h']:7.2f} h"
               + (f"  peak {r['peak_gb']} GB ({r['peak_gb_without_features']} GB besides features)"
                  if "peak_gb" in r else ""))

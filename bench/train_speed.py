@@ -89,16 +89,18 @@ def synthetic_workdir(work: Path, hours: float, n_layers: int, dim: int, seed: i
 
 
 def run_cli(work: Path, crops: int, batch: int, device: str, folds: str = "G1", gpus: str | None = None,
-            run: str = "speed") -> tuple[float, dict]:
+            run: str = "speed", compile_mode: str = "off") -> tuple[float, dict[str, dict]]:
     """``cli.py train ser`` on ``folds`` (on ``gpus``, one fold per GPU, when given); wall seconds
-    and the first fold's metrics."""
+    and each trained fold's metrics."""
     extra = (["--widths", "cpu"] if device == "cpu" else []) + (["--gpus", gpus] if gpus else [])
     t0 = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "ser", "--config", "small", "--folds",
                     folds, "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run",
-                    run, "-w", str(work), *extra], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+                    run, "--compile", compile_mode, "-w", str(work), *extra],
+                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    return wall, json.loads((work / "runs" / "ser" / run / "fold-G1" / "metrics.json").read_text())
+    root = work / "runs" / "ser" / run
+    return wall, {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("fold-*/metrics.json"))}
 
 
 def fold_parallel(work: Path, crops: int, batch: int, gpus: int) -> dict:
@@ -117,7 +119,10 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=2.0, help="corpus size (IEMOCAP 4-class: ~7 h)")
     ap.add_argument("--layers", type=int, default=25)
     ap.add_argument("--dim", type=int, default=1024)
-    ap.add_argument("--crops", type=int, default=400_000, help="crops of the one timed fold")
+    ap.add_argument("--crops", type=int, default=400_000, help="crops per timed fold")
+    ap.add_argument("--folds", default="G1", help="folds of the timed command (all: the 5 in one command, "
+                                                  "sharing one load of the corpus)")
+    ap.add_argument("--compile", default="off", help="train ser --compile mode (off, default, ...)")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/train_speed_bench"))
     ap.add_argument("--json", type=Path, default=None)
@@ -134,23 +139,31 @@ def main() -> None:
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"machine: {machine}; torch {torch.__version__}; corpus {info} (RANDOM features)")
 
-    wall, metrics = run_cli(args.dir / "work", args.crops, args.batch_size, args.device)
-    steps = metrics["steps"]
+    wall, folds = run_cli(args.dir / "work", args.crops, args.batch_size, args.device, args.folds,
+                          compile_mode=args.compile)
+    steps = sum(m["steps"] for m in folds.values())
     crops = steps * args.batch_size
+    loop_s = sum(m["train_seconds"] for m in folds.values())
+    val_s = sum(m.get("validation_seconds", 0.0) for m in folds.values())
     data, _ = synthetic_fold(info["hours"], args.layers, args.dim, device, 0.8)
     bench = time_batch(data, "small", args.layers, args.dim, args.batch_size, steps=min(200, steps),
-                       warmup=10, amp="bf16", device=device)
+                       warmup=10, amp="bf16", device=device, compile_mode=args.compile)
     bench.pop("model")
-    out = {"machine": machine, "data": info, "batch": args.batch_size, "steps": steps,
-           "cli_wall_s": wall, "loop_s": metrics["train_seconds"],
-           "crops_per_s": {"steps_only": bench["crops_per_s"], "cli": crops / wall,
-                           "loop": crops / metrics["train_seconds"]}}
+    steps_s = crops / bench["crops_per_s"]
+    out = {"machine": machine, "data": info, "batch": args.batch_size, "folds": sorted(folds),
+           "compile": args.compile, "steps": steps, "cli_wall_s": wall, "loop_s": loop_s,
+           "validation_s": val_s, "steps_only_s": steps_s,
+           "outside_loop_s": wall - loop_s,
+           "crops_per_s": {"steps_only": bench["crops_per_s"], "cli": crops / wall, "loop": crops / loop_s}}
     out["cli_over_steps"] = out["crops_per_s"]["cli"] / bench["crops_per_s"]
     out["loop_over_steps"] = out["crops_per_s"]["loop"] / bench["crops_per_s"]
-    print(f"{steps} steps x batch {args.batch_size}: steps only {bench['crops_per_s']:.0f} crops/s; "
-          f"trainer loop {out['crops_per_s']['loop']:.0f} crops/s ({out['loop_over_steps']:.2f}); "
-          f"whole command {wall:.1f} s = {out['crops_per_s']['cli']:.0f} crops/s "
+    print(f"{len(folds)} fold(s), {steps} steps x batch {args.batch_size} (compile {args.compile}): steps only "
+          f"{bench['crops_per_s']:.0f} crops/s; trainer loop {out['crops_per_s']['loop']:.0f} crops/s "
+          f"({out['loop_over_steps']:.2f}); whole command {wall:.1f} s = {out['crops_per_s']['cli']:.0f} crops/s "
           f"({out['cli_over_steps']:.2f}; target >= 0.9)")
+    print(f"  where the command's {wall:.1f} s went: steps (at the steps-only rate) {steps_s:.1f} s, validation "
+          f"{val_s:.1f} s, rest of the loops {loop_s - val_s - steps_s:.1f} s, outside the loops (imports, "
+          f"loading, test inference) {wall - loop_s:.1f} s")
     if args.gpus > 1:
         out["fold_parallel"] = fold_parallel(args.dir / "work", args.fold_crops, args.batch_size, args.gpus)
     if args.json:

@@ -80,13 +80,18 @@ def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: R
     """Every fold (resuming finished and partial ones) under the run's lock; the run's config is
     written once, before any fold. ``jobs(folds)`` trains them elsewhere (``device`` then only
     describes where); else here, one after the other. The task's optional ``run_done(paths,
-    metrics per fold)`` writes run-level extras (SER: the mean layer weights)."""
+    metrics per fold)`` writes run-level extras (SER: the mean layer weights); its optional
+    ``release()`` frees what the folds shared, after the last one."""
     split = split or SplitConfig()
     with run_lock(paths):
         record = run_record(config_record(task, config), task.feature_keys(), folds, device, paths,
                             {"val_fraction": split.val_fraction, "split_seed": split.split_seed})
         write_run_config(paths, {**record, "recipe": recipe})
-        results = jobs(folds) if jobs else [train_fold(task, f, config, paths, device) for f in folds]
+        try:
+            results = jobs(folds) if jobs else [train_fold(task, f, config, paths, device) for f in folds]
+        finally:
+            if hasattr(task, "release"):  # SER: the corpus its folds shared on the device
+                task.release()
         done = {f.name: m for f, m in zip(folds, results) if m is not None}
         if not done:
             raise TrainingError(f"no {task.name} fold had test utterances with features")

@@ -110,11 +110,45 @@ def linear_norm(d_in: int, d_out: int, gain: str = "linear") -> nn.Linear:
     return lin
 
 
-def conv_stack(c_in: int, c_out: int, n: int = 3) -> nn.ModuleList:
-    """n × (Conv1d k5 + BatchNorm); ReLU is applied in forward."""
-    return nn.ModuleList(
+class ConvStack(nn.ModuleList):
+    """(Conv1d + BatchNorm) blocks, each followed by ``act`` (the last one only if ``last_act``):
+    (B, C, T) → (B, C', T). :func:`compile_for_training` compiles it for training steps, whose
+    crops all have one shape; inference (window batches of any size) stays eager."""
+
+    def __init__(self, blocks, act=F.relu, last_act: bool = True):
+        super().__init__(blocks)
+        self.act, self.last_act = act, last_act
+        self.compiled = None  # torch.compile of ``run``, set by compile_for_training
+
+    def run(self, h: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self):
+            h = block(h)
+            if self.last_act or i < len(self) - 1:
+                h = self.act(h)
+        return h
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training and self.compiled is not None:
+            return self.compiled(h)
+        return self.run(h)
+
+
+def conv_stack(c_in: int, c_out: int, n: int = 3) -> ConvStack:
+    """n × (Conv1d k5 + BatchNorm + ReLU)."""
+    return ConvStack(
         nn.Sequential(conv_norm(c_in if i == 0 else c_out, c_out), nn.BatchNorm1d(c_out)) for i in range(n)
     )
+
+
+def compile_for_training(model: nn.Module, mode: str = "default", backend: str = "inductor") -> int:
+    """``torch.compile`` every conv stack of ``model`` (convolutions, batch norms and their
+    activations fuse) for its training steps; returns how many. The LSTMs stay cuDNN's: dynamo
+    does not trace ``nn.LSTM`` (torch 2.11), and a graph break there would leave the rest eager."""
+    stacks = [m for m in model.modules() if isinstance(m, ConvStack)]
+    for m in stacks:
+        m.compiled = torch.compile(m.run, mode=None if mode == "default" else mode, backend=backend,
+                                   dynamic=False)
+    return len(stacks)
 
 
 _RNN_AUTOCAST_OK: dict[tuple[str, int | None], bool] = {}
@@ -188,8 +222,7 @@ class Encoder(nn.Module):
         if t % self.freq:
             raise TrainingError(f"encoder input has {t} frames, not a multiple of freq={self.freq}")
         h = torch.cat([x, spk.to(x.dtype)[:, None, :].expand(b, t, -1)], -1).transpose(1, 2)  # (B, D+S, T)
-        for conv in self.convs:
-            h = F.relu(conv(h))  # (B, 512, T)
+        h = self.convs(h)  # (B, 512, T)
         out = run_lstm(self.lstm, h.transpose(1, 2))  # (B, T, 2d)
         fwd = out[:, self.freq - 1 :: self.freq, : self.dim_neck]  # forward state at i+f-1: (B, T/f, d)
         bwd = out[:, :: self.freq, self.dim_neck :]  # backward state at i: (B, T/f, d)
@@ -205,9 +238,7 @@ class PhoneEncoder(nn.Module):
         self.lstm = nn.LSTM(cfg.dim_conv, cfg.dim_phone, 2, batch_first=True, bidirectional=True)
 
     def forward(self, phones: torch.Tensor) -> torch.Tensor:
-        h = phones.transpose(1, 2)  # (B, 128, T)
-        for conv in self.convs:
-            h = F.relu(conv(h))  # (B, 512, T)
+        h = self.convs(phones.transpose(1, 2))  # (B, 512, T)
         return run_lstm(self.lstm, h.transpose(1, 2))  # (B, T, 256)
 
 
@@ -224,9 +255,7 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = run_lstm(self.lstm1, x)  # (B, T, 512)
-        h = h.transpose(1, 2)  # (B, 512, T)
-        for conv in self.convs:
-            h = F.relu(conv(h))
+        h = self.convs(h.transpose(1, 2))  # (B, 512, T)
         h = run_lstm(self.lstm2, h.transpose(1, 2))  # (B, T, 1024)
         return self.proj(h)  # (B, T, 80)
 
@@ -237,17 +266,13 @@ class Postnet(nn.Module):
     def __init__(self, cfg: SERConfig, n: int = 5):
         super().__init__()
         chans = [cfg.n_mels] + [cfg.dim_pre] * (n - 1) + [cfg.n_mels]
-        self.convs = nn.ModuleList(
-            nn.Sequential(conv_norm(chans[i], chans[i + 1], gain="tanh" if i < n - 1 else "linear"),
-                          nn.BatchNorm1d(chans[i + 1]))
-            for i in range(n)
-        )
+        self.convs = ConvStack(
+            (nn.Sequential(conv_norm(chans[i], chans[i + 1], gain="tanh" if i < n - 1 else "linear"),
+                           nn.BatchNorm1d(chans[i + 1])) for i in range(n)),
+            act=torch.tanh, last_act=False)  # 512 channels between, tanh; no activation at the end
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        h = mel.transpose(1, 2)  # (B, 80, T)
-        for conv in self.convs[:-1]:
-            h = torch.tanh(conv(h))  # (B, 512, T)
-        return self.convs[-1](h).transpose(1, 2)  # (B, T, 80)
+        return self.convs(mel.transpose(1, 2)).transpose(1, 2)  # (B, T, 80)
 
 
 class Classifier(nn.Module):

@@ -210,6 +210,17 @@ def free_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def fits(source: Source, ids: Sequence[str], use_encoder: bool, device: torch.device, reserve_bytes: int,
+         otherwise: str) -> bool:
+    """Whether a resident set of ``ids`` fits: on a GPU with ``reserve_bytes`` to spare for the
+    model, on the CPU in 60 % of the available memory (logged, with ``otherwise`` if not)."""
+    need, free = resident_bytes(source, ids, use_encoder), free_bytes(device)
+    ok = need + reserve_bytes <= free if device.type == "cuda" else need <= 0.6 * free
+    log.info("SER features: %.2f GB for %d utterances, %.2f GB free on %s -> %s", need / 1e9, len(ids),
+             free / 1e9, device, "resident" if ok else otherwise)
+    return ok
+
+
 def load_resident(source: Source, ids: Sequence[str], speakers: Mapping[str, str], labels: Mapping[str, int],
                   use_encoder: bool, device: str | torch.device) -> ResidentSet:
     """Read every utterance once into concatenated device tensors."""
@@ -253,11 +264,7 @@ def load_set(source: Source, ids: Sequence[str], speakers: Mapping[str, str], la
     if resident not in ("auto", "yes", "no"):
         raise TrainingError(f"resident must be auto, yes or no, not {resident!r}")
     if resident == "auto":
-        need, free = resident_bytes(source, ids, use_encoder), free_bytes(device)
-        fits = need + reserve_bytes <= free if device.type == "cuda" else need <= 0.6 * free
-        log.info("SER features: %.2f GB for %d utterances, %.2f GB free on %s -> %s", need / 1e9, len(ids),
-                 free / 1e9, device, "resident" if fits else "streaming")
-        resident = "yes" if fits else "no"
+        resident = "yes" if fits(source, ids, use_encoder, device, reserve_bytes, "streaming") else "no"
     if resident == "yes":
         return load_resident(source, ids, speakers, labels, use_encoder, device)
     return StreamingSet(source, list(ids), speakers, labels, use_encoder, device)

@@ -116,6 +116,8 @@ class StoreKeys:
 class StoreSource:
     """Source over the shard store (``pipeline.store.StageReader`` per stage)."""
 
+    content_addressed = True  # utterance_key names the bytes read (models.shared_resident)
+
     def __init__(self, workdir, keys: StoreKeys = StoreKeys()):
         from pipeline.store import StageReader
 

@@ -23,13 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import TrainingError
+from core.hashing import digest
 from models.checkpoint import from_record, model_record
 from models.folds import SplitConfig
 from models.runs import RunPaths, write_json
 from models.heads import HEADS, HeadConfig, PoolingHead
-from models.ser import PRESETS, SERConfig, SERModel, make_config, ser_loss
-from models.ser_data import Batch, ResidentSet, StreamingSet, iter_windows, load_set
+from models.ser import PRESETS, SERConfig, SERModel, compile_for_training, make_config, ser_loss
+from models.ser_data import Batch, ResidentSet, StreamingSet, fits, iter_windows, load_resident, load_set
 from models.ser_sources import StoreKeys, StoreSource, usable
+from models.shared_resident import release as release_shared, shared_set
 from models.trainer import TrainConfig
 from pipeline.corpus import Corpus, load_corpus
 
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 PAPER_BATCH = 2
 PAPER_LR = 1e-4
 PAPER_CROPS = 2_000_000
+#: Device memory left free beside a corpus held for all folds (the model, batch, eval windows).
+CORPUS_RESERVE = 12 << 30
 
 
 def ser_schedule(crops: int = PAPER_CROPS, batch_size: int = PAPER_BATCH, steps: int = 0,
@@ -67,9 +71,12 @@ class SERInputs:
     # Speed and memory only (not part of the run's identity):
     resident: str = "auto"  # keep a fold's training features on the device: auto | yes | no
     window_batch: int = 256  # inference windows per forward pass
+    #: torch.compile the conv stacks for training steps: "off", or a mode ("default",
+    #: "max-autotune-no-cudagraphs", …); on CUDA only (a CPU run stays eager)
+    compile: str = "off"
 
 
-_SPEED_ONLY = ("resident", "window_batch")
+_SPEED_ONLY = ("resident", "window_batch", "compile")
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ class SERTask:
         self.train: ResidentSet | StreamingSet | None = None
         self._eval: dict[tuple[str, ...], ResidentSet | StreamingSet] = {}
         self._gen: torch.Generator | None = None
+        self._corpus: ResidentSet | None = None  # every fold's utterances, when they fit at once
+        self._corpus_ids: tuple[list[str], str] | None = None  # (their ids, a digest of their keys)
         self.class_weights: torch.Tensor | None = None  # set by prepare
 
     def _model_config(self) -> SERConfig | HeadConfig:
@@ -151,9 +160,42 @@ class SERTask:
     def prepare(self, train_ids: Sequence[str], device: str, seed: int,
                 class_weights: list[float] | None = None) -> None:
         self.class_weights = None if class_weights is None else torch.tensor(class_weights, device=device)
-        data = load_set(self.source, train_ids, self.speakers, self.label_of, self.use_encoder,
-                        torch.device(device), self.inputs.resident)
+        self._corpus = self._corpus_set(torch.device(device))
+        data = (self._corpus.subset(train_ids) if self._corpus is not None else
+                load_set(self.source, train_ids, self.speakers, self.label_of, self.use_encoder,
+                         torch.device(device), self.inputs.resident))
         self.attach(data, device, seed)
+
+    def _corpus_set(self, device: torch.device) -> ResidentSet | None:
+        """Every usable utterance of the corpus resident once for all folds
+        (:mod:`models.shared_resident`), or None: ``resident`` is "no" or it does not fit."""
+        if self.inputs.resident == "no":
+            return None
+        if self._corpus_ids is None:  # once per task: the folds of one run share it
+            ids = self.available([u.id for u in self.corpus.utterances])
+            self._corpus_ids = ids, digest(self.utterance_keys(ids), ids, self.source.stage_identities())
+        ids, content = self._corpus_ids
+        key = digest(content, str(device), self.use_encoder)
+        owner = None if getattr(self.source, "content_addressed", False) else self.source
+
+        def load() -> ResidentSet | None:
+            if not fits(self.source, ids, self.use_encoder, device, CORPUS_RESERVE, "one fold at a time"):
+                return None
+            return load_resident(self.source, ids, self.speakers, self.label_of, self.use_encoder, device)
+        return shared_set(key, owner, load)
+
+    def speed_up(self, model: torch.nn.Module) -> None:
+        """Compile the model's conv stacks for training steps when ``compile`` asks (CUDA only;
+        the trainer calls it after ``prepare``)."""
+        if self.inputs.compile != "off" and self.device.type == "cuda":
+            n = compile_for_training(model, self.inputs.compile)
+            log.info("SER: %d conv stacks compiled for training (torch.compile mode %s)", n, self.inputs.compile)
+
+    def release(self) -> None:
+        """Free the corpus held for the folds (``train_folds`` calls it after the last)."""
+        self._corpus = self.train = None
+        self._eval.clear()
+        release_shared()
 
     def attach(self, data: ResidentSet | StreamingSet, device: str, seed: int) -> None:
         """Train on an already loaded set (``prepare`` without the loading; benches use it)."""
@@ -191,7 +233,9 @@ class SERTask:
     def predict(self, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray:
         """(n, C) class probabilities, averaged over each utterance's windows."""
         key = tuple(ids)
-        if key not in self._eval:
+        if self._corpus is not None:  # a view on the corpus held for every fold
+            self._eval = {key: self._corpus.subset(ids)}
+        elif key not in self._eval:
             self._eval = {key: load_set(self.source, ids, self.speakers, self.label_of, self.use_encoder,
                                         self.device, self.inputs.resident, reserve_bytes=12 << 30)}
         with self._autocast():

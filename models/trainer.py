@@ -95,7 +95,9 @@ class Task(Protocol):
     def predict(self, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray: ...  # (n, C) probs
 
     # Optional: ``describe(model) -> dict`` adds facts of the selected model to a fold's metrics;
-    # ``run_done(paths, {fold: metrics})`` writes run-level extras (models/run_folds.py).
+    # ``speed_up(model)`` prepares the model for fast steps (after ``prepare``); ``run_done(paths,
+    # {fold: metrics})`` writes run-level extras and ``release()`` frees what folds shared
+    # (models/run_folds.py).
 
 
 def _labels(corpus: Corpus) -> dict[str, str]:
@@ -223,12 +225,12 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
 
     t0 = time.perf_counter()
     try:
-        _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step)
+        val_s = _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step)
     finally:
         writer.wait()  # a checkpoint still being written is complete before anything else
     train_s = time.perf_counter() - t0
     metrics, final_model = _select_and_evaluate(task, fit.model, fold, ids, paths, fit.state, config)
-    metrics.update(train_seconds=round(train_s, 3), class_weights=weights, fold_digest=fold_digest(fold, labels),
+    metrics.update(train_seconds=round(train_s, 3), validation_seconds=round(val_s, 3), class_weights=weights, fold_digest=fold_digest(fold, labels),
                    data_digest=digest(data), provenance=provenance(paths.workdir, device))
     write_json(paths.fold_metrics(fold.name), metrics)
     fit.model.load_state_dict(final_model)
@@ -260,6 +262,8 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
     state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
              "stopped_early": False, "evals_since_best": 0}
     task.prepare(ids["train"], device, seed, weights)  # before any RNG restore: it may draw random numbers
+    if hasattr(task, "speed_up"):  # optional: e.g. SER compiles its conv stacks
+        task.speed_up(model)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -271,15 +275,16 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
 
 
 def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
-          save: Callable[[bool], None], ckpt_path, on_step: Callable[[int], None] | None) -> None:
+          save: Callable[[bool], None], ckpt_path, on_step: Callable[[int], None] | None) -> float:
     """Optimizer steps up to ``fit.steps`` (or early stop): validation every ``eval_every``
     steps, a checkpoint every ``ckpt_every`` steps or ``checkpoint_minutes``; loss terms are
-    summed on the device (no sync per step) and checked finite before anything is saved."""
+    summed on the device (no sync per step) and checked finite before anything is saved.
+    Returns the seconds spent in validation passes."""
     model, state, steps = fit.model, fit.state, fit.steps
     due = _checkpoint_due(fit.ckpt_every, config.checkpoint_minutes)
     bar = _progress(f"{task.name} {fold}", steps, state["step"], config.progress)
     sums: dict[str, torch.Tensor] = {}
-    n_sum = 0
+    n_sum, val_s = 0, 0.0
     model.train()
     while state["step"] < steps and not state["stopped_early"]:
         batch = task.train_batch(state["step"], fit.generator)
@@ -299,7 +304,9 @@ def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
             sums, n_sum = {}, 0
             entry = {"step": step, **logged}
             if ids["val"]:
+                t0 = time.perf_counter()
                 entry["val_ua"] = _validate(task, model, ids["val"], state, step, config, fold)
+                val_s += time.perf_counter() - t0
             state["history"].append(entry)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()},
                              "val_ua": f"{entry.get('val_ua', float('nan')):.3f}",
@@ -312,6 +319,7 @@ def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
         if on_step is not None:
             on_step(step)
     bar.close()
+    return val_s
 
 
 def _checkpoint_due(every: int, minutes: float) -> Callable[[int], bool]:

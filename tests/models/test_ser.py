@@ -112,3 +112,35 @@ def test_overfits_a_tiny_batch():
     model.eval()
     with torch.no_grad():
         assert model.classify(feats, spk).argmax(-1).tolist() == [0, 1, 2, 3]
+
+
+def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
+    """``train ser --compile``: the four conv stacks go through torch.compile in training mode
+    (same outputs and state-dict keys as eager), never in inference (window batches of any size
+    would recompile)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from models.ser import compile_for_training
+
+    torch._dynamo.reset()
+    cfg = make_config("small", n_layers=3, feat_dim=16, **TINY_SER)
+    torch.manual_seed(0)
+    eager, compiled = SERModel(cfg), SERModel(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    counter = CompileCounter()
+    assert compile_for_training(compiled, backend=counter) == 4  # encoder, phones, decoder, postnet
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    feats, spk = torch.randn(2, 96, 3, 16).half(), torch.randn(2, 256)
+    phones = torch.nn.functional.one_hot(torch.randint(0, 128, (2, 96)), 128).float()
+
+    def train_forward(model):
+        torch.manual_seed(1)  # the same dropout masks
+        return model.train()(feats, spk, phones)
+    a, b = train_forward(eager), train_forward(compiled)
+    for k in ("logits", "mel_r1", "mel_r2"):
+        torch.testing.assert_close(b[k], a[k])
+    assert counter.frame_count == 4
+    with torch.no_grad():
+        x, s = feats[:1], spk[:1]
+        torch.testing.assert_close(compiled.eval().classify(x, s), eager.eval().classify(x, s))
+    assert counter.frame_count == 4  # inference did not compile
