@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue #19 targets 3 and 4 on one GPU (how bench/RESULTS.md's "training through the command,
+# round two" rows were measured):   bash bench/gpu_training.sh OUT_DIR [steps|command|both]
+#   steps    the SER step eager against compiled conv stacks (ser_speed, a full-size fold)
+#   command  all 5 folds in one `train ser` command against the steps-only rate (train_speed)
+OUT=${1:-/tmp/gpu-training}
+WHAT=${2:-both}
+TAIL=${TAIL:-16}
+source "$(dirname "$0")/gpu_common.sh"
+if [ "$WHAT" != command ]; then
+  run ser_speed "${STEPS_LIMIT:-300}" python3 bench/ser_speed.py --device cuda --batches "${BATCHES:-512,1024}" \
+    --compile "${COMPILE:-default}" --steps 40 --warmup 10 --out "$OUT/ser_speed.json"
+fi
+if [ "$WHAT" != steps ]; then
+  run train_speed "${COMMAND_LIMIT:-540}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
+    --folds all --crops "${CROPS:-300000}" --batch-size 512 --compile "${TRAIN_COMPILE:-off}" \
+    --json "$OUT/train_speed.json"
+fi
