@@ -96,10 +96,11 @@ CHECKPOINT_MINUTES = click.option(
 @click.option("--resident", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="Keep the features in device memory (auto: when they fit): the whole corpus once "
                    "for every fold when it fits, else each fold's training set.")
-@click.option("--compile", "compile_mode", default="off", show_default=True, metavar="MODE",
-              help="torch.compile the network's conv stacks for training steps on CUDA: off, "
-                   "default, max-autotune-no-cudagraphs (a first step takes a minute to compile; "
-                   "results are the same up to float rounding).")
+@click.option("--compile", "compile_mode", default="auto", show_default=True, metavar="MODE",
+              help="torch.compile the network's conv stacks for training steps on CUDA: auto (when "
+                   "a fold sees >= 1 M crops), off, default, max-autotune-no-cudagraphs. Steps "
+                   "1.11x faster on an H200 after a 15-20 s compile; results equal up to float "
+                   "rounding; a failed compile falls back to eager.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--gpus", default=None, metavar="0,1", help="Run folds in parallel, one per GPU.")

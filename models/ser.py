@@ -128,9 +128,21 @@ class ConvStack(nn.ModuleList):
         return h
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.training and self.compiled is not None:
-            return self.compiled(h)
+        if self.training and self.compiled is not None and not _COMPILE_FAILED:
+            try:
+                return self.compiled(h)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - no C compiler, an unsupported GPU: train eagerly
+                _COMPILE_FAILED.append(e)
+                said = " ".join(line.strip() for line in str(e).strip().splitlines()[:2])  # dynamo's
+                logging.getLogger(__name__).warning(  # first line names the backend, the second its error
+                    "torch.compile of the conv stacks failed (%s: %s); training goes on without it "
+                    "(--compile off skips the attempt)", type(e).__name__, said[:300])
         return self.run(h)
+
+
+_COMPILE_FAILED: list[Exception] = []  # once compiling failed in this process, nothing retries it
 
 
 def conv_stack(c_in: int, c_out: int, n: int = 3) -> ConvStack:

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 PAPER_BATCH = 2
 PAPER_LR = 1e-4
 PAPER_CROPS = 2_000_000
+#: ``compile="auto"`` compiles for folds of at least this many crops (the paper's: 2 M).
+AUTO_COMPILE_CROPS = 1_000_000
 #: Device memory left free beside a corpus held for all folds (the model, batch, eval windows).
 CORPUS_RESERVE = 12 << 30
 
@@ -71,9 +73,10 @@ class SERInputs:
     # Speed and memory only (not part of the run's identity):
     resident: str = "auto"  # keep a fold's training features on the device: auto | yes | no
     window_batch: int = 256  # inference windows per forward pass
-    #: torch.compile the conv stacks for training steps: "off", or a mode ("default",
-    #: "max-autotune-no-cudagraphs", …); on CUDA only (a CPU run stays eager)
-    compile: str = "off"
+    #: torch.compile the conv stacks for training steps (CUDA only; a CPU run stays eager):
+    #: "auto" (mode "default" when a fold sees >= AUTO_COMPILE_CROPS crops: 1.11x faster steps on
+    #: an H200 for a 15-20 s compile), "off", or a mode ("default", "max-autotune-no-cudagraphs")
+    compile: str = "auto"
 
 
 _SPEED_ONLY = ("resident", "window_batch", "compile")
@@ -185,11 +188,15 @@ class SERTask:
         return shared_set(key, owner, load)
 
     def speed_up(self, model: torch.nn.Module) -> None:
-        """Compile the model's conv stacks for training steps when ``compile`` asks (CUDA only;
+        """Compile the model's conv stacks for training steps as ``compile`` says (CUDA only;
         the trainer calls it after ``prepare``)."""
-        if self.inputs.compile != "off" and self.device.type == "cuda":
-            n = compile_for_training(model, self.inputs.compile)
-            log.info("SER: %d conv stacks compiled for training (torch.compile mode %s)", n, self.inputs.compile)
+        mode = self.inputs.compile
+        if mode == "auto":
+            crops = self.spec.train.steps * self.spec.train.batch_size
+            mode = "default" if crops >= AUTO_COMPILE_CROPS else "off"
+        if mode != "off" and self.device.type == "cuda":
+            n = compile_for_training(model, mode)
+            log.info("SER: %d conv stacks compiled for training (torch.compile mode %s)", n, mode)
 
     def release(self) -> None:
         """Free the corpus held for the folds (``train_folds`` calls it after the last)."""

@@ -144,3 +144,27 @@ def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
         x, s = feats[:1], spk[:1]
         torch.testing.assert_close(compiled.eval().classify(x, s), eager.eval().classify(x, s))
     assert counter.frame_count == 4  # inference did not compile
+
+
+def test_a_compile_that_fails_falls_back_to_eager_training(caplog):
+    """No C compiler or an unsupported GPU must not stop a run: a warning, then eager steps."""
+    import models.ser as ser
+    from models.ser import compile_for_training
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no C compiler found")
+
+    torch._dynamo.reset()
+    cfg = make_config("small", n_layers=3, feat_dim=16, **TINY_SER)
+    torch.manual_seed(0)
+    model = SERModel(cfg).train()
+    compile_for_training(model, backend=broken_backend)
+    feats, spk, phones = torch.randn(2, 96, 3, 16).half(), torch.randn(2, 256), torch.zeros(2, 96, 128)
+    try:
+        with caplog.at_level("WARNING"):
+            out = model(feats, spk, phones)
+        assert out["mel_r2"].shape == (2, 96, 80) and torch.isfinite(out["mel_r2"]).all()
+        assert "torch.compile of the conv stacks failed" in caplog.text and "no C compiler" in caplog.text
+        assert caplog.text.count("failed") == 1  # said once, not once per stack
+    finally:
+        ser._COMPILE_FAILED.clear()
