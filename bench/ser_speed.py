@@ -176,7 +176,7 @@ def main() -> None:
           f"features; training fold: {info['train_utterances']} utts, {info['train_hours']} h, "
           f"{info['train_feature_gb']} GB resident (built in {info['build_s']} s)")
 
-    rows, model = [], None
+    rows = []
     modes = ["off"] + [m for m in args.compile.split(",") if m and m != "off"]
     for b, mode in [(int(x), m) for x in args.batches.split(",") for m in modes]:
         try:
@@ -186,7 +186,7 @@ def main() -> None:
             print(f"batch {b:5d}: out of memory")
             torch.cuda.empty_cache()
             continue
-        model = r.pop("model")
+        r.pop("model")  # freed before the next batch size
         rows.append(r)
         same_b = [x for x in rows if x["batch"] == b and x.get("compile") == "off" and "error" not in x]
         if mode != "off" and same_b:
@@ -197,8 +197,6 @@ def main() -> None:
               f"  5 folds × 2 M crops: {r['projected_5_folds_h']:7.2f} h"
               + (f"  peak {r['peak_gb']} GB ({r['peak_gb_without_features']} GB besides features)"
                  if "peak_gb" in r else ""))
-        del model
-        model = None
     if args.profile:
         profile_steps(data, args.config, n_layers, dim, int(args.batches.split(",")[0]), args.amp, device)
     ok = [r for r in rows if "error" not in r]

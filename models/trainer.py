@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.checkpoint import CheckpointWriter, capture_rng, cpu_state_dict, load_checkpoint, restore_rng
+from models.checkpoint import CheckpointWriter, capture_rng, cpu_state_dict, restore_rng
 from models.folds import Fold, fold_seed
 from models.metrics import classification_metrics
 from models.provenance import provenance
-from models.run_identity import explain_change, fold_data, fold_digest
+from models.resume import already_done, load_unless_changed
+from models.run_identity import fold_data, fold_digest
 from models.sampling import class_weights
 from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
 from core.errors import TrainingError
@@ -61,11 +62,6 @@ class TrainConfig:
         if self.epochs > 0:
             return max(1, math.ceil(self.epochs * n_train / self.batch_size))
         return int(self.steps)
-
-
-# Fields that may change between a run and its resumption without invalidating the checkpoint.
-_RESUMABLE_CHANGES = {"steps", "epochs", "progress", "patience", "checkpoint_every",
-                      "checkpoint_minutes"}
 
 
 class Task(Protocol):
@@ -130,37 +126,6 @@ def config_record(task: Task, config: TrainConfig) -> dict:
             "classes": list(task.corpus.classes)}
 
 
-def _check_resumable(ckpt: dict, record: dict, path) -> None:
-    old, new = dict(ckpt["config"]), dict(record)
-    old_train = {k: v for k, v in old.pop("train").items() if k not in _RESUMABLE_CHANGES}
-    new_train = {k: v for k, v in new.pop("train").items() if k not in _RESUMABLE_CHANGES}
-    if old != new or old_train != new_train:
-        raise TrainingError(f"{path} was written with another configuration; use another run name "
-                            f"or delete that folder to start afresh")
-
-
-def _load_unless_changed(task: Task, fold: Fold, record: dict, keys: dict, data: dict,
-                         paths: RunPaths) -> dict | None:
-    """The fold's checkpoint if it was made from exactly ``data`` (else its outputs are removed
-    and the fold retrains, saying why); a changed configuration is an error."""
-    ckpt = load_checkpoint(paths.checkpoint(fold.name))
-    if ckpt is None:
-        return None
-    _check_resumable(ckpt, record, paths.checkpoint(fold.name))
-    changes = explain_change(ckpt.get("data"), data)
-    old_keys = dict(ckpt.get("feature_keys") or {})
-    if old_keys != dict(keys):
-        changes.append("feature stages changed (" + ", ".join(
-            f"{s}: {str(old_keys.get(s))[:12]} -> {str(keys.get(s))[:12]}"
-            for s in sorted(set(old_keys) | set(keys)) if old_keys.get(s) != keys.get(s)) + ")")
-    if not changes:
-        return ckpt
-    log.warning("%s fold %s: retraining from the start: %s", task.name, fold.name, "; ".join(changes))
-    for old in (paths.checkpoint(fold.name), paths.predictions(fold.name), paths.fold_metrics(fold.name)):
-        old.unlink(missing_ok=True)
-    return None
-
-
 def _fold_ids(task: Task, fold: Fold) -> dict[str, list[str]] | None:
     """The fold's train/val/test ids that have features (None: no test data, the fold is
     skipped); classes without any training utterance are warned about."""
@@ -204,8 +169,8 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     labels = _labels(task.corpus)
     data = fold_data(ids, labels, task.utterance_keys([u for v in ids.values() for u in v]))
     record, keys = config_record(task, config), task.feature_keys()
-    ckpt = _load_unless_changed(task, fold, record, keys, data, paths)
-    if _already_done(ckpt, steps, paths, fold.name):
+    ckpt = load_unless_changed(task.name, fold.name, record, keys, data, paths)
+    if already_done(ckpt, steps, paths, fold.name):
         log.info("fold %s already trained (%d steps); reusing its results", fold.name, steps)
         return read_json(paths.fold_metrics(fold.name))
     if torch.device(device).type == "cuda":
@@ -230,7 +195,8 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         writer.wait()  # a checkpoint still being written is complete before anything else
     train_s = time.perf_counter() - t0
     metrics, final_model = _select_and_evaluate(task, fit.model, fold, ids, paths, fit.state, config)
-    metrics.update(train_seconds=round(train_s, 3), validation_seconds=round(val_s, 3), class_weights=weights, fold_digest=fold_digest(fold, labels),
+    metrics.update(train_seconds=round(train_s, 3), validation_seconds=round(val_s, 3), class_weights=weights,
+                   fold_digest=fold_digest(fold, labels),
                    data_digest=digest(data), provenance=provenance(paths.workdir, device))
     write_json(paths.fold_metrics(fold.name), metrics)
     fit.model.load_state_dict(final_model)
@@ -238,17 +204,6 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     log.info("fold %s: test UA %.3f WA %.3f (%s model, step %d)", fold.name, metrics["test"]["ua"],
              metrics["test"]["wa"], metrics["selected"]["select"], metrics["selected"]["step"])
     return metrics
-
-
-def _already_done(ckpt: dict | None, steps: int, paths: RunPaths, fold: str) -> bool:
-    """Whether the checkpoint is a finished fold of exactly this schedule (a longer one resumes)."""
-    if ckpt is None:
-        return False
-    if ckpt["step"] > steps:
-        raise TrainingError(f"{paths.checkpoint(fold)} is at step {ckpt['step']} > the {steps} "
-                            "steps asked for")
-    return bool(ckpt["done"] and (ckpt["step"] == steps or ckpt["stopped_early"])
-                and paths.fold_metrics(fold).exists())
 
 
 def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, steps: int,

@@ -80,7 +80,8 @@ def soak_train(tmp_path, task: str, steps: int, n_kills: int, seed: int) -> int:
     assert read_predictions(pb.predictions("G0")) == read_predictions(pa.predictions("G0"))
     ma, mb = (read_json(p.fold_metrics("G0")) for p in (pa, pb))
     for m in (ma, mb):
-        m.pop("train_seconds"), m.pop("provenance")  # when and by which command it trained
+        for k in ("train_seconds", "validation_seconds", "provenance"):  # when, how long, by what
+            m.pop(k)
     assert ma == mb
     print(f"\n[reliability] train {task}: {kills} kills survived (checkpoint steps at the "
           f"kills: {resumed_from}), resumed run identical to the uninterrupted one")
