@@ -9,6 +9,7 @@ summary. :func:`train_folds` is the same route for a task object already built (
 """
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 
 from core.devices import resolve_device
 from core.errors import TrainingError
+from models.fold_progress import log_level, watch, worker_bars
 from models.folds import Fold, SplitConfig
 from models.metrics import classification_metrics, mean_over_folds
 from models.run_identity import run_record, write_run_config
@@ -56,19 +58,23 @@ def train_run(workdir: str | Path, spec: RunSpec, folds: str | int = "all", devi
     return train_folds(task, fold_list, spec.train, paths, device, spec.split, recipe=spec.recipe)
 
 
-def fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str) -> dict | None:
-    """One fold on a worker: the corpus and features opened there, then :func:`train_fold`."""
+def fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str,
+             level: int = logging.WARNING) -> dict | None:
+    """One fold on a worker: the corpus and features opened there, then :func:`train_fold`,
+    its step bar sent to the client and its ``models`` records logged at ``level`` (the
+    client's; models/fold_progress.py shows both there)."""
+    logging.getLogger("models").setLevel(level)
     corpus = load_corpus(workdir)
     task = spec.make_task(Path(workdir), corpus)
     return train_fold(task, fold, spec.train, RunPaths(Path(workdir), spec.task, spec.run),
-                      resolve_device(device))
+                      resolve_device(device), make_bar=worker_bars(spec.train.progress))
 
 
 def _on_dask(workdir: Path, spec: RunSpec, gpus: list[int] | None, scheduler: str | None,
              device: str, folds: Sequence[Fold]) -> list[dict | None]:
     from pipeline.scheduler import dask_client
-    with dask_client(len(gpus or []), gpus, scheduler) as client:
-        futures = [client.submit(fold_job, str(workdir), spec, f, device, pure=False,
+    with dask_client(len(gpus or []), gpus, scheduler) as client, watch(client, spec.train.progress):
+        futures = [client.submit(fold_job, str(workdir), spec, f, device, log_level(), pure=False,
                                  key=f"{spec.task}-{spec.run}-{f.name}") for f in folds]
         return client.gather(futures)
 

@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -157,10 +158,13 @@ class _Fit:
 
 
 def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
-               on_step: Callable[[int], None] | None = None) -> dict | None:
+               on_step: Callable[[int], None] | None = None, make_bar: Callable[..., Any] | None = None
+               ) -> dict | None:
     """Train, select and evaluate one fold; returns its metrics dict (None if it has no test data).
 
-    ``on_step(step)`` is called after every optimizer step (tests use it to simulate a kill).
+    ``on_step(step)`` is called after every optimizer step (tests use it to simulate a kill);
+    ``make_bar(desc, total, initial)`` makes the step bar (default: tqdm here, if
+    ``config.progress``; a Dask worker sends its bar to the client, models/fold_progress.py).
     """
     ids = _fold_ids(task, fold)
     if ids is None:
@@ -190,7 +194,9 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
 
     t0 = time.perf_counter()
     try:
-        val_s = _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step)
+        bar = (make_bar or partial(_progress, enabled=config.progress))(f"{task.name} {fold.name}", steps,
+                                                                         fit.state["step"])
+        val_s = _loop(task, fold.name, config, ids, fit, save, ckpt_path, on_step, bar)
     finally:
         writer.wait()  # a checkpoint still being written is complete before anything else
     train_s = time.perf_counter() - t0
@@ -230,14 +236,13 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
 
 
 def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
-          save: Callable[[bool], None], ckpt_path, on_step: Callable[[int], None] | None) -> float:
+          save: Callable[[bool], None], ckpt_path, on_step: Callable[[int], None] | None, bar) -> float:
     """Optimizer steps up to ``fit.steps`` (or early stop): validation every ``eval_every``
     steps, a checkpoint every ``ckpt_every`` steps or ``checkpoint_minutes``; loss terms are
     summed on the device (no sync per step) and checked finite before anything is saved.
     Returns the seconds spent in validation passes."""
     model, state, steps = fit.model, fit.state, fit.steps
     due = _checkpoint_due(fit.ckpt_every, config.checkpoint_minutes)
-    bar = _progress(f"{task.name} {fold}", steps, state["step"], config.progress)
     sums: dict[str, torch.Tensor] = {}
     n_sum, val_s = 0, 0.0
     model.train()
