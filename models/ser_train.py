@@ -42,8 +42,14 @@ PAPER_LR = 1e-4
 PAPER_CROPS = 2_000_000
 #: ``compile="auto"`` compiles for folds of at least this many crops (the paper's: 2 M).
 AUTO_COMPILE_CROPS = 1_000_000
-#: Device memory left free beside a corpus held for all folds (the model, batch, eval windows).
-CORPUS_RESERVE = 12 << 30
+
+
+def step_reserve(batch: int, crop: int, frame_bytes: int) -> int:
+    """Device memory to leave free beside a corpus held for all folds: 2 GB (model, Adam, eval
+    windows) + 4 crop-sized copies of the gathered input per crop (gather, mask, casts,
+    backward). Measured peaks of `small` on 25 × 1024 layers besides the features: 9.9 GB at
+    batch 512, 18.9 GB at 1,024, ≈ 36 GB at 2,048 (bench/RESULTS.md); this gives 12, 22, 42."""
+    return (2 << 30) + 4 * batch * crop * frame_bytes
 
 
 def ser_schedule(crops: int = PAPER_CROPS, batch_size: int = PAPER_BATCH, steps: int = 0,
@@ -182,7 +188,11 @@ class SERTask:
         owner = None if getattr(self.source, "content_addressed", False) else self.source
 
         def load() -> ResidentSet | None:
-            if not fits(self.source, ids, self.use_encoder, device, CORPUS_RESERVE, "one fold at a time"):
+            if not ids:
+                return None
+            frame = 2 * math.prod(self.source.encoder_shape(ids[0])) if self.use_encoder else 4 * 80
+            reserve = step_reserve(self.spec.train.batch_size, self.model_cfg.crop, frame)
+            if not fits(self.source, ids, self.use_encoder, device, reserve, "one fold at a time"):
                 return None
             return load_resident(self.source, ids, self.speakers, self.label_of, self.use_encoder, device)
         return shared_set(key, owner, load)
