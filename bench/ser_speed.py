@@ -66,13 +66,14 @@ def _sync(device: torch.device) -> None:
 
 
 def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: int, steps: int,
-               warmup: int, amp: str, device: torch.device, compile_mode: str = "off") -> dict:
+               warmup: int, amp: str, device: torch.device, compile_mode: str = "off",
+               widths: dict | None = None) -> dict:
     """Steady-state speed of the real SER step at ``batch`` (fresh model and Adam; the conv
     stacks compiled as ``train ser --compile`` does, through the task's own ``speed_up``)."""
     _, lr = ser_schedule(batch_size=batch)
     run = SERRun(train=TrainConfig(batch_size=batch, lr=lr), inputs=SERInputs(amp=amp, compile=compile_mode))
     task = SERTask(Corpus("bench", DEFAULT_CLASSES, ()), None, run,
-                   make_config(preset, n_layers=n_layers, feat_dim=dim))
+                   make_config(preset, n_layers=n_layers, feat_dim=dim, **(widths or {})))
     task.attach(data, str(device), seed=0)
     torch.manual_seed(0)
     model = SERModel(task.model_cfg).to(device).train()

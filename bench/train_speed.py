@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.ser import CPU_WIDTHS  # noqa: E402
 from models.ser_train import AUTO_COMPILE_CROPS  # noqa: E402
 from bench.ser_speed import IEMOCAP_HOURS, IEMOCAP_UTTS, synthetic_fold, time_batch  # noqa: E402
 from pipeline.corpus import DEFAULT_CLASSES, Corpus, Utterance  # noqa: E402
@@ -151,7 +152,8 @@ def main() -> None:
     if mode == "auto":
         mode = "default" if args.crops >= AUTO_COMPILE_CROPS else "off"
     bench = time_batch(data, "small", args.layers, args.dim, args.batch_size, steps=min(200, steps),
-                       warmup=10, amp="bf16", device=device, compile_mode=mode)
+                       warmup=10, amp="bf16", device=device, compile_mode=mode,
+                       widths=CPU_WIDTHS if device.type == "cpu" else None)  # as the command's --widths
     bench.pop("model")
     steps_s = crops / bench["crops_per_s"]
     out = {"machine": machine, "data": info, "batch": args.batch_size, "folds": sorted(folds),
