@@ -88,6 +88,7 @@ class ResidentSet:
         self.lengths = (offsets[1:] - offsets[:-1])[self.rows]  # (n,)
         self.device = mel.device
         self.gen_device = mel.device  # crop positions are drawn where the frames are
+        self._held: frozenset[str] | None = None  # all_ids as a set, made when first asked
 
     @property
     def ids(self) -> list[str]:
@@ -95,6 +96,12 @@ class ResidentSet:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def holds(self, ids: Sequence[str]) -> bool:
+        """Whether every one of ``ids`` is in the storage (``subset`` can take them)."""
+        if self._held is None:
+            self._held = frozenset(self.all_ids)
+        return self._held.issuperset(ids)
 
     def subset(self, ids: Sequence[str]) -> "ResidentSet":
         """A view on some utterances (shares the frame storage)."""

@@ -250,7 +250,7 @@ class SERTask:
     def predict(self, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray:
         """(n, C) class probabilities, averaged over each utterance's windows."""
         key = tuple(ids)
-        if self._corpus is not None:  # a view on the corpus held for every fold
+        if self._corpus is not None and self._corpus.holds(ids):  # a view on the corpus held for every fold
             self._eval = {key: self._corpus.subset(ids)}
         elif key not in self._eval:
             self._eval = {key: load_set(self.source, ids, self.speakers, self.label_of, self.use_encoder,

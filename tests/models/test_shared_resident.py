@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,19 @@ def test_the_room_left_beside_the_corpus_covers_the_measured_step_peaks():
     frame = 2 * 25 * 1024
     for batch, peak_gb in ((512, 9.9), (1024, 18.9), (2048, 36.4)):
         assert peak_gb * 1e9 < step_reserve(batch, 96, frame) < 1.4 * peak_gb * 1e9
+
+
+def test_predicting_utterances_the_held_corpus_lacks_reads_them_from_the_source(tmp_path):
+    from models.ser_data import load_resident
+
+    corpus = make_corpus(n_groups=2, per_class=2)
+    src = ser_source(corpus)
+    task = _spec("x").make_task(tmp_path, corpus, src)
+    ids = [u.id for u in corpus.utterances]
+    task.prepare(ids, "cpu", seed=0)
+    model = task.build_model().eval()
+    with torch.no_grad():
+        from_all = task.predict(model, ids[-2:])
+        task._corpus = load_resident(src, ids[:4], task.speakers, task.label_of, True, "cpu")
+        assert task._corpus.holds(ids[:3]) and not task._corpus.holds(ids[-2:])
+        np.testing.assert_array_equal(task.predict(model, ids[-2:]), from_all)  # no KeyError
