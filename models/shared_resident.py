@@ -9,9 +9,9 @@ instead of five times (loading was the largest cost of a training command beside
 
 A process holds at most one such set (another key frees it before loading). ``train_folds``
 releases it after its folds; a Dask GPU worker keeps it for the next fold it is given and frees
-it when the cluster closes (a caller of ``train_fold`` itself calls :func:`release` when done). The key is the utterances' content keys (a shard-store source is
-content-addressed), device and input; a source that is not content-addressed (arrays in memory)
-only shares with itself.
+it when the cluster closes; a caller of ``train_fold`` itself calls :func:`release` when done.
+The key is the utterances' content keys (a shard-store source is content-addressed), device and
+input; a source that is not content-addressed (arrays in memory) only shares with itself.
 """
 from __future__ import annotations
 
