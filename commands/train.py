@@ -107,12 +107,17 @@ CHECKPOINT_MINUTES = click.option(
 @click.option("--gpus", default=None, metavar="0,1", help="Run folds in parallel, one per GPU.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run folds on an existing Dask cluster (workers must see the work directory).")
+@click.option("--data-parallel", is_flag=True,
+              help="With --gpus: the folds a last round would leave GPUs idle for train on several "
+                   "GPUs at once (DDP; 5 folds on 2 GPUs: the fifth on both). Their results differ "
+                   "from one-GPU training (other crops per step). Tested on CPU processes; not yet "
+                   "measured on GPUs.")
 @RECIPE
 @JSON_OUT
 @WORKDIR
 def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
                   model_values, encoder_stage, window_weighting, class_balance, eval_every, checkpoint_minutes,
-                  amp, resident, compile_mode, seed, device, gpus, scheduler, workdir) -> None:
+                  amp, resident, compile_mode, seed, device, gpus, scheduler, data_parallel, workdir) -> None:
     """Train a speech model with leave-one-group-out cross-validation: the paper's AutoVC-like
     network, or a reference head on the same cached features; writes runs/ser/<config>/
     (checkpoints, predictions, metrics, layer weights)."""
@@ -151,7 +156,8 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
         console.print(f"[yellow]warning:[/yellow] {n_steps:,} steps per fold on the CPU "
                       "take days (the paper's schedule is a GPU job); for a CPU run try "
                       "--widths cpu --steps 500 --batch-size 16")
-    _report("SER", train_run(workdir, spec, folds, device, parse_gpus(gpus), scheduler), as_json)
+    _report("SER", train_run(workdir, spec, folds, device, parse_gpus(gpus), scheduler,
+                             data_parallel=data_parallel), as_json)
 
 
 def _report(task: str, s: dict, as_json: bool) -> None:

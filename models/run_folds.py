@@ -18,6 +18,7 @@ import numpy as np
 
 from core.devices import resolve_device
 from core.errors import TrainingError
+from models.data_parallel import free_address, process_group, split_folds
 from models.fold_progress import log_level, watch, worker_bars
 from models.folds import Fold, SplitConfig
 from models.metrics import classification_metrics, mean_over_folds
@@ -39,10 +40,11 @@ class RunSpec(Protocol):
 
 def train_run(workdir: str | Path, spec: RunSpec, folds: str | int = "all", device: str = "auto",
               gpus: list[int] | None = None, scheduler: str | None = None,
-              corpus: Corpus | None = None, task: Task | None = None) -> dict:
+              corpus: Corpus | None = None, task: Task | None = None, data_parallel: bool = False) -> dict:
     """Train the requested folds of ``spec`` (on a Dask cluster when ``gpus`` has several or
     ``scheduler`` is set) and write the run's config.json and metrics.json; returns the summary.
-    ``task``: one already built from ``spec`` (its features opened), else ``spec.make_task``."""
+    ``task``: one already built from ``spec`` (its features opened), else ``spec.make_task``;
+    ``data_parallel``: on a cluster, the folds a last round leaves over train on several workers."""
     workdir = Path(workdir).resolve()  # Dask workers have other working directories
     corpus = corpus or load_corpus(workdir)
     fold_list = spec.split.folds(corpus, folds)
@@ -52,31 +54,54 @@ def train_run(workdir: str | Path, spec: RunSpec, folds: str | int = "all", devi
         where = f"{len(gpus)} Dask GPU worker(s)" if gpus else f"Dask cluster {scheduler}"
         # "auto" is resolved on each worker (an external cluster's workers may have GPUs where
         # this process has none).
-        jobs = partial(_on_dask, workdir, spec, gpus, scheduler, "cuda" if gpus else device)
+        jobs = partial(_on_dask, workdir, spec, gpus, scheduler, "cuda" if gpus else device, data_parallel)
         return train_folds(task, fold_list, spec.train, paths, where, spec.split, jobs, spec.recipe)
     device = f"cuda:{gpus[0]}" if gpus else resolve_device(device)
     return train_folds(task, fold_list, spec.train, paths, device, spec.split, recipe=spec.recipe)
 
 
-def fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str,
-             level: int = logging.WARNING) -> dict | None:
+def fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str, level: int = logging.WARNING,
+             parallel: tuple[str, int, int] | None = None) -> dict | None:
     """One fold on a worker: the corpus and features opened there, then :func:`train_fold`,
     its step bar sent to the client and its ``models`` records logged at ``level`` (the
-    client's; models/fold_progress.py shows both there)."""
+    client's; models/fold_progress.py shows both there). ``parallel`` = (rendezvous address,
+    rank, world): this worker's share of a fold trained on several (models/data_parallel.py)."""
     logging.getLogger("models").setLevel(level)
     corpus = load_corpus(workdir)
     task = spec.make_task(Path(workdir), corpus)
-    return train_fold(task, fold, spec.train, RunPaths(Path(workdir), spec.task, spec.run),
-                      resolve_device(device), make_bar=worker_bars(spec.train.progress))
+    run = partial(train_fold, task, fold, spec.train, RunPaths(Path(workdir), spec.task, spec.run),
+                  resolve_device(device), make_bar=worker_bars(spec.train.progress))
+    if parallel is None:
+        return run()
+    import torch
+    address, rank, world = parallel
+    with process_group(address, rank, world, torch.device(resolve_device(device))) as ranks:
+        return run(ranks=ranks)
 
 
 def _on_dask(workdir: Path, spec: RunSpec, gpus: list[int] | None, scheduler: str | None,
-             device: str, folds: Sequence[Fold]) -> list[dict | None]:
+             device: str, data_parallel: bool, folds: Sequence[Fold]) -> list[dict | None]:
+    """Folds one per worker; with ``data_parallel``, those a last round would leave a worker
+    idle for train on several workers at once."""
     from pipeline.scheduler import dask_client
     with dask_client(len(gpus or []), gpus, scheduler) as client, watch(client, spec.train.progress):
-        futures = [client.submit(fold_job, str(workdir), spec, f, device, log_level(), pure=False,
-                                 key=f"{spec.task}-{spec.run}-{f.name}") for f in folds]
-        return client.gather(futures)
+        workers = list(client.scheduler_info()["workers"])
+        alone, shared = split_folds(folds, len(workers)) if data_parallel else (list(folds), [])
+
+        def submit(fold: Fold, parallel=None, **where):
+            suffix = f"-rank{parallel[1]}" if parallel else ""
+            return client.submit(fold_job, str(workdir), spec, fold, device, log_level(), parallel,
+                                 pure=False, key=f"{spec.task}-{spec.run}-{fold.name}{suffix}", **where)
+        done = dict(zip([f.name for f in alone], client.gather([submit(f) for f in alone])))
+        groups, start = [], 0
+        for fold, n in shared:  # after the full rounds: every rank's worker is free
+            group, start = workers[start:start + n], start + n
+            address = free_address(group[0])
+            groups.append((fold, [submit(fold, (address, r, n), workers=[w], allow_other_workers=False)
+                                  for r, w in enumerate(group)]))
+        for fold, futures in groups:
+            done[fold.name] = client.gather(futures)[0]  # rank 0's metrics
+        return [done[f.name] for f in folds]
 
 
 def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,

@@ -131,6 +131,7 @@ class SERTask:
         self.train: ResidentSet | StreamingSet | None = None
         self._eval: dict[tuple[str, ...], ResidentSet | StreamingSet] = {}
         self._gen: torch.Generator | None = None
+        self._share = (0, 1)  # (rank, world) of a fold trained on several GPUs
         self._corpus: ResidentSet | None = None  # every fold's utterances, when they fit at once
         self._corpus_ids: tuple[list[str], str] | None = None  # (their ids, a digest of their keys)
         self.class_weights: torch.Tensor | None = None  # set by prepare
@@ -220,10 +221,19 @@ class SERTask:
         self._gen = torch.Generator(device=data.gen_device)
 
     def train_batch(self, step: int, generator: torch.Generator) -> Batch:
-        # The crops of step s are a pure function of (fold seed, s): resuming needs no sampler
-        # state, and drawing them on the device costs no host-device synchronisation.
-        self._gen.manual_seed((self._seed * 1_000_003 + 7919 * step + 1) % (2**63))
-        return self.train.sample(self.spec.train.batch_size, self._crop(self.train), self._gen)
+        # The crops of step s are a pure function of (fold seed, s, rank): resuming needs no
+        # sampler state, and drawing them on the device costs no host-device synchronisation.
+        rank, world = self._share
+        self._gen.manual_seed((self._seed * 1_000_003 + 7919 * step + 1 + 104_729 * rank) % (2**63))
+        return self.train.sample(self.spec.train.batch_size // world, self._crop(self.train), self._gen)
+
+    def data_parallel(self, rank: int, world: int) -> None:
+        """Draw rank ``rank``'s share of every step's crops: batch / world crops of its own
+        (models/data_parallel.py)."""
+        if self.spec.train.batch_size % world:
+            raise TrainingError(f"batch size {self.spec.train.batch_size} does not split over {world} GPUs; "
+                                f"use a multiple of {world}")
+        self._share = (rank, world)
 
     def _crop(self, data: ResidentSet | StreamingSet) -> int:
         """Frames per crop and window: the model's, but a reference head (which masks padding

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.checkpoint import CheckpointWriter, capture_rng, cpu_state_dict, restore_rng
+from models.data_parallel import Ranks
 from models.folds import Fold, fold_seed
 from models.metrics import classification_metrics
 from models.provenance import provenance
@@ -155,16 +156,20 @@ class _Fit:
     steps: int
     eval_every: int
     ckpt_every: int  # steps between checkpoints; 0 = by wall time
+    step_model: torch.nn.Module  # what the training steps call: the model, or it under DDP
+    ranks: Ranks | None = None  # a data-parallel fold: rank 0 validates and shares the result
 
 
 def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, device: str = "cpu",
-               on_step: Callable[[int], None] | None = None, make_bar: Callable[..., Any] | None = None
-               ) -> dict | None:
+               on_step: Callable[[int], None] | None = None, make_bar: Callable[..., Any] | None = None,
+               ranks: Ranks | None = None) -> dict | None:
     """Train, select and evaluate one fold; returns its metrics dict (None if it has no test data).
 
     ``on_step(step)`` is called after every optimizer step (tests use it to simulate a kill);
     ``make_bar(desc, total, initial)`` makes the step bar (default: tqdm here, if
-    ``config.progress``; a Dask worker sends its bar to the client, models/fold_progress.py).
+    ``config.progress``; a Dask worker sends its bar to the client, models/fold_progress.py);
+    ``ranks``: this process's place in a fold trained on several GPUs (models/data_parallel.py;
+    only rank 0 returns the metrics).
     """
     ids = _fold_ids(task, fold)
     if ids is None:
@@ -181,13 +186,15 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     weights = class_weights(config.class_balance, [labels[u] for u in ids["train"]], task.corpus.classes)
-    fit = _start(task, fold, config, ids, device, steps, ckpt, weights)
+    fit = _start(task, fold, config, ids, device, steps, ckpt, weights, ranks)
     ckpt_path = paths.checkpoint(fold.name)
     meta = {"config": record, "feature_keys": keys, "data": data, "fold": fold.name}
 
     writer = CheckpointWriter(ckpt_path)
 
     def save(done: bool) -> None:
+        if ranks is not None and not ranks.lead:  # rank 0 writes a data-parallel fold's checkpoints
+            return
         writer.submit({**fit.state, "model": fit.model.state_dict(),
                        "optimizer": fit.optimizer.state_dict(),
                        "rng": capture_rng(fit.generator), **meta, "done": done}, wait=done)
@@ -200,9 +207,11 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     finally:
         writer.wait()  # a checkpoint still being written is complete before anything else
     train_s = time.perf_counter() - t0
+    if ranks is not None and not ranks.lead:
+        return None
     metrics, final_model = _select_and_evaluate(task, fit.model, fold, ids, paths, fit.state, config)
     metrics.update(train_seconds=round(train_s, 3), validation_seconds=round(val_s, 3), class_weights=weights,
-                   fold_digest=fold_digest(fold, labels),
+                   fold_digest=fold_digest(fold, labels), gpus_per_fold=ranks.world if ranks else 1,
                    data_digest=digest(data), provenance=provenance(paths.workdir, device))
     write_json(paths.fold_metrics(fold.name), metrics)
     fit.model.load_state_dict(final_model)
@@ -213,8 +222,9 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
 
 
 def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, steps: int,
-           ckpt: dict | None, weights: list[float] | None) -> _Fit:
-    """A fresh model and optimizer seeded per fold, or the checkpoint's state to resume from."""
+           ckpt: dict | None, weights: list[float] | None, ranks: Ranks | None) -> _Fit:
+    """A fresh model and optimizer seeded per fold, or the checkpoint's state to resume from;
+    under ``ranks``, the model wrapped for data-parallel steps and the task's batches split."""
     seed = fold_seed(config.seed, fold.name)
     torch.manual_seed(seed)
     model = task.build_model().to(device)
@@ -232,7 +242,16 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
         state.update({k: ckpt[k] for k in state})
         log.info("fold %s: resuming at step %d of %d", fold.name, state["step"], steps)
     eval_every = config.eval_every or max(1, steps // 20)
-    return _Fit(model, optimizer, generator, state, steps, eval_every, config.checkpoint_every)
+    step_model = model
+    if ranks is not None:
+        if not hasattr(task, "data_parallel"):
+            raise TrainingError(f"{task.name} cannot train one fold on several GPUs")
+        task.data_parallel(ranks.rank, ranks.world)
+        torch.manual_seed(seed + 7919 * ranks.rank)  # each rank its own dropout masks
+        step_model = ranks.wrap(model, torch.device(device))
+        log.info("fold %s: rank %d of %d (data-parallel)", fold.name, ranks.rank, ranks.world)
+    return _Fit(model, optimizer, generator, state, steps, eval_every, config.checkpoint_every, step_model,
+                ranks)
 
 
 def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
@@ -248,7 +267,7 @@ def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
     model.train()
     while state["step"] < steps and not state["stopped_early"]:
         batch = task.train_batch(state["step"], fit.generator)
-        loss, terms = task.loss(model, batch)
+        loss, terms = task.loss(fit.step_model, batch)
         fit.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -260,12 +279,13 @@ def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
         n_sum += 1
         if step % fit.eval_every == 0 or step == steps:
             logged = {k: float(v) / n_sum for k, v in sums.items()}
-            _check_finite(task, fold, config, ckpt_path, logged["loss"], step)
+            loss_now = fit.ranks.share(logged["loss"]) if fit.ranks else logged["loss"]  # ranks stop together
+            _check_finite(task, fold, config, ckpt_path, loss_now, step)
             sums, n_sum = {}, 0
             entry = {"step": step, **logged}
             if ids["val"]:
                 t0 = time.perf_counter()
-                entry["val_ua"] = _validate(task, model, ids["val"], state, step, config, fold)
+                entry["val_ua"] = _validate(task, model, ids["val"], state, step, config, fold, fit.ranks)
                 val_s += time.perf_counter() - t0
             state["history"].append(entry)
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()},
@@ -319,11 +339,16 @@ def _progress(desc: str, total: int, initial: int, enabled: bool) -> tqdm:
 
 
 def _validate(task: Task, model: torch.nn.Module, val_ids: Sequence[str], state: dict, step: int,
-              config: TrainConfig, fold_name: str) -> float:
-    """Validation UA at ``step``; keeps the best model and decides early stopping in ``state``."""
-    ua = _ua(task, model, val_ids)
+              config: TrainConfig, fold_name: str, ranks: Ranks | None = None) -> float:
+    """Validation UA at ``step``; keeps the best model and decides early stopping in ``state``
+    (a data-parallel fold: rank 0 validates, every rank decides from its UA)."""
+    lead = ranks is None or ranks.lead
+    ua = _ua(task, model, val_ids) if lead else 0.0
+    if ranks is not None:
+        ua = ranks.share(ua)
     if ua > state["best_ua"]:
-        state.update(best_ua=ua, best_step=step, best_model=cpu_state_dict(model), evals_since_best=0)
+        state.update(best_ua=ua, best_step=step, best_model=cpu_state_dict(model) if lead else None,
+                     evals_since_best=0)
     else:
         state["evals_since_best"] += 1
         if config.patience and state["evals_since_best"] >= config.patience:
