@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from models.data_parallel import split_folds
@@ -71,3 +72,15 @@ def test_a_fold_left_over_trains_on_two_worker_processes(tmp_path, caplog):
     assert {r["split"] for r in read_predictions(paths.predictions("G2"))} == {"test", "val"}
     said = [r.getMessage() for r in caplog.records]
     assert any("rank 0 of 2" in m for m in said) and any("rank 1 of 2" in m for m in said), said
+
+
+@pytest.mark.gpu  # run on a 2-GPU host: pytest -m gpu tests/models/test_data_parallel.py
+def test_a_fold_on_two_gpus_through_nccl(tmp_path, caplog):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs")
+    corpus = make_corpus(n_groups=3, per_class=2)
+    write_ser_store(tmp_path, corpus, ser_source(corpus))
+    caplog.set_level(logging.INFO, logger="models")
+    summary = train_run(tmp_path, _spec("ddp", batch_size=8), "G2", gpus=[0, 1], data_parallel=True)
+    assert set(summary["folds"]) == {"G2"}
+    assert read_json(RunPaths(tmp_path, "ser", "ddp").fold_metrics("G2"))["gpus_per_fold"] == 2
