@@ -91,28 +91,36 @@ def synthetic_workdir(work: Path, hours: float, n_layers: int, dim: int, seed: i
 
 
 def run_cli(work: Path, crops: int, batch: int, device: str, folds: str = "G1", gpus: str | None = None,
-            run: str = "speed", compile_mode: str = "off") -> tuple[float, dict[str, dict]]:
+            run: str = "speed", compile_mode: str = "off", extra_args: tuple[str, ...] = ()
+            ) -> tuple[float, dict[str, dict]]:
     """``cli.py train ser`` on ``folds`` (on ``gpus``, one fold per GPU, when given); wall seconds
     and each trained fold's metrics."""
     extra = (["--widths", "cpu"] if device == "cpu" else []) + (["--gpus", gpus] if gpus else [])
     t0 = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "ser", "--config", "small", "--folds",
                     folds, "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run",
-                    run, "--compile", compile_mode, "-w", str(work), *extra],
+                    run, "--compile", compile_mode, "-w", str(work), *extra, *extra_args],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     root = work / "runs" / "ser" / run
     return wall, {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("fold-*/metrics.json"))}
 
 
-def fold_parallel(work: Path, crops: int, batch: int, gpus: int) -> dict:
-    """All 5 folds on one GPU against the same on ``gpus`` GPUs (Dask, one fold per GPU)."""
+def fold_parallel(work: Path, crops: int, batch: int, gpus: int, data_parallel: bool = False) -> dict:
+    """All 5 folds on one GPU against the same on ``gpus`` GPUs (Dask, one fold per GPU), and
+    with ``data_parallel`` also with the left-over folds on several GPUs (``--data-parallel``)."""
     one, _ = run_cli(work, crops, batch, "cuda", "all", None, "folds-1gpu")
-    many, _ = run_cli(work, crops, batch, "cuda", "all", ",".join(map(str, range(gpus))), f"folds-{gpus}gpu")
+    ids = ",".join(map(str, range(gpus)))
+    many, _ = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu")
     print(f"5 folds x {crops} crops: 1 GPU {one:.1f} s, {gpus} GPUs {many:.1f} s = {one / many:.2f}x "
           f"(target >= {0.9 * gpus:.1f}; 5 folds on {gpus} cards bound it at {5 / -(-5 // gpus):.2f}x)")
-    return {"gpus": gpus, "crops_per_fold": crops, "one_gpu_s": one, "many_gpus_s": many,
-            "speedup": one / many}
+    out = {"gpus": gpus, "crops_per_fold": crops, "one_gpu_s": one, "many_gpus_s": many, "speedup": one / many}
+    if data_parallel:
+        ddp, _ = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu-ddp",
+                         extra_args=("--data-parallel",))
+        print(f"  with --data-parallel: {ddp:.1f} s = {one / ddp:.2f}x one GPU, {many / ddp:.2f}x one fold per GPU")
+        out.update(data_parallel_s=ddp, data_parallel_speedup=one / ddp)
+    return out
 
 
 def main() -> None:
@@ -130,6 +138,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--gpus", type=int, default=1, help="also time all 5 folds on 1 and on N GPUs")
     ap.add_argument("--fold-crops", type=int, default=100_000, help="crops per fold for --gpus")
+    ap.add_argument("--data-parallel", action="store_true", help="with --gpus: also time train ser --data-parallel")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -171,7 +180,8 @@ def main() -> None:
           f"{val_s:.1f} s, rest of the loops {loop_s - val_s - steps_s:.1f} s, outside the loops (imports, "
           f"loading, test inference) {wall - loop_s:.1f} s")
     if args.gpus > 1:
-        out["fold_parallel"] = fold_parallel(args.dir / "work", args.fold_crops, args.batch_size, args.gpus)
+        out["fold_parallel"] = fold_parallel(args.dir / "work", args.fold_crops, args.batch_size, args.gpus,
+                                             args.data_parallel)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
