@@ -12,14 +12,17 @@ is not bit-identical (dropout streams per rank restart).
 """
 from __future__ import annotations
 
-import socket
 from contextlib import contextmanager
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
 
 import torch
 
 F = TypeVar("F")
+
+#: Longest wait of one rank for the others (rendezvous, a validation pass on rank 0, a step).
+COLLECTIVE_TIMEOUT_MIN = 10
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,9 @@ def split_folds(folds: Sequence[F], workers: int) -> tuple[list[F], list[tuple[F
 def free_address(worker: str) -> str:
     """A ``tcp://`` rendezvous on the host of ``worker`` (a Dask address, ``tcp://HOST:PORT``),
     where rank 0 runs, at a port free here (the same host for a local cluster's workers)."""
+    from distributed.utils import open_port
     host = worker.split("://")[-1].rsplit(":", 1)[0]
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return f"tcp://{host}:{s.getsockname()[1]}"
+    return f"tcp://{host}:{open_port()}"
 
 
 @contextmanager
@@ -77,7 +79,9 @@ def process_group(address: str, rank: int, world: int, device: torch.device) -> 
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
+    # a rank that failed to start, or died, stops the others within minutes, not NCCL's default
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world,
+                            timeout=timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))
     try:
         yield Ranks(rank, world)
     finally:
