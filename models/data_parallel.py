@@ -13,8 +13,8 @@ is not bit-identical (dropout streams per rank restart).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator, Sequence, TypeVar
 
 import torch
