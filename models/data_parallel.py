@@ -19,6 +19,8 @@ from typing import Iterator, Sequence, TypeVar
 
 import torch
 
+from core.errors import TrainingError
+
 F = TypeVar("F")
 
 #: Longest wait of one rank for the others (rendezvous, a validation pass on rank 0, a step).
@@ -62,6 +64,14 @@ def split_folds(folds: Sequence[F], workers: int) -> tuple[list[F], list[tuple[F
         return list(folds), []
     cut = len(folds) - left
     return list(folds[:cut]), [(f, workers // left) for f in folds[cut:]]
+
+
+def check_batch(shared: Sequence[tuple[object, int]], batch: int) -> None:
+    """Before any fold trains: every data-parallel fold's ranks can split ``batch`` evenly."""
+    bad = sorted({n for _, n in shared if batch % n})
+    if bad:
+        raise TrainingError(f"--data-parallel: batch size {batch} does not split over {bad[0]} GPUs; "
+                            f"use a multiple of {bad[0]}")
 
 
 def free_address(worker: str) -> str:

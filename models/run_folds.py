@@ -18,7 +18,7 @@ import numpy as np
 
 from core.devices import resolve_device
 from core.errors import TrainingError
-from models.data_parallel import free_address, process_group, split_folds
+from models.data_parallel import check_batch, free_address, process_group, split_folds
 from models.fold_progress import log_level, watch, worker_bars
 from models.folds import Fold, SplitConfig
 from models.metrics import classification_metrics, mean_over_folds
@@ -87,6 +87,7 @@ def _on_dask(workdir: Path, spec: RunSpec, gpus: list[int] | None, scheduler: st
     with dask_client(len(gpus or []), gpus, scheduler) as client, watch(client, spec.train.progress):
         workers = list(client.scheduler_info()["workers"])
         alone, shared = split_folds(folds, len(workers)) if data_parallel else (list(folds), [])
+        check_batch(shared, spec.train.batch_size)
 
         def submit(fold: Fold, parallel=None, **where):
             suffix = f"-rank{parallel[1]}" if parallel else ""

@@ -30,6 +30,16 @@ def test_the_folds_a_last_round_leaves_over_share_the_workers():
     assert split_folds(list("abc"), 1) == (list("abc"), [])
 
 
+def test_a_batch_that_does_not_split_is_refused_before_any_fold_trains():
+    from core.errors import TrainingError
+    from models.data_parallel import check_batch
+
+    check_batch([("e", 2)], 512)
+    check_batch([], 3)
+    with pytest.raises(TrainingError, match="batch size 3 does not split over 2 GPUs"):
+        check_batch([("e", 2)], 3)
+
+
 def _spec(run: str, **train) -> SERRun:
     train = {**dict(batch_size=4, steps=4, eval_every=2, progress=False, lr=1e-3), **train}
     return SERRun(run=run, model=make_config("small", **TINY_SER), train=TrainConfig(**train))
