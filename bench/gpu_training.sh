@@ -3,16 +3,24 @@
 # round two" rows were measured):   bash bench/gpu_training.sh OUT_DIR [steps|command|both]
 #   steps    the SER step eager against compiled conv stacks (ser_speed, a full-size fold)
 #   command  all 5 folds in one `train ser` command against the steps-only rate (train_speed)
+#   parallel on 2 GPUs (nvidia-h200-x2): 5 folds on 1 GPU, one per GPU, and with --data-parallel,
+#            plus the NCCL test of a data-parallel fold (not run yet: the next 2-GPU session)
 OUT=${1:-/tmp/gpu-training}
 WHAT=${2:-both}
 TAIL=${TAIL:-16}
 source "$(dirname "$0")/gpu_common.sh"
-if [ "$WHAT" != command ]; then
+if [ "$WHAT" = steps ] || [ "$WHAT" = both ]; then
   run ser_speed "${STEPS_LIMIT:-300}" python3 bench/ser_speed.py --device cuda --batches "${BATCHES:-512,1024}" \
     --compile "${COMPILE:-default}" --steps 40 --warmup 10 --out "$OUT/ser_speed.json"
 fi
-if [ "$WHAT" != steps ]; then
+if [ "$WHAT" = command ] || [ "$WHAT" = both ]; then
   run train_speed "${COMMAND_LIMIT:-540}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
     --folds all --crops "${CROPS:-300000}" --batch-size 512 --compile "${TRAIN_COMPILE:-off}" \
     --json "$OUT/train_speed.json"
+fi
+if [ "$WHAT" = parallel ]; then
+  run ddp_test 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_data_parallel.py
+  run train_speed_x2 "${COMMAND_LIMIT:-540}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-1}" \
+    --folds G1 --crops 50000 --batch-size 512 --gpus 2 --fold-crops "${FOLD_CROPS:-200000}" --data-parallel \
+    --json "$OUT/train_speed_x2.json"
 fi
