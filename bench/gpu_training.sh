@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #19 targets 3 and 4 on one GPU (how bench/RESULTS.md's "training through the command,
-# round two" rows were measured):   bash bench/gpu_training.sh OUT_DIR [steps|command|both]
+# round two" rows were measured):   bash bench/gpu_training.sh OUT_DIR [steps|command|both|parallel]
 #   steps    the SER step eager against compiled conv stacks (ser_speed, a full-size fold)
 #   command  all 5 folds in one `train ser` command against the steps-only rate (train_speed)
 #   parallel on 2 GPUs (nvidia-h200-x2): 5 folds on 1 GPU, one per GPU, and with --data-parallel,
