@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Sequence, TypeVar
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -66,9 +66,10 @@ def split_folds(folds: Sequence[F], workers: int) -> tuple[list[F], list[tuple[F
     return list(folds[:cut]), [(f, workers // left) for f in folds[cut:]]
 
 
-def check_batch(shared: Sequence[tuple[object, int]], batch: int) -> None:
-    """Before any fold trains: every data-parallel fold's ranks can split ``batch`` evenly."""
-    bad = sorted({n for _, n in shared if batch % n})
+def check_batch(batch: int, worlds: Iterable[int]) -> None:
+    """Every data-parallel fold's ranks (``worlds``: ranks per fold) can split ``batch`` evenly:
+    checked before any fold trains, and by each rank's task."""
+    bad = sorted({n for n in worlds if batch % n})
     if bad:
         raise TrainingError(f"--data-parallel: batch size {batch} does not split over {bad[0]} GPUs; "
                             f"use a multiple of {bad[0]}")

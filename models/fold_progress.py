@@ -50,13 +50,11 @@ class EventBar:
 class FoldBars:
     """The client's side: one tqdm bar per fold, moved by the workers' events."""
 
-    def __init__(self, enabled: bool = True):
-        self.enabled, self.bars = enabled, {}
+    def __init__(self):
+        self.bars: dict[str, tqdm] = {}
 
     def __call__(self, event: tuple[float, dict]) -> None:
         _, msg = event
-        if not self.enabled:
-            return
         bar = self.bars.get(msg["desc"])
         if bar is None:
             bar = self.bars[msg["desc"]] = tqdm(total=msg["total"], desc=msg["desc"], dynamic_ncols=True,
@@ -73,10 +71,10 @@ class FoldBars:
 
 
 @contextmanager
-def watch(client, enabled: bool = True) -> Iterator[None]:
-    """While the block runs: the workers' fold bars drawn here, their ``models`` log records
-    forwarded to this process's loggers."""
-    bars = FoldBars(enabled)
+def watch(client) -> Iterator[None]:
+    """While the block runs: the workers' fold bars drawn here (a run without bars sends no
+    events: :func:`worker_bars`), their ``models`` log records forwarded to this process's loggers."""
+    bars = FoldBars()
     client.subscribe_topic(TOPIC, bars)
     client.forward_logging("models", logging.INFO)
     try:

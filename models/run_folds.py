@@ -84,10 +84,10 @@ def _on_dask(workdir: Path, spec: RunSpec, gpus: list[int] | None, scheduler: st
     """Folds one per worker; with ``data_parallel``, those a last round would leave a worker
     idle for train on several workers at once."""
     from pipeline.scheduler import dask_client
-    with dask_client(len(gpus or []), gpus, scheduler) as client, watch(client, spec.train.progress):
+    with dask_client(len(gpus or []), gpus, scheduler) as client, watch(client):
         workers = list(client.scheduler_info()["workers"])
         alone, shared = split_folds(folds, len(workers)) if data_parallel else (list(folds), [])
-        check_batch(shared, spec.train.batch_size)
+        check_batch(spec.train.batch_size, [n for _, n in shared])
 
         def submit(fold: Fold, parallel=None, **where):
             suffix = f"-rank{parallel[1]}" if parallel else ""

@@ -27,6 +27,7 @@ from core.hashing import digest
 from models.checkpoint import from_record, model_record
 from models.folds import SplitConfig
 from models.runs import RunPaths, write_json
+from models.data_parallel import check_batch
 from models.heads import HEADS, HeadConfig, PoolingHead
 from models.ser import PRESETS, SERConfig, SERModel, compile_for_training, make_config, ser_loss
 from models.ser_data import Batch, ResidentSet, StreamingSet, fits, iter_windows, load_resident, load_set
@@ -230,9 +231,7 @@ class SERTask:
     def data_parallel(self, rank: int, world: int) -> None:
         """Draw rank ``rank``'s share of every step's crops: batch / world crops of its own
         (models/data_parallel.py)."""
-        if self.spec.train.batch_size % world:
-            raise TrainingError(f"batch size {self.spec.train.batch_size} does not split over {world} GPUs; "
-                                f"use a multiple of {world}")
+        check_batch(self.spec.train.batch_size, [world])
         self._share = (rank, world)
 
     def _crop(self, data: ResidentSet | StreamingSet) -> int:
@@ -260,11 +259,11 @@ class SERTask:
     def predict(self, model: torch.nn.Module, ids: Sequence[str]) -> np.ndarray:
         """(n, C) class probabilities, averaged over each utterance's windows."""
         key = tuple(ids)
-        if self._corpus is not None and self._corpus.holds(ids):  # a view on the corpus held for every fold
-            self._eval = {key: self._corpus.subset(ids)}
-        elif key not in self._eval:
-            self._eval = {key: load_set(self.source, ids, self.speakers, self.label_of, self.use_encoder,
-                                        self.device, self.inputs.resident, reserve_bytes=12 << 30)}
+        if key not in self._eval:
+            held = self._corpus is not None and self._corpus.holds(ids)  # a view on the corpus held for all folds
+            self._eval = {key: self._corpus.subset(ids) if held else
+                          load_set(self.source, ids, self.speakers, self.label_of, self.use_encoder,
+                                   self.device, self.inputs.resident, reserve_bytes=12 << 30)}
         with self._autocast():
             return window_probs(model, self._eval[key], self._crop(self._eval[key]),
                                 self.inputs.window_batch, self.inputs.window_weighting)

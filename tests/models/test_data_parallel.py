@@ -34,10 +34,10 @@ def test_a_batch_that_does_not_split_is_refused_before_any_fold_trains():
     from core.errors import TrainingError
     from models.data_parallel import check_batch
 
-    check_batch([("e", 2)], 512)
-    check_batch([], 3)
+    check_batch(512, [2])
+    check_batch(3, [])
     with pytest.raises(TrainingError, match="batch size 3 does not split over 2 GPUs"):
-        check_batch([("e", 2)], 3)
+        check_batch(3, [2])
 
 
 def _spec(run: str, **train) -> SERRun:
