@@ -4,7 +4,7 @@
 #   steps    the SER step eager against compiled conv stacks (ser_speed, a full-size fold)
 #   command  all 5 folds in one `train ser` command against the steps-only rate (train_speed)
 #   parallel on 2 GPUs (nvidia-h200-x2): 5 folds on 1 GPU, one per GPU, and with --data-parallel,
-#            plus the NCCL test of a data-parallel fold (not run yet: the next 2-GPU session)
+#            plus the NCCL test of a data-parallel fold; the conv stacks compiled inside the Dask workers
 OUT=${1:-/tmp/gpu-training}
 WHAT=${2:-both}
 TAIL=${TAIL:-16}
@@ -21,6 +21,6 @@ fi
 if [ "$WHAT" = parallel ]; then
   run ddp_test 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_data_parallel.py
   run train_speed_x2 "${COMMAND_LIMIT:-540}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-1}" \
-    --folds G1 --crops 50000 --batch-size 512 --gpus 2 --fold-crops "${FOLD_CROPS:-200000}" --data-parallel \
+    --folds G1 --crops 50000 --batch-size 512 --gpus 2 --fold-crops "${FOLD_CROPS:-200000}" --data-parallel --compile "${TRAIN_COMPILE:-default}" \
     --json "$OUT/train_speed_x2.json"
 fi

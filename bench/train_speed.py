@@ -106,18 +106,21 @@ def run_cli(work: Path, crops: int, batch: int, device: str, folds: str = "G1", 
     return wall, {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("fold-*/metrics.json"))}
 
 
-def fold_parallel(work: Path, crops: int, batch: int, gpus: int, data_parallel: bool = False) -> dict:
+def fold_parallel(work: Path, crops: int, batch: int, gpus: int, data_parallel: bool = False,
+                  compile_mode: str = "off") -> dict:
     """All 5 folds on one GPU against the same on ``gpus`` GPUs (Dask, one fold per GPU), and
-    with ``data_parallel`` also with the left-over folds on several GPUs (``--data-parallel``)."""
-    one, _ = run_cli(work, crops, batch, "cuda", "all", None, "folds-1gpu")
+    with ``data_parallel`` also with the left-over folds on several GPUs (``--data-parallel``);
+    every command with ``--compile compile_mode``."""
+    one, _ = run_cli(work, crops, batch, "cuda", "all", None, "folds-1gpu", compile_mode)
     ids = ",".join(map(str, range(gpus)))
-    many, _ = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu")
+    many, _ = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu", compile_mode)
     print(f"5 folds x {crops} crops: 1 GPU {one:.1f} s, {gpus} GPUs {many:.1f} s = {one / many:.2f}x "
           f"(target >= {0.9 * gpus:.1f}; 5 folds on {gpus} cards bound it at {5 / -(-5 // gpus):.2f}x)")
-    out = {"gpus": gpus, "crops_per_fold": crops, "one_gpu_s": one, "many_gpus_s": many, "speedup": one / many}
+    out = {"gpus": gpus, "crops_per_fold": crops, "compile": compile_mode, "one_gpu_s": one,
+           "many_gpus_s": many, "speedup": one / many}
     if data_parallel:
         ddp, _ = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu-ddp",
-                         extra_args=("--data-parallel",))
+                         compile_mode, extra_args=("--data-parallel",))
         print(f"  with --data-parallel: {ddp:.1f} s = {one / ddp:.2f}x one GPU, {many / ddp:.2f}x one fold per GPU")
         out.update(data_parallel_s=ddp, data_parallel_speedup=one / ddp)
     return out
@@ -181,7 +184,7 @@ def main() -> None:
           f"loading, test inference) {wall - loop_s:.1f} s")
     if args.gpus > 1:
         out["fold_parallel"] = fold_parallel(args.dir / "work", args.fold_crops, args.batch_size, args.gpus,
-                                             args.data_parallel)
+                                             args.data_parallel, args.compile)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
