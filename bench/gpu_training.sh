@@ -21,6 +21,6 @@ fi
 if [ "$WHAT" = parallel ]; then
   run ddp_test 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_data_parallel.py
   run train_speed_x2 "${COMMAND_LIMIT:-540}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-1}" \
-    --folds G1 --crops 50000 --batch-size 512 --gpus 2 --fold-crops "${FOLD_CROPS:-200000}" --data-parallel --compile "${TRAIN_COMPILE:-default}" \
+    --folds G1 --crops "${CROPS:-50000}" --batch-size 512 --gpus 2 ${SKIP_ONE:+--skip-one-gpu} --fold-crops "${FOLD_CROPS:-200000}" --data-parallel --compile "${TRAIN_COMPILE:-default}" \
     --json "$OUT/train_speed_x2.json"
 fi

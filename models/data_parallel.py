@@ -88,7 +88,7 @@ def process_group(address: str, rank: int, world: int, device: torch.device) -> 
     """Join the fold's process group (NCCL on CUDA, gloo on the CPU) for the block."""
     import torch.distributed as dist
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:  # "cuda": the worker's one visible GPU
         torch.cuda.set_device(device)
     # a rank that failed to start, or died, stops the others within minutes, not NCCL's default
     dist.init_process_group(backend, init_method=address, rank=rank, world_size=world,
