@@ -1,8 +1,9 @@
 """Dask clusters for the stages and trainers.
 
 - CPU work: a ``LocalCluster`` of processes with one thread each (and one BLAS/torch thread).
-- GPU work: one worker process per visible GPU, pinned with ``CUDA_VISIBLE_DEVICES`` so each
-  worker uses ``cuda:0`` (dask-cuda's model); models stay loaded in the worker between tasks.
+- GPU work: one worker process per GPU of ``--gpus``; its ``CUDA_VISIBLE_DEVICES`` lists that GPU
+  first, so the worker's ``cuda`` (``cuda:0``) is its own, and the run's other GPUs after it (for
+  NCCL's direct transfers); models stay loaded in the worker between tasks.
 - ``--scheduler tcp://HOST:PORT``: an existing cluster (``dask scheduler`` + ``dask worker``);
   its workers must see the same work directory (a shared filesystem).
 """
@@ -40,6 +41,16 @@ def parse_gpus(spec: str | None) -> list[int] | None:
     return gpus
 
 
+def worker_devices(gpu: int, gpus: list[int], parent: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` of the worker for ``gpu`` (an index this process sees): that GPU
+    first, so the worker's ``cuda`` is it, then the run's other GPUs — kept visible so NCCL can
+    reach them directly (a data-parallel fold over NVLink; a GPU hidden from a process leaves
+    NCCL only host memory). Indices go through the ``parent``'s own ``CUDA_VISIBLE_DEVICES``."""
+    names = [x.strip() for x in parent.split(",")] if parent else None
+    order = [gpu] + [g for g in gpus if g != gpu]
+    return ",".join(names[g] if names else str(g) for g in order)
+
+
 @contextmanager
 def dask_client(n_workers: int, gpus: list[int] | None = None,
                 scheduler: str | None = None) -> Iterator["object"]:
@@ -69,7 +80,7 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
         workers = {
             f"gpu{g}": {"cls": Nanny, "options": {
                 "nthreads": 1, "memory_limit": 0, "dashboard": False,
-                "env": {"CUDA_VISIBLE_DEVICES": str(g)}}}
+                "env": {"CUDA_VISIBLE_DEVICES": worker_devices(g, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))}}}
             for g in gpus
         }
         cluster = SpecCluster(workers=workers, scheduler={

@@ -1,0 +1,28 @@
+"""Which GPUs a Dask GPU worker sees: its own first (its ``cuda``), the run's others after it."""
+import os
+
+import pytest
+
+from pipeline.scheduler import dask_client, worker_devices
+
+
+def _own_env() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_each_gpu_worker_sees_its_own_gpu_first_and_the_runs_others_after_it():
+    """A worker that saw only its own GPU left NCCL no direct path to the other rank of a
+    data-parallel fold (2 x H200: the fifth fold on both GPUs ran slower than on one)."""
+    with dask_client(0, [0, 1]) as client:
+        seen = client.run(_own_env)
+    assert sorted(seen.values()) == ["0,1", "1,0"], seen
+
+
+@pytest.mark.parametrize("parent, expected", [
+    (None, ["2,0", "0,2"]),  # no restriction here: indices are the machine's
+    ("", ["2,0", "0,2"]),
+    ("4,5,6", ["6,4", "4,6"]),  # --gpus indexes what this process sees: CUDA_VISIBLE_DEVICES=4,5,6
+    ("GPU-aa, GPU-bb, GPU-cc", ["GPU-cc,GPU-aa", "GPU-aa,GPU-cc"]),  # UUIDs pass through
+])
+def test_worker_devices_go_through_the_parents_own_restriction(parent, expected):
+    assert [worker_devices(g, [2, 0], parent) for g in (2, 0)] == expected
