@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from models.ser import CPU_WIDTHS  # noqa: E402
-from models.ser_train import AUTO_COMPILE_CROPS  # noqa: E402
+from models.ser_train import compile_mode  # noqa: E402
 from bench.ser_speed import IEMOCAP_HOURS, IEMOCAP_UTTS, synthetic_fold, time_batch  # noqa: E402
 from pipeline.corpus import DEFAULT_CLASSES, Corpus, Utterance  # noqa: E402
 from tests.fixtures.stores import write_ser_store  # noqa: E402
@@ -138,9 +138,7 @@ def command_against_steps(args: argparse.Namespace, info: dict, device: torch.de
     loop_s = sum(m["train_seconds"] for m in folds.values())
     val_s = sum(m.get("validation_seconds", 0.0) for m in folds.values())
     data, _ = synthetic_fold(info["hours"], args.layers, args.dim, device, 0.8)
-    mode = args.compile  # the steps-only rate with what the command did
-    if mode == "auto":
-        mode = "default" if args.crops >= AUTO_COMPILE_CROPS else "off"
+    mode = compile_mode(args.compile, args.crops)  # the steps-only rate with what the command did
     bench = time_batch(data, "small", args.layers, args.dim, args.batch_size, steps=min(200, steps),
                        warmup=10, amp="bf16", device=device, compile_mode=mode,
                        widths=CPU_WIDTHS if device.type == "cpu" else None)  # as the command's --widths

@@ -99,7 +99,8 @@ CHECKPOINT_MINUTES = click.option(
 @click.option("--compile", "compile_mode", default="auto", show_default=True,
               type=click.Choice(["auto", "off", "default", "max-autotune-no-cudagraphs"]),
               help="torch.compile the network's conv stacks for training steps on CUDA: auto (mode "
-                   "default when a fold sees >= 1 M crops), off, or a torch.compile mode. Steps "
+                   "default when a process computes >= 1 M crops of a fold; a data-parallel rank "
+                   "its share), off, or a torch.compile mode. Steps "
                    "1.11x faster on an H200 after a 15-20 s compile; results equal up to float "
                    "rounding; a failed compile falls back to eager.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -110,8 +111,9 @@ CHECKPOINT_MINUTES = click.option(
 @click.option("--data-parallel", is_flag=True,
               help="With --gpus: the folds a last round would leave GPUs idle for train on several "
                    "GPUs at once (DDP; 5 folds on 2 GPUs: the fifth on both). Their results differ "
-                   "from one-GPU training (other crops per step). Tested on CPU processes; not yet "
-                   "measured on GPUs.")
+                   "from one-GPU training (other crops per step). On 2 x H200 a fold on both GPUs "
+                   "stepped 1.34x faster than on one (DDP costs ~18 %), so 5 folds gain little: "
+                   "see bench/RESULTS.md.")
 @RECIPE
 @JSON_OUT
 @WORKDIR

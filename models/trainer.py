@@ -233,6 +233,10 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
     state = {"step": 0, "best_ua": -1.0, "best_step": -1, "best_model": None, "history": [],
              "stopped_early": False, "evals_since_best": 0}
     task.prepare(ids["train"], device, seed, weights)  # before any RNG restore: it may draw random numbers
+    if ranks is not None:
+        if not hasattr(task, "data_parallel"):
+            raise TrainingError(f"{task.name} cannot train one fold on several GPUs")
+        task.data_parallel(ranks.rank, ranks.world)  # before speed_up: a rank computes its share
     if hasattr(task, "speed_up"):  # optional: e.g. SER compiles its conv stacks
         task.speed_up(model)
     if ckpt is not None:
@@ -244,9 +248,6 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
     eval_every = config.eval_every or max(1, steps // 20)
     step_model = model
     if ranks is not None:
-        if not hasattr(task, "data_parallel"):
-            raise TrainingError(f"{task.name} cannot train one fold on several GPUs")
-        task.data_parallel(ranks.rank, ranks.world)
         torch.manual_seed(seed + 7919 * ranks.rank)  # each rank its own dropout masks
         step_model = ranks.wrap(model, torch.device(device))
         log.info("fold %s: rank %d of %d (data-parallel)", fold.name, ranks.rank, ranks.world)

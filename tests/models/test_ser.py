@@ -168,3 +168,16 @@ def test_a_compile_that_fails_falls_back_to_eager_training(caplog):
         assert caplog.text.count("failed") == 1  # said once, not once per stack
     finally:
         ser._COMPILE_FAILED.clear()
+
+
+def test_auto_compiles_what_a_process_computes_from_a_million_crops_on():
+    """``--compile auto``: a compile (15-20 s, and afresh for a data-parallel rank's batch shape)
+    pays from 1 M crops computed by the process; a rank of a data-parallel fold computes its
+    share. An explicit mode is kept whatever the length."""
+    from models.ser_train import AUTO_COMPILE_CROPS, compile_mode
+    assert compile_mode("auto", AUTO_COMPILE_CROPS) == "default"
+    assert compile_mode("auto", AUTO_COMPILE_CROPS - 1) == "off"
+    assert compile_mode("auto", 2_000_000 // 2) == "default"  # the paper's fold on 2 ranks
+    assert compile_mode("auto", 1_500_000 // 2) == "off"
+    assert compile_mode("max-autotune-no-cudagraphs", 10) == "max-autotune-no-cudagraphs"
+    assert compile_mode("off", 10**9) == "off"
