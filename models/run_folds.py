@@ -10,6 +10,7 @@ summary. :func:`train_folds` is the same route for a task object already built (
 from __future__ import annotations
 
 import logging
+import traceback
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -26,6 +27,8 @@ from models.run_identity import run_record, write_run_config
 from models.runs import RunPaths, read_json, read_predictions, run_lock, write_json
 from models.trainer import Task, TrainConfig, config_record, train_fold
 from pipeline.corpus import Corpus, load_corpus
+
+log = logging.getLogger(__name__)
 
 
 class RunSpec(Protocol):
@@ -93,16 +96,70 @@ def _on_dask(workdir: Path, spec: RunSpec, gpus: list[int] | None, scheduler: st
             suffix = f"-rank{parallel[1]}" if parallel else ""
             return client.submit(fold_job, str(workdir), spec, fold, device, log_level(), parallel,
                                  pure=False, key=f"{spec.task}-{spec.run}-{fold.name}{suffix}", **where)
-        done = dict(zip([f.name for f in alone], client.gather([submit(f) for f in alone])))
-        groups, start = [], 0
-        for fold, n in shared:  # after the full rounds: every rank's worker is free
+        futures = {f.name: [submit(f)] for f in alone}
+        wait_all(futures)  # after the full rounds: every rank's worker is free
+        start = 0
+        for fold, n in shared:
             group, start = workers[start:start + n], start + n
             address = free_address(group[0])
-            groups.append((fold, [submit(fold, (address, r, n), workers=[w], allow_other_workers=False)
-                                  for r, w in enumerate(group)]))
-        for fold, futures in groups:
-            done[fold.name] = client.gather(futures)[0]  # rank 0's metrics
-        return [done[f.name] for f in folds]
+            futures[fold.name] = [submit(fold, (address, r, n), workers=[w], allow_other_workers=False)
+                                  for r, w in enumerate(group)]
+        wait_all(futures, fail_fast=True)  # a failed rank leaves the others of its fold waiting
+        raise_failed(futures, folds)
+        return [futures[f.name][0].result() for f in folds]  # a data-parallel fold: rank 0's metrics
+
+
+def wait_all(futures: dict[str, list], fail_fast: bool = False) -> None:
+    """Wait for every fold's job(s), failed ones included: the folds still training on other
+    workers finish and keep their results (a cluster closed at the first error killed them,
+    losing their work since their last checkpoint). ``fail_fast``: return at the first error
+    (data-parallel ranks: the others of a failed rank's fold would wait for it for minutes)."""
+    from distributed import wait
+    pending = [f for fs in futures.values() for f in fs if not f.done()]
+    while pending:
+        pending = list(wait(pending, return_when="FIRST_COMPLETED").not_done)
+        if fail_fast and any(f.status == "error" for fs in futures.values() for f in fs):
+            return
+
+
+def raise_failed(futures: dict[str, list], folds: Sequence[Fold]) -> None:
+    """Once every fold is done: the failed ones' errors, with their workers' tracebacks, through
+    :func:`raise_fold_errors` (closing the cluster then stops the ranks of a data-parallel fold
+    still waiting for a failed one)."""
+    errors = {}
+    for f in folds:
+        for x in futures[f.name]:
+            if x.status == "error":
+                errors[f.name] = x.exception().with_traceback(x.traceback())
+                break
+    raise_fold_errors(errors, len(folds))
+
+
+def raise_fold_errors(errors: dict[str, BaseException], n_folds: int) -> None:
+    """Each failed fold logged, then the first one's error raised (nothing if none failed)."""
+    if not errors:
+        return
+    for name, e in errors.items():
+        log.error("fold %s failed: %s: %s", name, type(e).__name__, e)
+    log.error("%d of %d folds failed (%s); the others finished and are kept: a rerun reuses them "
+              "and trains only these", len(errors), n_folds, ", ".join(errors))
+    raise next(iter(errors.values()))
+
+
+def _one_by_one(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
+                device: str) -> list[dict | None]:
+    """The folds here, one after the other; one that fails does not stop the next (its frames
+    are cleared, so a model or batch it held on the device is freed), its error comes after."""
+    results, errors = [], {}
+    for f in folds:
+        try:
+            results.append(train_fold(task, f, config, paths, device))
+        except Exception as e:  # noqa: BLE001 - re-raised by raise_fold_errors once every fold ran
+            traceback.clear_frames(e.__traceback__)
+            errors[f.name] = e
+            results.append(None)
+    raise_fold_errors(errors, len(folds))
+    return results
 
 
 def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: RunPaths,
@@ -120,7 +177,7 @@ def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: R
                             {"val_fraction": split.val_fraction, "split_seed": split.split_seed})
         write_run_config(paths, {**record, "recipe": recipe})
         try:
-            results = jobs(folds) if jobs else [train_fold(task, f, config, paths, device) for f in folds]
+            results = jobs(folds) if jobs else _one_by_one(task, folds, config, paths, device)
         finally:
             if hasattr(task, "release"):  # SER: the corpus its folds shared on the device
                 task.release()

@@ -1,0 +1,51 @@
+"""A fold that fails does not take the others with it: on Dask workers the folds training
+beside it finish and are kept, here the next folds still train; its error comes at the end."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from models.run_folds import train_run
+from models.runs import RunPaths, read_json
+from models.ser import make_config
+from models.trainer import TrainConfig
+from tests.fixtures.corpora import make_corpus
+from tests.fixtures.failing import FailingSERRun
+from tests.fixtures.ser import TINY_SER, ser_source
+from tests.fixtures.stores import write_ser_store
+
+
+def _setup(tmp_path, caplog) -> FailingSERRun:
+    corpus = make_corpus(n_groups=3, per_class=2)
+    write_ser_store(tmp_path, corpus, ser_source(corpus))
+    caplog.set_level(logging.INFO, logger="models")
+    return FailingSERRun(run="broken", fail_group="G0", model=make_config("small", **TINY_SER),
+                         train=TrainConfig(batch_size=4, steps=4, eval_every=2, progress=False, lr=1e-3))
+
+
+def _check(tmp_path, caplog) -> None:
+    paths = RunPaths(tmp_path, "ser", "broken")
+    assert not paths.fold_metrics("G0").exists()
+    assert all(read_json(paths.fold_metrics(f))["steps"] == 4 for f in ("G1", "G2"))  # trained, kept
+    assert "1 of 3 folds failed (G0)" in caplog.text and "a rerun reuses them" in caplog.text
+
+
+def test_a_failed_fold_here_does_not_stop_the_next_ones(tmp_path, caplog):
+    spec = _setup(tmp_path, caplog)
+    with pytest.raises(RuntimeError, match="fold G0 broke on purpose"):
+        train_run(tmp_path, spec, "all", "cpu")
+    _check(tmp_path, caplog)
+
+
+def test_a_failed_fold_leaves_the_others_to_finish_then_names_itself(tmp_path, caplog):
+    """Before, the first error closed the cluster: the fold training on the other GPU was killed
+    (its work since its last checkpoint lost) and the folds queued behind never ran."""
+    from distributed import LocalCluster
+
+    spec = _setup(tmp_path, caplog)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"OMP_NUM_THREADS": "1"}) as cluster:
+        with pytest.raises(RuntimeError, match="fold G0 broke on purpose"):
+            train_run(tmp_path, spec, "all", "cpu", scheduler=cluster.scheduler_address)
+    _check(tmp_path, caplog)
