@@ -43,9 +43,9 @@ def parse_gpus(spec: str | None) -> list[int] | None:
 
 def worker_devices(gpu: int, gpus: list[int], parent: str | None) -> str:
     """``CUDA_VISIBLE_DEVICES`` of the worker for ``gpu`` (an index this process sees): that GPU
-    first, so the worker's ``cuda`` is it, then the run's other GPUs — kept visible so NCCL can
-    reach them directly (a data-parallel fold over NVLink; a GPU hidden from a process leaves
-    NCCL only host memory). Indices go through the ``parent``'s own ``CUDA_VISIBLE_DEVICES``."""
+    first, so the worker's ``cuda`` is it, then the run's other GPUs, kept visible so that a
+    data-parallel fold's ranks can map each other's memory (NCCL then goes "via P2P/CUMEM" on
+    2 x H200). Indices go through the ``parent``'s own ``CUDA_VISIBLE_DEVICES``."""
     names = [x.strip() for x in parent.split(",")] if parent else None
     order = [gpu] + [g for g in gpus if g != gpu]
     return ",".join(names[g] if names else str(g) for g in order)
@@ -77,10 +77,11 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
     # dashboard_address ":0": each cluster's HTTP endpoints on a free port (extract's two lanes
     # run two clusters in one process; both asking for 8787 made one warn and move).
     if gpus:
+        parent = os.environ.get("CUDA_VISIBLE_DEVICES")
         workers = {
             f"gpu{g}": {"cls": Nanny, "options": {
                 "nthreads": 1, "memory_limit": 0, "dashboard": False,
-                "env": {"CUDA_VISIBLE_DEVICES": worker_devices(g, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))}}}
+                "env": {"CUDA_VISIBLE_DEVICES": worker_devices(g, gpus, parent)}}}
             for g in gpus
         }
         cluster = SpecCluster(workers=workers, scheduler={
