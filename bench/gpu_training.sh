@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue #19 targets 3 and 4 on one GPU (how bench/RESULTS.md's "training through the command,
-# round two" rows were measured):   bash bench/gpu_training.sh OUT_DIR [steps|command|both|parallel|paper]
+# round two" rows were measured):   bash bench/gpu_training.sh OUT_DIR [steps|command|both|parallel|paper|ter]
 #   steps    the SER step eager against compiled conv stacks (ser_speed, a full-size fold)
 #   command  all 5 folds in one `train ser` command against the steps-only rate (train_speed)
 #   paper    target 3 at the paper's fold length: 2 folds x 2 M crops in one command (~8 min on an
 #            H200; --compile auto compiles there) against the steps-only rate
+#   ter      target 3 for TER: 5 folds of the paper's samples through `train ter` against the same
+#            folds in-process (ter_command_speed, IEMOCAP size, bf16)
 #   parallel on 2 GPUs (nvidia-h200-x2): 5 folds on 1 GPU, one per GPU, and with --data-parallel,
 #            plus the NCCL test of a data-parallel fold; the conv stacks compiled inside the Dask workers
 OUT=${1:-/tmp/gpu-training}
@@ -23,6 +25,10 @@ fi
 if [ "$WHAT" = paper ]; then
   run train_speed_paper "${COMMAND_LIMIT:-590}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
     --folds G1,G2 --crops 2000000 --batch-size 512 --compile auto --json "$OUT/train_speed_paper.json"
+fi
+if [ "$WHAT" = ter ]; then
+  run ter_command "${COMMAND_LIMIT:-590}" python3 -m bench.ter_command_speed --device cuda --amp \
+    --json "$OUT/ter_command.json"
 fi
 if [ "$WHAT" = parallel ]; then
   run ddp_test 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_data_parallel.py
