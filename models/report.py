@@ -137,9 +137,12 @@ def setup_table(evals: list[RunEval], fingerprint: str) -> list[str]:
                  f"batch {t.get('batch_size')}, lr {t.get('lr', 0):.3g}, select {t.get('select')}, "
                  f"class balance {t.get('class_balance', 'off')}"
                  if "batch_size" in t else (c.get("weights") or "–"))
+        device = prov.get("device") or c.get("device") or "–"
+        shared = ev.run.data_parallel_folds()
+        if shared:
+            device += "; data-parallel: " + ", ".join(f"{f} on {n} GPUs" for f, n in shared.items())
         lines.append(f"| {ev.name} | `{prov.get('commit', 'unknown')}`{dirty} | {prov.get('created', '?')} "
-                     f"| `{corpus}` | {feats or '–'} | {sched} | {prov.get('device') or c.get('device') or '–'} "
-                     f"| `{prov.get('command', '?')}` |")
+                     f"| `{corpus}` | {feats or '–'} | {sched} | {device} | `{prov.get('command', '?')}` |")
     return lines + [""]
 
 

@@ -62,6 +62,12 @@ class TrainedRun:
             r.get("dirty") is not None for r in recs) else None
         return newest
 
+    def data_parallel_folds(self) -> dict[str, int]:
+        """{fold: GPUs} of the folds trained on several GPUs at once (``--data-parallel``: their
+        results differ from one-GPU training)."""
+        gpus = {f: self.fold_metrics(f).get("gpus_per_fold", 1) for f in self.folds}
+        return {f: n for f, n in gpus.items() if n > 1}
+
     def selected_state(self, fold: str) -> dict:
         """The state dict the run was evaluated with for ``fold``."""
         from models.checkpoint import safe_load

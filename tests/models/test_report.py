@@ -154,3 +154,14 @@ def test_a_torn_run_file_sets_the_run_apart(tmp_path):
     assert "| ter | cnn |" in md and "| ser | small |" not in md
     apart = md.split("## Runs set apart")[1]
     assert "ser/small" in apart and "is damaged" in apart and str(metrics) in apart
+
+
+def test_the_setup_names_the_folds_trained_data_parallel(tmp_path):
+    """``--data-parallel`` folds differ from one-GPU training: the report says which ones."""
+    from models.runs import read_json, write_json
+    rng = np.random.default_rng(7)
+    paths = fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    write_json(paths.fold_metrics("B"), {**read_json(paths.fold_metrics("B")), "gpus_per_fold": 2})
+    md = write_report(tmp_path).read_text()
+    line = next(l for l in md.splitlines() if l.startswith("| ser/small |"))
+    assert "data-parallel: B on 2 GPUs" in line and "A on" not in line
