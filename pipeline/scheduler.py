@@ -31,6 +31,9 @@ def parse_gpus(spec: str | None) -> list[int] | None:
         gpus = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
         raise StageError(f"--gpus {spec!r}: expected GPU indices such as 0 or 0,1") from None
+    twice = sorted({g for g in gpus if gpus.count(g) > 1})
+    if twice:  # the cluster would start one worker for it and say nothing
+        raise StageError(f"--gpus {spec}: GPU {twice[0]} is named twice; one worker runs per GPU")
     visible = visible_gpus()
     if not visible:
         raise StageError(f"--gpus {spec}: no CUDA GPU is visible to torch here; drop --gpus "

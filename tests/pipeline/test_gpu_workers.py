@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from pipeline.scheduler import dask_client, worker_devices
+from core.errors import StageError
+from pipeline.scheduler import dask_client, parse_gpus, worker_devices
 
 
 def _own_env() -> str:
@@ -26,3 +27,8 @@ def test_each_gpu_worker_sees_its_own_gpu_first_and_the_runs_others_after_it():
 ])
 def test_worker_devices_go_through_the_parents_own_restriction(parent, expected):
     assert [worker_devices(g, [2, 0], parent) for g in (2, 0)] == expected
+
+
+def test_a_gpu_named_twice_is_refused():
+    with pytest.raises(StageError, match="GPU 0 is named twice"):
+        parse_gpus("0,1,0")
