@@ -138,6 +138,32 @@ def profile_steps(data: ResidentSet, preset: str, n_layers: int, dim: int, batch
                                     max_name_column_width=60))
 
 
+def time_rows(args: argparse.Namespace, data, n_layers: int, dim: int, device: torch.device) -> list[dict]:
+    """Each batch size of ``--batches``, eager and in each ``--compile`` mode: a row each (printed)."""
+    rows = []
+    modes = ["off"] + [m for m in args.compile.split(",") if m and m != "off"]
+    for b, mode in [(int(x), m) for x in args.batches.split(",") for m in modes]:
+        try:
+            r = time_batch(data, args.config, n_layers, dim, b, args.steps, args.warmup, args.amp, device, mode)
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"batch": b, "compile": mode, "error": "out of memory"})
+            print(f"batch {b:5d}: out of memory")
+            torch.cuda.empty_cache()
+            continue
+        r.pop("model")  # freed before the next batch size
+        rows.append(r)
+        same_b = [x for x in rows if x["batch"] == b and x.get("compile") == "off" and "error" not in x]
+        if mode != "off" and same_b:
+            r["vs_eager"] = r["crops_per_s"] / same_b[0]["crops_per_s"]
+        vs = f" = {r['vs_eager']:.2f}x eager" if "vs_eager" in r else ""
+        print(f"batch {b:5d} compile {mode}: {r['steps_per_s']:8.2f} steps/s {r['crops_per_s']:9.1f} crops/s"
+              f"{vs}  lr {r['lr']:.2e}  warm-up {r['warmup_s']} s"
+              f"  5 folds × 2 M crops: {r['projected_5_folds_h']:7.2f} h"
+              + (f"  peak {r['peak_gb']} GB ({r['peak_gb_without_features']} GB besides features)"
+                 if "peak_gb" in r else ""))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -177,27 +203,7 @@ def main() -> None:
           f"features; training fold: {info['train_utterances']} utts, {info['train_hours']} h, "
           f"{info['train_feature_gb']} GB resident (built in {info['build_s']} s)")
 
-    rows = []
-    modes = ["off"] + [m for m in args.compile.split(",") if m and m != "off"]
-    for b, mode in [(int(x), m) for x in args.batches.split(",") for m in modes]:
-        try:
-            r = time_batch(data, args.config, n_layers, dim, b, args.steps, args.warmup, args.amp, device, mode)
-        except torch.cuda.OutOfMemoryError:
-            rows.append({"batch": b, "compile": mode, "error": "out of memory"})
-            print(f"batch {b:5d}: out of memory")
-            torch.cuda.empty_cache()
-            continue
-        r.pop("model")  # freed before the next batch size
-        rows.append(r)
-        same_b = [x for x in rows if x["batch"] == b and x.get("compile") == "off" and "error" not in x]
-        if mode != "off" and same_b:
-            r["vs_eager"] = r["crops_per_s"] / same_b[0]["crops_per_s"]
-        vs = f" = {r['vs_eager']:.2f}x eager" if "vs_eager" in r else ""
-        print(f"batch {b:5d} compile {mode}: {r['steps_per_s']:8.2f} steps/s {r['crops_per_s']:9.1f} crops/s"
-              f"{vs}  lr {r['lr']:.2e}  warm-up {r['warmup_s']} s"
-              f"  5 folds × 2 M crops: {r['projected_5_folds_h']:7.2f} h"
-              + (f"  peak {r['peak_gb']} GB ({r['peak_gb_without_features']} GB besides features)"
-                 if "peak_gb" in r else ""))
+    rows = time_rows(args, data, n_layers, dim, device)
     if args.profile:
         profile_steps(data, args.config, n_layers, dim, int(args.batches.split(",")[0]), args.amp, device)
     ok = [r for r in rows if "error" not in r]
