@@ -1,0 +1,37 @@
+"""The benches still run against the product (they call its functions and commands, so a change
+of the product's API breaks them): each on a tiny CPU setting, its JSON summary checked."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(tmp_path: Path, module: str, *args: str) -> dict:
+    out = tmp_path / "summary.json"
+    where = ["--out", str(out)] if module == "bench.ser_speed" else \
+        ["--json", str(out), "--dir", str(tmp_path / "scratch")]
+    done = subprocess.run([sys.executable, "-m", module, *args, *where], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("module, args, check", [
+    ("bench.train_speed", ("--hours", "0.02", "--crops", "64", "--batch-size", "8", "--layers", "3",
+                           "--dim", "16"),
+     lambda s: s["steps"] == 8 and s["crops_per_s"]["cli"] > 0 and 0 < s["loop_over_steps"]),
+    ("bench.ter_command_speed", ("--utterances", "60", "--dim", "16", "--max-tokens", "12", "--steps", "4",
+                                 "--batch-size", "8"),
+     lambda s: s["folds"] == 5 and s["cli_s"] > 0 and s["in_process_s"] > 0),
+    ("bench.ser_speed", ("--config", "spec", "--hours", "0.02", "--batches", "2", "--steps", "2",
+                         "--warmup", "1", "--infer-utts", "5"),
+     lambda s: s["rows"][0]["crops_per_s"] > 0 and s["inference"]["utterances"] == 5),
+], ids=["train_speed", "ter_command_speed", "ser_speed"])
+def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
+    assert check(_bench(tmp_path, module, *args))
