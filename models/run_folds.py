@@ -126,12 +126,8 @@ def raise_failed(futures: dict[str, list], folds: Sequence[Fold]) -> None:
     """Once every fold is done: the failed ones' errors, with their workers' tracebacks, through
     :func:`raise_fold_errors` (closing the cluster then stops the ranks of a data-parallel fold
     still waiting for a failed one)."""
-    errors = {}
-    for f in folds:
-        for x in futures[f.name]:
-            if x.status == "error":
-                errors[f.name] = x.exception().with_traceback(x.traceback())
-                break
+    first = {f.name: next((x for x in futures[f.name] if x.status == "error"), None) for f in folds}
+    errors = {name: x.exception().with_traceback(x.traceback()) for name, x in first.items() if x is not None}
     raise_fold_errors(errors, len(folds))
 
 

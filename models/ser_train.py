@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 PAPER_BATCH = 2
 PAPER_LR = 1e-4
 PAPER_CROPS = 2_000_000
-#: ``compile="auto"`` compiles for folds of at least this many crops (the paper's: 2 M).
+#: ``compile="auto"`` compiles where a process computes at least this many crops of a fold
+#: (:func:`compile_mode`; the paper's fold: 2 M).
 AUTO_COMPILE_CROPS = 1_000_000
 
 
@@ -90,8 +91,8 @@ class SERInputs:
     resident: str = "auto"  # keep a fold's training features on the device: auto | yes | no
     window_batch: int = 256  # inference windows per forward pass
     #: torch.compile the conv stacks for training steps (CUDA only; a CPU run stays eager):
-    #: "auto" (mode "default" when a fold sees >= AUTO_COMPILE_CROPS crops: 1.11x faster steps on
-    #: an H200 for a 15-20 s compile), "off", or a mode ("default", "max-autotune-no-cudagraphs")
+    #: "auto" (mode "default" where a process computes >= AUTO_COMPILE_CROPS crops of a fold:
+    #: :func:`compile_mode`), "off", or a mode ("default", "max-autotune-no-cudagraphs")
     compile: str = "auto"
 
 
