@@ -114,6 +114,39 @@ def test_overfits_a_tiny_batch():
         assert model.classify(feats, spk).argmax(-1).tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("stack_of", ["encoder", "postnet"])
+def test_channels_last_conv_stacks_compute_what_the_1d_stacks_do(stack_of):
+    """On CUDA a conv stack runs as (1 × k) 2-D convolutions on a channels-last view: the same
+    outputs, input and weight gradients, batch-norm running statistics (train and eval) as its
+    1-D blocks (checked here on the CPU, where both paths run)."""
+    cfg = make_config("small", n_layers=3, feat_dim=16, **TINY_SER)
+    torch.manual_seed(0)
+    one_d, two_d = SERModel(cfg), SERModel(cfg)
+    two_d.load_state_dict(one_d.state_dict())
+    stacks = [getattr(m, stack_of).convs for m in (one_d, two_d)]
+    c_in = stacks[0][0][0].in_channels
+    x = torch.randn(3, 24, c_in)  # (B, T, C) as the LSTMs hand it; the stacks get its transpose
+    g = torch.randn(3, stacks[0][-1][0].out_channels, 24)  # the gradient of the output
+    outs, grads = [], []
+    for stack, run in zip(stacks, (stacks[0].run, stacks[1]._run_channels_last)):
+        for _ in range(2):  # two training steps: running statistics move
+            h = x.clone().requires_grad_()
+            out = run(h.transpose(1, 2))
+            out.backward(g)
+        outs.append(out)
+        grads.append((h.grad, stack[0][0].weight.grad, stack[-1][1].weight.grad))
+        stack.eval()
+        with torch.no_grad():
+            outs.append(run(x.transpose(1, 2)))
+    torch.testing.assert_close(outs[2], outs[0])  # training
+    torch.testing.assert_close(outs[3], outs[1])  # inference, with the running statistics
+    for a, b in zip(grads[1], grads[0]):  # sums in another order: float32 rounding apart
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    for name, buf in stacks[0].named_buffers():
+        torch.testing.assert_close(dict(stacks[1].named_buffers())[name], buf)
+    assert int(stacks[1][0][1].num_batches_tracked) == 2
+
+
 def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
     """``train ser --compile``: the four conv stacks go through torch.compile in training mode
     (same outputs and state-dict keys as eager), never in inference (window batches of any size
