@@ -107,26 +107,40 @@ def run_cli(work: Path, crops: int, batch: int, device: str, folds: str = "G1", 
 
 
 def fold_parallel(work: Path, crops: int, batch: int, gpus: int, data_parallel: bool = False,
-                  compile_mode: str = "off", one_gpu: bool = True) -> dict:
+                  compile_mode: str = "off", one_gpu: bool = True, fold_per_gpu: bool = True) -> dict:
     """All 5 folds on one GPU (unless not ``one_gpu``) against the same on ``gpus`` GPUs (Dask,
-    one fold per GPU), and with ``data_parallel`` also with the left-over folds on several GPUs
-    (``--data-parallel``); every command with ``--compile compile_mode``."""
+    one fold per GPU; unless not ``fold_per_gpu``), and with ``data_parallel`` also with the
+    left-over folds on several GPUs (``--data-parallel``); every command with ``--compile
+    compile_mode``."""
     ids = ",".join(map(str, range(gpus)))
-    many, _ = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu", compile_mode)
-    out = {"gpus": gpus, "crops_per_fold": crops, "compile": compile_mode, "many_gpus_s": many}
-    print(f"5 folds x {crops} crops on {gpus} GPUs, one fold per GPU: {many:.1f} s")
+    out = {"gpus": gpus, "crops_per_fold": crops, "batch": batch, "compile": compile_mode}
+    if fold_per_gpu:
+        many, folds = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu", compile_mode)
+        out.update(many_gpus_s=many, many_gpus_folds=fold_times(folds))
+        print(f"5 folds x {crops} crops on {gpus} GPUs, one fold per GPU: {many:.1f} s; {out['many_gpus_folds']}")
     if one_gpu:
         one, _ = run_cli(work, crops, batch, "cuda", "all", None, "folds-1gpu", compile_mode)
-        print(f"  on 1 GPU {one:.1f} s: {gpus} GPUs = {one / many:.2f}x (target >= {0.9 * gpus:.1f}; 5 folds "
-              f"on {gpus} cards bound it at {5 / -(-5 // gpus):.2f}x)")
-        out.update(one_gpu_s=one, speedup=one / many)
+        out["one_gpu_s"] = one
+        if fold_per_gpu:
+            out["speedup"] = one / out["many_gpus_s"]
+            print(f"  on 1 GPU {one:.1f} s: {gpus} GPUs = {out['speedup']:.2f}x (target >= {0.9 * gpus:.1f}; "
+                  f"5 folds on {gpus} cards bound it at {5 / -(-5 // gpus):.2f}x)")
     if data_parallel:
-        ddp, _ = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu-ddp",
-                         compile_mode, extra_args=("--data-parallel",))
-        print(f"  with --data-parallel: {ddp:.1f} s = {many / ddp:.2f}x one fold per GPU"
-              + (f", {out['one_gpu_s'] / ddp:.2f}x one GPU" if one_gpu else ""))
-        out.update(data_parallel_s=ddp, data_parallel_over_fold_parallel=many / ddp)
+        ddp, folds = run_cli(work, crops, batch, "cuda", "all", ids, f"folds-{gpus}gpu-ddp",
+                             compile_mode, extra_args=("--data-parallel",))
+        out.update(data_parallel_s=ddp, data_parallel_folds=fold_times(folds))
+        print(f"5 folds x {crops} crops on {gpus} GPUs with --data-parallel: {ddp:.1f} s"
+              + (f" = {out['many_gpus_s'] / ddp:.2f}x one fold per GPU" if fold_per_gpu else "")
+              + (f", {out['one_gpu_s'] / ddp:.2f}x one GPU" if one_gpu else "") + f"; {out['data_parallel_folds']}")
+        if fold_per_gpu:
+            out["data_parallel_over_fold_parallel"] = out["many_gpus_s"] / ddp
     return out
+
+
+def fold_times(folds: dict[str, dict]) -> dict[str, dict]:
+    """Each fold's steps and trainer-loop seconds (validation passes included), from its metrics."""
+    return {f: {"steps": m["steps"], "loop_s": round(m["train_seconds"], 1),
+                "validation_s": round(m.get("validation_seconds", 0.0), 1)} for f, m in folds.items()}
 
 
 def command_against_steps(args: argparse.Namespace, info: dict, device: torch.device) -> dict:
@@ -178,6 +192,8 @@ def main() -> None:
     ap.add_argument("--fold-crops", type=int, default=100_000, help="crops per fold for --gpus")
     ap.add_argument("--data-parallel", action="store_true", help="with --gpus: also time train ser --data-parallel")
     ap.add_argument("--skip-one-gpu", action="store_true", help="with --gpus: no 5-fold run on one GPU")
+    ap.add_argument("--data-parallel-only", action="store_true",
+                    help="with --gpus --data-parallel: only the --data-parallel command (not one fold per GPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -194,7 +210,8 @@ def main() -> None:
         out.update(command_against_steps(args, info, device))
     if args.gpus > 1:
         out["fold_parallel"] = fold_parallel(args.dir / "work", args.fold_crops, args.batch_size, args.gpus,
-                                             args.data_parallel, args.compile, not args.skip_one_gpu)
+                                             args.data_parallel, args.compile, not args.skip_one_gpu,
+                                             not args.data_parallel_only)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

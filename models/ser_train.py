@@ -90,7 +90,7 @@ class SERInputs:
     # Speed and memory only (not part of the run's identity):
     resident: str = "auto"  # keep a fold's training features on the device: auto | yes | no
     window_batch: int = 256  # inference windows per forward pass
-    #: torch.compile the conv stacks for training steps (CUDA only; a CPU run stays eager):
+    #: torch.compile the layer weights and conv stacks for training steps (CUDA only; CPU: eager):
     #: "auto" (mode "default" where a process computes >= AUTO_COMPILE_CROPS crops of a fold:
     #: :func:`compile_mode`), "off", or a mode ("default", "max-autotune-no-cudagraphs")
     compile: str = "auto"
@@ -210,13 +210,14 @@ class SERTask:
         return shared_set(key, owner, load)
 
     def speed_up(self, model: torch.nn.Module) -> None:
-        """Compile the model's conv stacks for training steps as ``compile`` says (CUDA only;
+        """Compile the model's layer weights and conv stacks for training steps as ``compile`` says (CUDA only;
         the trainer calls it after ``prepare`` and ``data_parallel``)."""
         mode = compile_mode(self.inputs.compile,
                             self.spec.train.steps * self.spec.train.batch_size // self._share[1])
         if mode != "off" and self.device.type == "cuda":
             n = compile_for_training(model, mode)
-            log.info("SER: %d conv stacks compiled for training (torch.compile mode %s)", n, mode)
+            log.info("SER: %d modules (layer weights, conv stacks) compiled for training (torch.compile "
+                     "mode %s)", n, mode)
 
     def release(self) -> None:
         """Free the corpus held for the folds (``train_folds`` calls it after the last)."""

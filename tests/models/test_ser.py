@@ -148,9 +148,9 @@ def test_channels_last_conv_stacks_compute_what_the_1d_stacks_do(stack_of):
 
 
 def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
-    """``train ser --compile``: the four conv stacks go through torch.compile in training mode
-    (same outputs and state-dict keys as eager), never in inference (window batches of any size
-    would recompile)."""
+    """``train ser --compile``: the layer weights and the four conv stacks go through torch.compile
+    in training mode (same outputs and state-dict keys as eager), never in inference (window
+    batches of any size would recompile)."""
     from torch._dynamo.testing import CompileCounter
 
     from models.ser import compile_for_training
@@ -161,7 +161,7 @@ def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
     eager, compiled = SERModel(cfg), SERModel(cfg)
     compiled.load_state_dict(eager.state_dict())
     counter = CompileCounter()
-    assert compile_for_training(compiled, backend=counter) == 4  # encoder, phones, decoder, postnet
+    assert compile_for_training(compiled, backend=counter) == 5  # layer weights, 4 conv stacks
     assert list(compiled.state_dict()) == list(eager.state_dict())
     feats, spk = torch.randn(2, 96, 3, 16).half(), torch.randn(2, 256)
     phones = torch.nn.functional.one_hot(torch.randint(0, 128, (2, 96)), 128).float()
@@ -172,11 +172,11 @@ def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
     a, b = train_forward(eager), train_forward(compiled)
     for k in ("logits", "mel_r1", "mel_r2"):
         torch.testing.assert_close(b[k], a[k])
-    assert counter.frame_count == 4
+    assert counter.frame_count == 5
     with torch.no_grad():
         x, s = feats[:1], spk[:1]
         torch.testing.assert_close(compiled.eval().classify(x, s), eager.eval().classify(x, s))
-    assert counter.frame_count == 4  # inference did not compile
+    assert counter.frame_count == 5  # inference did not compile
 
 
 def test_a_compile_that_fails_falls_back_to_eager_training(caplog):
@@ -197,7 +197,7 @@ def test_a_compile_that_fails_falls_back_to_eager_training(caplog):
         with caplog.at_level("WARNING"):
             out = model(feats, spk, phones)
         assert out["mel_r2"].shape == (2, 96, 80) and torch.isfinite(out["mel_r2"]).all()
-        assert "torch.compile of the conv stacks failed" in caplog.text and "no C compiler" in caplog.text
+        assert "torch.compile of the model's conv stacks and layer weights failed" in caplog.text and "no C compiler" in caplog.text
         assert caplog.text.count("failed") == 1  # said once, not once per stack
     finally:
         ser._COMPILE_FAILED.clear()

@@ -1,0 +1,227 @@
+"""Where one SER training step's time goes, part by part (diagnosis for #19 target 4).
+
+Each part of the product's ``SERModel`` (models/ser.py, ``small`` on 25 × 1024 features) runs
+forward + backward alone on RANDOM inputs of its real shapes (B crops of 96 frames, under the
+bf16 autocast ``SERTask.loss`` uses), CUDA-synchronised, median of repeated timings; then the
+whole model forward + loss + backward, and Adam's step. Printed as ms per step and as a share
+of the whole, so the levers of the paper's schedule can be weighed before any is built:
+
+  conv stacks   the product's ``ConvStack`` (eager, and compiled as ``--compile`` does) against
+                the same weights run as channels-last 2-D convolutions (``--variants``)
+  LSTMs         each one's time at B and at 2B (does a larger batch still buy throughput?)
+  two streams   the speech encoder and the phone encoder are independent: both on one stream
+                against the phone encoder on a second CUDA stream
+
+    python -m bench.ser_step_parts --device cuda            # one GPU
+    python -m bench.ser_step_parts --batch 8 --iters 2      # CPU check of the code path
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from bench.ser_speed import _sync
+from models.ser import ConvStack, SERModel, make_config, run_lstm, ser_loss
+from bench.extract_speech import machine
+
+
+def timed(fn, device: torch.device, iters: int, warm: int = 3) -> float:
+    """Median ms of ``fn()`` over ``iters`` calls after ``warm``."""
+    for _ in range(warm):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def fwd_bwd(module_fn, *inputs):
+    """A closure: forward ``module_fn(*inputs)`` under the autocast, backward a random gradient."""
+    def go():
+        with autocast(inputs[0].device):
+            out = module_fn(*inputs)
+        out.backward(torch.ones_like(out))
+    return go
+
+
+def autocast(device: torch.device, cache: bool = True):
+    """The step's bf16 autocast (``cache=False`` inside a CUDA graph capture, as torch asks)."""
+    return (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache) if device.type == "cuda"
+            else nullcontext())
+
+
+def graphed(fn, device: torch.device):
+    """``fn`` captured once in a CUDA graph (after warm-up on a side stream): its replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def layer_weight_variants(model: SERModel, b: int, device, cfg) -> dict:
+    """The learnable layer average, forward + backward (to alpha), in a few formulations."""
+    x = torch.randn(b, cfg.crop, cfg.n_layers, cfg.feat_dim, device=device, dtype=torch.float16)
+    lw = model.layers
+
+    def einsum(x):
+        return torch.einsum("l,btld->btd", lw.weights().to(x.dtype), x)
+
+    def flat_mm(x):  # (B·T·?)… x viewed as (B·T, L, D): one batched (1, L) @ (L, D)
+        return torch.bmm(lw.weights().to(x.dtype).expand(b * cfg.crop, 1, -1), x.flatten(0, 1)).view(b, cfg.crop, -1)
+    out = {"product (matmul)": fwd_bwd(lw, x), "einsum": fwd_bwd(einsum, x), "bmm": fwd_bwd(flat_mm, x)}
+    if device.type == "cuda":
+        out["product compiled"] = fwd_bwd(torch.compile(lw.forward, dynamic=False), x)
+    return out
+
+
+def leaf(shape, device, transpose=False):
+    """A random input that wants a gradient; ``transpose``: (B, C, T) as a view of (B, T, C),
+    as the model hands its conv stacks."""
+    if transpose:
+        return torch.randn(shape[0], shape[2], shape[1], device=device).requires_grad_().transpose(1, 2)
+    return torch.randn(*shape, device=device, requires_grad=True)
+
+
+def channels_last_run(stack: ConvStack, h: torch.Tensor) -> torch.Tensor:
+    """The stack's weights as (1 × k) 2-D convolutions on a channels-last (B, C, 1, T) view."""
+    x = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    for i, (conv, bn) in enumerate(stack):
+        x = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]))
+        x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, bn.momentum, bn.eps)
+        if stack.last_act or i < len(stack) - 1:
+            x = stack.act(x)
+    return x.squeeze(2)
+
+
+def part_fns(model: SERModel, b: int, device, cfg) -> dict:
+    t = cfg.crop
+    enc, ph, dec = model.encoder, model.phone_encoder, model.decoder
+    feats = torch.randn(b, t, cfg.n_layers, cfg.feat_dim, device=device, dtype=torch.float16)
+    return {
+        "layer weights": fwd_bwd(model.layers, feats),
+        "encoder convs": fwd_bwd(enc.convs, leaf((b, cfg.feat_dim + cfg.dim_spk, t), device, True)),
+        "encoder LSTM (2 x bi 8)": fwd_bwd(lambda x: run_lstm(enc.lstm, x), leaf((b, t, cfg.dim_conv), device)),
+        "phone convs": fwd_bwd(ph.convs, leaf((b, cfg.n_phones, t), device, True)),
+        "phone LSTM (2 x bi 128)": fwd_bwd(lambda x: run_lstm(ph.lstm, x), leaf((b, t, cfg.dim_conv), device)),
+        "decoder LSTM1 (512)": fwd_bwd(lambda x: run_lstm(dec.lstm1, x), leaf((b, t, dec.lstm1.input_size), device)),
+        "decoder convs": fwd_bwd(dec.convs, leaf((b, cfg.dim_pre, t), device, True)),
+        "decoder LSTM2 (2 x 1024) + proj": fwd_bwd(lambda x: dec.proj(run_lstm(dec.lstm2, x)),
+                                                   leaf((b, t, cfg.dim_pre), device)),
+        "postnet": fwd_bwd(model.postnet, leaf((b, t, cfg.n_mels), device)),
+    }
+
+
+def whole_step(model: SERModel, b: int, device, cfg, two_streams: bool = False, cache: bool = True):
+    t = cfg.crop
+    feats = torch.randn(b, t, cfg.n_layers, cfg.feat_dim, device=device, dtype=torch.float16)
+    spk = torch.randn(b, cfg.dim_spk, device=device)
+    phones = F.one_hot(torch.randint(0, cfg.n_phones, (b, t), device=device), cfg.n_phones).half()
+    mel, labels = torch.rand(b, t, cfg.n_mels, device=device), torch.randint(0, cfg.n_classes, (b,), device=device)
+    side = torch.cuda.Stream(device) if two_streams else None
+
+    def go():
+        with autocast(device, cache):
+            if side is None:
+                out = model(feats, spk, phones)
+            else:
+                out = forward_two_streams(model, side, feats, spk, phones)
+        ser_loss(out, mel, labels)["loss"].backward()
+    return go
+
+
+def forward_two_streams(model: SERModel, side, feats, spk, phones) -> dict:
+    """``SERModel.forward`` with the phone encoder on ``side`` while the speech encoder runs."""
+    main = torch.cuda.current_stream(feats.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        ph = model.phone_encoder(phones.to(torch.bfloat16))
+    codes = model.encode(feats, spk)
+    main.wait_stream(side)
+    ph.record_stream(main)
+    logits = model.classifier(codes)
+    b, t = feats.shape[:2]
+    up = codes.repeat_interleave(model.cfg.freq, dim=1)
+    dec_in = torch.cat([up, spk.to(up.dtype)[:, None, :].expand(b, t, -1), ph.to(up.dtype)], -1)
+    mel_r1 = model.decoder(dec_in)
+    return {"codes": codes, "logits": logits, "mel_r1": mel_r1, "mel_r2": mel_r1 + model.postnet(mel_r1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--graph-batches", default="512,1024", help="whole step eager and in a CUDA graph at these")
+    ap.add_argument("--no-variants", action="store_true", help="only the product's parts")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    print(f"machine: {machine(args.device)}; torch {torch.__version__}; batch {args.batch}; RANDOM inputs")
+    cfg = make_config("small")
+    model = SERModel(cfg).to(device).train()
+    b = args.batch
+    whole = timed(whole_step(model, b, device, cfg), device, args.iters)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    adam = timed(opt.step, device, args.iters)
+    print(f"whole forward + loss + backward: {whole:8.2f} ms  ({b / whole * 1e3:,.0f} crops/s); Adam step {adam:.2f} ms")
+    parts = {name: timed(fn, device, args.iters) for name, fn in part_fns(model, b, device, cfg).items()}
+    if not args.no_variants:
+        parts.update({f"{n} at batch {2 * b} (per {b} crops)": timed(fn, device, args.iters) / 2
+                      for n, fn in part_fns(model, 2 * b, device, cfg).items() if "LSTM" in n})
+    for name, ms in parts.items():
+        print(f"  {name:<48} {ms:8.2f} ms  {ms / whole:6.1%}")
+    if args.no_variants:
+        return
+    stacks = {"encoder convs": (model.encoder.convs, cfg.feat_dim + cfg.dim_spk),
+              "decoder convs": (model.decoder.convs, cfg.dim_pre)}
+    for name, (stack, c_in) in stacks.items():
+        x = leaf((b, c_in, cfg.crop), device, True)
+        rows = {"product eager": fwd_bwd(stack, x),
+                "channels-last eager": fwd_bwd(lambda h, s=stack: channels_last_run(s, h), x)}
+        if device.type == "cuda":
+            rows["product compiled"] = fwd_bwd(torch.compile(stack.run, dynamic=False), x)
+            rows["channels-last compiled"] = fwd_bwd(torch.compile(
+                lambda h, s=stack: channels_last_run(s, h), dynamic=False), x)
+        with torch.no_grad(), autocast(device):
+            diff = (stack(x).float() - channels_last_run(stack, x).float()).abs().max().item()
+        for k, fn in rows.items():
+            print(f"  {name}, {k:<24} {timed(fn, device, args.iters):8.2f} ms")
+        print(f"  {name}: largest |product - channels-last| {diff:.2e}")
+    if device.type == "cuda":
+        two = timed(whole_step(model, b, device, cfg, two_streams=True), device, args.iters)
+        print(f"whole step, phone encoder on a second stream: {two:8.2f} ms = {whole / two:.3f}x one stream")
+    for k, fn in layer_weight_variants(model, b, device, cfg).items():
+        print(f"  layer weights, {k:<24} {timed(fn, device, args.iters):8.2f} ms")
+    if device.type == "cuda":
+        for gb in [int(x) for x in args.graph_batches.split(",") if x]:
+            eager = timed(whole_step(model, gb, device, cfg, cache=False), device, args.iters)
+            try:
+                replay = graphed(whole_step(model, gb, device, cfg, cache=False), device)
+                g = timed(replay, device, args.iters)
+                print(f"batch {gb}: whole step eager {eager:8.2f} ms ({gb / eager * 1e3:,.0f} crops/s), "
+                      f"one CUDA graph {g:8.2f} ms ({gb / g * 1e3:,.0f} crops/s) = {eager / g:.2f}x")
+            except Exception as e:  # noqa: BLE001 - a diagnosis: say what failed and go on
+                print(f"batch {gb}: whole step eager {eager:8.2f} ms; CUDA graph capture failed: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main()
