@@ -26,7 +26,7 @@ if [ "$WHAT" = command ] || [ "$WHAT" = both ]; then
 fi
 if [ "$WHAT" = paper ]; then
   run train_speed_paper "${COMMAND_LIMIT:-590}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
-    --folds G1,G2 --crops 2000000 --batch-size 512 --compile auto --json "$OUT/train_speed_paper.json"
+    --folds G1,G2 --crops 2000000 --batch-size "${BATCH:-512}" --compile auto --json "$OUT/train_speed_paper.json"
 fi
 if [ "$WHAT" = ter ]; then
   run ter_command "${COMMAND_LIMIT:-590}" python3 -m bench.ter_command_speed --device cuda --amp \
