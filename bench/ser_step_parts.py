@@ -6,11 +6,14 @@ bf16 autocast ``SERTask.loss`` uses), CUDA-synchronised, median of repeated timi
 whole model forward + loss + backward, and Adam's step. Printed as ms per step and as a share
 of the whole, so the levers of the paper's schedule can be weighed before any is built:
 
-  conv stacks   the product's ``ConvStack`` (eager, and compiled as ``--compile`` does) against
-                the same weights run as channels-last 2-D convolutions (``--variants``)
+  conv stacks   the product's ``ConvStack`` (channels-last 2-D convolutions on CUDA since 0.8.3;
+                eager, and compiled as ``--compile`` does) against its 1-D blocks
+  layer weights the product's batched ``matmul`` against einsum, bmm and compiled
   LSTMs         each one's time at B and at 2B (does a larger batch still buy throughput?)
   two streams   the speech encoder and the phone encoder are independent: both on one stream
                 against the phone encoder on a second CUDA stream
+  CUDA graph    the whole forward + backward captured once and replayed (is the step launch-bound?)
+Variants are skipped with ``--no-variants``; ``--json`` keeps the numbers.
 
     python -m bench.ser_step_parts --device cuda            # one GPU
     python -m bench.ser_step_parts --batch 8 --iters 2      # CPU check of the code path
@@ -18,9 +21,12 @@ of the whole, so the levers of the paper's schedule can be weighed before any is
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,11 +87,11 @@ def layer_weight_variants(model: SERModel, b: int, device, cfg) -> dict:
     def einsum(x):
         return torch.einsum("l,btld->btd", lw.weights().to(x.dtype), x)
 
-    def flat_mm(x):  # (B·T·?)… x viewed as (B·T, L, D): one batched (1, L) @ (L, D)
+    def flat_mm(x):  # x viewed as (B·T, L, D): B·T products (1, L) @ (L, D) in one bmm
         return torch.bmm(lw.weights().to(x.dtype).expand(b * cfg.crop, 1, -1), x.flatten(0, 1)).view(b, cfg.crop, -1)
     out = {"product (matmul)": fwd_bwd(lw, x), "einsum": fwd_bwd(einsum, x), "bmm": fwd_bwd(flat_mm, x)}
     if device.type == "cuda":
-        out["product compiled"] = fwd_bwd(torch.compile(lw.forward, dynamic=False), x)
+        out["product compiled"] = fwd_bwd(torch.compile(lw.run, dynamic=False), x)
     return out
 
 
@@ -95,17 +101,6 @@ def leaf(shape, device, transpose=False):
     if transpose:
         return torch.randn(shape[0], shape[2], shape[1], device=device).requires_grad_().transpose(1, 2)
     return torch.randn(*shape, device=device, requires_grad=True)
-
-
-def channels_last_run(stack: ConvStack, h: torch.Tensor) -> torch.Tensor:
-    """The stack's weights as (1 × k) 2-D convolutions on a channels-last (B, C, 1, T) view."""
-    x = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    for i, (conv, bn) in enumerate(stack):
-        x = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]))
-        x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, bn.momentum, bn.eps)
-        if stack.last_act or i < len(stack) - 1:
-            x = stack.act(x)
-    return x.squeeze(2)
 
 
 def part_fns(model: SERModel, b: int, device, cfg) -> dict:
@@ -161,6 +156,60 @@ def forward_two_streams(model: SERModel, side, feats, spk, phones) -> dict:
     return {"codes": codes, "logits": logits, "mel_r1": mel_r1, "mel_r2": mel_r1 + model.postnet(mel_r1)}
 
 
+def conv_variants(model: SERModel, b: int, device, cfg, iters: int) -> dict:
+    """Two conv stacks: the product's (channels-last on CUDA) against their 1-D blocks (the path
+    before 0.8.3, and the product's on the CPU), eager and compiled; ms and the outputs' gap."""
+    out = {}
+    for name, stack, c_in in [("encoder convs", model.encoder.convs, cfg.feat_dim + cfg.dim_spk),
+                              ("decoder convs", model.decoder.convs, cfg.dim_pre)]:
+        x = leaf((b, c_in, cfg.crop), device, True)
+        rows = {"product eager": fwd_bwd(stack, x), "1-D blocks eager": fwd_bwd(partial(one_d_run, stack), x)}
+        if device.type == "cuda":
+            rows["product compiled"] = fwd_bwd(torch.compile(stack.run, dynamic=False), x)
+            rows["1-D blocks compiled"] = fwd_bwd(torch.compile(partial(one_d_run, stack), dynamic=False), x)
+        with torch.no_grad(), autocast(device):
+            gap = (stack(x).float() - one_d_run(stack, x).float()).abs().max().item()
+        out[name] = {k: timed(fn, device, iters) for k, fn in rows.items()} | {"largest_gap": gap}
+    return out
+
+
+def one_d_run(stack: ConvStack, h: torch.Tensor) -> torch.Tensor:
+    """The stack's blocks as the 1-D convolutions and batch norms they are declared as."""
+    for i, block in enumerate(stack):
+        h = block(h)
+        if stack.last_act or i < len(stack) - 1:
+            h = stack.act(h)
+    return h
+
+
+def graph_rows(model: SERModel, batches: list[int], device, cfg, iters: int) -> dict:
+    """The whole forward + backward eager against captured in one CUDA graph, per batch size."""
+    out = {}
+    for gb in batches:
+        row = {"eager_ms": timed(whole_step(model, gb, device, cfg, cache=False), device, iters)}
+        try:
+            row["graph_ms"] = timed(graphed(whole_step(model, gb, device, cfg, cache=False), device), device, iters)
+        except Exception as e:  # noqa: BLE001 - a diagnosis: say what failed and go on
+            row["graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        torch.cuda.synchronize(device)
+        out[gb] = row
+    return out
+
+
+def variants(model: SERModel, b: int, device, cfg, args) -> dict:
+    """The alternatives weighed for each part (see the module's docstring)."""
+    out = {"lstms_at_double_batch_per_b_crops": {
+        n: timed(fn, device, args.iters) / 2 for n, fn in part_fns(model, 2 * b, device, cfg).items() if "LSTM" in n},
+        "conv_stacks": conv_variants(model, b, device, cfg, args.iters),
+        "layer_weights": {k: timed(fn, device, args.iters) for k, fn in layer_weight_variants(model, b, device, cfg).items()}}
+    if device.type == "cuda":
+        out["phone_encoder_on_a_second_stream_ms"] = timed(whole_step(model, b, device, cfg, two_streams=True),
+                                                           device, args.iters)
+        out["cuda_graph"] = graph_rows(model, [int(x) for x in args.graph_batches.split(",") if x], device, cfg,
+                                       args.iters)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -168,59 +217,25 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--graph-batches", default="512,1024", help="whole step eager and in a CUDA graph at these")
     ap.add_argument("--no-variants", action="store_true", help="only the product's parts")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    print(f"machine: {machine(args.device)}; torch {torch.__version__}; batch {args.batch}; RANDOM inputs")
-    cfg = make_config("small")
+    cfg, b = make_config("small"), args.batch
     model = SERModel(cfg).to(device).train()
-    b = args.batch
-    whole = timed(whole_step(model, b, device, cfg), device, args.iters)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    adam = timed(opt.step, device, args.iters)
-    print(f"whole forward + loss + backward: {whole:8.2f} ms  ({b / whole * 1e3:,.0f} crops/s); Adam step {adam:.2f} ms")
-    parts = {name: timed(fn, device, args.iters) for name, fn in part_fns(model, b, device, cfg).items()}
+    out = {"machine": machine(args.device), "torch": torch.__version__, "batch": b, "inputs": "RANDOM",
+           "whole_ms": timed(whole_step(model, b, device, cfg), device, args.iters),
+           "adam_ms": timed(torch.optim.Adam(model.parameters(), lr=1e-4).step, device, args.iters),
+           "parts_ms": {name: timed(fn, device, args.iters) for name, fn in part_fns(model, b, device, cfg).items()}}
     if not args.no_variants:
-        parts.update({f"{n} at batch {2 * b} (per {b} crops)": timed(fn, device, args.iters) / 2
-                      for n, fn in part_fns(model, 2 * b, device, cfg).items() if "LSTM" in n})
-    for name, ms in parts.items():
-        print(f"  {name:<48} {ms:8.2f} ms  {ms / whole:6.1%}")
-    if args.no_variants:
-        return
-    stacks = {"encoder convs": (model.encoder.convs, cfg.feat_dim + cfg.dim_spk),
-              "decoder convs": (model.decoder.convs, cfg.dim_pre)}
-    for name, (stack, c_in) in stacks.items():
-        x = leaf((b, c_in, cfg.crop), device, True)
-        rows = {"product eager": fwd_bwd(stack, x),
-                "channels-last eager": fwd_bwd(lambda h, s=stack: channels_last_run(s, h), x)}
-        if device.type == "cuda":
-            rows["product compiled"] = fwd_bwd(torch.compile(stack.run, dynamic=False), x)
-            rows["channels-last compiled"] = fwd_bwd(torch.compile(
-                lambda h, s=stack: channels_last_run(s, h), dynamic=False), x)
-        with torch.no_grad(), autocast(device):
-            diff = (stack(x).float() - channels_last_run(stack, x).float()).abs().max().item()
-        for k, fn in rows.items():
-            print(f"  {name}, {k:<24} {timed(fn, device, args.iters):8.2f} ms")
-        print(f"  {name}: largest |product - channels-last| {diff:.2e}")
-    if device.type == "cuda":
-        two = timed(whole_step(model, b, device, cfg, two_streams=True), device, args.iters)
-        print(f"whole step, phone encoder on a second stream: {two:8.2f} ms = {whole / two:.3f}x one stream")
-    for k, fn in layer_weight_variants(model, b, device, cfg).items():
-        print(f"  layer weights, {k:<24} {timed(fn, device, args.iters):8.2f} ms")
-    if device.type == "cuda":
-        for gb in [int(x) for x in args.graph_batches.split(",") if x]:
-            eager = timed(whole_step(model, gb, device, cfg, cache=False), device, args.iters)
-            try:
-                replay = graphed(whole_step(model, gb, device, cfg, cache=False), device)
-                g = timed(replay, device, args.iters)
-                print(f"batch {gb}: whole step eager {eager:8.2f} ms ({gb / eager * 1e3:,.0f} crops/s), "
-                      f"one CUDA graph {g:8.2f} ms ({gb / g * 1e3:,.0f} crops/s) = {eager / g:.2f}x")
-            except Exception as e:  # noqa: BLE001 - a diagnosis: say what failed and go on
-                print(f"batch {gb}: whole step eager {eager:8.2f} ms; CUDA graph capture failed: "
-                      f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
-            torch.cuda.synchronize(device)
+        out["variants"] = variants(model, b, device, cfg, args)
+    print(json.dumps(out, indent=1))
+    print(f"whole forward + loss + backward {out['whole_ms']:.2f} ms = {b / out['whole_ms'] * 1e3:,.0f} crops/s; "
+          + "; ".join(f"{k} {v / out['whole_ms']:.1%}" for k, v in out["parts_ms"].items()))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

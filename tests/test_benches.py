@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     out = tmp_path / "summary.json"
-    where = ["--out", str(out)] if module == "bench.ser_speed" else \
-        ["--json", str(out), "--dir", str(tmp_path / "scratch")]
+    where = {"bench.ser_speed": ["--out", str(out)], "bench.ser_step_parts": ["--json", str(out)]}.get(
+        module, ["--json", str(out), "--dir", str(tmp_path / "scratch")])
     done = subprocess.run([sys.executable, "-m", module, *args, *where], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -32,6 +32,9 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     ("bench.ser_speed", ("--config", "spec", "--hours", "0.02", "--batches", "2", "--steps", "2",
                          "--warmup", "1", "--infer-utts", "5"),
      lambda s: s["rows"][0]["crops_per_s"] > 0 and s["inference"]["utterances"] == 5),
-], ids=["train_speed", "ter_command_speed", "ser_speed"])
+    ("bench.ser_step_parts", ("--batch", "2", "--iters", "1"),
+     lambda s: s["whole_ms"] > 0 and len(s["parts_ms"]) == 9 and s["variants"]["conv_stacks"]["encoder convs"][
+         "largest_gap"] < 1e-3),
+], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))
