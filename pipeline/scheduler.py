@@ -83,7 +83,7 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
         parent = os.environ.get("CUDA_VISIBLE_DEVICES")
         workers = {
             f"gpu{g}": {"cls": Nanny, "options": {
-                "nthreads": 1, "memory_limit": 0, "dashboard": False,
+                "nthreads": 1, "memory_limit": 0, "dashboard": False, "silence_logs": logging.WARNING,
                 "env": {"CUDA_VISIBLE_DEVICES": worker_devices(g, gpus, parent)}}}
             for g in gpus
         }

@@ -11,12 +11,16 @@ def _own_env() -> str:
     return os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 
-def test_each_gpu_worker_sees_its_own_gpu_first_and_the_runs_others_after_it():
+def test_each_gpu_worker_sees_its_own_gpu_first_and_the_runs_others_after_it(capfd):
     """A worker that sees only its own GPU cannot map the memory of a data-parallel fold's
-    other rank; with both visible NCCL ran every channel "via P2P/CUMEM" on 2 x H200."""
+    other rank; with both visible NCCL ran every channel "via P2P/CUMEM" on 2 x H200. And the
+    worker processes keep Dask's start/stop chatter (≈ 36 INFO lines per command, printed
+    between the folds' progress bars) to themselves, as CPU workers do."""
     with dask_client(0, [0, 1]) as client:
         seen = client.run(_own_env)
     assert sorted(seen.values()) == ["0,1", "1,0"], seen
+    err = capfd.readouterr().err
+    assert "distributed.worker - INFO" not in err and "distributed.nanny - INFO" not in err, err[-1500:]
 
 
 @pytest.mark.parametrize("parent, expected", [
