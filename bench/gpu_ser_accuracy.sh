@@ -2,6 +2,10 @@
 # emodb4 SER accuracy at the paper's widths on 2 GPUs: the follow-up of the CPU table in the
 # closing note of issue #8 (bench/ser_accuracy.py). Real Whisper-base layers, real Resemblyzer means.
 #   bash bench/gpu_ser_accuracy.sh OUT_DIR          (CROPS, BATCH, LR override the schedule)
+# Two batch sizes side by side (is batch 1024 as accurate as 256 at the same crops? #19 target 4):
+#   BATCH=256 LR=0 CONFIGS=small:0 W=/tmp/emo_b256 bash bench/gpu_ser_accuracy.sh OUT/b256 &
+#   BATCH=1024 LR=0 CONFIGS=small:1 W=/tmp/emo_b1024 bash bench/gpu_ser_accuracy.sh OUT/b1024; wait
+# (LR=0: the product's sqrt rule, 5e-4 at both once capped.)
 # The GPU host has no espeak-ng, no Resemblyzer or CTranslate2 Whisper packages, no network and a
 # 64 MiB carry limit: `python bench/prepare_gpu_carry.py --out .carry` prepares, on a CPU machine,
 # .carry/emo_flac (emodb4 as FLAC), .carry/emo_work (phones + speaker stages extracted there) and
@@ -13,7 +17,7 @@ export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${1:-/tmp/gpu-ser-accuracy}
 CROPS=${CROPS:-160000}; BATCH=${BATCH:-256}; LR=${LR:-5e-4}
 CONFIGS=${CONFIGS:-"small:0 large:1 spec:1"}  # config:GPU
-W=/tmp/emo_work
+W=${W:-/tmp/emo_work}
 mkdir -p "$OUT"; rm -rf "$W"; cp -r .carry/emo_work "$W"
 export PYTHONUNBUFFERED=1
 run() { python3 bench/ser_accuracy.py --data .carry/emo_flac --workdir "$W" --device cuda \

@@ -156,7 +156,7 @@ class ConvStack(CompiledInTraining, nn.ModuleList):
         """The same blocks as (1 × k) 2-D convolutions on a channels-last (B, C, 1, T) view: the
         (B, C, T) inputs are transposes of the LSTMs' (B, T, C), which is that layout already, so
         cuDNN runs without layout copies, and the output's transpose is what the next LSTM reads
-        (1.2–1.6× the 1-D stacks on an H200, bench/ser_step_parts.py; same weights, same math)."""
+        (1.3–1.6× the 1-D stacks on an H200, bench/ser_step_parts.py; same weights, same math)."""
         x = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         for i, (conv, norm) in enumerate(self):
             x = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]))
