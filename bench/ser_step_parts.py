@@ -198,10 +198,11 @@ def graph_rows(model: SERModel, batches: list[int], device, cfg, iters: int) -> 
 
 def variants(model: SERModel, b: int, device, cfg, args) -> dict:
     """The alternatives weighed for each part (see the module's docstring)."""
-    out = {"lstms_at_double_batch_per_b_crops": {
-        n: timed(fn, device, args.iters) / 2 for n, fn in part_fns(model, 2 * b, device, cfg).items() if "LSTM" in n},
-        "conv_stacks": conv_variants(model, b, device, cfg, args.iters),
-        "layer_weights": {k: timed(fn, device, args.iters) for k, fn in layer_weight_variants(model, b, device, cfg).items()}}
+    lstms = {n: fn for n, fn in part_fns(model, 2 * b, device, cfg).items() if "LSTM" in n}
+    out = {"lstms_at_double_batch_per_b_crops": {n: timed(fn, device, args.iters) / 2 for n, fn in lstms.items()},
+           "conv_stacks": conv_variants(model, b, device, cfg, args.iters),
+           "layer_weights": {k: timed(fn, device, args.iters)
+                             for k, fn in layer_weight_variants(model, b, device, cfg).items()}}
     if device.type == "cuda":
         out["phone_encoder_on_a_second_stream_ms"] = timed(whole_step(model, b, device, cfg, two_streams=True),
                                                            device, args.iters)
