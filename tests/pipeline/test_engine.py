@@ -50,6 +50,24 @@ def test_extract_reads_back_and_frames(work):
     assert len(shard_files(work, "toy")) == 3  # 8 utterances, 3 per shard -> 3 shards
 
 
+def test_the_cache_can_live_on_another_disk(work, tmp_path):
+    """``<workdir>/cache`` as a link to a scratch disk (README: a faster disk for the features
+    while runs and reports stay in the work directory): written there, reused, read back."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cache = Path(work) / "cache"
+    if cache.exists():
+        cache.rename(scratch / "cache")
+    else:
+        (scratch / "cache").mkdir()
+    cache.symlink_to(scratch / "cache", target_is_directory=True)
+    extract(work, ["toy2"], workers=1)
+    assert len(list((scratch / "cache" / "toy").glob("*/shard-*.h5"))) == 3
+    assert all(r.computed == 0 for r in extract(work, ["toy2"], workers=1))
+    with StageReader(work, "toy") as r:
+        assert r.length("u07", "energy") == 85
+
+
 def test_noop_recomputes_nothing(work):
     extract(work, ["toy2"], workers=1)
     before = snapshot(work, "toy") | snapshot(work, "toy2")
