@@ -147,6 +147,32 @@ def test_channels_last_conv_stacks_compute_what_the_1d_stacks_do(stack_of):
     assert int(stacks[1][0][1].num_batches_tracked) == 2
 
 
+@pytest.mark.gpu  # pytest -m gpu tests/models/test_ser.py on a CUDA host
+def test_on_cuda_the_stacks_run_channels_last_and_match_their_1d_blocks(monkeypatch):
+    """What cuDNN computes on the channels-last view (float32, TF32 off) against the same
+    stack's 1-D blocks on the same GPU, in training mode: outputs and gradients within float
+    rounding."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cfg = make_config("small", n_layers=3, feat_dim=16)
+    stack = SERModel(cfg).encoder.convs.cuda().train()
+    x = torch.randn(4, 96, stack[0][0].in_channels, device="cuda")
+    def blocks_1d(h):  # the Conv1d + BatchNorm1d blocks as declared, each followed by the ReLU
+        for block in stack:
+            h = stack.act(block(h))
+        return h
+    outs = []
+    for run in (stack.run, blocks_1d):
+        h = x.clone().requires_grad_()
+        out = run(h.transpose(1, 2))
+        out.sum().backward()
+        outs.append((out.detach(), h.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)
+
+
 def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
     """``train ser --compile``: the layer weights and the four conv stacks go through torch.compile
     in training mode (same outputs and state-dict keys as eager), never in inference (window
