@@ -67,7 +67,8 @@ CHECKPOINT_MINUTES = click.option(
 @click.option("--steps", type=int, default=0, help="Optimizer steps per fold (overrides --crops).")
 @click.option("--batch-size", type=int, default=None,
               help="Crops per step (default: 2, the paper's; heads: 32); the learning rate follows "
-                   "--lr-rule unless --lr is given.")
+                   "--lr-rule unless --lr is given. On a GPU: 256 (its accuracy checked on emodb4) "
+                   "to 1024 (≈ 13,400 crops/s on an H200, compiled; accuracy not yet checked).")
 @click.option("--lr", type=float, default=0.0, help="Fixed learning rate (default: the rule; heads: 5e-3).")
 @click.option("--lr-rule", type=click.Choice(["sqrt", "linear", "none"]), default="sqrt",
               show_default=True, help="sqrt: 1e-4·sqrt(B/2) capped at 5e-4 (safe for the raw layer weights).")
