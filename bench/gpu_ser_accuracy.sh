@@ -7,7 +7,7 @@
 #   BATCH=1024 LR=0 CONFIGS=small:1 W=/tmp/emo_b1024 bash bench/gpu_ser_accuracy.sh OUT/b1024; wait
 # (LR=0: the product's sqrt rule, 5e-4 at both once capped.)
 # The GPU host has no espeak-ng, no Resemblyzer or CTranslate2 Whisper packages, no network and a
-# 64 MiB carry limit: `python bench/prepare_gpu_carry.py --out .carry` prepares, on a CPU machine,
+# 64 MiB carry limit: `python -m bench.prepare_gpu_carry --out .carry` prepares, on a CPU machine,
 # .carry/emo_flac (emodb4 as FLAC), .carry/emo_work (phones + speaker stages extracted there) and
 # .carry/whisper-base-hf (the packaged encoder as an fp16 transformers folder; per-frame cosine to
 # the CT2 original 1.0000 on every layer). Carry .carry and the missing wheels (.whl_gpu).

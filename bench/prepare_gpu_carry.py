@@ -5,7 +5,7 @@ no CTranslate2 Whisper packages and a 64 MiB upload limit (the device tool's), o
   OUT/emo_work         a work directory with the phones and speaker stages extracted here
   OUT/whisper-base-hf  the packaged Whisper-base encoder as an fp16 transformers folder (41 MB)
 
-    python bench/prepare_gpu_carry.py --out .carry     # then: run with carry [".carry", ...]
+    python -m bench.prepare_gpu_carry --out .carry     # then: run with carry [".carry", ...]
 
 Nothing here is committed (``.carry/`` is ignored): the data stays in ../shared/data.
 """
