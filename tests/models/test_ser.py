@@ -61,6 +61,22 @@ def test_layer_weights_raw_are_sum_normalised_and_start_as_the_mean():
     torch.testing.assert_close(sm(x), torch.einsum("btld,l->btd", x, w))
 
 
+def test_the_layer_average_in_slices_is_the_same_product():
+    """Past a cuBLAS batch limit the eager layer average runs in slices of crops (CUDA): the same
+    values and the same gradient to the weights as one product."""
+    from models.ser import layer_average
+    x = torch.randn(7, 5, 3, 4)  # (B, T, L, D): 35 products of (1, L) @ (L, D)
+    grads = []
+    for batch in (10_000, 12):  # one product; slices of 12 // 5 = 2 crops
+        w = torch.tensor([0.2, 0.3, 0.5], requires_grad=True)
+        out = layer_average(w, x, batch)
+        out.square().sum().backward()
+        grads.append((out.detach(), w.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+    assert grads[0][0].shape == (7, 5, 4)
+
+
 def test_codes_take_forward_state_at_block_end_and_backward_at_block_start():
     cfg = make_config("small", n_layers=1, feat_dim=6, dim_neck=3, freq=4, crop=8, **TINY_SER)
     enc = Encoder(cfg).eval()
