@@ -258,9 +258,8 @@ class LayerWeights(CompiledInTraining):
             return torch.matmul(w, x)  # (B, T, D)
 
 
-#: Products per batched cuBLAS call: past 65,535 (a CUDA grid limit) cuBLAS takes slower paths
-#: (torch itself chunks some calls by 63 · 1024). Measured on an H200, eager: the layer average
-#: of 512 crops × 96 frames (49,152 products) 7.0 ms, of 1,024 crops 25 ms (bench/RESULTS.md).
+#: Products per batched cuBLAS call: past 65,535 cuBLAS takes slower paths (an H200, eager: 512
+#: crops × 96 frames = 49,152 products in 7.0 ms, 1,024 crops in 25 ms; bench/RESULTS.md).
 GEMM_BATCH = 63 * 1024
 
 
