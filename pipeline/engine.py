@@ -58,7 +58,9 @@ def build_cached(stage: Stage, config: Any, device: str) -> Any:
     """The stage's extractor, built once per process (models are loaded once per worker)."""
     key = (stage.name, digest(dataclasses.asdict(config)), device)
     if key not in _BUILT:
+        t0 = time.perf_counter()
         _BUILT[key] = stage.extractor(config, device)
+        log.debug("%s: extractor ready on %s in %.2f s", stage.name, device, time.perf_counter() - t0)
     return _BUILT[key]
 
 
@@ -241,28 +243,61 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
     threading.Thread(target=produce, daemon=True).start()
     writer_thread = threading.Thread(target=consume, daemon=True)
     writer_thread.start()
+    waits = _Waits()
     try:
         done = False
         while not done and not write_error:
             batch: list[ItemInput] = []
             failed: list[ItemError] = []
             while len(batch) < per_call:
-                x = decoded.get()
+                with waits.on("input"):
+                    x = decoded.get()
                 if x is stop:
                     done = True
                     break
                 if isinstance(x, StageError):
                     raise x  # the shard is not published; completed shards are kept
                 (failed if isinstance(x, ItemError) else batch).append(x)
-            if failed:
-                outputs.put(([ItemInput(e.item_id) for e in failed], failed))
+            with waits.on("writes"):
+                if failed:
+                    outputs.put(([ItemInput(e.item_id) for e in failed], failed))
             if batch:
-                outputs.put((batch, extractor(batch)))
+                with waits.on("extractor"):
+                    results = extractor(batch)
+                with waits.on("writes"):
+                    outputs.put((batch, results))
     finally:
-        outputs.put(stop)
-        writer_thread.join()
+        with waits.on("writes"):
+            outputs.put(stop)
+            writer_thread.join()
     if write_error:
         raise write_error[0]
+    log.debug("%s shard %d: %d items in %.2f s: %s", stage.name, sp.index, len(utts), waits.total(),
+              waits.describe())
+
+
+class _Waits:
+    """Where a shard's compute thread spent its time: in the extractor, waiting for decoded
+    input, or waiting for the writer (``-v`` tells whether a run is bound by decoding, the
+    encoder or the disk)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    @contextlib.contextmanager
+    def on(self, what: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - t
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
 
 
 def _by_length(utts: list[Utterance]) -> list[Utterance]:

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -115,6 +116,7 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
     ``reset_params``: the named stages forget their remembered parameters before ``overrides``.
     ``rehash``: hash every audio file again instead of trusting (size, mtime).
     """
+    t0 = time.perf_counter()
     workdir = str(Path(workdir).resolve())  # Dask workers have other working directories
     names = stage_names() if stages == ["all"] else [get_stage(s).name for s in stages]
     params = merged_params(workdir, overrides, names if reset_params else None)
@@ -128,6 +130,7 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
         if force and name in names:  # replaced by each shard's writer, never deleted up front
             for sp in plan.shards:
                 sp.force, sp.state = True, "missing"
+    log.debug("planned %s in %.2f s", ", ".join(order), time.perf_counter() - t0)
     lanes = [order]
     busy = {plan.stage.needs_gpu for plan in plans.values() if plan.pending()}
     if not scheduler and len(busy) == 2:  # CPU and GPU stages both have work
