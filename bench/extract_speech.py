@@ -11,7 +11,8 @@ Measured in one run, on the same corpus:
               the engine's own ``build_cached`` (timed apart as "model load")
   previous    the same with ``frame_budget=6000`` (the 0.6 default; now sized from free memory)
   cli         ``python cli.py extract -s speech --force`` as a subprocess: imports, planning,
-              model load and all; "fixed costs" = cli - product - model load
+              model load and all; "fixed costs" = cli - product - model load (``--cli-runs N``:
+              the median of N cold runs; ``--base DIR``: a baseline checkout's cli.py alternately)
   encoder     the extractor's backend alone on the engine's batches (decoded audio in memory)
   writes      ``pipeline.store.ShardWriter`` writing arrays of the same shapes alone
   official    the official code's loop on a subset: batch 1, fp32, one float32 .npy per utterance
@@ -119,20 +120,35 @@ def load_model(params: dict, device: str) -> tuple[SpeechEncoderExtractor, float
 
 
 def run_product(work: Path, params: dict, gpus: list[int] | None, force: bool = True) -> float:
-    """``extract -s speech`` in this process (the CLI's function); seconds."""
+    """``extract -s speech`` in this process (the CLI's function) with exactly ``params`` (the
+    work dir then remembers only those, so that a later CLI run uses the same); seconds."""
     t0 = time.perf_counter()
     extract(work, ["speech"], {"speech": {k: str(v) for k, v in params.items()}}, force=force,
-            workers=1, gpus=gpus)
+            workers=1, gpus=gpus, reset_params=True)
     return time.perf_counter() - t0
 
 
-def run_cli(work: Path, gpus: str | None) -> float:
-    """``python cli.py extract -s speech --force`` as a user runs it; wall seconds."""
+def run_cli(work: Path, gpus: str | None, repo: Path = REPO) -> float:
+    """``python cli.py extract -s speech --force`` as a user runs it (``repo``'s cli.py: this
+    checkout, or a baseline's); wall seconds."""
     extra = ["--gpus", gpus] if gpus else []
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(REPO / "cli.py"), "extract", "-s", "speech", "--force", "-w",
-                    str(work), *extra], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(repo / "cli.py"), "extract", "-s", "speech", "--force", "-w",
+                    str(work), *extra], check=True, cwd=repo, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
+
+
+def cli_runs(work: Path, gpus: str | None, runs: int, base: Path | None) -> dict:
+    """``runs`` cold CLI runs of this checkout, alternating with ``base``'s (a baseline checkout,
+    e.g. ``git worktree add /tmp/base REV``) when given; the median of each."""
+    times: dict[str, list[float]] = {"cli": [], "base": []}
+    for _ in range(runs):
+        times["cli"].append(run_cli(work, gpus))
+        if base is not None:
+            times["base"].append(run_cli(work, gpus, base))
+    out = {k: float(np.median(v)) for k, v in times.items() if v}
+    out["runs"] = times
+    return out
 
 
 def sync(device: str) -> None:
@@ -248,6 +264,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--speech-dir", default="/work/shared/data/emodb4/wav", help="real speech for the Whisper cosine")
     ap.add_argument("--gpus", type=int, default=1, help="also run the product on N GPUs and compare")
     ap.add_argument("--no-cli", action="store_true", help="skip the subprocess run of cli.py")
+    ap.add_argument("--cli-runs", type=int, default=1, help="cold runs of cli.py (the median is reported)")
+    ap.add_argument("--base", type=lambda p: Path(p).resolve(), default=None,
+                    help="a baseline checkout whose cli.py runs alternately with this one's (same corpus)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--dir", default="/tmp/extract_speech_bench", help="scratch folder (audio, work dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
@@ -269,6 +288,9 @@ def print_summary(summary: dict) -> None:
               f"{summary['product_s']:.1f} s + model load {summary['model_load_s']:.1f} s; fixed costs "
               f"{summary['cli_fixed_costs_s']:.1f} s; cli / product {summary['cli_over_product']:.2f} (with the "
               f"model load {summary['cli_over_product_plus_load']:.2f})")
+    if "base_cli_s" in summary:
+        print(f"baseline cli ({summary['base']}): {summary['base_cli_s']:.1f} s; this cli / baseline: "
+              f"{summary['cli_over_base']:.2f}x faster (medians of {len(summary['cli_runs']['cli'])} cold runs each)")
     print(f"speed-up over the official-style loop (batch 1, fp32, .npy): {summary['speedup_over_official']:.1f}x")
 
 
@@ -294,7 +316,11 @@ def main() -> None:
     prev = {**params, "frame_budget": 6000}
     _, t_load_prev = load_model(prev, device)
     t_prev = run_product(work, prev, gpus)
-    t_cli = None if args.no_cli else run_cli(work, "0" if cuda else None)
+    cli = None
+    if not args.no_cli:  # with the product's parameters (run_prev left its frame budget behind)
+        run_product(work, params, gpus)
+        cli = cli_runs(work, "0" if cuda else None, args.cli_runs, args.base)
+    t_cli = None if cli is None else cli["cli"]
     t0 = time.perf_counter()
     audios = {i: load_audio(u, p) for i, (u, p, _) in enumerate(corpus)}
     t_decode = time.perf_counter() - t0
@@ -321,7 +347,9 @@ def main() -> None:
         summary.update(cli_s=t_cli, cli_x_real_time=secs / t_cli,
                        cli_fixed_costs_s=t_cli - t_prod - t_load,
                        cli_over_product=t_prod / t_cli,
-                       cli_over_product_plus_load=(t_prod + t_load) / t_cli)
+                       cli_over_product_plus_load=(t_prod + t_load) / t_cli, cli_runs=cli["runs"])
+        if "base" in cli:
+            summary.update(base_cli_s=cli["base"], cli_over_base=cli["base"] / t_cli, base=str(args.base))
     print_summary(summary)
     if args.gpus > 1:
         t_multi = run_product(work, params, list(range(args.gpus)))

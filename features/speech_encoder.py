@@ -38,7 +38,8 @@ from core.errors import ItemError, StageError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output, torch
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
-                                      encoder_autocast, finite_items, normalized_input, plan_batches)
+                                      encoder_autocast, finite_items, host_blocks_note,
+                                      normalized_input, plan_batches, prepin_host_blocks)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,16 @@ class SpeechEncoderExtractor(Extractor):
         self.items_per_call = max(32, min(256, self.frame_budget // 250))
         log.info("speech: %s (%s), L=%d D=%d on %s, %d frames per forward pass", self.config.model,
                  self.backend.kind, self.backend.num_layers, self.backend.dim, device, self.frame_budget)
+        self._prepin = None  # the background thread page-locking host blocks (CUDA)
+        if self.torch_device.type == "cuda":
+            self._prepin = prepin_host_blocks(self._block_numel(), torch.float16)
+
+    def _block_numel(self) -> int:
+        """Elements of the page-locked block each batch is copied into: the largest batch's."""
+        return self.frame_budget * self.backend.num_layers * self.backend.dim
+
+    def runtime_note(self) -> str:
+        return host_blocks_note() if self.torch_device.type == "cuda" else ""
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, config: SpeechEncoderConfig | None = None,
@@ -274,7 +285,7 @@ class SpeechEncoderExtractor(Extractor):
         if feats.is_cuda:  # one copy per batch into page-locked memory (torch caches these blocks)
             # always a block of the largest batch's size, of which a prefix is used: page-locking
             # costs ~0.3 s a block, and torch's cache keeps blocks by size class (2026-11-30)
-            numel = max(feats.numel(), self.frame_budget * self.backend.num_layers * self.backend.dim)
+            numel = max(feats.numel(), self._block_numel())
             block = torch.empty(numel, dtype=feats.dtype, pin_memory=True)
             host = block[:feats.numel()].view(feats.shape).copy_(feats).numpy()
         else:

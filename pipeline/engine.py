@@ -216,7 +216,9 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
     per_call = int(getattr(extractor, "items_per_call", BATCH_ITEMS))
     stop = object()
     decoded: queue.Queue = queue.Queue(maxsize=2 * per_call)
-    outputs: queue.Queue = queue.Queue(maxsize=2)  # (items, results) batches awaiting write
+    # (items, results) awaiting the writer: one is enough to keep it busy, and each one held
+    # is page-locked host memory on a GPU
+    outputs: queue.Queue = queue.Queue(maxsize=1)
     write_error: list[BaseException] = []
 
     def produce() -> None:
@@ -224,21 +226,26 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
             decoded.put(x)
         decoded.put(stop)
 
+    def write_job(items: list[ItemInput], results: list) -> None:
+        for item, res in zip(items, results):
+            if isinstance(res, ItemError):
+                writer.fail(item.utt_id, res.reason, sp.meta[item.utt_id])
+                log.warning("%s: %s", stage.name, res)
+            else:
+                writer.write(item.utt_id, res, sp.meta[item.utt_id])
+        if on_item:
+            on_item(len(items))
+
     def consume() -> None:
+        # a job's arrays are dropped as soon as they are written (not held while the next is
+        # awaited): on a GPU they are views of page-locked blocks that the next batches reuse
         while (job := outputs.get()) is not stop:
-            if write_error:
-                continue  # keep draining so the extractor never blocks
-            try:
-                for item, res in zip(*job):
-                    if isinstance(res, ItemError):
-                        writer.fail(item.utt_id, res.reason, sp.meta[item.utt_id])
-                        log.warning("%s: %s", stage.name, res)
-                    else:
-                        writer.write(item.utt_id, res, sp.meta[item.utt_id])
-                if on_item:
-                    on_item(len(job[0]))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
-                write_error.append(e)
+            if not write_error:  # else keep draining so the extractor never blocks
+                try:
+                    write_job(*job)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                    write_error.append(e)
+            job = None
 
     threading.Thread(target=produce, daemon=True).start()
     writer_thread = threading.Thread(target=consume, daemon=True)
@@ -263,17 +270,19 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
                     outputs.put(([ItemInput(e.item_id) for e in failed], failed))
             if batch:
                 with waits.on("extractor"):
-                    results = extractor(batch)
+                    job = (batch, extractor(batch))
                 with waits.on("writes"):
-                    outputs.put((batch, results))
+                    outputs.put(job)
+                job = None  # not held during the next call (see consume)
     finally:
         with waits.on("writes"):
             outputs.put(stop)
             writer_thread.join()
     if write_error:
         raise write_error[0]
-    log.debug("%s shard %d: %d items in %.2f s: %s", stage.name, sp.index, len(utts), waits.total(),
-              waits.describe())
+    note = getattr(extractor, "runtime_note", lambda: "")()
+    log.debug("%s shard %d: %d items in %.2f s: %s%s", stage.name, sp.index, len(utts), waits.total(),
+              waits.describe(), f"; {note}" if note else "")
 
 
 class _Waits:

@@ -1,6 +1,7 @@
 """Stage engine: invalidation matrix, resume after kill, corrupt shards, concurrency, Dask."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -357,3 +358,39 @@ def test_a_live_writer_keeps_its_temp_file(tmp_path, monkeypatch, caplog):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_written_results_are_released_before_the_next_call(tmp_path, toy_stages, monkeypatch):
+    """While the extractor computes, at most two earlier calls' outputs are alive (one awaiting
+    the writer, one being written): on a GPU each is page-locked host memory, which the next
+    batches reuse only once it is released (a slow writer here keeps the queue full)."""
+    import weakref
+
+    from pipeline.stages import get_stage, register
+    from pipeline.store import ShardWriter
+    work = tone_corpus(tmp_path, n=12)
+    st = get_stage("toy")
+    monkeypatch.setattr(Toy, "items_per_call", 1, raising=False)
+    register(dataclasses.replace(st, shard_size=12))
+    alive_at_call, outputs = [], []
+    real_call, real_write = Toy.__call__, ShardWriter.write
+
+    def tracked(self, items):
+        alive_at_call.append(sum(ref() is not None for ref in outputs))
+        out = real_call(self, items)
+        outputs.extend(weakref.ref(o["energy"]) for o in out)
+        return out
+
+    def slow_write(self, *args, **kw):
+        time.sleep(0.05)
+        return real_write(self, *args, **kw)
+
+    monkeypatch.setattr(Toy, "__call__", tracked)
+    monkeypatch.setattr(ShardWriter, "write", slow_write)
+    try:
+        extract(work, ["toy"], workers=1)
+    finally:
+        register(st)
+    assert len(alive_at_call) == 12
+    assert max(alive_at_call) <= 2, alive_at_call
+    assert max(alive_at_call) == 2  # the writer was the slow side: the bound was reached
