@@ -67,13 +67,14 @@ _BYTES_PER_FRAME_VALUE = 12
 _MAX_AUTO_BUDGET = 16_000
 
 
-def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:
-    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (3000 on
-    the CPU, where larger batches do not pay)."""
+def auto_frame_budget(device: torch.device, num_layers: int, dim: int, reserve_bytes: int = 0) -> int:
+    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (less
+    ``reserve_bytes``: weights still to be loaded); 3000 on the CPU, where larger batches do
+    not pay."""
     if device.type != "cuda":
         return 3000
     free, _ = torch.cuda.mem_get_info(device)
-    budget = int(free / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
+    budget = int(max(0, free - reserve_bytes) / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
     return max(500, min(_MAX_AUTO_BUDGET, budget))
 
 
@@ -105,27 +106,43 @@ def finite_items(feats: torch.Tensor, lengths: Sequence[int]) -> list[bool]:
     return (~(bad & real).any(1)).tolist()
 
 
-#: page-locked blocks prepared in the background once a CUDA encoder is loaded: as many as a
-#: shard's pipeline holds when each extractor call fits one block (the call being computed, the
-#: one awaiting the writer, the one being written; pipeline/engine.py)
+#: page-locked blocks prepared in the background for a CUDA encoder: as many as a shard's
+#: pipeline holds when each extractor call fits one block (the call being computed, the one
+#: awaiting the writer, the one being written; pipeline/engine.py)
 PREPIN_BLOCKS = 3
 
 
-def prepin_host_blocks(numel: int, dtype: torch.dtype, count: int = PREPIN_BLOCKS) -> threading.Thread:
-    """Page-locks ``count`` host blocks of ``numel`` elements in a background thread and hands
-    them to torch's host cache, where the batches' device-to-host copies then find them.
-    Page-locking costs ≈ 0.5 s per GiB (7 blocks, 3.3 s of a cold extraction's first pass on an
-    H200, bench/RESULTS.md); done here it overlaps the first batches instead of stalling them."""
-    def work() -> None:
+class DeviceStart:
+    """In a background thread: the CUDA context, the frame budget (``frame_budget``, or sized
+    from free memory less ``reserve_bytes`` for weights not yet loaded) and ``count`` page-locked
+    host blocks of that budget's size, handed to torch's host cache where the batches' copies
+    find them. Started before the model loads, this overlaps transformers' import and the weight
+    loading instead of stalling the first batches: page-locking costs ≈ 0.5 s per GiB (5 blocks,
+    2.0 s of a cold extraction on an H200, bench/RESULTS.md)."""
+
+    def __init__(self, device: torch.device, num_layers: int, dim: int, frame_budget: int = 0,
+                 reserve_bytes: int = 0, count: int = PREPIN_BLOCKS):
+        self.geometry = (num_layers, dim)
+        self._budget = frame_budget
+        self.thread = threading.Thread(target=self._run, args=(device, reserve_bytes, count),
+                                       name="device-start", daemon=True)
+        self.thread.start()
+
+    def _run(self, device: torch.device, reserve_bytes: int, count: int) -> None:
+        layers, dim = self.geometry
         try:
-            blocks = [torch.empty(numel, dtype=dtype, pin_memory=True) for _ in range(count)]
+            if not self._budget:
+                self._budget = auto_frame_budget(device, layers, dim, reserve_bytes)
+            blocks = [torch.empty(self._budget * layers * dim, dtype=torch.float16, pin_memory=True)
+                      for _ in range(count)]
             del blocks  # back to the cache, all at once, so that they are distinct blocks
         except Exception as e:  # noqa: BLE001 - only a lost head start: the copies allocate
-            log.debug("page-locking host blocks in the background failed: %s", e)
+            log.debug("starting %s in the background failed: %s", device, e)
 
-    thread = threading.Thread(target=work, name="prepin-host-blocks", daemon=True)
-    thread.start()
-    return thread
+    def frame_budget(self) -> int:
+        """The budget the blocks were sized for (0 if it could not be found); waits for them."""
+        self.thread.join()
+        return self._budget
 
 
 def host_blocks_note() -> str:

@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterator
 
 from core.atomic import atomic_write_text, exclusive_lock, writer_alive
 from core.devices import resolve_device
-from core.errors import CacheError, ItemError, StageError
+from core.errors import ItemError, StageError
 from core.hashing import digest
 from features.base import ItemInput
-from pipeline.audio import load_audio
 from pipeline.corpus import Utterance
+from pipeline.decoding import DECODE_AHEAD_GPU, Decoder
 from pipeline.plan import ShardPlan, StagePlan, finalize_name
 from pipeline.stages import Stage, get_stage
 from pipeline.store import StageReader, ShardWriter, current_pointer, extra_key_name, \
@@ -67,31 +67,6 @@ def build_cached(stage: Stage, config: Any, device: str) -> Any:
 def shard_lock(path: Path, blocking: bool):
     """Exclusive advisory lock for writing shard ``path``; yields False if busy (non-blocking)."""
     return exclusive_lock(path.with_name(f".{path.name}.lock"), blocking)
-
-
-def _inputs(stage, utts: list[Utterance], upstream: dict[str, StageReader]) -> Iterator[Any]:
-    """ItemInput per utterance (or ItemError), decoded in order; a StageError (last) if an
-    upstream shard turned out corrupt: it is deleted so that the next run recomputes it."""
-    for u in utts:
-        try:
-            if stage.needs_audio and not u.audio:
-                raise ItemError(u.id, "a text-only utterance: no audio for this stage")
-            audio = load_audio(u.id, u.audio, u.start, u.end) if stage.needs_audio else None
-            ups = {s: {n: r.get(u.id, n) for n in r.names(u.id)}
-                   for s, r in upstream.items()}
-            yield ItemInput(u.id, audio, u.text, u.language, u.speaker, ups)
-        except ItemError as e:
-            yield e
-        except CacheError as e:
-            bad = getattr(e, "path", None)
-            if bad is not None:  # extract is the writing side: it repairs the upstream stage
-                log.warning("upstream shard %s is corrupt (%s)", bad, e)
-                discard_shard(bad)
-            yield StageError(f"{stage.name}: an upstream feature of {u.id} is corrupt ({e}); "
-                             "the upstream shard was deleted: re-run extract to recompute it")
-            return
-        except Exception as e:  # noqa: BLE001 - a bad upstream entry is that item's failure
-            yield ItemError(u.id, f"{type(e).__name__}: {e}")
 
 
 def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, Any],
@@ -173,20 +148,31 @@ def _write(workdir: str, stage: Stage, config: Any, identity: dict[str, Any], sp
            device: str | None, on_item) -> ShardWriter:
     """The shard's temp file, filled and closed (not yet published)."""
     dev = device or (resolve_device("auto") if stage.needs_gpu else "cpu")
-    extractor = build_cached(stage, config, dev)
     upstream = {s: StageReader(workdir, s) for s in stage.upstream}
+    # decoding starts before the extractor is built: the first shard's audio is ready when a
+    # cold process's model has loaded
+    decoder = Decoder(stage, _by_length(sp.utts), upstream,
+                      ahead=DECODE_AHEAD_GPU if stage.needs_gpu else 2 * BATCH_ITEMS)
+    try:
+        extractor = build_cached(stage, config, dev)
+    except BaseException:
+        decoder.cancel()
+        for r in upstream.values():
+            r.close()
+        raise
     attrs = {"stage": stage.name, "identity": identity, "shard": sp.index, "key": sp.key,
              "layout": dict(getattr(extractor, "layout", {})),
              "attrs": extractor.attrs(), "versions": _versions(),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     writer = ShardWriter(sp.path, attrs)
     try:
-        _fill(writer, stage, extractor, sp, upstream, on_item)
+        _fill(writer, stage, extractor, sp, decoder, on_item)
         writer.close()
     except BaseException:
         writer.abort()
         raise
     finally:
+        decoder.cancel()
         for r in upstream.values():
             r.close()
     return writer
@@ -209,22 +195,15 @@ def wait_published() -> None:
         raise errors[0]
 
 
-def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_item) -> None:
-    """Decode (thread) → extract (this thread) → write (thread), so that audio decoding and
-    HDF5 writes overlap the encoder (on a GPU the encoder releases the GIL)."""
-    utts = _by_length(sp.utts)
+def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, decoder: Decoder, on_item) -> None:
+    """Decode (``decoder``'s thread) → extract (this thread) → write (thread), so that audio
+    decoding and HDF5 writes overlap the encoder (on a GPU the encoder releases the GIL)."""
     per_call = int(getattr(extractor, "items_per_call", BATCH_ITEMS))
     stop = object()
-    decoded: queue.Queue = queue.Queue(maxsize=2 * per_call)
     # (items, results) awaiting the writer: one is enough to keep it busy, and each one held
     # is page-locked host memory on a GPU
     outputs: queue.Queue = queue.Queue(maxsize=1)
     write_error: list[BaseException] = []
-
-    def produce() -> None:
-        for x in _inputs(stage, utts, upstream):
-            decoded.put(x)
-        decoded.put(stop)
 
     def write_job(items: list[ItemInput], results: list) -> None:
         for item, res in zip(items, results):
@@ -247,7 +226,6 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
                     write_error.append(e)
             job = None
 
-    threading.Thread(target=produce, daemon=True).start()
     writer_thread = threading.Thread(target=consume, daemon=True)
     writer_thread.start()
     waits = _Waits()
@@ -258,8 +236,8 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
             failed: list[ItemError] = []
             while len(batch) < per_call:
                 with waits.on("input"):
-                    x = decoded.get()
-                if x is stop:
+                    x = decoder.get()
+                if x is Decoder.END:
                     done = True
                     break
                 if isinstance(x, StageError):
@@ -281,7 +259,7 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, upstream, on_ite
     if write_error:
         raise write_error[0]
     note = getattr(extractor, "runtime_note", lambda: "")()
-    log.debug("%s shard %d: %d items in %.2f s: %s%s", stage.name, sp.index, len(utts), waits.total(),
+    log.debug("%s shard %d: %d items in %.2f s: %s%s", stage.name, sp.index, len(sp.utts), waits.total(),
               waits.describe(), f"; {note}" if note else "")
 
 
