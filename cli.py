@@ -63,6 +63,10 @@ def cli(verbose: bool, log_file: str | None) -> None:
     Typical flow: prepare → extract → train ser / train ter → fuse → report.
     """
     _setup_logging(verbose, log_file)
+    from core.bytecode import advice, uncached
+    slow = uncached()
+    if slow:
+        logging.getLogger("mmer").warning(advice(slow))
 
 
 for _command in (prepare, extract, status, verify, gc, train, probe, fuse, report, demo, predict, inspect):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import Sequence
 
 from core.errors import StageError
@@ -67,14 +66,13 @@ _BYTES_PER_FRAME_VALUE = 12
 _MAX_AUTO_BUDGET = 16_000
 
 
-def auto_frame_budget(device: torch.device, num_layers: int, dim: int, reserve_bytes: int = 0) -> int:
-    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (less
-    ``reserve_bytes``: weights still to be loaded); 3000 on the CPU, where larger batches do
-    not pay."""
+def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:
+    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (3000 on
+    the CPU, where larger batches do not pay)."""
     if device.type != "cuda":
         return 3000
     free, _ = torch.cuda.mem_get_info(device)
-    budget = int(max(0, free - reserve_bytes) / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
+    budget = int(free / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
     return max(500, min(_MAX_AUTO_BUDGET, budget))
 
 
@@ -104,45 +102,6 @@ def finite_items(feats: torch.Tensor, lengths: Sequence[int]) -> list[bool]:
     bad = (~torch.isfinite(feats)).flatten(2).any(2)  # (B, T)
     real = torch.arange(feats.shape[1], device=feats.device)[None] < torch.tensor(lengths, device=feats.device)[:, None]
     return (~(bad & real).any(1)).tolist()
-
-
-#: page-locked blocks prepared in the background for a CUDA encoder: as many as a shard's
-#: pipeline holds when each extractor call fits one block (the call being computed, the one
-#: awaiting the writer, the one being written; pipeline/engine.py)
-PREPIN_BLOCKS = 3
-
-
-class DeviceStart:
-    """In a background thread: the CUDA context, the frame budget (``frame_budget``, or sized
-    from free memory less ``reserve_bytes`` for weights not yet loaded) and ``count`` page-locked
-    host blocks of that budget's size, handed to torch's host cache where the batches' copies
-    find them. Started before the model loads, this overlaps transformers' import and the weight
-    loading instead of stalling the first batches: page-locking costs ≈ 0.5 s per GiB (5 blocks,
-    2.0 s of a cold extraction on an H200, bench/RESULTS.md)."""
-
-    def __init__(self, device: torch.device, num_layers: int, dim: int, frame_budget: int = 0,
-                 reserve_bytes: int = 0, count: int = PREPIN_BLOCKS):
-        self.geometry = (num_layers, dim)
-        self._budget = frame_budget
-        self.thread = threading.Thread(target=self._run, args=(device, reserve_bytes, count),
-                                       name="device-start", daemon=True)
-        self.thread.start()
-
-    def _run(self, device: torch.device, reserve_bytes: int, count: int) -> None:
-        layers, dim = self.geometry
-        try:
-            if not self._budget:
-                self._budget = auto_frame_budget(device, layers, dim, reserve_bytes)
-            blocks = [torch.empty(self._budget * layers * dim, dtype=torch.float16, pin_memory=True)
-                      for _ in range(count)]
-            del blocks  # back to the cache, all at once, so that they are distinct blocks
-        except Exception as e:  # noqa: BLE001 - only a lost head start: the copies allocate
-            log.debug("starting %s in the background failed: %s", device, e)
-
-    def frame_budget(self) -> int:
-        """The budget the blocks were sized for (0 if it could not be found); waits for them."""
-        self.thread.join()
-        return self._budget
 
 
 def host_blocks_note() -> str:

@@ -37,9 +37,9 @@ import numpy as np
 from core.errors import ItemError, StageError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output, torch
-from features.encoder_runtime import (DeviceStart, attention_backends, auto_frame_budget,  # noqa: F401
-                                      compute_dtype, encoder_autocast, finite_items,
-                                      host_blocks_note, normalized_input, plan_batches)
+from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
+                                      encoder_autocast, finite_items, host_blocks_note,
+                                      normalized_input, plan_batches)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
 
 log = logging.getLogger(__name__)
@@ -183,19 +183,6 @@ def _hf_folder(path: Path, cfg: SpeechEncoderConfig, device: torch.device):
     return _HFBackend(model, _normalize(cfg, trained_normalized), str(path))
 
 
-def folder_geometry(model: str) -> tuple[int, int] | None:
-    """(L, D) of a transformers wav2vec2-family folder from its config.json alone (before the
-    model is loaded); None for anything else (Whisper, ``.pt``, short names, unreadable)."""
-    path = Path(model).expanduser() / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-        if cfg.get("model_type") == "whisper":
-            return None
-        return int(cfg["num_hidden_layers"]) + 1, int(cfg["hidden_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _normalize(cfg: SpeechEncoderConfig, trained: bool) -> bool:
     if cfg.normalize not in ("auto", "true", "false"):
         raise StageError(f"speech.normalize={cfg.normalize!r}: expected auto, true or false")
@@ -248,24 +235,11 @@ class SpeechEncoderExtractor(Extractor):
                  backend=None):
         super().__init__(config, device)
         self.torch_device = torch.device(device)
-        cuda = self.torch_device.type == "cuda"
-        # CUDA start, budget and page-locked blocks beside the model load where the geometry
-        # is known beforehand (a transformers wav2vec2-family folder); else after it
-        geometry = folder_geometry(self.config.model) if cuda and backend is None else None
-        start = None if geometry is None else DeviceStart(
-            self.torch_device, *geometry, self.config.frame_budget,
-            reserve_bytes=sum(p.stat().st_size for p in model_files(self.config.model)))
         encoder_autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
         self.backend = backend if backend is not None else load_backend(self.config, self.torch_device)
         self.backend.model.to(self.torch_device)
-        loaded = (self.backend.num_layers, self.backend.dim)
-        if start is not None and start.geometry != loaded:
-            start = None  # its blocks do not fit (the cache keeps them for another size)
-        self.frame_budget = (start.frame_budget() if start else 0) or self.config.frame_budget \
-            or auto_frame_budget(self.torch_device, *loaded)
-        if cuda and start is None:
-            start = DeviceStart(self.torch_device, *loaded, self.frame_budget)
-        self._prepin = start.thread if start else None  # (tests wait for it)
+        self.frame_budget = self.config.frame_budget or auto_frame_budget(
+            self.torch_device, self.backend.num_layers, self.backend.dim)
         # items per engine call: enough that a GPU's budget is filled by typical 2-8 s utterances
         self.items_per_call = max(32, min(256, self.frame_budget // 250))
         log.info("speech: %s (%s), L=%d D=%d on %s, %d frames per forward pass", self.config.model,

@@ -186,39 +186,3 @@ def test_items_whose_real_frames_overflow_fp16_fail_alone(folders):
     assert isinstance(out[1], ItemError) and "overflows float16" in out[1].reason
     assert all(np.isfinite(o["feats"]).all() for o in (out[0], out[2]))
 
-
-@pytest.mark.gpu  # pytest -m gpu tests/features/test_speech_encoder.py on a CUDA host
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_page_locked_blocks_are_prepared_and_then_reused(folders):
-    """On CUDA the extractor page-locks its host blocks in the background at load; the batches'
-    copies then take those blocks (no new page-locked allocation) and give the CPU's values."""
-    from features.encoder_runtime import PREPIN_BLOCKS
-    path, _ = folders["wav2vec2"]
-    cfg = SpeechEncoderConfig(model=str(path), frame_budget=400, dtype="float32")
-    ext = SpeechEncoderExtractor(cfg, "cuda")
-    ext._prepin.join()
-    stats = torch.cuda.host_memory_stats()
-    before = stats["num_host_alloc"]
-    assert before >= PREPIN_BLOCKS, stats
-    audios = [speech_audio(16000 + 1600 * i, seed=i) for i in range(6)]  # several batches
-    items = [ItemInput(f"u{i}", a) for i, a in enumerate(audios)]
-    out = ext(items)
-    after = torch.cuda.host_memory_stats()
-    assert after["num_host_alloc"] == before, (before, after)
-    ref = SpeechEncoderExtractor(cfg)(items)
-    for o, r in zip(out, ref):
-        np.testing.assert_allclose(o["feats"].astype(np.float32), r["feats"].astype(np.float32),
-                                   atol=2e-2, rtol=2e-2)
-
-
-def test_folder_geometry_is_read_before_loading(folders, tmp_path):
-    """(L, D) from config.json alone for wav2vec2-family folders (what the background CUDA
-    start sizes its page-locked blocks by); None where it cannot know."""
-    from features.speech_encoder import folder_geometry
-    path, model = folders["wav2vec2"]
-    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(path)))
-    assert folder_geometry(str(path)) == (ext.backend.num_layers, ext.backend.dim)
-    assert folder_geometry(str(folders["whisper"][0])) is None
-    assert folder_geometry("whisper-base") is None
-    (tmp_path / "config.json").write_text("{not json")
-    assert folder_geometry(str(tmp_path)) is None
