@@ -204,7 +204,10 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
                                      pure=False, background=True) for sp in pending]
             size = {f.key: len(sp.utts) for f, sp in zip(futures, pending)}
             try:
-                for fut in as_completed(futures):
+                # this client's loop: left out, as_completed binds to the process's default
+                # client, which is the other lane's when two lanes run clusters at once, and
+                # hangs once that lane closes its client (dask/distributed#4357)
+                for fut in as_completed(futures, loop=client.loop):
                     results.append(fut.result())
                     advance(size[fut.key])
                     _check(stop, stage.name)

@@ -114,3 +114,28 @@ def test_both_lanes_on_dask_clusters_at_once(tmp_path, monkeypatch):
     assert [(r.stage, r.computed, r.shards_total) for r in reports] == [("mel", 4, 4), ("speaker", 4, 4)]
     rows = {r.stage: r.shards for r in status(work, ["mel", "speaker"])}
     assert rows["mel"]["complete"] == 4 and rows["speaker"]["complete"] == 4
+
+
+def test_each_lane_waits_on_its_own_clients_loop(tmp_path, monkeypatch):
+    """``as_completed`` without a loop binds to the process's default client: with two lanes'
+    clusters at once that is the other lane's client, and once that lane closes it, this lane
+    waits forever (a CI run hung so, 2026-12-01; dask/distributed#4357). Every wait is bound to
+    the loop of the client that owns the futures."""
+    import distributed
+
+    from tests.fixtures.stages import small_shards
+    bound = []
+    real = distributed.as_completed
+
+    def recording(futures, *args, **kw):
+        futures = list(futures)
+        bound.append((kw.get("loop"), {f.client.loop for f in futures}))
+        return real(futures, *args, **kw)
+
+    monkeypatch.setattr(distributed, "as_completed", recording)
+    small_shards(monkeypatch, {"mel": 3, "speaker": 3})
+    work = tone_corpus(tmp_path, n=12, seconds=(0.5, 0.8))
+    extract(work, ["mel", "speaker"], workers=2, gpus=[0, 1])
+    assert len(bound) == 2  # one wait per lane
+    for loop, owners in bound:
+        assert loop is not None and owners == {loop}
