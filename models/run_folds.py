@@ -114,11 +114,15 @@ def wait_all(futures: dict[str, list], fail_fast: bool = False) -> None:
     workers finish and keep their results (a cluster closed at the first error killed them,
     losing their work since their last checkpoint). ``fail_fast``: return at the first error
     (data-parallel ranks: the others of a failed rank's fold would wait for it for minutes)."""
-    from distributed import wait
+    from distributed import as_completed
     pending = [f for fs in futures.values() for f in fs if not f.done()]
-    while pending:
-        pending = list(wait(pending, return_when="FIRST_COMPLETED").not_done)
-        if fail_fast and any(f.status == "error" for fs in futures.values() for f in fs):
+    if fail_fast and any(f.status == "error" for fs in futures.values() for f in fs):
+        return
+    if not pending:
+        return
+    # bound to the futures' own client (not the process's default one: dask/distributed#4357)
+    for fut in as_completed(pending, loop=pending[0].client.loop):
+        if fail_fast and fut.status == "error":
             return
 
 

@@ -49,3 +49,45 @@ def test_a_failed_fold_leaves_the_others_to_finish_then_names_itself(tmp_path, c
         with pytest.raises(RuntimeError, match="fold G0 broke on purpose"):
             train_run(tmp_path, spec, "all", "cpu", scheduler=cluster.scheduler_address)
     _check(tmp_path, caplog)
+
+
+def _sleep_then(seconds: float, fail: bool) -> str:
+    import time
+    time.sleep(seconds)
+    if fail:
+        raise RuntimeError("rank failed")
+    return "ok"
+
+
+def test_waiting_for_fold_jobs_returns_at_the_first_error_or_when_all_are_done():
+    """``wait_all(fail_fast=True)`` returns once a job has failed (a data-parallel fold's other
+    rank would wait for it for minutes); without it every job finishes, failed ones included.
+    The wait is bound to the futures' own client: here another client is the process's default
+    and closes while we wait (two lanes' clusters at once; dask/distributed#4357)."""
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from models.run_folds import wait_all
+    from pipeline.scheduler import dask_client
+    with dask_client(2) as client:
+        other = Client(LocalCluster(n_workers=1, processes=False, dashboard_address=":0"))
+        try:
+            futures = {"f": [client.submit(_sleep_then, 3, True, pure=False),
+                             client.submit(_sleep_then, 8, False, pure=False)]}
+            threading.Timer(1.0, lambda: (other.close(), other.cluster.close())).start()
+            waiter = threading.Thread(target=wait_all, args=(futures,), kwargs={"fail_fast": True},
+                                      daemon=True)
+            t0 = time.perf_counter()
+            waiter.start()
+            waiter.join(30)
+            assert not waiter.is_alive(), "wait_all hung after the default client closed"
+            assert time.perf_counter() - t0 < 7  # at the first error, not when all are done
+            assert futures["f"][0].status == "error" and not futures["f"][1].done()
+            done = {"g": [client.submit(_sleep_then, 0.2, True, pure=False),
+                          client.submit(_sleep_then, 1.0, False, pure=False)]}
+            wait_all(done)
+            assert [f.status for f in done["g"]] == ["error", "finished"]
+        finally:
+            other.close()
