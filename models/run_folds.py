@@ -68,8 +68,19 @@ def fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str, level: int = 
     """One fold on a worker: the corpus and features opened there, then :func:`train_fold`,
     its step bar sent to the client and its ``models`` records logged at ``level`` (the
     client's; models/fold_progress.py shows both there). ``parallel`` = (rendezvous address,
-    rank, world): this worker's share of a fold trained on several (models/data_parallel.py)."""
-    logging.getLogger("models").setLevel(level)
+    rank, world): this worker's share of a fold trained on several (models/data_parallel.py).
+    The level is the job's only: a process that runs it in-process keeps its own afterwards."""
+    models_log = logging.getLogger("models")
+    previous = models_log.level
+    models_log.setLevel(level)
+    try:
+        return _fold_job(workdir, spec, fold, device, parallel)
+    finally:
+        models_log.setLevel(previous)
+
+
+def _fold_job(workdir: str, spec: RunSpec, fold: Fold, device: str,
+              parallel: tuple[str, int, int] | None) -> dict | None:
     corpus = load_corpus(workdir)
     task = spec.make_task(Path(workdir), corpus)
     run = partial(train_fold, task, fold, spec.train, RunPaths(Path(workdir), spec.task, spec.run),

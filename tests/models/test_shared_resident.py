@@ -135,3 +135,16 @@ def test_predicting_utterances_the_held_corpus_lacks_reads_them_from_the_source(
         task._corpus = load_resident(src, ids[:4], task.speakers, task.label_of, True, "cpu")
         assert task._corpus.holds(ids[:3]) and not task._corpus.holds(ids[-2:])
         np.testing.assert_array_equal(task.predict(model, ids[-2:]), from_all)  # no KeyError
+
+
+def test_a_fold_job_run_in_process_leaves_the_logging_level_alone(tmp_path, loads):
+    """``fold_job`` logs at the client's level while it runs; run in a process that logs
+    otherwise (a test, a threaded cluster), that process's ``models`` level is restored."""
+    import logging
+    corpus = make_corpus(n_groups=2, per_class=2)
+    write_ser_store(tmp_path, corpus, ser_source(corpus))
+    spec = _spec("level")
+    models_log = logging.getLogger("models")
+    before = models_log.level
+    fold_job(str(tmp_path), spec, spec.split.folds(corpus)[0], "cpu", level=logging.ERROR)
+    assert models_log.level == before
