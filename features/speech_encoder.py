@@ -245,10 +245,6 @@ class SpeechEncoderExtractor(Extractor):
         log.info("speech: %s (%s), L=%d D=%d on %s, %d frames per forward pass", self.config.model,
                  self.backend.kind, self.backend.num_layers, self.backend.dim, device, self.frame_budget)
 
-    def _block_numel(self) -> int:
-        """Elements of the page-locked block each batch is copied into: the largest batch's."""
-        return self.frame_budget * self.backend.num_layers * self.backend.dim
-
     def runtime_note(self) -> str:
         return host_blocks_note() if self.torch_device.type == "cuda" else ""
 
@@ -282,7 +278,7 @@ class SpeechEncoderExtractor(Extractor):
         if feats.is_cuda:  # one copy per batch into page-locked memory (torch caches these blocks)
             # always a block of the largest batch's size, of which a prefix is used: page-locking
             # costs ~0.3 s a block, and torch's cache keeps blocks by size class (2026-11-30)
-            numel = max(feats.numel(), self._block_numel())
+            numel = max(feats.numel(), self.frame_budget * self.backend.num_layers * self.backend.dim)
             block = torch.empty(numel, dtype=feats.dtype, pin_memory=True)
             host = block[:feats.numel()].view(feats.shape).copy_(feats).numpy()
         else:

@@ -127,9 +127,7 @@ def wait_all(futures: dict[str, list], fail_fast: bool = False) -> None:
     (data-parallel ranks: the others of a failed rank's fold would wait for it for minutes)."""
     from distributed import as_completed
     pending = [f for fs in futures.values() for f in fs if not f.done()]
-    if fail_fast and any(f.status == "error" for fs in futures.values() for f in fs):
-        return
-    if not pending:
+    if not pending or (fail_fast and any(f.status == "error" for fs in futures.values() for f in fs)):
         return
     # bound to the futures' own client (not the process's default one: dask/distributed#4357)
     for fut in as_completed(pending, loop=pending[0].client.loop):

@@ -155,22 +155,17 @@ def _write(workdir: str, stage: Stage, config: Any, identity: dict[str, Any], sp
                       ahead=DECODE_AHEAD_GPU if stage.needs_gpu else 2 * BATCH_ITEMS)
     try:
         extractor = build_cached(stage, config, dev)
-    except BaseException:
-        decoder.cancel()
-        for r in upstream.values():
-            r.close()
-        raise
-    attrs = {"stage": stage.name, "identity": identity, "shard": sp.index, "key": sp.key,
-             "layout": dict(getattr(extractor, "layout", {})),
-             "attrs": extractor.attrs(), "versions": _versions(),
-             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    writer = ShardWriter(sp.path, attrs)
-    try:
-        _fill(writer, stage, extractor, sp, decoder, on_item)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+        attrs = {"stage": stage.name, "identity": identity, "shard": sp.index, "key": sp.key,
+                 "layout": dict(getattr(extractor, "layout", {})),
+                 "attrs": extractor.attrs(), "versions": _versions(),
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        writer = ShardWriter(sp.path, attrs)
+        try:
+            _fill(writer, stage, extractor, sp, decoder, on_item)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     finally:
         decoder.cancel()
         for r in upstream.values():

@@ -185,4 +185,3 @@ def test_items_whose_real_frames_overflow_fp16_fail_alone(folders):
                ItemInput("c", speech_audio(5000))])
     assert isinstance(out[1], ItemError) and "overflows float16" in out[1].reason
     assert all(np.isfinite(o["feats"]).all() for o in (out[0], out[2]))
-
