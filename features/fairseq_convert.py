@@ -1,4 +1,8 @@
-"""fairseq wav2vec 2.0 checkpoints -> transformers ``Wav2Vec2Model``, without importing fairseq.
+"""fairseq wav2vec 2.0 checkpoints -> a wav2vec2 encoder, without importing fairseq.
+
+The weights are renamed to transformers' ``Wav2Vec2Model`` names and run by the plain-torch
+encoder of ``features/wav2vec2_encoder.py`` (transformers' model where that one does not compute
+the architecture, e.g. another activation).
 
 Safe loading. A fairseq ``.pt`` is a pickle holding the weights plus the training configuration
 (an ``argparse.Namespace`` in older checkpoints such as ``wav2vec_vox_new.pt``, a dict or an
@@ -239,10 +243,9 @@ def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_config(sd: dict[str, torch.Tensor], cfg: dict):
-    """A ``Wav2Vec2Config`` from converted weight shapes, plus what only the config knows."""
-    from transformers import Wav2Vec2Config
-
+def encoder_config(sd: dict[str, torch.Tensor], cfg: dict) -> dict[str, Any]:
+    """A transformers ``Wav2Vec2Config``'s fields from converted weight shapes, plus what only
+    the checkpoint's config knows."""
     convs = sorted(int(k.split(".")[2]) for k in sd if re.match(r"feature_extractor\.conv_layers\.\d+\.conv\.weight$", k))
     conv_w = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in convs]
     dims, kernels = [w.shape[0] for w in conv_w], [w.shape[2] for w in conv_w]
@@ -265,7 +268,7 @@ def hf_config(sd: dict[str, torch.Tensor], cfg: dict):
         ln_first = mode == "layer_norm"
         log.warning("checkpoint config lacks layer_norm_first; assuming %s", ln_first)
     pos_v = sd["encoder.pos_conv_embed.conv.parametrizations.weight.original1"]  # (D, D/groups, K)
-    return Wav2Vec2Config(
+    return dict(
         hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=int(heads),
         intermediate_size=sd["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
         conv_dim=tuple(dims), conv_kernel=tuple(kernels), conv_stride=tuple(strides),
@@ -277,24 +280,37 @@ def hf_config(sd: dict[str, torch.Tensor], cfg: dict):
     )
 
 
-def load_fairseq_wav2vec2(path: str | Path):
-    """(``Wav2Vec2Model`` in eval mode, whether it was trained on normalised audio)."""
-    from transformers import Wav2Vec2Model
+def _model(path: str | Path, fields: dict[str, Any], sd: dict[str, torch.Tensor]):
+    """The plain-torch encoder (``features/wav2vec2_encoder.py``) where it computes this
+    architecture, else transformers' ``Wav2Vec2Model``; weights loaded, eval mode."""
+    from features.wav2vec2_encoder import Wav2Vec2Encoder, Wav2Vec2EncoderConfig, encoder_state
 
+    plain = Wav2Vec2EncoderConfig.from_dict({"model_type": "wav2vec2", **fields})
+    if plain is not None:
+        model, sd = Wav2Vec2Encoder(plain), encoder_state(sd, "wav2vec2")
+    else:
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+        model = Wav2Vec2Model(Wav2Vec2Config(**fields))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "masked_spec_embed"]
+    if missing or unexpected:
+        raise StageError(f"{path}: converted weights do not fit {type(model).__name__} "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval().requires_grad_(False)
+
+
+def load_fairseq_wav2vec2(path: str | Path):
+    """(wav2vec2 model in eval mode, whether it was trained on normalised audio)."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise StageError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     cfg = checkpoint_config(ckpt)
     sd = convert_state_dict(ckpt["model"])
-    model = Wav2Vec2Model(hf_config(sd, cfg))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k != "masked_spec_embed"]
-    if missing or unexpected:
-        raise StageError(f"{path}: converted weights do not fit Wav2Vec2Model "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model = _model(path, encoder_config(sd, cfg), sd)
     normalize = cfg.get("normalize")
     if normalize is None:
         normalize = model.config.feat_extract_norm == "layer"
-    log.info("fairseq %s -> Wav2Vec2Model: %d layers x %d, normalize=%s", Path(path).name,
+    log.info("fairseq %s -> wav2vec2 encoder: %d layers x %d, normalize=%s", Path(path).name,
              model.config.num_hidden_layers, model.config.hidden_size, normalize)
     return model.eval(), bool(normalize)

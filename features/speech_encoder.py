@@ -84,7 +84,7 @@ class _HFBackend:
                                   or cfg.model_type == "data2vec-audio")
         self.num_layers = cfg.num_hidden_layers + 1
         self.dim = cfg.hidden_size
-        self.kind = type(model).__name__
+        self.kind = getattr(model, "kind", type(model).__name__)  # the transformers class's name
 
     def cost(self, n_samples: int) -> int:
         return num_frames(n_samples)
@@ -159,14 +159,29 @@ def model_files(model: str) -> list[Path]:
                      f"checkpoint nor an installed Whisper short name ({', '.join(CT2_MODELS)})")
 
 
+def _trained_normalized(path: Path, feat_extract_norm: str) -> bool:
+    pre = path / "preprocessor_config.json"
+    if pre.is_file():
+        return bool(json.loads(pre.read_text()).get("do_normalize", True))
+    # transformers' convention: layer-norm front ends were trained on normalised input
+    return feat_extract_norm == "layer"
+
+
 def _hf_folder(path: Path, cfg: SpeechEncoderConfig, device: torch.device):
+    from features.wav2vec2_encoder import load_plain_encoder
+
+    # straight into the compute dtype (float32 on the CPU, bf16/fp16 under CUDA autocast) and
+    # straight onto the device: no float32 copy on the host
+    dtype = compute_dtype(device, cfg.dtype)
+    plain = load_plain_encoder(path, device, dtype)  # wav2vec2 / HuBERT without transformers
+    if plain is not None:
+        return _HFBackend(plain, _normalize(cfg, _trained_normalized(path, plain.config.feat_extract_norm)),
+                          str(path))
     from transformers import AutoConfig, AutoModel
 
     from features.hf_load import from_pretrained
     mcfg = from_pretrained(AutoConfig, path, "speech.model")
-    # straight into the compute dtype (float32 on the CPU, bf16/fp16 under CUDA autocast) and,
-    # where accelerate is installed, straight onto the device: no float32 copy on the host
-    load = {"dtype": compute_dtype(device, cfg.dtype)}
+    load = {"dtype": dtype}  # and onto the device where accelerate is installed
     if device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
         load["device_map"] = str(device)
     if mcfg.model_type == "whisper":
@@ -175,12 +190,8 @@ def _hf_folder(path: Path, cfg: SpeechEncoderConfig, device: torch.device):
         model = from_pretrained(WhisperModel, path, "speech.model", **load)
         return _WhisperBackend(model.get_encoder(), cfg.unpadded_whisper)
     model = from_pretrained(AutoModel, path, "speech.model", **load)
-    pre = path / "preprocessor_config.json"
-    if pre.is_file():
-        trained_normalized = bool(json.loads(pre.read_text()).get("do_normalize", True))
-    else:  # transformers' convention: layer-norm front ends were trained on normalised input
-        trained_normalized = getattr(mcfg, "feat_extract_norm", "layer") == "layer"
-    return _HFBackend(model, _normalize(cfg, trained_normalized), str(path))
+    trained = _trained_normalized(path, getattr(mcfg, "feat_extract_norm", "layer"))
+    return _HFBackend(model, _normalize(cfg, trained), str(path))
 
 
 def _normalize(cfg: SpeechEncoderConfig, trained: bool) -> bool:

@@ -12,6 +12,7 @@ import torch
 
 from core.errors import StageError
 from features.fairseq_convert import _eval_layers, load_checkpoint, load_fairseq_wav2vec2, plain
+from features.wav2vec2_encoder import Wav2Vec2Encoder
 from features.frames import pad_for_frames
 from tests.fixtures.audio import speech_audio
 from tests.fixtures.encoders import tiny_speech_model
@@ -80,8 +81,24 @@ def test_roundtrip_identical_outputs_args_namespace(tmp_path, arch):
     model, normalize = load_fairseq_wav2vec2(tmp_path / "ckpt.pt")
     assert normalize is ln
     assert model.config.do_stable_layer_norm is ln and model.config.feat_extract_norm == ("layer" if ln else "group")
+    assert isinstance(model, Wav2Vec2Encoder)  # the plain-torch encoder, no transformers import
     audio = speech_audio(9000)
     torch.testing.assert_close(_outputs(model, audio), _outputs(hf, audio), rtol=0, atol=0)
+
+
+def test_an_architecture_the_plain_encoder_lacks_loads_in_transformers(tmp_path):
+    import transformers as tf
+
+    hf = tiny_speech_model("wav2vec2")
+    args = argparse.Namespace(encoder_attention_heads=2, layer_norm_first=True, extractor_mode="layer_norm",
+                              activation_fn="gelu_accurate")
+    torch.save({"args": args, "model": to_fairseq(hf.state_dict())}, tmp_path / "ckpt.pt")
+    model, _ = load_fairseq_wav2vec2(tmp_path / "ckpt.pt")
+    assert isinstance(model, tf.Wav2Vec2Model) and model.config.hidden_act == "gelu_accurate"
+    ref = tf.Wav2Vec2Model(tf.Wav2Vec2Config(**{**hf.config.to_dict(), "hidden_act": "gelu_accurate"}))
+    ref.load_state_dict(hf.state_dict())
+    audio = speech_audio(4000)
+    torch.testing.assert_close(_outputs(model, audio), _outputs(ref.eval(), audio), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("trained_normalized", [True, False])
