@@ -152,7 +152,7 @@ def command_against_steps(args: argparse.Namespace, info: dict, device: torch.de
     loop_s = sum(m["train_seconds"] for m in folds.values())
     val_s = sum(m.get("validation_seconds", 0.0) for m in folds.values())
     data, _ = synthetic_fold(info["hours"], args.layers, args.dim, device, 0.8)
-    mode = compile_mode(args.compile, args.crops)  # the steps-only rate with what the command did
+    mode = compile_mode(args.compile, args.crops, args.batch_size)  # the steps-only rate with what the command did
     bench = time_batch(data, "small", args.layers, args.dim, args.batch_size, steps=min(200, steps),
                        warmup=10, amp="bf16", device=device, compile_mode=mode,
                        widths=CPU_WIDTHS if device.type == "cpu" else None)  # as the command's --widths

@@ -246,14 +246,17 @@ def test_a_compile_that_fails_falls_back_to_eager_training(caplog):
         ser._COMPILE_FAILED.clear()
 
 
-def test_auto_compiles_what_a_process_computes_from_a_million_crops_on():
+def test_auto_compiles_from_a_million_crops_in_steps_of_1024_on():
     """``--compile auto``: a compile (15-20 s, and afresh for a data-parallel rank's batch shape)
-    pays from 1 M crops computed by the process; a rank of a data-parallel fold computes its
-    share. An explicit mode is kept whatever the length."""
-    from models.ser_train import AUTO_COMPILE_CROPS, compile_mode
-    assert compile_mode("auto", AUTO_COMPILE_CROPS) == "default"
-    assert compile_mode("auto", AUTO_COMPILE_CROPS - 1) == "off"
-    assert compile_mode("auto", 2_000_000 // 2) == "default"  # the paper's fold on 2 ranks
-    assert compile_mode("auto", 1_500_000 // 2) == "off"
-    assert compile_mode("max-autotune-no-cudagraphs", 10) == "max-autotune-no-cudagraphs"
-    assert compile_mode("off", 10**9) == "off"
+    pays from 1 M crops computed by the process in steps of >= 1024 crops (at 512 compiled steps
+    are no faster); a rank of a data-parallel fold computes its shares. An explicit mode is kept
+    whatever the length."""
+    from models.ser_train import AUTO_COMPILE_BATCH, AUTO_COMPILE_CROPS, compile_mode
+    assert compile_mode("auto", AUTO_COMPILE_CROPS, 1024) == "default"
+    assert compile_mode("auto", AUTO_COMPILE_CROPS - 1, 1024) == "off"
+    assert compile_mode("auto", 2_000_000, AUTO_COMPILE_BATCH // 2) == "off"  # no faster at 512
+    assert compile_mode("auto", 2_000_000 // 2, 2048 // 2) == "default"  # the paper's fold on 2 ranks
+    assert compile_mode("auto", 2_000_000 // 2, 1024 // 2) == "off"
+    assert compile_mode("auto", 1_500_000 // 2, 2048 // 2) == "off"
+    assert compile_mode("max-autotune-no-cudagraphs", 10, 2) == "max-autotune-no-cudagraphs"
+    assert compile_mode("off", 10**9, 4096) == "off"
