@@ -249,9 +249,22 @@ class Wav2Vec2Encoder(nn.Module):
                                last_hidden_state=last)
 
 
+#: the weight files transformers reads from a folder, in its order of preference
+_WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+            "pytorch_model.bin")
+
+
 def _weight_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))  # transformers prefers these, sharded or not
-    return files or sorted(folder.glob("*.bin"))
+    """The files transformers would load (the first of _WEIGHTS there; an index names its
+    shards), not every ``*.safetensors`` a folder happens to hold; [] if none."""
+    for name in _WEIGHTS:
+        path = folder / name
+        if path.is_file():
+            if not name.endswith(".index.json"):
+                return [path]
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            return [folder / Path(s).name for s in shards]  # names, never paths out of the folder
+    return []
 
 
 def _read(files: list[Path], device: torch.device) -> dict[str, torch.Tensor]:
@@ -291,7 +304,11 @@ def load_plain_encoder(folder: Path, device: torch.device, dtype: torch.dtype) -
     cfg = Wav2Vec2EncoderConfig.from_dict(json.loads(cfg_file.read_text()))
     if cfg is None:
         return None
-    state = encoder_state(_read(files, device), cfg.model_type)
+    try:
+        state = encoder_state(_read(files, device), cfg.model_type)
+    except Exception as e:  # noqa: BLE001 - e.g. a legacy (non-zip) .bin: transformers' loader decides
+        log.debug("plain wav2vec2 encoder: cannot read %s (%s)", folder, e)
+        return None
     with torch.device("meta"):
         enc = Wav2Vec2Encoder(cfg)
     expected = set(enc.state_dict())

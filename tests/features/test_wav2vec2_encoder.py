@@ -86,6 +86,30 @@ def test_pytorch_bin_weights_and_the_compute_dtype(tmp_path):
         assert torch.equal(plain32(x).last_hidden_state, model(x).last_hidden_state)
 
 
+def test_the_files_transformers_reads_and_no_others(tmp_path):
+    """Sharded folders load through their index; a stray weight file beside ``model.safetensors``
+    (a copy, an export) is not merged in; an unreadable legacy ``.bin`` is left to transformers."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_speech_model("wav2vec2")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    model.save_pretrained(tmp_path / "stray")
+    state = load_file(tmp_path / "stray" / "model.safetensors")
+    save_file({k: torch.zeros_like(v) for k, v in state.items()}, tmp_path / "stray" / "zz-copy.safetensors")
+    x, _ = _batch([4800])
+    with torch.no_grad():
+        ref = model(x).last_hidden_state
+        for folder in ("sharded", "stray"):
+            plain = load_plain_encoder(tmp_path / folder, torch.device("cpu"), torch.float32)
+            assert torch.equal(plain(x).last_hidden_state, ref), folder
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text((tmp_path / "stray" / "config.json").read_text())
+    torch.save(state, legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert load_plain_encoder(legacy, torch.device("cpu"), torch.float32) is None
+
+
 @pytest.mark.parametrize("change", [
     {"model_type": "wavlm"}, {"add_adapter": True}, {"conv_pos_batch_norm": True},
     {"hidden_act": "gelu_new"}, {"adapter_attn_dim": 16}])
