@@ -287,12 +287,15 @@ def _model(path: str | Path, fields: dict[str, Any], sd: dict[str, torch.Tensor]
 
     plain = Wav2Vec2EncoderConfig.from_dict({"model_type": "wav2vec2", **fields})
     if plain is not None:
-        model, sd = Wav2Vec2Encoder(plain), encoder_state(sd, "wav2vec2")
+        with torch.device("meta"):  # no random init of weights about to be replaced
+            model = Wav2Vec2Encoder(plain)
+        # float32 as the transformers model's parameters were (a half-precision checkpoint too)
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in encoder_state(sd, "wav2vec2").items()}
     else:
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 
         model = Wav2Vec2Model(Wav2Vec2Config(**fields))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=plain is not None)
     missing = [k for k in missing if k != "masked_spec_embed"]
     if missing or unexpected:
         raise StageError(f"{path}: converted weights do not fit {type(model).__name__} "

@@ -2,8 +2,10 @@
 
 Backends (``SpeechEncoderConfig.model``):
 
-* a transformers folder: Wav2Vec2, HuBERT, WavLM, Data2VecAudio (``AutoModel``) or Whisper (its
-  encoder, run by ``features/whisper_ct2.py``);
+* a transformers folder: Wav2Vec2 and HuBERT run on the plain-torch encoder of
+  ``features/wav2vec2_encoder.py`` (the same numbers, no transformers import); WavLM,
+  Data2VecAudio (``AutoModel``), Whisper (its encoder, run by ``features/whisper_ct2.py``) and
+  whatever that encoder does not compute load through transformers;
 * a fairseq wav2vec 2.0 checkpoint (``*.pt``), converted in memory (``features/fairseq_convert.py``);
 * an installed CTranslate2 Whisper short name (``whisper-tiny.en``, ``whisper-base``).
 

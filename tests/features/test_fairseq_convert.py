@@ -179,3 +179,15 @@ def test_extractor_reads_fairseq_pt(tmp_path):
     np.testing.assert_allclose(out.astype(np.float32), states(normalized), rtol=1e-2, atol=1e-2)
     assert not np.allclose(out.astype(np.float32), states(audio), rtol=1e-2, atol=1e-2)
     assert len(ext.weights_checksum(ext.config)) == 64
+
+
+def test_a_half_precision_checkpoint_loads_as_float32(tmp_path):
+    hf = tiny_speech_model("wav2vec2")
+    half = {k: v.half() for k, v in hf.state_dict().items()}
+    args = argparse.Namespace(encoder_attention_heads=2, layer_norm_first=True, extractor_mode="layer_norm")
+    torch.save({"args": args, "model": to_fairseq(half)}, tmp_path / "ckpt.pt")
+    model, _ = load_fairseq_wav2vec2(tmp_path / "ckpt.pt")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    hf.load_state_dict({k: v.float() for k, v in half.items()})  # the same rounded weights
+    audio = speech_audio(4000)
+    torch.testing.assert_close(_outputs(model, audio), _outputs(hf, audio), rtol=0, atol=0)
