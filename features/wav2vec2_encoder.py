@@ -321,4 +321,6 @@ def load_plain_encoder(folder: Path, device: torch.device, dtype: torch.dtype) -
         return None
     state = {k: v.to(device).to(dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
     enc.load_state_dict(state, strict=True, assign=True)
+    log.debug("%s: plain-torch %s encoder (no transformers import), weights from %s", folder,
+              cfg.kind, ", ".join(f.name for f in files))
     return enc.eval().requires_grad_(False)
