@@ -12,7 +12,8 @@ Measured in one run, on the same corpus:
   previous    the same with ``frame_budget=6000`` (the 0.6 default; now sized from free memory)
   cli         ``python cli.py extract -s speech --force`` as a subprocess: imports, planning,
               model load and all; "fixed costs" = cli - product - model load (``--cli-runs N``:
-              the median of N cold runs; ``--base DIR``: a baseline checkout's cli.py alternately)
+              the median of N cold runs; ``--base DIR``: a baseline checkout's cli.py alternately;
+              ``--base-param frame_budget=6000``: the baseline runs with other parameters)
   encoder     the extractor's backend alone on the engine's batches (decoded audio in memory)
   writes      ``pipeline.store.ShardWriter`` writing arrays of the same shapes alone
   official    the official code's loop on a subset: batch 1, fp32, one float32 .npy per utterance
@@ -128,24 +129,29 @@ def run_product(work: Path, params: dict, gpus: list[int] | None, force: bool = 
     return time.perf_counter() - t0
 
 
-def run_cli(work: Path, gpus: str | None, repo: Path = REPO) -> float:
-    """``python cli.py extract -s speech --force`` as a user runs it (``repo``'s cli.py: this
-    checkout, or a baseline's); wall seconds."""
+def run_cli(work: Path, gpus: str | None, params: dict, repo: Path = REPO) -> float:
+    """``python cli.py extract -s speech --force --reset-params -p speech.K=V ...`` as a user runs
+    it (``repo``'s cli.py: this checkout, or a baseline's), with exactly ``params`` whatever the
+    work dir remembers; wall seconds."""
     extra = ["--gpus", gpus] if gpus else []
+    for k, v in params.items():
+        extra += ["-p", f"speech.{k}={v}"]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(repo / "cli.py"), "extract", "-s", "speech", "--force", "-w",
-                    str(work), *extra], check=True, cwd=repo, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(repo / "cli.py"), "extract", "-s", "speech", "--force",
+                    "--reset-params", "-w", str(work), *extra], check=True, cwd=repo, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
-def cli_runs(work: Path, gpus: str | None, runs: int, base: Path | None) -> dict:
-    """``runs`` cold CLI runs of this checkout, alternating with ``base``'s (a baseline checkout,
-    e.g. ``git worktree add /tmp/base REV``) when given; the median of each."""
+def cli_runs(work: Path, gpus: str | None, params: dict, runs: int, base: Path | None,
+             base_params: dict) -> dict:
+    """``runs`` cold CLI runs of this checkout, alternating with a baseline's when ``base`` (a
+    checkout, e.g. ``git worktree add /tmp/base REV``) or ``base_params`` (other parameters, e.g.
+    a frame budget: this checkout again) is given; the median of each."""
     times: dict[str, list[float]] = {"cli": [], "base": []}
     for _ in range(runs):
-        times["cli"].append(run_cli(work, gpus))
-        if base is not None:
-            times["base"].append(run_cli(work, gpus, base))
+        times["cli"].append(run_cli(work, gpus, params))
+        if base is not None or base_params:
+            times["base"].append(run_cli(work, gpus, {**params, **base_params}, base or REPO))
     out = {k: float(np.median(v)) for k, v in times.items() if v}
     out["runs"] = times
     return out
@@ -267,6 +273,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cli-runs", type=int, default=1, help="cold runs of cli.py (the median is reported)")
     ap.add_argument("--base", type=lambda p: Path(p).resolve(), default=None,
                     help="a baseline checkout whose cli.py runs alternately with this one's (same corpus)")
+    ap.add_argument("--base-param", action="append", default=[], metavar="FIELD=VALUE",
+                    help="speech parameters of the baseline's CLI runs (repeatable; without --base "
+                         "the baseline is this checkout), e.g. frame_budget=6000")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--dir", default="/tmp/extract_speech_bench", help="scratch folder (audio, work dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
@@ -317,9 +326,9 @@ def main() -> None:
     _, t_load_prev = load_model(prev, device)
     t_prev = run_product(work, prev, gpus)
     cli = None
-    if not args.no_cli:  # with the product's parameters (run_prev left its frame budget behind)
-        run_product(work, params, gpus)
-        cli = cli_runs(work, "0" if cuda else None, args.cli_runs, args.base)
+    if not args.no_cli:
+        base_params = dict(p.split("=", 1) for p in args.base_param)
+        cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params)
     t_cli = None if cli is None else cli["cli"]
     t0 = time.perf_counter()
     audios = {i: load_audio(u, p) for i, (u, p, _) in enumerate(corpus)}
@@ -349,7 +358,8 @@ def main() -> None:
                        cli_over_product=t_prod / t_cli,
                        cli_over_product_plus_load=(t_prod + t_load) / t_cli, cli_runs=cli["runs"])
         if "base" in cli:
-            summary.update(base_cli_s=cli["base"], cli_over_base=cli["base"] / t_cli, base=str(args.base))
+            summary.update(base_cli_s=cli["base"], cli_over_base=cli["base"] / t_cli,
+                           base=f"{args.base or 'this checkout'} {' '.join(args.base_param)}".strip())
     print_summary(summary)
     if args.gpus > 1:
         t_multi = run_product(work, params, list(range(args.gpus)))

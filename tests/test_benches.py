@@ -35,6 +35,9 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     ("bench.ser_step_parts", ("--batch", "2", "--iters", "1"),
      lambda s: s["whole_ms"] > 0 and len(s["parts_ms"]) == 9 and s["variants"]["conv_stacks"]["encoder convs"][
          "largest_gap"] < 1e-3),
-], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts"])
+    ("bench.extract_speech", ("--arch", "tiny", "--minutes", "0.5", "--official-minutes", "0.1",
+                              "--whisper-minutes", "0", "--base-param", "frame_budget=1500"),
+     lambda s: s["product_s"] > 0 and s["cli_s"] > 0 and s["base_cli_s"] > 0 and s["utterances"] > 0),
+], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))
