@@ -147,13 +147,17 @@ def _remove_stale_temps(stage_name: str, sp: ShardPlan) -> None:
 def _write(workdir: str, stage: Stage, config: Any, identity: dict[str, Any], sp: ShardPlan,
            device: str | None, on_item) -> ShardWriter:
     """The shard's temp file, filled and closed (not yet published)."""
-    dev = device or (resolve_device("auto") if stage.needs_gpu else "cpu")
     upstream = {s: StageReader(workdir, s) for s in stage.upstream}
-    # decoding starts before the extractor is built: the first shard's audio is ready when a
-    # cold process's model has loaded
+    # decoding starts before the device is chosen and the extractor built: the first shard's
+    # audio is ready when a cold process has imported torch and loaded its model
     decoder = Decoder(stage, _by_length(sp.utts), upstream,
                       ahead=DECODE_AHEAD_GPU if stage.needs_gpu else 2 * BATCH_ITEMS)
     try:
+        t0 = time.perf_counter()
+        dev = device or (resolve_device("auto") if stage.needs_gpu else "cpu")
+        if time.perf_counter() - t0 > 0.1:  # -v: the extractor's build time below excludes it
+            log.debug("%s: device %s chosen in %.2f s (importing torch)", stage.name, dev,
+                      time.perf_counter() - t0)
         extractor = build_cached(stage, config, dev)
         attrs = {"stage": stage.name, "identity": identity, "shard": sp.index, "key": sp.key,
                  "layout": dict(getattr(extractor, "layout", {})),

@@ -191,7 +191,11 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
     stage = plan.stage
     n_items = sum(len(sp.utts) for sp in pending)
     advance = progress(stage.name, n_items) if progress else (lambda n: None)
+    t0 = time.perf_counter()
     use_gpus = (gpus if gpus is not None else visible_gpus()) if stage.needs_gpu else []
+    if time.perf_counter() - t0 > 0.1:  # -v: a cold process imports torch here
+        log.debug("%s: GPUs visible: %s (%.2f s, importing torch)", stage.name, use_gpus or "none",
+                  time.perf_counter() - t0)
     n = len(use_gpus) if use_gpus else (workers or default_workers(len(pending)))
     results: list[ShardResult] = []
     args = (workdir, stage.name, plan.config, plan.identity)
