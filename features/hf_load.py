@@ -14,7 +14,9 @@ def from_pretrained(cls: Any, folder: str | Path, what: str, **kwargs: Any) -> A
     prompt in the middle of an unattended extract, never a raw traceback."""
     try:
         return cls.from_pretrained(folder, local_files_only=True, trust_remote_code=False, **kwargs)
-    except (ValueError, OSError, KeyError, EnvironmentError) as e:
+    except Exception as e:  # noqa: BLE001 - a folder's fault, in whatever form transformers or
+        # huggingface_hub raise it (ValueError, OSError, KeyError, a strict-dataclass validation
+        # error for a config value of the wrong type); the first line says what
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise StageError(f"{what}: cannot load the model folder {folder} ({first}); it must hold a "
                          "standard transformers model (code shipped in the folder is never run)") from None

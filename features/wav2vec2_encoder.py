@@ -299,28 +299,38 @@ def encoder_state(state: Mapping[str, torch.Tensor], kind: str) -> dict[str, tor
 
 def load_plain_encoder(folder: Path, device: torch.device, dtype: torch.dtype) -> Wav2Vec2Encoder | None:
     """The folder's wav2vec2 / HuBERT encoder in ``dtype`` on ``device``, or None where this module
-    does not compute what transformers would (the caller then loads it with transformers)."""
-    cfg_file = folder / "config.json"
-    files = _weight_files(folder)
+    does not compute what transformers would, or cannot read the folder (the caller then loads it
+    with transformers, whose loader reports what is wrong with a broken one)."""
+    try:
+        built = _skeleton(folder)
+    except Exception as e:  # noqa: BLE001 - a broken config or weights file: transformers decides
+        log.debug("plain wav2vec2 encoder: cannot read %s (%s)", folder, e)
+        return None
+    if built is None:
+        return None
+    enc, state, files = built
+    state = {k: v.to(device).to(dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
+    enc.load_state_dict(state, strict=True, assign=True)
+    log.debug("%s: plain-torch %s encoder (no transformers import), weights from %s", folder,
+              enc.kind, ", ".join(f.name for f in files))
+    return enc.eval().requires_grad_(False)
+
+
+def _skeleton(folder: Path):
+    """(encoder on the meta device, its weights memory-mapped, their files), or None where the
+    folder is not one this module computes."""
+    cfg_file, files = folder / "config.json", _weight_files(folder)
     if not cfg_file.is_file() or not files:
         return None
     cfg = Wav2Vec2EncoderConfig.from_dict(json.loads(cfg_file.read_text()))
     if cfg is None:
         return None
-    try:
-        state = encoder_state(_read(files), cfg.model_type)
-    except Exception as e:  # noqa: BLE001 - e.g. a legacy (non-zip) .bin: transformers' loader decides
-        log.debug("plain wav2vec2 encoder: cannot read %s (%s)", folder, e)
-        return None
     with torch.device("meta"):
         enc = Wav2Vec2Encoder(cfg)
+    state = encoder_state(_read(files), cfg.model_type)
     expected = set(enc.state_dict())
     if set(state) != expected:
         log.debug("plain wav2vec2 encoder: weights do not match (missing %s, unexpected %s)",
                   sorted(expected - set(state))[:5], sorted(set(state) - expected)[:5])
         return None
-    state = {k: v.to(device).to(dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
-    enc.load_state_dict(state, strict=True, assign=True)
-    log.debug("%s: plain-torch %s encoder (no transformers import), weights from %s", folder,
-              cfg.kind, ", ".join(f.name for f in files))
-    return enc.eval().requires_grad_(False)
+    return enc, state, files

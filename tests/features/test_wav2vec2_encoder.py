@@ -130,6 +130,19 @@ def test_weights_under_other_names_are_left_to_transformers(tmp_path):
     assert load_plain_encoder(tmp_path, torch.device("cpu"), torch.float32) is None
 
 
+@pytest.mark.parametrize("config", ["{not json", '{"model_type": "wav2vec2", "conv_dim": 3}', "[]"])
+def test_a_broken_config_is_reported_as_before(tmp_path, config):
+    """A config the plain encoder cannot read goes to transformers' loader, whose failure the
+    stage reports as a StageError naming the folder (never a raw traceback)."""
+    from core.errors import StageError
+
+    _saved(tmp_path, "wav2vec2")
+    (tmp_path / "config.json").write_text(config)
+    assert load_plain_encoder(tmp_path, torch.device("cpu"), torch.float32) is None
+    with pytest.raises(StageError, match=str(tmp_path)):
+        SpeechEncoderExtractor(SpeechEncoderConfig(model=str(tmp_path)))
+
+
 def test_extract_from_a_wav2vec2_folder_never_imports_transformers(tmp_path):
     """The point of the module: a cold ``speech`` extraction of a wav2vec2 folder without the
     ≈ 3-s transformers import; the features equal those of transformers' model."""
