@@ -85,6 +85,15 @@ class Wav2Vec2EncoderConfig:
         return _KINDS[self.model_type][0]
 
 
+class SimpleModule(nn.Module):
+    """A named container (keeps transformers' ``pos_conv_embed.conv`` parameter path)."""
+
+    def __init__(self, **children: nn.Module):
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+
+
 class _ConvLayer(nn.Module):
     """One CNN front-end layer: conv, then layer norm over channels, group norm over time, or none."""
 
@@ -191,15 +200,6 @@ class _Encoder(nn.Module):
         self.pos_conv_embed = SimpleModule(conv=_PositionalConv(cfg))
         self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_hidden_layers))
-
-
-class SimpleModule(nn.Module):
-    """A named container (keeps transformers' ``pos_conv_embed.conv`` parameter path)."""
-
-    def __init__(self, **children: nn.Module):
-        super().__init__()
-        for name, child in children.items():
-            self.add_module(name, child)
 
 
 class Wav2Vec2Encoder(nn.Module):
