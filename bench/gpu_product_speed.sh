@@ -4,9 +4,18 @@
 # were measured).   bash bench/gpu_product_speed.sh OUT_DIR
 # On 2 GPUs (not yet run): GPUS=2 TRAIN_LIMIT=480 EXTRACT_LIMIT=420 — extraction on 1 and 2 GPUs through
 # the product, and all 5 folds through `train ser --gpus 0,1` against one GPU.
+# BUDGET=6000: only cold CLI extractions of 2 h of audio, 3 each, alternating the automatic frame
+# budget with BUDGET frames per forward (fewer page-locked blocks; round six's open lead). Compile
+# the bytecode first on the lent image (python -m compileall -q <site-packages>).
 OUT=${1:-/tmp/gpu-speed}
 TAIL=${TAIL:-14}
 source "$(dirname "$0")/gpu_common.sh"
+if [ -n "${BUDGET:-}" ]; then
+  run extract_budget "${EXTRACT_LIMIT:-560}" python3 -m bench.extract_speech --device cuda --minutes 120 \
+    --whisper-minutes 0 --official-minutes 0 --cli-runs 3 --base-param "frame_budget=$BUDGET" \
+    --json "$OUT/extract_budget.json"
+  exit
+fi
 run extract_speech "${EXTRACT_LIMIT:-330}" python3 bench/extract_speech.py --device cuda --gpus "${GPUS:-1}" \
   --minutes "${MINUTES:-30}" --whisper-minutes 0 --official-minutes 2 --json "$OUT/extract_speech.json"
 if [ -z "${SKIP_TRAIN:-}" ]; then
