@@ -97,8 +97,9 @@ class TextExtractor(Extractor):
 
     def __init__(self, config: TextConfig | None = None, device: str = "cpu"):
         super().__init__(config, device)
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        from features.bert_encoder import load_plain_text_encoder
         from features.hf_load import from_pretrained
 
         cfg = self.config
@@ -106,7 +107,12 @@ class TextExtractor(Extractor):
             raise StageError(f"text.max_length={cfg.max_length}: must be >= 3")
         self.folder = resolve_model(cfg.model)
         self.tokenizer = from_pretrained(AutoTokenizer, self.folder, "text.model")
-        self.model = from_pretrained(AutoModel, self.folder, "text.model").to(device).eval()
+        # BERT / RoBERTa in plain torch (the same numbers, no transformers modeling import)
+        self.model = load_plain_text_encoder(self.folder, device)
+        if self.model is None:
+            from transformers import AutoModel
+
+            self.model = from_pretrained(AutoModel, self.folder, "text.model").to(device).eval()
         n_layers = self.model.config.num_hidden_layers
         if not -(n_layers + 1) <= cfg.layer <= n_layers:
             raise StageError(f"text.layer={cfg.layer}: {cfg.model} has hidden states 0..{n_layers}")

@@ -13,7 +13,6 @@ it with transformers instead.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from features.plain_weights import Container, load_plain
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,6 @@ class Wav2Vec2EncoderConfig:
     def kind(self) -> str:
         """The transformers class these weights belong to (stored in the stage's attributes)."""
         return _KINDS[self.model_type][0]
-
-
-class SimpleModule(nn.Module):
-    """A named container (keeps transformers' ``pos_conv_embed.conv`` parameter path)."""
-
-    def __init__(self, **children: nn.Module):
-        super().__init__()
-        for name, child in children.items():
-            self.add_module(name, child)
 
 
 class _ConvLayer(nn.Module):
@@ -197,7 +189,7 @@ class _Projection(nn.Module):
 class _Encoder(nn.Module):
     def __init__(self, cfg: Wav2Vec2EncoderConfig):
         super().__init__()
-        self.pos_conv_embed = SimpleModule(conv=_PositionalConv(cfg))
+        self.pos_conv_embed = Container({"conv": _PositionalConv(cfg)})
         self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_hidden_layers))
 
@@ -213,8 +205,8 @@ class Wav2Vec2Encoder(nn.Module):
         self.config, self.kind = cfg, cfg.kind
         norms = ([cfg.feat_extract_norm] * len(cfg.conv_dim) if cfg.feat_extract_norm == "layer"
                  else ["group"] + [None] * (len(cfg.conv_dim) - 1))
-        self.feature_extractor = SimpleModule(conv_layers=nn.ModuleList(
-            _ConvLayer(cfg, i, norm) for i, norm in enumerate(norms)))
+        self.feature_extractor = Container({"conv_layers": nn.ModuleList(
+            _ConvLayer(cfg, i, norm) for i, norm in enumerate(norms))})
         self.feature_projection = _Projection(cfg)
         self.encoder = _Encoder(cfg)
 
@@ -249,88 +241,32 @@ class Wav2Vec2Encoder(nn.Module):
                                last_hidden_state=last)
 
 
-#: the weight files transformers reads from a folder, in its order of preference
-_WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-            "pytorch_model.bin")
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    """The files transformers would load (the first of _WEIGHTS there; an index names its
-    shards), not every ``*.safetensors`` a folder happens to hold; [] if none."""
-    for name in _WEIGHTS:
-        path = folder / name
-        if path.is_file():
-            if not name.endswith(".index.json"):
-                return [path]
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            return [folder / Path(s).name for s in shards]  # names, never paths out of the folder
-    return []
-
-
-def _read(files: list[Path]) -> dict[str, torch.Tensor]:
-    """The tensors of ``files``, memory-mapped on the CPU. (Moved to a GPU tensor by tensor
-    afterwards: 0.20 s for wav2vec2-large on an H200, against 0.24-0.30 s through safetensors'
-    own CUDA loading, which also leaves 9 page-locked staging blocks cached for the run.)"""
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(f))
-        else:
-            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
-    return state
+def _weight_norm_names(key: str) -> str:
+    """weight norm's ``parametrizations.weight.original0/1`` as ``weight_g``/``weight_v``."""
+    key = key.replace(".parametrizations.weight.original0", ".weight_g")
+    return key.replace(".parametrizations.weight.original1", ".weight_v")
 
 
 def encoder_state(state: Mapping[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
     """A checkpoint's encoder weights under this module's names: the pretraining / CTC prefix
-    (``wav2vec2.``, ``hubert.``) dropped, weight norm's ``parametrizations.weight.original0/1``
-    as ``weight_g``/``weight_v``, heads (quantizer, projections, CTC) left out."""
+    (``wav2vec2.``, ``hubert.``) dropped, weight-norm names as ``weight_g``/``weight_v``, heads
+    (quantizer, projections, CTC) left out."""
     prefix = _KINDS[kind][1]
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix(prefix)
-        if not key.startswith(("feature_extractor.", "feature_projection.", "encoder.")):
-            continue
-        key = key.replace(".parametrizations.weight.original0", ".weight_g")
-        out[key.replace(".parametrizations.weight.original1", ".weight_v")] = value
-    return out
+    keep = ("feature_extractor.", "feature_projection.", "encoder.")
+    renamed = ((_weight_norm_names(k.removeprefix(prefix)), v) for k, v in state.items())
+    return {k: v for k, v in renamed if k.startswith(keep)}
+
+
+def _make(config: Mapping[str, Any]):
+    cfg = Wav2Vec2EncoderConfig.from_dict(config)
+    if cfg is None:
+        return None
+    with torch.device("meta"):
+        return Wav2Vec2Encoder(cfg), _KINDS[cfg.model_type][1]
 
 
 def load_plain_encoder(folder: Path, device: torch.device, dtype: torch.dtype) -> Wav2Vec2Encoder | None:
     """The folder's wav2vec2 / HuBERT encoder in ``dtype`` on ``device``, or None where this module
     does not compute what transformers would, or cannot read the folder (the caller then loads it
     with transformers, whose loader reports what is wrong with a broken one)."""
-    try:
-        built = _skeleton(folder)
-    except Exception as e:  # noqa: BLE001 - a broken config or weights file: transformers decides
-        log.debug("plain wav2vec2 encoder: cannot read %s (%s)", folder, e)
-        return None
-    if built is None:
-        return None
-    enc, state, files = built
-    state = {k: v.to(device).to(dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
-    enc.load_state_dict(state, strict=True, assign=True)
-    log.debug("%s: plain-torch %s encoder (no transformers import), weights from %s", folder,
-              enc.kind, ", ".join(f.name for f in files))
-    return enc.eval().requires_grad_(False)
-
-
-def _skeleton(folder: Path):
-    """(encoder on the meta device, its weights memory-mapped, their files), or None where the
-    folder is not one this module computes."""
-    cfg_file, files = folder / "config.json", _weight_files(folder)
-    if not cfg_file.is_file() or not files:
-        return None
-    cfg = Wav2Vec2EncoderConfig.from_dict(json.loads(cfg_file.read_text()))
-    if cfg is None:
-        return None
-    with torch.device("meta"):
-        enc = Wav2Vec2Encoder(cfg)
-    state = encoder_state(_read(files), cfg.model_type)
-    expected = set(enc.state_dict())
-    if set(state) != expected:
-        log.debug("plain wav2vec2 encoder: weights do not match (missing %s, unexpected %s)",
-                  sorted(expected - set(state))[:5], sorted(set(state) - expected)[:5])
-        return None
-    return enc, state, files
+    return load_plain(folder, _make, "plain-torch wav2vec2 encoder", device, dtype, _weight_norm_names)
