@@ -82,3 +82,25 @@ def test_the_text_stage_never_imports_transformers_modeling_code(tmp_path):
             "print(type(ext.model).__name__, any(m.startswith('transformers.models.bert.modeling') "
             "for m in sys.modules))\n")
     assert fresh_python(code) == ["BertEncoder", "False"]
+
+
+@pytest.mark.gpu  # pytest -m gpu tests/features/test_bert_encoder.py on a CUDA host
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_the_text_stage_on_cuda_equals_transformers_bit_for_bit(tmp_path, kind):
+    """The text stage's features on a GPU (fp32, padded batches), at BERT-large's widths and heads
+    (2 of its 24 layers), from the plain encoder and from transformers' model."""
+    import numpy as np
+    from transformers import AutoModel
+
+    from features.base import ItemInput
+    from features.text import TextConfig, TextExtractor
+
+    folder = save_tiny_text_encoder(tmp_path / kind, kind, hidden=1024, layers=2, num_attention_heads=16,
+                                    intermediate_size=4096)
+    ext = TextExtractor(TextConfig(model=str(folder)), device="cuda")
+    assert isinstance(ext.model, BertEncoder)
+    items = [ItemInput(f"u{i}", text=t) for i, t in enumerate(TEXTS)]
+    plain = ext(items)
+    ext.model = AutoModel.from_pretrained(folder).to("cuda").eval()
+    for a, b in zip(plain, ext(items)):
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
