@@ -22,11 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from features.plain_weights import Container, load_plain
+from features.plain_weights import ACTIVATIONS, Container, load_plain
 
 log = logging.getLogger(__name__)
 
-_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu}
 #: prefix of the encoder's weights inside a pretraining / task checkpoint
 _PREFIX = {"bert": "bert.", "roberta": "roberta."}
 #: config values this module computes (anything else: transformers)
@@ -53,7 +52,7 @@ class BertEncoderConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BertEncoderConfig | None":
         """From a transformers config dict, or None where it asks for what is not computed here."""
-        if (d.get("model_type") not in _PREFIX or d.get("hidden_act", "gelu") not in _ACTIVATIONS
+        if (d.get("model_type") not in _PREFIX or d.get("hidden_act", "gelu") not in ACTIVATIONS
                 or any(d.get(k, v) not in (v, None) for k, v in _REQUIRED.items())):
             log.debug("plain text encoder: not for model_type %r", d.get("model_type"))
             return None
@@ -115,7 +114,7 @@ class _Layer(nn.Module):
                                     "output": _DenseNorm(d, d, eps)})
         self.intermediate = Container({"dense": nn.Linear(d, cfg.intermediate_size)})
         self.output = _DenseNorm(cfg.intermediate_size, d, eps)
-        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = self.attention.output(self.attention.self(x, mask), x)

@@ -283,14 +283,16 @@ def encoder_config(sd: dict[str, torch.Tensor], cfg: dict) -> dict[str, Any]:
 def _model(path: str | Path, fields: dict[str, Any], sd: dict[str, torch.Tensor]):
     """The plain-torch encoder (``features/wav2vec2_encoder.py``) where it computes this
     architecture, else transformers' ``Wav2Vec2Model``; weights loaded, eval mode."""
-    from features.wav2vec2_encoder import Wav2Vec2Encoder, Wav2Vec2EncoderConfig, encoder_state
+    from features.plain_weights import module_state
+    from features.wav2vec2_encoder import Wav2Vec2Encoder, Wav2Vec2EncoderConfig, weight_norm_names
 
     plain = Wav2Vec2EncoderConfig.from_dict({"model_type": "wav2vec2", **fields})
     if plain is not None:
         with torch.device("meta"):  # no random init of weights about to be replaced
             model = Wav2Vec2Encoder(plain)
         # float32 as the transformers model's parameters were (a half-precision checkpoint too)
-        sd = {k: v.float() if v.is_floating_point() else v for k, v in encoder_state(sd, "wav2vec2").items()}
+        sd = module_state(model, sd, "wav2vec2.", weight_norm_names)
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     else:
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Mapping
 
 import torch
+from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
+
+#: transformers' ``ACT2FN`` names that the plain encoders compute the same way
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu}
 
 
 class Container(torch.nn.Module):
@@ -18,6 +23,7 @@ class Container(torch.nn.Module):
         super().__init__()
         for name, child in children.items():
             self.add_module(name, child)
+
 
 #: the weight files transformers reads from a folder, in its order of preference
 _WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
@@ -52,21 +58,22 @@ def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def matching_state(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, what: str,
-                   rename=lambda key: key) -> dict[str, torch.Tensor] | None:
+def module_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], prefix: str,
+                 rename=lambda key: key) -> dict[str, torch.Tensor]:
     """``state``'s tensors under ``module``'s names: ``prefix`` (a pretraining or task
     checkpoint's base-model prefix) dropped, ``rename`` applied, keys outside ``module``'s
-    top-level children (heads, poolers, buffers) left out; None (logged) unless the rest are
-    exactly ``module``'s parameters."""
+    top-level children (heads, poolers, quantizers) left out."""
     children = tuple(f"{name}." for name, _ in module.named_children())
-    out = {}
-    for key, value in state.items():
-        key = rename(key.removeprefix(prefix))
-        if key.startswith(children):
-            out[key] = value
+    renamed = ((rename(key.removeprefix(prefix)), value) for key, value in state.items())
+    return {key: value for key, value in renamed if key.startswith(children)}
+
+
+def matching_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], prefix: str, what: str,
+                   rename=lambda key: key) -> dict[str, torch.Tensor] | None:
+    """:func:`module_state`, or None (logged) unless its tensors are exactly ``module``'s."""
+    out = module_state(module, state, prefix, rename)
+    out.pop("embeddings.position_ids", None)  # a buffer older transformers saved, never a weight
     expected = set(module.state_dict())
-    if set(out) != expected:
-        out.pop("embeddings.position_ids", None)  # a buffer older transformers saved
     if set(out) != expected:
         log.debug("%s: weights do not match (missing %s, unexpected %s)", what,
                   sorted(expected - set(out))[:5], sorted(set(out) - expected)[:5])

@@ -23,12 +23,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from features.plain_weights import Container, load_plain
+from features.plain_weights import ACTIVATIONS, Container, load_plain
 
 log = logging.getLogger(__name__)
 
-#: transformers' ``ACT2FN`` names that this module computes the same way
-_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu}
 #: (class transformers builds, prefix of its weights inside a pretraining / CTC checkpoint)
 _KINDS = {"wav2vec2": ("Wav2Vec2Model", "wav2vec2."), "hubert": ("HubertModel", "hubert.")}
 #: config keys whose non-default value asks for something this module does not compute
@@ -67,7 +65,7 @@ class Wav2Vec2EncoderConfig:
             why = f"model_type {d.get('model_type')!r}"
         elif any(d.get(k, default) != default for k, default in _UNSUPPORTED.items()):
             why = "adapters or a batch-normed positional convolution"
-        elif {d.get("hidden_act", "gelu"), d.get("feat_extract_activation", "gelu")} - set(_ACTIVATIONS):
+        elif {d.get("hidden_act", "gelu"), d.get("feat_extract_activation", "gelu")} - set(ACTIVATIONS):
             why = f"activation {d.get('hidden_act')!r} / {d.get('feat_extract_activation')!r}"
         elif d.get("feat_extract_norm", "group") not in ("group", "layer"):
             why = f"feat_extract_norm {d.get('feat_extract_norm')!r}"
@@ -98,7 +96,7 @@ class _ConvLayer(nn.Module):
             self.layer_norm = nn.LayerNorm(cfg.conv_dim[i])
         elif norm == "group":
             self.layer_norm = nn.GroupNorm(cfg.conv_dim[i], cfg.conv_dim[i])
-        self.act = _ACTIVATIONS[cfg.feat_extract_activation]
+        self.act = ACTIVATIONS[cfg.feat_extract_activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -119,7 +117,7 @@ class _PositionalConv(nn.Module):
         self.weight_v = nn.Parameter(torch.empty(d, d // groups, k))
         self.bias = nn.Parameter(torch.empty(d))
         self.groups, self.padding, self.trim = groups, k // 2, 1 - k % 2
-        self.act = _ACTIVATIONS[cfg.feat_extract_activation]
+        self.act = ACTIVATIONS[cfg.feat_extract_activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
@@ -150,7 +148,7 @@ class _FeedForward(nn.Module):
         super().__init__()
         self.intermediate_dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.output_dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_dense(self.act(self.intermediate_dense(x)))
@@ -241,20 +239,10 @@ class Wav2Vec2Encoder(nn.Module):
                                last_hidden_state=last)
 
 
-def _weight_norm_names(key: str) -> str:
+def weight_norm_names(key: str) -> str:
     """weight norm's ``parametrizations.weight.original0/1`` as ``weight_g``/``weight_v``."""
     key = key.replace(".parametrizations.weight.original0", ".weight_g")
     return key.replace(".parametrizations.weight.original1", ".weight_v")
-
-
-def encoder_state(state: Mapping[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
-    """A checkpoint's encoder weights under this module's names: the pretraining / CTC prefix
-    (``wav2vec2.``, ``hubert.``) dropped, weight-norm names as ``weight_g``/``weight_v``, heads
-    (quantizer, projections, CTC) left out."""
-    prefix = _KINDS[kind][1]
-    keep = ("feature_extractor.", "feature_projection.", "encoder.")
-    renamed = ((_weight_norm_names(k.removeprefix(prefix)), v) for k, v in state.items())
-    return {k: v for k, v in renamed if k.startswith(keep)}
 
 
 def _make(config: Mapping[str, Any]):
@@ -269,4 +257,4 @@ def load_plain_encoder(folder: Path, device: torch.device, dtype: torch.dtype) -
     """The folder's wav2vec2 / HuBERT encoder in ``dtype`` on ``device``, or None where this module
     does not compute what transformers would, or cannot read the folder (the caller then loads it
     with transformers, whose loader reports what is wrong with a broken one)."""
-    return load_plain(folder, _make, "plain-torch wav2vec2 encoder", device, dtype, _weight_norm_names)
+    return load_plain(folder, _make, "plain-torch wav2vec2 encoder", device, dtype, weight_norm_names)

@@ -153,11 +153,7 @@ def _write(workdir: str, stage: Stage, config: Any, identity: dict[str, Any], sp
     decoder = Decoder(stage, _by_length(sp.utts), upstream,
                       ahead=DECODE_AHEAD_GPU if stage.needs_gpu else 2 * BATCH_ITEMS)
     try:
-        t0 = time.perf_counter()
         dev = device or (resolve_device("auto") if stage.needs_gpu else "cpu")
-        if time.perf_counter() - t0 > 0.1:  # -v: the extractor's build time below excludes it
-            log.debug("%s: device %s chosen in %.2f s (importing torch)", stage.name, dev,
-                      time.perf_counter() - t0)
         extractor = build_cached(stage, config, dev)
         attrs = {"stage": stage.name, "identity": identity, "shard": sp.index, "key": sp.key,
                  "layout": dict(getattr(extractor, "layout", {})),
