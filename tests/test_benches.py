@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     out = tmp_path / "summary.json"
-    where = {"bench.ser_speed": ["--out", str(out)], "bench.ser_step_parts": ["--json", str(out)]}.get(
+    where = {"bench.ser_speed": ["--out", str(out)], "bench.ser_step_parts": ["--json", str(out)],
+             "bench.text_cold_start": ["--json", str(out)]}.get(
         module, ["--json", str(out), "--dir", str(tmp_path / "scratch")])
     done = subprocess.run([sys.executable, "-m", module, *args, *where], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
@@ -38,6 +39,9 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     ("bench.extract_speech", ("--arch", "tiny", "--minutes", "0.5", "--official-minutes", "0.1",
                               "--whisper-minutes", "0", "--base-param", "frame_budget=1500"),
      lambda s: s["product_s"] > 0 and s["cli_s"] > 0 and s["base_cli_s"] > 0 and s["utterances"] > 0),
-], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech"])
+    ("bench.text_cold_start", ("--runs", "1", "--sentences", "2"),
+     lambda s: s["this_s"] > 0 and s["encoder"]["this"] == "BertEncoder" and s["sentences"] == 2),
+], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech",
+        "text_cold_start"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))
