@@ -283,6 +283,16 @@ class SpeechEncoderExtractor(Extractor):
                 "layers": "0 = input of the first Transformer layer; i = output of layer i; "
                           "the last after the encoder's final layer norm where it has one"}
 
+    def fits_call(self, items: Sequence[ItemInput], item: ItemInput) -> bool:
+        """Whether ``item`` joins the engine's call holding ``items``: only while the call stays
+        one forward pass (plan_batches' padded cost within the frame budget), so that a call's
+        outputs are one page-locked block on a GPU and the writer starts after one batch
+        (backends whose batches group equal lengths only are cut by ``items_per_call`` alone)."""
+        if item.audio is None or self.backend.group_key(len(item.audio)) is not None:
+            return True
+        longest = max(self.backend.cost(len(x.audio)) for x in (*items, item) if x.audio is not None)
+        return (len(items) + 1) * longest <= self.frame_budget
+
     def _run(self, audios: list[np.ndarray]) -> list[np.ndarray | None]:
         """(T_i, L, D) fp16 per audio, or None where the real frames overflow float16."""
         with torch.inference_mode(), encoder_autocast(self.torch_device, self.config.dtype):

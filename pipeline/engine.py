@@ -193,7 +193,6 @@ def wait_published() -> None:
 def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, decoder: Decoder, on_item) -> None:
     """Decode (``decoder``'s thread) → extract (this thread) → write (thread), so that audio
     decoding and HDF5 writes overlap the encoder (on a GPU the encoder releases the GIL)."""
-    per_call = int(getattr(extractor, "items_per_call", BATCH_ITEMS))
     stop = object()
     # (items, results) awaiting the writer: one is enough to keep it busy, and each one held
     # is page-locked host memory on a GPU
@@ -225,19 +224,9 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, decoder: Decoder
     writer_thread.start()
     waits = _Waits()
     try:
-        done = False
-        while not done and not write_error:
-            batch: list[ItemInput] = []
-            failed: list[ItemError] = []
-            while len(batch) < per_call:
-                with waits.on("input"):
-                    x = decoder.get()
-                if x is Decoder.END:
-                    done = True
-                    break
-                if isinstance(x, StageError):
-                    raise x  # the shard is not published; completed shards are kept
-                (failed if isinstance(x, ItemError) else batch).append(x)
+        calls = _calls(decoder, extractor, waits)
+        while not write_error and (call := next(calls, None)) is not None:
+            batch, failed = call
             with waits.on("writes"):
                 if failed:
                     outputs.put(([ItemInput(e.item_id) for e in failed], failed))
@@ -256,6 +245,38 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, decoder: Decoder
     note = getattr(extractor, "runtime_note", lambda: "")()
     log.debug("%s shard %d: %d items in %.2f s: %s%s", stage.name, sp.index, len(sp.utts), waits.total(),
               waits.describe(), f"; {note}" if note else "")
+
+
+def _calls(decoder: Decoder, extractor, waits: "_Waits") -> Iterator[tuple[list, list]]:
+    """The decoded items cut into extractor calls, with the items that failed to decode: at most
+    ``items_per_call`` each, and, where the extractor has ``fits_call(items, item)``, only as many
+    as it takes in one go (a GPU encoder: one forward pass, so that the writer gets a shard's
+    first, longest utterances after one batch, not after several batches' page-locked outputs).
+    A decoding StageError is raised (the shard is not published; completed shards are kept)."""
+    per_call = int(getattr(extractor, "items_per_call", BATCH_ITEMS))
+    fits = getattr(extractor, "fits_call", lambda items, item: True)
+    carry: ItemInput | None = None
+    done = False
+    while not done:
+        batch: list[ItemInput] = [carry] if carry is not None else []
+        failed: list[ItemError] = []
+        carry = None
+        while len(batch) < per_call:
+            with waits.on("input"):
+                x = decoder.get()
+            if x is Decoder.END:
+                done = True
+                break
+            if isinstance(x, StageError):
+                raise x
+            if isinstance(x, ItemError):
+                failed.append(x)
+            elif batch and not fits(batch, x):
+                carry = x
+                break
+            else:
+                batch.append(x)
+        yield batch, failed
 
 
 class _Waits:

@@ -185,3 +185,32 @@ def test_items_whose_real_frames_overflow_fp16_fail_alone(folders):
                ItemInput("c", speech_audio(5000))])
     assert isinstance(out[1], ItemError) and "overflows float16" in out[1].reason
     assert all(np.isfinite(o["feats"]).all() for o in (out[0], out[2]))
+
+
+def _engine_calls(ext, items):
+    """How the engine cuts ``items`` (longest first) into calls with ``ext.fits_call``."""
+    calls: list[list[ItemInput]] = []
+    for it in items:
+        if calls and len(calls[-1]) < ext.items_per_call and ext.fits_call(calls[-1], it):
+            calls[-1].append(it)
+        else:
+            calls.append([it])
+    return calls
+
+
+def test_an_engine_call_is_one_forward_pass(folders):
+    """On a GPU each forward pass's outputs are one page-locked block: with calls of one pass the
+    writer gets a shard's first (longest) utterances after one batch, not after several."""
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2"][0]), frame_budget=400))
+    rng = np.random.default_rng(0)
+    lengths = sorted((int(n) for n in rng.integers(1600, 64000, 300)), reverse=True)
+    items = [ItemInput(f"u{i}", np.zeros(n, np.float32)) for i, n in enumerate(lengths)]
+    calls = _engine_calls(ext, items)
+    assert [it for c in calls for it in c] == items
+    for c in calls:
+        assert len(plan_batches([len(it.audio) for it in c], ext.backend.cost, ext.frame_budget)) == 1
+    assert len(calls) == len(plan_batches(lengths, ext.backend.cost, ext.frame_budget))  # as many passes
+    assert max(len(c) for c in calls) > 1  # short utterances still share a pass
+    # a backend whose batches hold equal lengths only is cut by items_per_call alone
+    group = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2-group"][0]), frame_budget=400))
+    assert [len(c) for c in _engine_calls(group, items)][0] == group.items_per_call

@@ -394,3 +394,36 @@ def test_written_results_are_released_before_the_next_call(tmp_path, toy_stages,
     assert len(alive_at_call) == 12
     assert max(alive_at_call) <= 2, alive_at_call
     assert max(alive_at_call) == 2  # the writer was the slow side: the bound was reached
+
+
+def test_calls_are_cut_where_the_extractor_says_and_lose_nothing():
+    """``fits_call`` ends a call early; the item that did not fit opens the next one; items that
+    failed to decode travel beside the call they arrived in; nothing is lost or reordered."""
+    from core.errors import ItemError
+    from features.base import ItemInput
+    from pipeline.decoding import Decoder
+    from pipeline.engine import _calls, _Waits
+
+    class Stream:
+        def __init__(self, xs):
+            self.xs = list(xs) + [Decoder.END]
+
+        def get(self):
+            return self.xs.pop(0)
+
+    class Ext:
+        items_per_call = 4
+
+        @staticmethod
+        def fits_call(items, item):  # at most 10 "frames" a call
+            return sum(len(x.audio) for x in (*items, item)) <= 10
+
+    sizes = [6, 5, 4, 3, 3, 2, 1, 1, 1, 1, 1, 12, 1]
+    xs: list = [ItemInput(f"u{i}", np.zeros(n)) for i, n in enumerate(sizes)]
+    xs.insert(3, ItemError("bad", "unreadable"))
+    calls = list(_calls(Stream(xs), Ext(), _Waits()))
+    got = [[len(x.audio) for x in b] for b, _ in calls]
+    assert got == [[6], [5, 4], [3, 3, 2, 1], [1, 1, 1, 1], [12], [1]]
+    assert [[e.item_id for e in f] for _, f in calls] == [[], ["bad"], [], [], [], []]
+    plain = list(_calls(Stream(xs[:5]), types.SimpleNamespace(items_per_call=2), _Waits()))
+    assert [[x.utt_id for x in b] for b, _ in plain] == [["u0", "u1"], ["u2", "u3"], []]
