@@ -61,19 +61,23 @@ def encoder_autocast(device: torch.device, dtype: str):
 #: forward pass keeps (every layer's states, the stacked fp16 copy, FFN and attention buffers)
 _BYTES_PER_FRAME_VALUE = 12
 #: the largest automatic budget (5 min of audio per forward pass): on an H200 the encoder alone
-#: then runs ~2,000x real time, far above what a disk takes, and larger batches only cost
-#: page-locked host memory (bench/RESULTS.md, 2026-11-30)
+#: then runs ~2,000x real time, far above what a disk takes (bench/RESULTS.md, 2026-11-30)
 _MAX_AUTO_BUDGET = 16_000
+#: a forward pass's fp16 outputs go to one page-locked host block, which torch's allocator rounds
+#: up to a power of two: 16,000 frames of wav2vec2-large (819 MB) took 1-GiB blocks, 10,000 take
+#: 512-MiB ones — page-locked in half the time at the start and released in half at exit, with
+#: no slower passes (a cold `extract` of 2 h: 19.0 s against 19.5 s, bench/RESULTS.md round seven)
+HOST_BLOCK_BYTES = 2 ** 29
 
 
 def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:
-    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory (3000 on
-    the CPU, where larger batches do not pay)."""
+    """Frames per forward pass for ``frame_budget=0``: a third of the GPU's free memory, at most
+    :data:`HOST_BLOCK_BYTES` of fp16 outputs (3000 on the CPU, where larger batches do not pay)."""
     if device.type != "cuda":
         return 3000
     free, _ = torch.cuda.mem_get_info(device)
     budget = int(free / 3 / (num_layers * dim * _BYTES_PER_FRAME_VALUE))
-    return max(500, min(_MAX_AUTO_BUDGET, budget))
+    return max(500, min(_MAX_AUTO_BUDGET, HOST_BLOCK_BYTES // (2 * num_layers * dim), budget))
 
 
 def attention_backends(device: torch.device):

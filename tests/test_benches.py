@@ -41,7 +41,11 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
      lambda s: s["product_s"] > 0 and s["cli_s"] > 0 and s["base_cli_s"] > 0 and s["utterances"] > 0),
     ("bench.text_cold_start", ("--runs", "1", "--sentences", "2"),
      lambda s: s["this_s"] > 0 and s["encoder"]["this"] == "BertEncoder" and s["sentences"] == 2),
+    ("bench.extract_timeline", ("--arch", "tiny", "--minutes", "0.3", "--switch-intervals", "0.001"),
+     lambda s: all(len(s[k]["shards_s"]) == 1 for k in ("function_cold", "function_warm",
+                                                          "function_switch1ms_1", "cli"))
+     and s["cli"]["extractor_ready_at_s"] > s["cli"]["planned_at_s"] > 0 and s["cli"]["wall_s"] > 0),
 ], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech",
-        "text_cold_start"])
+        "text_cold_start", "extract_timeline"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))

@@ -214,3 +214,18 @@ def test_an_engine_call_is_one_forward_pass(folders):
     # a backend whose batches hold equal lengths only is cut by items_per_call alone
     group = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2-group"][0]), frame_budget=400))
     assert [len(c) for c in _engine_calls(group, items)][0] == group.items_per_call
+
+
+def test_the_automatic_budget_fills_at_most_one_512_mib_host_block(monkeypatch):
+    """On a GPU: a third of free memory, at most 16,000 frames, and at most 512 MiB of fp16
+    outputs per pass (torch rounds page-locked blocks up to powers of two: wav2vec2-large at
+    16,000 frames took 1-GiB blocks)."""
+    from features.encoder_runtime import HOST_BLOCK_BYTES, auto_frame_budget
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (140 * 2 ** 30, 141 * 2 ** 30))
+    large = auto_frame_budget(cuda, 25, 1024)
+    assert large == 10_485 and large * 25 * 1024 * 2 <= HOST_BLOCK_BYTES < (large + 1) * 25 * 1024 * 2
+    assert auto_frame_budget(cuda, 13, 768) == 16_000  # wav2vec2-base: the frame cap first
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * 2 ** 30, 141 * 2 ** 30))
+    assert auto_frame_budget(cuda, 25, 1024) == 2 * 2 ** 30 // 3 // (25 * 1024 * 12)  # free memory first
+    assert auto_frame_budget(torch.device("cpu"), 25, 1024) == 3000
