@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Sequence
 
 from core.errors import StageError
@@ -118,3 +119,30 @@ def host_blocks_note() -> str:
     gib = stats.get("allocated_bytes.current", 0) / 2 ** 30
     secs = stats.get("host_alloc_time.total", 0) / 1e6
     return f"page-locked blocks {n} ({gib:.1f} GiB), {secs:.2f} s allocating them"
+
+
+class PassClock:
+    """Where a speech extractor's forward passes spend their time since the last :meth:`note`
+    (``extract -v`` shows it per shard): the encoder call — preparing the batch and running the
+    model, which on a GPU returns once its kernels are queued, so a long call there is the Python
+    thread, not the GPU —, then waiting for the device to finish, then the device → host copies."""
+
+    PARTS = ("encoder call", "device wait", "copies")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self._t = 0.0
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        t = time.perf_counter()
+        self.seconds[part] += t - self._t
+        self._t = t
+
+    def note(self) -> str:
+        """``forward passes: encoder call X s, device wait Y s, copies Z s``; a fresh count."""
+        out = "forward passes: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        return out

@@ -40,7 +40,7 @@ from core.errors import ItemError, StageError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output, torch
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
-                                      encoder_autocast, finite_items, host_blocks_note,
+                                      PassClock, encoder_autocast, finite_items, host_blocks_note,
                                       normalized_input, plan_batches)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
 
@@ -255,11 +255,15 @@ class SpeechEncoderExtractor(Extractor):
             self.torch_device, self.backend.num_layers, self.backend.dim)
         # items per engine call: enough that a GPU's budget is filled by typical 2-8 s utterances
         self.items_per_call = max(32, min(256, self.frame_budget // 250))
+        self.clock = PassClock()
         log.info("speech: %s (%s), L=%d D=%d on %s, %d frames per forward pass", self.config.model,
                  self.backend.kind, self.backend.num_layers, self.backend.dim, device, self.frame_budget)
 
     def runtime_note(self) -> str:
-        return host_blocks_note() if self.torch_device.type == "cuda" else ""
+        """Per shard for ``extract -v``: the forward passes' parts and, on CUDA, the page-locked
+        blocks."""
+        blocks = host_blocks_note() if self.torch_device.type == "cuda" else ""
+        return "; ".join(x for x in (self.clock.note(), blocks) if x)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, config: SpeechEncoderConfig | None = None,
@@ -295,9 +299,12 @@ class SpeechEncoderExtractor(Extractor):
 
     def _run(self, audios: list[np.ndarray]) -> list[np.ndarray | None]:
         """(T_i, L, D) fp16 per audio, or None where the real frames overflow float16."""
+        self.clock.start()
         with torch.inference_mode(), encoder_autocast(self.torch_device, self.config.dtype):
             feats, lengths = self.backend.run(audios, self.torch_device)  # (B, T_max, L, D) fp16
+            self.clock.lap("encoder call")
             finite = finite_items(feats, lengths)  # on the device: a CPU pass over fp16 costs ~1 s/GB
+            self.clock.lap("device wait")  # finite_items' .tolist() waits for the pass
         if feats.is_cuda:  # one copy per batch into page-locked memory (torch caches these blocks)
             # always a block of the largest batch's size, of which a prefix is used: page-locking
             # costs ~0.3 s a block, and torch's cache keeps blocks by size class (2026-11-30)
@@ -306,6 +313,7 @@ class SpeechEncoderExtractor(Extractor):
             host = block[:feats.numel()].view(feats.shape).copy_(feats).numpy()
         else:
             host = feats.numpy()
+        self.clock.lap("copies")
         return [host[i, :n] if ok else None for i, (n, ok) in enumerate(zip(lengths, finite))]
 
     def __call__(self, items: Sequence[ItemInput]) -> list[Output | ItemError]:

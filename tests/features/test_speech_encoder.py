@@ -1,6 +1,8 @@
 """The ``speech`` stage extractor on tiny random models of every supported architecture."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -229,3 +231,14 @@ def test_the_automatic_budget_fills_at_most_one_512_mib_host_block(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * 2 ** 30, 141 * 2 ** 30))
     assert auto_frame_budget(cuda, 25, 1024) == 2 * 2 ** 30 // 3 // (25 * 1024 * 12)  # free memory first
     assert auto_frame_budget(torch.device("cpu"), 25, 1024) == 3000
+
+
+def test_each_shard_says_where_its_forward_passes_went(folders):
+    """``extract -v`` prints the extractor's runtime note per shard: the passes' encoder calls,
+    waits for the device and copies since the previous note (the next note starts from zero)."""
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2"][0])))
+    ext([ItemInput(f"u{i}", speech_audio(8000 * (i + 1), seed=i)) for i in range(3)])
+    note = ext.runtime_note()
+    times = {part: float(v) for part, v in re.findall(r"(encoder call|device wait|copies) ([\d.]+) s", note)}
+    assert set(times) == {"encoder call", "device wait", "copies"} and times["encoder call"] > 0, note
+    assert re.findall(r"[\d.]+", ext.runtime_note()) == ["0.00"] * 3  # counted afresh per shard
