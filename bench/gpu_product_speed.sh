@@ -3,7 +3,9 @@
 # their benches, and the SER step rate at larger batches (how bench/RESULTS.md's 2026-11-30 rows
 # were measured).   bash bench/gpu_product_speed.sh OUT_DIR
 # On 2 GPUs (not yet run): GPUS=2 TRAIN_LIMIT=480 EXTRACT_LIMIT=420 — extraction on 1 and 2 GPUs through
-# the product, and all 5 folds through `train ser --gpus 0,1` against one GPU.
+# the product, and all 5 folds through `train ser --gpus 0,1` against one GPU. SCRATCH=/dev/shm/es
+# puts the bench's audio and work dir in RAM (target 5: what RAM staging gives where one local
+# disk bounds 2 GPUs; 2 h of audio = 18.5 GB there; SKIP_TRAIN=1 MINUTES=120 for that run alone).
 # BUDGET=6000: only cold CLI extractions of 2 h of audio, 3 each, alternating the automatic frame
 # budget with BUDGET frames per forward (fewer page-locked blocks; round six's open lead). Compile
 # the bytecode first on the lent image (python -m compileall -q <site-packages>).
@@ -17,7 +19,8 @@ if [ -n "${BUDGET:-}" ]; then
   exit
 fi
 run extract_speech "${EXTRACT_LIMIT:-330}" python3 bench/extract_speech.py --device cuda --gpus "${GPUS:-1}" \
-  --minutes "${MINUTES:-30}" --whisper-minutes 0 --official-minutes 2 --json "$OUT/extract_speech.json"
+  --minutes "${MINUTES:-30}" --whisper-minutes 0 --official-minutes 2 ${SCRATCH:+--dir "$SCRATCH"} \
+  --json "$OUT/extract_speech.json"
 if [ -z "${SKIP_TRAIN:-}" ]; then
 run train_speed "${TRAIN_LIMIT:-240}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
   --crops 400000 --batch-size 512 --gpus "${GPUS:-1}" --json "$OUT/train_speed.json"
