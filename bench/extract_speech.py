@@ -13,7 +13,9 @@ Measured in one run, on the same corpus:
   cli         ``python cli.py extract -s speech --force`` as a subprocess: imports, planning,
               model load and all; "fixed costs" = cli - product - model load (``--cli-runs N``:
               the median of N cold runs; ``--base DIR``: a baseline checkout's cli.py alternately;
-              ``--base-param frame_budget=6000``: the baseline runs with other parameters)
+              ``--base-param frame_budget=6000``: the baseline runs with other parameters;
+              ``--paired``: a warm in-process product run after each cold one, and the median
+              of the pairs' ratios — the disk's state drifts from run to run)
   encoder     the extractor's backend alone on the engine's batches (decoded audio in memory)
   writes      ``pipeline.store.ShardWriter`` writing arrays of the same shapes alone
   official    the official code's loop on a subset: batch 1, fp32, one float32 .npy per utterance
@@ -143,16 +145,22 @@ def run_cli(work: Path, gpus: str | None, params: dict, repo: Path = REPO) -> fl
 
 
 def cli_runs(work: Path, gpus: str | None, params: dict, runs: int, base: Path | None,
-             base_params: dict) -> dict:
+             base_params: dict, paired: bool = False) -> dict:
     """``runs`` cold CLI runs of this checkout, alternating with a baseline's when ``base`` (a
     checkout, e.g. ``git worktree add /tmp/base REV``) or ``base_params`` (other parameters, e.g.
-    a frame budget: this checkout again) is given; the median of each."""
-    times: dict[str, list[float]] = {"cli": [], "base": []}
+    a frame budget: this checkout again) is given; the median of each. ``paired``: a warm
+    in-process product run after each CLI run, and the median of their ratios (the disk's state
+    drifts between runs; a pair shares it)."""
+    times: dict[str, list[float]] = {"cli": [], "base": [], "product": []}
     for _ in range(runs):
         times["cli"].append(run_cli(work, gpus, params))
+        if paired:
+            times["product"].append(run_product(work, params, [0] if gpus else None))
         if base is not None or base_params:
             times["base"].append(run_cli(work, gpus, {**params, **base_params}, base or REPO))
     out = {k: float(np.median(v)) for k, v in times.items() if v}
+    if paired:
+        out["paired_ratio"] = float(np.median([p / c for p, c in zip(times["product"], times["cli"])]))
     out["runs"] = times
     return out
 
@@ -276,6 +284,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--base-param", action="append", default=[], metavar="FIELD=VALUE",
                     help="speech parameters of the baseline's CLI runs (repeatable; without --base "
                          "the baseline is this checkout), e.g. frame_budget=6000")
+    ap.add_argument("--paired", action="store_true",
+                    help="a warm in-process product run after each cold CLI run; report the median ratio")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--dir", default="/tmp/extract_speech_bench", help="scratch folder (audio, work dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
@@ -297,6 +307,9 @@ def print_summary(summary: dict) -> None:
               f"{summary['product_s']:.1f} s + model load {summary['model_load_s']:.1f} s; fixed costs "
               f"{summary['cli_fixed_costs_s']:.1f} s; cli / product {summary['cli_over_product']:.2f} (with the "
               f"model load {summary['cli_over_product_plus_load']:.2f})")
+    if "cli_over_product_paired" in summary:
+        print(f"paired: each cold cli run followed by a warm in-process run: cli / product, median of "
+              f"{len(summary['product_paired_s'])} pairs: {summary['cli_over_product_paired']:.2f}")
     if "base_cli_s" in summary:
         print(f"baseline cli ({summary['base']}): {summary['base_cli_s']:.1f} s; this cli / baseline: "
               f"{summary['cli_over_base']:.2f}x faster (medians of {len(summary['cli_runs']['cli'])} cold runs each)")
@@ -328,7 +341,7 @@ def main() -> None:
     cli = None
     if not args.no_cli:
         base_params = dict(p.split("=", 1) for p in args.base_param)
-        cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params)
+        cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params, args.paired)
     t_cli = None if cli is None else cli["cli"]
     t0 = time.perf_counter()
     audios = {i: load_audio(u, p) for i, (u, p, _) in enumerate(corpus)}
@@ -357,6 +370,8 @@ def main() -> None:
                        cli_fixed_costs_s=t_cli - t_prod - t_load,
                        cli_over_product=t_prod / t_cli,
                        cli_over_product_plus_load=(t_prod + t_load) / t_cli, cli_runs=cli["runs"])
+        if "paired_ratio" in cli:
+            summary.update(cli_over_product_paired=cli["paired_ratio"], product_paired_s=cli["runs"]["product"])
         if "base" in cli:
             summary.update(base_cli_s=cli["base"], cli_over_base=cli["base"] / t_cli,
                            base=f"{args.base or 'this checkout'} {' '.join(args.base_param)}".strip())

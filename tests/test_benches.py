@@ -37,8 +37,9 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
      lambda s: s["whole_ms"] > 0 and len(s["parts_ms"]) == 9 and s["variants"]["conv_stacks"]["encoder convs"][
          "largest_gap"] < 1e-3),
     ("bench.extract_speech", ("--arch", "tiny", "--minutes", "0.5", "--official-minutes", "0.1",
-                              "--whisper-minutes", "0", "--base-param", "frame_budget=1500"),
-     lambda s: s["product_s"] > 0 and s["cli_s"] > 0 and s["base_cli_s"] > 0 and s["utterances"] > 0),
+                              "--whisper-minutes", "0", "--base-param", "frame_budget=1500", "--paired"),
+     lambda s: s["product_s"] > 0 and s["cli_s"] > 0 and s["base_cli_s"] > 0 and s["utterances"] > 0
+     and len(s["product_paired_s"]) == 1 and s["cli_over_product_paired"] > 0),
     ("bench.text_cold_start", ("--runs", "1", "--sentences", "2"),
      lambda s: s["this_s"] > 0 and s["encoder"]["this"] == "BertEncoder" and s["sentences"] == 2),
     ("bench.extract_timeline", ("--arch", "tiny", "--minutes", "0.3", "--switch-intervals", "0.001"),
