@@ -55,7 +55,8 @@ class SpeechEncoderConfig:
     #: or "float32", "bfloat16", "float16" (autocast; CUDA only for the half types)
     dtype: str = "auto"
     #: encoder frames per forward pass, padding included (50 frames = 1 s); bounds memory.
-    #: 0 = sized from the GPU's free memory (3000 on the CPU)
+    #: 0 = sized from the GPU's free memory, at most 16,000 frames and 512 MiB of fp16 outputs
+    #: (wav2vec2-large: 10,485 frames); 3000 on the CPU
     frame_budget: int = 0
     #: Whisper only: run each window at its own length instead of padding to 30 s (faster on short
     #: clips; deep layers drift from the faithful output, see features/whisper_ct2.py)
