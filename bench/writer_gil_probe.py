@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.store import ShardWriter
 
 
-def counting_rate(work, seconds_floor: float = 0.0) -> tuple[float, float]:
+def counting_rate(work) -> tuple[float, float]:
     """(loop iterations per second in another thread while ``work()`` runs, its seconds)."""
     stop, count = threading.Event(), [0]
 
@@ -34,7 +34,7 @@ def counting_rate(work, seconds_floor: float = 0.0) -> tuple[float, float]:
     t.start()
     t0 = time.perf_counter()
     work()
-    secs = max(time.perf_counter() - t0, seconds_floor)
+    secs = time.perf_counter() - t0
     stop.set()
     t.join()
     return count[0] / secs, secs

@@ -15,8 +15,14 @@ from features.frames import LEFT_PAD
 log = logging.getLogger(__name__)
 
 
+def batch_fits(count: int, longest: int, budget: int) -> bool:
+    """Whether ``count`` items padded to the ``longest`` one's cost stay within ``budget``: the
+    rule of :func:`plan_batches`, and of a speech extractor's engine calls of one pass each."""
+    return count * longest <= budget
+
+
 def plan_batches(lengths: Sequence[int], cost, budget: int, group_key=lambda n: None) -> list[list[int]]:
-    """Indices grouped into batches: sorted by length, ``len(batch) * max cost <= budget``.
+    """Indices grouped into batches: sorted by length, :func:`batch_fits` the budget.
 
     Items with different ``group_key`` never share a batch. An item costlier than the budget
     runs alone.
@@ -27,7 +33,7 @@ def plan_batches(lengths: Sequence[int], cost, budget: int, group_key=lambda n: 
     cur_max, cur_key = 0, None
     for i in order:
         c, k = cost(lengths[i]), group_key(lengths[i])
-        if cur and (k != cur_key or (len(cur) + 1) * max(cur_max, c) > budget):
+        if cur and (k != cur_key or not batch_fits(len(cur) + 1, max(cur_max, c), budget)):
             batches.append(cur)
             cur, cur_max = [], 0
         cur.append(i)

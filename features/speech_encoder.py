@@ -40,8 +40,8 @@ from core.errors import ItemError, StageError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output, torch
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
-                                      PassClock, encoder_autocast, finite_items, host_blocks_note,
-                                      normalized_input, plan_batches)
+                                      PassClock, batch_fits, encoder_autocast, finite_items,
+                                      host_blocks_note, normalized_input, plan_batches)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
 
 log = logging.getLogger(__name__)
@@ -290,13 +290,13 @@ class SpeechEncoderExtractor(Extractor):
 
     def fits_call(self, items: Sequence[ItemInput], item: ItemInput) -> bool:
         """Whether ``item`` joins the engine's call holding ``items``: only while the call stays
-        one forward pass (plan_batches' padded cost within the frame budget), so that a call's
-        outputs are one page-locked block on a GPU and the writer starts after one batch
+        one forward pass (:func:`batch_fits`, plan_batches' rule), so that a call's outputs are
+        one page-locked block on a GPU and the writer starts after one batch
         (backends whose batches group equal lengths only are cut by ``items_per_call`` alone)."""
         if item.audio is None or self.backend.group_key(len(item.audio)) is not None:
             return True
         longest = max(self.backend.cost(len(x.audio)) for x in (*items, item) if x.audio is not None)
-        return (len(items) + 1) * longest <= self.frame_budget
+        return batch_fits(len(items) + 1, longest, self.frame_budget)
 
     def _run(self, audios: list[np.ndarray]) -> list[np.ndarray | None]:
         """(T_i, L, D) fp16 per audio, or None where the real frames overflow float16."""
