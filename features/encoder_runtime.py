@@ -72,8 +72,9 @@ _BYTES_PER_FRAME_VALUE = 12
 _MAX_AUTO_BUDGET = 16_000
 #: a forward pass's fp16 outputs go to one page-locked host block, which torch's allocator rounds
 #: up to a power of two: 16,000 frames of wav2vec2-large (819 MB) took 1-GiB blocks, 10,000 take
-#: 512-MiB ones — page-locked in half the time at the start and released in half at exit, with
-#: no slower passes (a cold `extract` of 2 h: 19.0 s against 19.5 s, bench/RESULTS.md round seven)
+#: 512-MiB ones — half the page-locked memory to pin at the start and release at exit, at equal
+#: pass speed (a cold `extract` of 2 h: 19.0 s against 19.5 s over 3 pairs, not significant;
+#: bench/RESULTS.md round seven)
 HOST_BLOCK_BYTES = 2 ** 29
 
 
