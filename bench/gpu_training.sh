@@ -7,6 +7,9 @@
 #            H200; --compile auto compiles there) against the steps-only rate
 #   ter      target 3 for TER: 5 folds of the paper's samples through `train ter` against the same
 #            folds in-process (ter_command_speed, IEMOCAP size, bf16)
+#   schedule1 on one GPU: the paper's whole SER schedule, 5 folds x 2 M crops, in one `train ser`
+#            command (batch 1024, --compile auto; ~14 min: beyond one 10-minute device call, so start
+#            it under setsid and wait across calls) against the steps-only rate (targets 3 and 4)
 #   schedule on 2 GPUs (nvidia-h200-x2): the paper's whole SER schedule, 5 folds x 2 M crops, in one
 #            `train ser --gpus 0,1 --data-parallel` command (batch 1024, --compile auto; ~8 min)
 #   parallel on 2 GPUs (nvidia-h200-x2): 5 folds on 1 GPU, one per GPU, and with --data-parallel,
@@ -31,6 +34,10 @@ fi
 if [ "$WHAT" = ter ]; then
   run ter_command "${COMMAND_LIMIT:-590}" python3 -m bench.ter_command_speed --device cuda --amp \
     --json "$OUT/ter_command.json"
+fi
+if [ "$WHAT" = schedule1 ]; then
+  run schedule_x1 "${COMMAND_LIMIT:-1500}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
+    --folds all --crops 2000000 --batch-size "${BATCH:-1024}" --compile auto --json "$OUT/schedule_x1.json"
 fi
 if [ "$WHAT" = schedule ]; then
   run schedule_x2 "${COMMAND_LIMIT:-560}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
