@@ -242,3 +242,67 @@ def test_each_shard_says_where_its_forward_passes_went(folders):
     times = {part: float(v) for part, v in re.findall(r"(encoder call|device wait|copies) ([\d.]+) s", note)}
     assert set(times) == {"encoder call", "device wait", "copies"} and times["encoder call"] > 0, note
     assert re.findall(r"[\d.]+", ext.runtime_note()) == ["0.00"] * 3  # counted afresh per shard
+
+
+def test_host_blocks_are_pinned_ahead_in_a_thread_reused_and_released():
+    """A GPU run's output blocks: pinned ahead in a thread (HOST_BLOCKS of them), every pass
+    then asks for that size (torch's host cache reuses blocks of one size class), a larger
+    budget re-pins, release forgets them; nothing is pinned for a CPU run. (The allocation is
+    recorded here, unpinned; the gpu test below pins for real.)"""
+    import threading
+
+    from features.encoder_runtime import HOST_BLOCKS, HostBlocks
+    made = []
+
+    class Recording(HostBlocks):
+        def _empty(self, numel):
+            made.append((threading.current_thread().name, numel))
+            return torch.empty(numel, dtype=self.dtype)
+
+    blocks = Recording(torch.device("cuda"))
+    blocks.prefetch(1000)
+    got = blocks.take(10)  # waits for the pinning thread
+    assert made[:HOST_BLOCKS] == [("pin-host-blocks", 1000)] * HOST_BLOCKS
+    assert got.numel() == 1000 and made[-1] == (threading.current_thread().name, 1000)
+    blocks.prefetch(800)  # smaller than what is pinned: nothing to do
+    assert blocks.take(5000).numel() == 5000  # a pass beyond the budget (one long item) gets its own
+    assert len(made) == HOST_BLOCKS + 2
+    blocks.prefetch(2000)
+    blocks.wait()
+    assert made[-HOST_BLOCKS:] == [("pin-host-blocks", 2000)] * HOST_BLOCKS
+    blocks.release()
+    assert blocks.numel == 0
+    cpu = Recording(torch.device("cpu"))
+    cpu.prefetch(1000)
+    cpu.wait()
+    assert len(made) == 2 * HOST_BLOCKS + 2 and cpu.numel == 0
+
+
+@pytest.mark.gpu  # pytest -m gpu tests/features/test_speech_encoder.py on a CUDA host
+def test_on_cuda_output_blocks_are_pinned_at_build_and_unpinned_by_release(folders):
+    """The automatic budget's blocks are pinned while the model loads; the passes reuse them
+    (no page-locking on the compute thread); release unpins them and the next call pins again."""
+    from features.encoder_runtime import HOST_BLOCK_BYTES, HOST_BLOCKS
+    items = [ItemInput(f"u{i}", speech_audio(8000 * (i + 1), seed=i)) for i in range(5)]
+
+    def pinned():
+        stats = torch.cuda.host_memory_stats()
+        return stats.get("num_host_alloc", 0), stats.get("allocated_bytes.current", 0)
+
+    start, _ = pinned()
+    ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders["wav2vec2"][0]), frame_budget=0),
+                                 device="cuda")
+    first = None
+    for _ in range(2):
+        outs = ext(items)
+        feats = [o["feats"].copy() for o in outs]
+        first = first or feats
+        assert ext.host_blocks.numel == HOST_BLOCK_BYTES // 2
+        assert pinned() == (start + HOST_BLOCKS, HOST_BLOCKS * HOST_BLOCK_BYTES), torch.cuda.host_memory_stats()
+        del outs
+        ext.release()
+        assert pinned()[1] == 0, torch.cuda.host_memory_stats()
+        start += HOST_BLOCKS
+    for a, b in zip(first, feats):  # blocks pinned afresh carry the same features
+        np.testing.assert_array_equal(a, b)
+    ext.release()
