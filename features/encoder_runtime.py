@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from typing import Sequence
 
@@ -77,81 +76,6 @@ _MAX_AUTO_BUDGET = 16_000
 #: pass speed (a cold `extract` of 2 h: 19.0 s against 19.5 s over 3 pairs, not significant;
 #: bench/RESULTS.md round seven)
 HOST_BLOCK_BYTES = 2 ** 29
-
-
-#: page-locked blocks a GPU run keeps busy at once: the pass being copied out, one job waiting in
-#: the writer's queue, one being written (pipeline.engine._fill's queue holds one job)
-HOST_BLOCKS = 3
-
-
-def empty_host_cache() -> None:
-    """Unpin the page-locked blocks torch's host allocator holds cached and unused (CUDA only)."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return
-    fn = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None) \
-        or getattr(torch._C, "_host_emptyCache", None)  # torch < 2.9
-    if fn is not None:
-        fn()
-
-
-class HostBlocks:
-    """The page-locked host blocks a GPU encoder copies each forward pass's outputs into.
-
-    Page-locking costs the driver ~0.25 s per 512-MiB block, which a cold ``extract`` paid on its
-    compute thread during the first shard (0.6-0.8 s for a run's three), and unpinning ~0.19 s
-    per GiB, which it paid at exit (bench/RESULTS.md rounds seven and eight). :meth:`prefetch`
-    pins :data:`HOST_BLOCKS` blocks in a thread (torch releases the GIL while it allocates)
-    while the model loads or the first pass runs, and hands them to torch's host cache, where
-    :meth:`take` finds them; :meth:`release` unpins them when a stage's run ends, while its last
-    shard is published. Blocks stay torch's cached allocations: one the writer has finished with
-    goes back to the cache for the next pass of its size class."""
-
-    def __init__(self, device: torch.device, dtype: torch.dtype | None = None, count: int = HOST_BLOCKS):
-        self.device, self.count = device, count
-        self.dtype = dtype or torch.float16  # (torch is imported on first use, not here)
-        self.numel = 0  # elements of each block pinned ahead (0: none)
-        self._thread: threading.Thread | None = None
-
-    def prefetch(self, numel: int) -> None:
-        """Pin the blocks ahead in a thread, unless blocks of at least ``numel`` are pinned."""
-        if self.device.type != "cuda" or numel <= self.numel:
-            return
-        self.release()  # blocks of a smaller size class would only sit there
-        self.numel = numel
-        self._thread = threading.Thread(target=self._pin, name="pin-host-blocks", daemon=True)
-        self._thread.start()
-
-    def _empty(self, numel: int) -> torch.Tensor:
-        # the device's context (a bare "cuda" is the current one): a block pinned from another
-        # thread would otherwise open a context on GPU 0
-        where = torch.cuda.device(self.device) if self.device.index is not None else contextlib.nullcontext()
-        with where:
-            return torch.empty(numel, dtype=self.dtype, pin_memory=True)
-
-    def _pin(self) -> None:
-        try:
-            blocks = [self._empty(self.numel) for _ in range(self.count)]
-            del blocks  # into torch's host cache
-        except (RuntimeError, MemoryError) as e:  # each pass then pins its own block, as before
-            log.debug("pinning %d host blocks ahead failed: %s", self.count, e)
-
-    def take(self, numel: int) -> torch.Tensor:
-        """A page-locked block of at least ``numel`` elements (a pass uses a prefix): always
-        the pinned-ahead size, so that every pass reuses the cached blocks."""
-        self.wait()
-        return self._empty(max(numel, self.numel))
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def release(self) -> None:
-        """Unpin the cached blocks (those a pending write still holds stay until it drops them)."""
-        self.wait()
-        if self.numel:
-            empty_host_cache()
-            self.numel = 0
 
 
 def auto_frame_budget(device: torch.device, num_layers: int, dim: int) -> int:

@@ -40,9 +40,8 @@ from core.errors import ItemError, StageError
 from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output, torch
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
-                                      HOST_BLOCK_BYTES, HostBlocks, PassClock, batch_fits,
-                                      encoder_autocast, finite_items, host_blocks_note,
-                                      normalized_input, plan_batches)
+                                      PassClock, batch_fits, encoder_autocast, finite_items,
+                                      host_blocks_note, normalized_input, plan_batches)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
 
 log = logging.getLogger(__name__)
@@ -251,14 +250,7 @@ class SpeechEncoderExtractor(Extractor):
         super().__init__(config, device)
         self.torch_device = torch.device(device)
         encoder_autocast(self.torch_device, self.config.dtype)  # validate now, not per batch
-        self.host_blocks = HostBlocks(self.torch_device)
-        if not self.config.frame_budget:  # automatic: at most one 512-MiB block a pass, pinned
-            self.host_blocks.prefetch(HOST_BLOCK_BYTES // 2)  # while the model loads
-        try:
-            self.backend = backend if backend is not None else load_backend(self.config, self.torch_device)
-        except BaseException:
-            self.host_blocks.release()
-            raise
+        self.backend = backend if backend is not None else load_backend(self.config, self.torch_device)
         self.backend.model.to(self.torch_device)
         self.frame_budget = self.config.frame_budget or auto_frame_budget(
             self.torch_device, self.backend.num_layers, self.backend.dim)
@@ -314,22 +306,18 @@ class SpeechEncoderExtractor(Extractor):
             self.clock.lap("encoder call")
             finite = finite_items(feats, lengths)  # on the device: a CPU pass over fp16 costs ~1 s/GB
             self.clock.lap("device wait")  # finite_items' .tolist() waits for the pass
-        if feats.is_cuda:  # one copy per batch into a page-locked block pinned ahead
-            block = self.host_blocks.take(feats.numel())
+        if feats.is_cuda:  # one copy per batch into page-locked memory (torch caches these blocks)
+            # always a block of the largest batch's size, of which a prefix is used: page-locking
+            # costs ~0.3 s a block, and torch's cache keeps blocks by size class (2026-11-30)
+            numel = max(feats.numel(), self.frame_budget * self.backend.num_layers * self.backend.dim)
+            block = torch.empty(numel, dtype=feats.dtype, pin_memory=True)
             host = block[:feats.numel()].view(feats.shape).copy_(feats).numpy()
         else:
             host = feats.numpy()
         self.clock.lap("copies")
         return [host[i, :n] if ok else None for i, (n, ok) in enumerate(zip(lengths, finite))]
 
-    def release(self) -> None:
-        """A stage's run is over (pipeline.engine.release_built): unpin the host blocks."""
-        self.host_blocks.release()
-
     def __call__(self, items: Sequence[ItemInput]) -> list[Output | ItemError]:
-        # a pass's outputs: one block of the largest batch's size (a prefix used), pinned ahead
-        # once per run (again after release), overlapping this call's first pass
-        self.host_blocks.prefetch(self.frame_budget * self.backend.num_layers * self.backend.dim)
         results: list[Output | ItemError | None] = [None] * len(items)
         audios: dict[int, np.ndarray] = {}
         for i, item in enumerate(items):

@@ -64,13 +64,6 @@ def build_cached(stage: Stage, config: Any, device: str) -> Any:
     return _BUILT[key]
 
 
-def release_built() -> None:
-    """A stage's run in this process is over: extractors holding run-time resources (a GPU
-    encoder's page-locked blocks) let them go; the models stay loaded for the next run."""
-    for extractor in _BUILT.values():
-        getattr(extractor, "release", lambda: None)()
-
-
 def shard_lock(path: Path, blocking: bool):
     """Exclusive advisory lock for writing shard ``path``; yields False if busy (non-blocking)."""
     return exclusive_lock(path.with_name(f".{path.name}.lock"), blocking)

@@ -14,8 +14,8 @@ from typing import Any, Callable
 from core.errors import StageError
 from core.hashing import FileHashCache
 from pipeline.corpus import load_corpus
-from pipeline.engine import ShardResult, publish, release_built, run_shard, shard_lock, \
-    shard_summary, wait_published
+from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary, \
+    wait_published
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params, \
     stage_identity
 from core.devices import visible_gpus
@@ -227,8 +227,6 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
         except BaseException:
             _publish_what_is_done(wait_published)
             raise
-        finally:
-            release_built()  # page-locked memory unpinned while the last shard is published
         wait_published()
     # Shards another process was writing: wait for its lock, then compute here if it died.
     for sp in pending:

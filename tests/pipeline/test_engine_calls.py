@@ -80,26 +80,3 @@ def test_calls_are_cut_where_the_extractor_says_and_lose_nothing():
     assert [[e.item_id for e in f] for _, f in calls] == [[], ["bad"], [], [], [], []]
     plain = list(_calls(Stream(xs[:5]), types.SimpleNamespace(items_per_call=2), _Waits()))
     assert [[x.utt_id for x in b] for b, _ in plain] == [["u0", "u1"], ["u2", "u3"], []]
-
-
-def test_a_stage_run_releases_its_extractors_run_time_memory_and_keeps_them(tmp_path, toy_stages, monkeypatch):
-    """Once a stage's shards are computed, each built extractor's ``release`` runs (a GPU encoder
-    unpins its host blocks while the last shard is published, not at the process's exit); the
-    extractor stays built, and the next run calls it again."""
-    work = tone_corpus(tmp_path, n=12)
-    events: list[tuple[str, int]] = []
-    real_call = Toy.__call__
-
-    def call(self, items):
-        events.append(("call", id(self)))
-        return real_call(self, items)
-
-    monkeypatch.setattr(Toy, "__call__", call)
-    monkeypatch.setattr(Toy, "release", lambda self: events.append(("release", id(self))), raising=False)
-    extract(work, ["toy"], workers=1)
-    extract(work, ["toy"], workers=1, force=True)
-    toy = {i for what, i in events if what == "call"}
-    assert len(toy) == 1  # one extractor, built once, used by both runs
-    mine = [what for what, i in events if i in toy]
-    k = mine.index("release")
-    assert k > 0 and mine == (["call"] * k + ["release"]) * 2, mine
