@@ -8,10 +8,16 @@
 # disk bounds 2 GPUs; 2 h of audio = 18.5 GB there; SKIP_TRAIN=1 MINUTES=120 for that run alone).
 # BUDGET=6000: only cold CLI extractions of 2 h of audio, 3 each, alternating the automatic frame
 # budget with BUDGET frames per forward (fewer page-locked blocks; round six's open lead). Compile
-# the bytecode first on the lent image (python -m compileall -q <site-packages>).
+# the bytecode first on the lent image (python -m compileall -q <site-packages>). CONTENTION=1: only
+# bench/encoder_contention.py (the extractor's passes alone and beside the writer / decoder threads).
 OUT=${1:-/tmp/gpu-speed}
 TAIL=${TAIL:-14}
 source "$(dirname "$0")/gpu_common.sh"
+if [ -n "${CONTENTION:-}" ]; then  # CONTENTION=1: which thread of `extract` slows the encoder's passes
+  run encoder_contention "${EXTRACT_LIMIT:-300}" python3 -m bench.encoder_contention --device cuda \
+    --minutes "${MINUTES:-15}" --json "$OUT/encoder_contention.json"
+  exit
+fi
 if [ -n "${BUDGET:-}" ]; then
   run extract_budget "${EXTRACT_LIMIT:-560}" python3 -m bench.extract_speech --device cuda --minutes 120 \
     --whisper-minutes 0 --official-minutes 0 --cli-runs 3 --base-param "frame_budget=$BUDGET" \

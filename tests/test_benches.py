@@ -46,7 +46,11 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
      lambda s: all(len(s[k]["shards_s"]) == 1 for k in ("function_cold", "function_warm",
                                                           "function_switch1ms_1", "cli"))
      and s["cli"]["extractor_ready_at_s"] > s["cli"]["planned_at_s"] > 0 and s["cli"]["wall_s"] > 0),
+    ("bench.encoder_contention", ("--arch", "tiny", "--minutes", "0.3", "--repeats", "1"),
+     lambda s: set(s["rows"]) == {"encoder", "extractor", "+ writes", "+ decoding", "+ both"}
+     and s["rows"]["extractor"]["over_extractor"] == 1.0 and s["calls"] >= 1
+     and all(r["seconds"] > 0 and "encoder call" in r["split"] for r in s["rows"].values())),
 ], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech",
-        "text_cold_start", "extract_timeline"])
+        "text_cold_start", "extract_timeline", "encoder_contention"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))
