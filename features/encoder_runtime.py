@@ -8,9 +8,11 @@ import logging
 import time
 from typing import Sequence
 
+import numpy as np
+
 from core.errors import StageError
 from features.base import torch
-from features.frames import LEFT_PAD
+from features.frames import LEFT_PAD, padded_length
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,19 @@ def attention_backends(device: torch.device):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def padded_batch(audios: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(B, S) float32: each audio as :func:`features.frames.pad_for_frames` pads it, then zeros
+    to the longest; and each row's padded length. Built in numpy, not with torch's CPU ops:
+    those run OpenMP regions, which stall while the writer's and decoder's threads hold cores
+    (on the 2-core VM a pass's batch took 2.3x as long beside one busy core, numpy's 1.1x:
+    ``python -m bench.batch_prep_probe``)."""
+    sizes = np.array([padded_length(len(a)) for a in audios])
+    x = np.zeros((len(audios), int(sizes.max())), np.float32)
+    for row, a in zip(x, audios):
+        row[LEFT_PAD:LEFT_PAD + len(a)] = a
+    return x, sizes
 
 
 def normalized_input(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:

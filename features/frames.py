@@ -22,13 +22,15 @@ def num_frames(n_samples: int) -> int:
     return max(1, -(-int(n_samples) // HOP))
 
 
+def padded_length(n_samples: int) -> int:
+    """Samples of :func:`pad_for_frames`' output: ``LEFT_PAD`` zeros, the audio, then zeros."""
+    return (num_frames(n_samples) - 1) * HOP + WIN  # >= n + 80 for n >= 1
+
+
 def pad_for_frames(audio: np.ndarray) -> np.ndarray:
     """Zero-pad 1-D audio so a 400/320 window/stride grid yields ``num_frames(len(audio))``."""
     n = len(audio)
-    t = num_frames(n)
-    total = (t - 1) * HOP + WIN - n  # >= 80 for n >= 1
-    right = total - LEFT_PAD
-    return np.pad(audio, (LEFT_PAD, right))
+    return np.pad(audio, (LEFT_PAD, padded_length(n) - n - LEFT_PAD))
 
 
 def frames_of_padded(n_padded: int) -> int:

@@ -41,8 +41,8 @@ from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output, torch
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
                                       PassClock, batch_fits, encoder_autocast, finite_items,
-                                      host_blocks_note, normalized_input, plan_batches)
-from features.frames import FRAME_RATE, HOP, WIN, num_frames, pad_for_frames
+                                      host_blocks_note, normalized_input, padded_batch, plan_batches)
+from features.frames import FRAME_RATE, HOP, WIN, num_frames
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +97,16 @@ class _HFBackend:
 
     def run(self, audios: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, list[int]]:
         """(B, T_max, L, D) float16 on ``device`` and each utterance's num_frames(n)."""
-        padded = [pad_for_frames(np.asarray(a, dtype=np.float32)) for a in audios]
-        longest = max(len(p) for p in padded)
-        x = torch.zeros(len(padded), longest)  # (B, S)
-        mask = torch.zeros(len(padded), longest, dtype=torch.long)
-        for i, p in enumerate(padded):
-            x[i, :len(p)] = torch.from_numpy(p)
-            mask[i, :len(p)] = 1
-        x = x.to(device)
+        x, sizes = padded_batch(audios)  # (B, S) numpy
+        x = torch.from_numpy(x).to(device)
         if self.normalize:  # on the device: a CPU pass here would hold the GIL the writes need
             x = normalized_input(x, [len(a) for a in audios])
-        use_mask = not self.padding_sensitive and len({len(p) for p in padded}) > 1
+        mask = None  # 1 over each row's padded audio, built on the device
+        if not self.padding_sensitive and len(set(sizes.tolist())) > 1:
+            mask = (torch.arange(x.shape[1], device=device)[None]
+                    < torch.as_tensor(sizes, device=device)[:, None]).long()
         with attention_backends(device):
-            out = self.model(x, attention_mask=mask.to(device) if use_mask else None,
-                             output_hidden_states=True)
+            out = self.model(x, attention_mask=mask, output_hidden_states=True)
         states = list(out.hidden_states)  # L x (B, T', D)
         states[-1] = out.last_hidden_state  # after the final layer norm (module docstring)
         lengths = [num_frames(len(a)) for a in audios]

@@ -50,7 +50,10 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
      lambda s: set(s["rows"]) == {"encoder", "extractor", "+ writes", "+ decoding", "+ both"}
      and s["rows"]["extractor"]["over_extractor"] == 1.0 and s["calls"] >= 1
      and all(r["seconds"] > 0 and "encoder call" in r["split"] for r in s["rows"].values())),
+    ("bench.batch_prep_probe", ("--items", "4", "--repeats", "2"),
+     lambda s: s["items"] == 4 and all(r["alone"] > 0 and r["beside_busy_thread"] > 0 for r in s["ms"].values())
+     and set(s["ms"]) == {"product", "0.8.5"} and s["product_over_previous"]["alone"] > 0),
 ], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech",
-        "text_cold_start", "extract_timeline", "encoder_contention"])
+        "text_cold_start", "extract_timeline", "encoder_contention", "batch_prep_probe"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))

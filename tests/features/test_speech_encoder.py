@@ -242,3 +242,17 @@ def test_each_shard_says_where_its_forward_passes_went(folders):
     times = {part: float(v) for part, v in re.findall(r"(encoder call|device wait|copies) ([\d.]+) s", note)}
     assert set(times) == {"encoder call", "device wait", "copies"} and times["encoder call"] > 0, note
     assert re.findall(r"[\d.]+", ext.runtime_note()) == ["0.00"] * 3  # counted afresh per shard
+
+
+def test_a_pass_batch_is_each_audio_padded_for_the_frame_grid_then_to_the_longest():
+    """The encoder's input batch (numpy, not torch's CPU ops): row i is pad_for_frames(audio i)
+    followed by zeros, and its padded length is that row's real extent."""
+    from features.encoder_runtime import padded_batch
+    audios = [speech_audio(n, seed=n) for n in (16000 + 5, 320, 1, 9600, 48000)]
+    x, sizes = padded_batch(audios)
+    assert x.dtype == np.float32 and x.shape == (5, max(len(pad_for_frames(a)) for a in audios))
+    for row, a, n in zip(x, audios, sizes):
+        p = pad_for_frames(a)
+        assert n == len(p) and (n - 400) // 320 + 1 == num_frames(len(a))
+        np.testing.assert_array_equal(row[:n], p)
+        assert not row[n:].any()
