@@ -104,8 +104,8 @@ def padded_batch(audios: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(B, S) float32: each audio as :func:`features.frames.pad_for_frames` pads it, then zeros
     to the longest; and each row's padded length. Built in numpy, not with torch's CPU ops:
     those run OpenMP regions, which stall while the writer's and decoder's threads hold cores
-    (on the 2-core VM a pass's batch took 2.3x as long beside one busy core, numpy's 1.1x:
-    ``python -m bench.batch_prep_probe``)."""
+    (on the 2-core VM 0.8.5's torch-built batch of a pass took 2.3-3.1x as long beside one busy
+    thread, this one no longer: ``python -m bench.batch_prep_probe``)."""
     sizes = np.array([padded_length(len(a)) for a in audios])
     x = np.zeros((len(audios), int(sizes.max())), np.float32)
     for row, a in zip(x, audios):
@@ -124,11 +124,15 @@ def normalized_input(x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + 1e-7) * real
 
 
+def prefix_mask(lengths: Sequence[int], size: int, device: torch.device) -> torch.Tensor:
+    """(B, size) bool on ``device``: True at the first ``lengths[i]`` positions of row i."""
+    return torch.arange(size, device=device)[None] < torch.as_tensor(lengths, device=device)[:, None]
+
+
 def finite_items(feats: torch.Tensor, lengths: Sequence[int]) -> list[bool]:
     """Per item of a padded (B, T, ...) batch: are all its real frames finite? (padding ignored)"""
     bad = (~torch.isfinite(feats)).flatten(2).any(2)  # (B, T)
-    real = torch.arange(feats.shape[1], device=feats.device)[None] < torch.tensor(lengths, device=feats.device)[:, None]
-    return (~(bad & real).any(1)).tolist()
+    return (~(bad & prefix_mask(lengths, feats.shape[1], feats.device)).any(1)).tolist()
 
 
 def host_blocks_note() -> str:

@@ -41,7 +41,8 @@ from core.hashing import files_checksum
 from features.base import Extractor, ItemInput, Output, torch
 from features.encoder_runtime import (attention_backends, auto_frame_budget, compute_dtype,  # noqa: F401
                                       PassClock, batch_fits, encoder_autocast, finite_items,
-                                      host_blocks_note, normalized_input, padded_batch, plan_batches)
+                                      host_blocks_note, normalized_input, padded_batch, plan_batches,
+                                      prefix_mask)
 from features.frames import FRAME_RATE, HOP, WIN, num_frames
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,7 @@ class _HFBackend:
             x = normalized_input(x, [len(a) for a in audios])
         mask = None  # 1 over each row's padded audio, built on the device
         if not self.padding_sensitive and len(set(sizes.tolist())) > 1:
-            mask = (torch.arange(x.shape[1], device=device)[None]
-                    < torch.as_tensor(sizes, device=device)[:, None]).long()
+            mask = prefix_mask(sizes, x.shape[1], device).long()
         with attention_backends(device):
             out = self.model(x, attention_mask=mask, output_hidden_states=True)
         states = list(out.hidden_states)  # L x (B, T', D)
