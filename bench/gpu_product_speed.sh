@@ -9,11 +9,14 @@
 # BUDGET=6000: only cold CLI extractions of 2 h of audio, 3 each, alternating the automatic frame
 # budget with BUDGET frames per forward (fewer page-locked blocks; round six's open lead). Compile
 # the bytecode first on the lent image (python -m compileall -q <site-packages>). CONTENTION=1: only
-# bench/encoder_contention.py (the extractor's passes alone and beside the writer / decoder threads).
+# bench/batch_prep_probe.py (a pass's input batch, 0.8.6 against 0.8.5, beside a busy thread, on
+# the host's cores) and bench/encoder_contention.py (the extractor's passes alone and beside the
+# writer / decoder threads).
 OUT=${1:-/tmp/gpu-speed}
 TAIL=${TAIL:-14}
 source "$(dirname "$0")/gpu_common.sh"
 if [ -n "${CONTENTION:-}" ]; then  # CONTENTION=1: which thread of `extract` slows the encoder's passes
+  run batch_prep 60 python3 -m bench.batch_prep_probe --json "$OUT/batch_prep_probe.json"
   run encoder_contention "${EXTRACT_LIMIT:-300}" python3 -m bench.encoder_contention --device cuda \
     --minutes "${MINUTES:-15}" --json "$OUT/encoder_contention.json"
   exit
