@@ -16,7 +16,7 @@ OUT=${1:-/tmp/gpu-speed}
 TAIL=${TAIL:-14}
 source "$(dirname "$0")/gpu_common.sh"
 if [ -n "${CONTENTION:-}" ]; then  # CONTENTION=1: which thread of `extract` slows the encoder's passes
-  run batch_prep 60 python3 -m bench.batch_prep_probe --json "$OUT/batch_prep_probe.json"
+  run batch_prep 60 python3 -m bench.batch_prep_probe --busy 4 --json "$OUT/batch_prep_probe.json"
   run encoder_contention "${EXTRACT_LIMIT:-300}" python3 -m bench.encoder_contention --device cuda \
     --minutes "${MINUTES:-15}" --json "$OUT/encoder_contention.json"
   exit
