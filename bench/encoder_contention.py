@@ -8,6 +8,8 @@ in one process, each after the same warm-up:
   + writes          the same while a thread writes arrays of those shapes with the product's
                     ShardWriter (its CRC thread included) and publishes a shard per 200 items
   + decoding        the same while a thread decodes the corpus's audio (pipeline.audio.load_audio)
+                    without pause — in ``extract`` the decoder runs only as far ahead as the passes
+                    consume (a few % of its time on a GPU), so this row bounds its effect from above
   + both            both threads at once (what a shard of ``extract`` has)
 Prints each row's median seconds over ``--repeats`` rounds (rows in turn), its ratio to "extractor" and the extractor's PassClock split (encoder
 call / device wait / copies). A row far above "extractor" names the thread that slows the passes.
