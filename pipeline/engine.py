@@ -9,6 +9,7 @@ that fail are recorded in the shard with their reason; the rest of the shard goe
 from __future__ import annotations
 
 import contextlib
+import gc
 import dataclasses
 import json
 import logging
@@ -62,6 +63,13 @@ def build_cached(stage: Stage, config: Any, device: str) -> Any:
         _BUILT[key] = stage.extractor(config, device)
         log.debug("%s: extractor ready on %s in %.2f s", stage.name, device, time.perf_counter() - t0)
     return _BUILT[key]
+
+
+def forget_built() -> None:
+    """Drop this process's extractors: a worker kept for the command's next stage keeps its
+    imports, not the last stage's models."""
+    _BUILT.clear()
+    gc.collect()
 
 
 def shard_lock(path: Path, blocking: bool):

@@ -14,13 +14,13 @@ from typing import Any, Callable
 from core.errors import StageError
 from core.hashing import FileHashCache
 from pipeline.corpus import load_corpus
-from pipeline.engine import ShardResult, publish, run_shard, shard_lock, shard_summary, \
-    wait_published
+from pipeline.engine import ShardResult, forget_built, publish, run_shard, shard_lock, \
+    shard_summary, wait_published
 from pipeline.plan import StagePlan, explain_stale, load_params, plan_stage, save_params, \
     stage_identity
 from core.devices import visible_gpus
 from pipeline.lanes import LaneStopped, run_lanes, stage_lanes
-from pipeline.scheduler import dask_client, default_workers
+from pipeline.scheduler import ClusterPool, default_workers
 from pipeline.stages import get_stage, resolve_order, stage_names
 from pipeline.store import cache_root
 from pipeline.verify import orphan_shards
@@ -141,8 +141,11 @@ def extract(workdir: str | Path, stages: list[str], overrides: dict[str, dict[st
                      ", ".join(lanes[1]))
             # one core per GPU worker stays for its decoding and writes
             workers = workers or max(1, (os.cpu_count() or 1) - len(use_gpus))
-    job = _Job(workdir, planner, threading.Lock(), workers, gpus, scheduler, progress)
-    done = run_lanes([functools.partial(_bring_up_lane, job, [plans[n] for n in lane]) for lane in lanes])
+    job = _Job(workdir, planner, threading.Lock(), workers, gpus, scheduler, progress, ClusterPool())
+    try:
+        done = run_lanes([functools.partial(_bring_up_lane, job, [plans[n] for n in lane]) for lane in lanes])
+    finally:
+        job.clusters.close()
     reports = {r.stage: r for lane_reports in done for r in lane_reports}
     return [reports[n] for n in order]
 
@@ -157,6 +160,7 @@ class _Job:
     gpus: list[int] | None
     scheduler: str | None
     progress: Callable | None
+    clusters: ClusterPool
 
 
 def _bring_up_lane(job: _Job, plans: list[StagePlan], stop: threading.Event) -> list[StageReport]:
@@ -169,7 +173,7 @@ def _bring_up(job: _Job, plan: StagePlan, stop: threading.Event) -> StageReport:
     if stop.is_set():
         raise LaneStopped(f"stage {name}: not started (interrupted)")
     pending = plan.pending()
-    results = _run(job.workdir, plan, pending, job.workers, job.gpus, job.scheduler, job.progress, stop)
+    results = _run(job.workdir, plan, pending, job, stop)
     with job.lock:
         plan = job.planner.plan(name)  # the shards as they are now
     missing = plan.pending()
@@ -183,11 +187,11 @@ def _bring_up(job: _Job, plan: StagePlan, stop: threading.Event) -> StageReport:
                        summary["failed"], sum(r.seconds for r in results), summary["notes"])
 
 
-def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list[int] | None,
-         scheduler: str | None, progress: Callable | None,
+def _run(workdir: str, plan: StagePlan, pending, job: _Job,
          stop: threading.Event | None = None) -> list[ShardResult]:
     if not pending:
         return []
+    workers, gpus, scheduler, progress = job.workers, job.gpus, job.scheduler, job.progress
     stage = plan.stage
     n_items = sum(len(sp.utts) for sp in pending)
     advance = progress(stage.name, n_items) if progress else (lambda n: None)
@@ -203,7 +207,7 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
     # next one; every shard is published (or its failure raised) before this returns.
     if scheduler or (n > 1 and len(pending) > 1):
         from distributed import as_completed
-        with dask_client(n, use_gpus or None, scheduler) as client:
+        with job.clusters.client(n, use_gpus or None, scheduler) as client:
             futures = [client.submit(run_shard, *args, sp, key=f"{stage.name}-{sp.index}-{sp.key[:8]}",
                                      pure=False, background=True) for sp in pending]
             size = {f.key: len(sp.utts) for f, sp in zip(futures, pending)}
@@ -219,6 +223,7 @@ def _run(workdir: str, plan: StagePlan, pending, workers: int | None, gpus: list
                 _publish_what_is_done(lambda: client.run(wait_published))
                 raise
             client.run(wait_published)
+            client.run(forget_built)  # a kept worker holds no model into the next stage
     else:
         try:
             for sp in pending:

@@ -9,8 +9,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -101,6 +103,34 @@ def dask_client(n_workers: int, gpus: list[int] | None = None,
     finally:
         client.close()
         cluster.close()
+
+
+class ClusterPool:
+    """The local CPU clusters of one ``extract`` command, kept from stage to stage: a stage whose
+    workers are those of an earlier stage (the same count of CPU workers) reuses its cluster
+    instead of starting processes and importing torch and the stage's libraries again, then
+    closing them (≈ 3 s a stage with 2 workers on the 2-core VM: bench/RESULTS.md round eight).
+    GPU workers and external schedulers are not kept: one cluster per stage, as before."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._clients: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def client(self, n_workers: int, gpus: list[int] | None = None,
+               scheduler: str | None = None) -> Iterator["object"]:
+        if gpus or scheduler:
+            with dask_client(n_workers, gpus, scheduler) as client:
+                yield client
+            return
+        with self._lock:
+            if n_workers not in self._clients:
+                self._clients[n_workers] = self._stack.enter_context(dask_client(n_workers))
+        yield self._clients[n_workers]
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 @contextmanager

@@ -57,3 +57,13 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
         "text_cold_start", "extract_timeline", "encoder_contention", "batch_prep_probe"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))
+
+
+def test_the_extract_ab_bench_runs_on_the_cpu(tmp_path):
+    """bench/extract_all_ab.py on a tiny corpus, this checkout as its own baseline (one pair)."""
+    from tests.fixtures.corpora import tone_corpus
+    work = tone_corpus(tmp_path / "c", n=4, seconds=(0.3, 0.4))
+    s = _bench(tmp_path, "bench.extract_all_ab", "--work", str(work), "--base", str(REPO), "--runs", "1",
+               "--stages", "mel")
+    assert s["stages"] == ["mel"] and len(s["this_s"]) == len(s["base_s"]) == 1
+    assert s["this_s"][0] > 0 and s["base_s"][0] > 0 and s["ratio_of_medians"] > 0

@@ -1,12 +1,15 @@
 """CPU stages beside GPU stages in one extract (pipeline/lanes.py, pipeline/extract.py)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 import warnings
 
+import numpy as np
 import pytest
 
 import pipeline.stages as stages_mod
@@ -139,3 +142,53 @@ def test_each_lane_waits_on_its_own_clients_loop(tmp_path, monkeypatch):
     assert len(bound) == 2  # one wait per lane
     for loop, owners in bound:
         assert loop is not None and owners == {loop}
+
+
+def test_the_cpu_stages_of_one_extract_share_one_cluster_and_its_workers(tmp_path, monkeypatch):
+    """A stage whose CPU workers are those of an earlier stage of the same command reuses that
+    cluster (no new processes, no second import of torch and the stages' libraries); the
+    workers drop the earlier stage's models; the results are those of separate commands; the
+    cluster is closed when the command ends. GPU workers still get one cluster per stage."""
+    import distributed
+
+    import pipeline.scheduler as scheduler
+    from tests.fixtures.stages import small_shards
+    opened = []
+    real = scheduler.dask_client
+
+    @contextlib.contextmanager
+    def recording(n_workers, gpus=None, scheduler=None):
+        with real(n_workers, gpus, scheduler) as client:
+            opened.append((n_workers, tuple(gpus or ())))
+            yield client
+        opened.append("closed")
+
+    monkeypatch.setattr(scheduler, "dask_client", recording)
+    small_shards(monkeypatch, {"mel": 3, "speaker": 3})
+    work = tone_corpus(tmp_path / "a", n=12, seconds=(0.5, 0.8))
+    seen: dict[str, set] = {}
+    real_run = distributed.Client.run
+
+    def run(self, fn, *args, **kw):  # which worker processes each stage's final calls reached
+        out = real_run(self, fn, *args, **kw)
+        seen.setdefault(fn.__name__, set()).add(frozenset(real_run(self, os.getpid).values()))
+        return out
+
+    monkeypatch.setattr(distributed.Client, "run", run)
+    extract(work, ["mel", "speaker"], workers=2)
+    assert opened == [(2, ()), "closed"]  # one cluster for both stages, closed at the end
+    assert len(seen["wait_published"]) == 1 and len(seen["forget_built"]) == 1
+    one = tone_corpus(tmp_path / "b", n=12, seconds=(0.5, 0.8))
+    monkeypatch.setattr(scheduler, "dask_client", real)
+    extract(one, ["mel"], workers=2)
+    extract(one, ["speaker"], workers=2)
+    from pipeline.store import StageReader
+    for stage, key in (("mel", "mel"), ("speaker", "embed")):
+        with StageReader(work, stage) as a, StageReader(one, stage) as b:
+            assert a.ids() == b.ids()
+            for u in a.ids():
+                np.testing.assert_array_equal(a.get(u, key), b.get(u, key))
+    monkeypatch.setattr(scheduler, "dask_client", recording)
+    opened.clear()
+    extract(work, ["mel", "speaker"], workers=2, gpus=[0, 1], force=True)  # 'GPU' workers: per stage
+    assert opened.count((2, (0, 1))) == 1 and opened.count((2, ())) == 1 and opened.count("closed") == 2
