@@ -9,8 +9,8 @@ that fail are recorded in the shard with their reason; the rest of the shard goe
 from __future__ import annotations
 
 import contextlib
-import gc
 import dataclasses
+import gc
 import json
 import logging
 import os
