@@ -26,29 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from bench.extract_speech import load_model, machine, make_corpus, product_workdir, sync
+from bench.extract_speech import (engine_calls, load_model, machine, make_corpus, product_workdir,
+                                  run_encoder_alone)
 from features.base import ItemInput
-from features.encoder_runtime import encoder_autocast
 from pipeline.audio import load_audio
-from pipeline.decoding import Decoder
-from pipeline.engine import _calls, _Waits
 from pipeline.store import ShardWriter
-
-
-class _Decoded:
-    """What ``_calls`` reads from a Decoder: the items, longest first, then END."""
-
-    def __init__(self, items: list[ItemInput]):
-        self._items = iter(sorted(items, key=lambda it: -len(it.audio)))
-
-    def get(self):
-        return next(self._items, Decoder.END)
-
-
-def engine_calls(ext, items: list[ItemInput]) -> list[list[ItemInput]]:
-    return [batch for batch, _ in _calls(_Decoded(items), ext, _Waits()) if batch]
 
 
 def _writes(stop: threading.Event, folder: Path, shapes: list[tuple[int, ...]]) -> None:
@@ -109,11 +92,7 @@ def main() -> None:
     (root / "writes").mkdir(exist_ok=True)
 
     def encoder() -> None:
-        dev = ext.torch_device
-        for c in calls:
-            with torch.inference_mode(), encoder_autocast(dev, ext.config.dtype):
-                ext.backend.run([it.audio for it in c], dev)
-        sync(device)
+        run_encoder_alone(ext, calls)
 
     def extractor() -> None:
         for c in calls:

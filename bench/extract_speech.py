@@ -49,7 +49,8 @@ from features.frames import num_frames  # noqa: E402
 from features.encoder_runtime import encoder_autocast, plan_batches  # noqa: E402
 from features.speech_encoder import SpeechEncoderConfig, SpeechEncoderExtractor  # noqa: E402
 from pipeline.audio import load_audio  # noqa: E402
-from pipeline.engine import BATCH_ITEMS, build_cached  # noqa: E402
+from pipeline.decoding import Decoder  # noqa: E402
+from pipeline.engine import BATCH_ITEMS, _calls, _Waits, build_cached  # noqa: E402
 from pipeline.extract import extract  # noqa: E402
 from pipeline.prepare import prepare_manifest  # noqa: E402
 from pipeline.stages import get_stage  # noqa: E402
@@ -170,10 +171,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def engine_groups(corpus, per_call: int) -> list[list[int]]:
-    """Indices longest first cut into the engine's extractor calls."""
-    order = sorted(range(len(corpus)), key=lambda i: -corpus[i][2])
-    return [order[k:k + per_call] for k in range(0, len(order), per_call)]
+class _Decoded:
+    """What the engine's ``_calls`` reads from a Decoder: the items, longest first, then END."""
+
+    def __init__(self, items: list[ItemInput]):
+        self._items = iter(sorted(items, key=lambda it: -len(it.audio)))
+
+    def get(self):
+        return next(self._items, Decoder.END)
+
+
+def engine_calls(ext, items: list[ItemInput]) -> list[list[ItemInput]]:
+    """The extractor's calls as the engine cuts them (``pipeline.engine._calls``: longest first,
+    at most ``items_per_call``, one forward pass each where the extractor says so)."""
+    return [batch for batch, _ in _calls(_Decoded(items), ext, _Waits()) if batch]
 
 
 def subset(corpus, minutes: float):
@@ -187,15 +198,15 @@ def subset(corpus, minutes: float):
     return out
 
 
-def run_encoder_alone(ext, corpus, audios) -> float:
-    """The backend on exactly the extractor's batches, outputs left on the device."""
+def run_encoder_alone(ext, calls: list[list[ItemInput]]) -> float:
+    """The backend on exactly the extractor's batches of ``calls``, outputs left on the device."""
     dev = ext.torch_device
     t0 = time.perf_counter()
-    for g in engine_groups(corpus, ext.items_per_call):
-        lengths = [corpus[i][2] for i in g]
+    for call in calls:
+        lengths = [len(it.audio) for it in call]
         for b in plan_batches(lengths, ext.backend.cost, ext.frame_budget, ext.backend.group_key):
             with torch.inference_mode(), encoder_autocast(dev, ext.config.dtype):
-                ext.backend.run([audios[g[j]] for j in b], dev)
+                ext.backend.run([call[j].audio for j in b], dev)
     sync(str(dev))
     return time.perf_counter() - t0
 
@@ -204,7 +215,7 @@ def run_writes_alone(corpus, layers: int, dim: int, out_dir: Path) -> float:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     base = np.random.default_rng(0).standard_normal((max(num_frames(n) for *_, n in corpus), layers, dim)).astype(np.float16)
-    order = [i for g in engine_groups(corpus, BATCH_ITEMS) for i in g]
+    order = sorted(range(len(corpus)), key=lambda i: -corpus[i][2])  # longest first, as the engine
     t0 = time.perf_counter()
     for s in range(0, len(order), SHARD):
         w = ShardWriter(out_dir / f"shard-{s // SHARD:05d}.h5", {"stage": "speech"})
@@ -344,11 +355,12 @@ def main() -> None:
         cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params, args.paired)
     t_cli = None if cli is None else cli["cli"]
     t0 = time.perf_counter()
-    audios = {i: load_audio(u, p) for i, (u, p, _) in enumerate(corpus)}
+    items = [ItemInput(u, load_audio(u, p)) for u, p, _ in corpus]
     t_decode = time.perf_counter() - t0
-    run_encoder_alone(ext, corpus, audios)  # warm-up pass over the shapes
-    t_enc = run_encoder_alone(ext, corpus, audios)
-    del audios
+    calls = engine_calls(ext, items)
+    run_encoder_alone(ext, calls)  # warm-up pass over the shapes
+    t_enc = run_encoder_alone(ext, calls)
+    del items, calls
     t_write = run_writes_alone(corpus, layers, dim, root / "writes")
     sub = subset(corpus, args.official_minutes)
     acc = sum(n for *_, n in sub) / 16000
