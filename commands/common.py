@@ -20,6 +20,25 @@ JSON_OUT = click.option("--json", "as_json", is_flag=True,
                              "tables go to standard error), for scripts.")
 
 
+def run_option(task: str, preferred: str, flag: str | None = None):
+    """``--ser-run`` / ``--ter-run`` (or ``flag``): which trained run a command reads; unset, the
+    paper's model when trained, else the task's only trained run (:func:`chosen_run`)."""
+    flag = flag or f"--{task}-run"
+    return click.option(flag, default=None, metavar="NAME",
+                        help=f"{task.upper()} run (runs/{task}/<name>). Default: {preferred} when "
+                             f"trained, else the only trained {task.upper()} run.")
+
+
+def chosen_run(workdir: str, task: str, run: str | None, preferred: str, flag: str | None = None) -> str:
+    """The run ``run_option`` stands for (models.trained.choose_run), saying on standard error
+    which one was taken when the user named none and it is not ``preferred``."""
+    from models.trained import choose_run
+    name, note = choose_run(workdir, task, run, preferred, flag or f"--{task}-run")
+    if note:
+        click.echo(note, err=True)
+    return name
+
+
 def emit_json(obj: Any) -> None:
     """``obj`` as strict JSON on stdout (NaN/inf as null)."""
     click.echo(json.dumps(json_safe(obj), indent=2, default=str, ensure_ascii=False))

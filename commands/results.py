@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from commands.common import JSON_OUT, WORKDIR, emit_json
+from commands.common import JSON_OUT, WORKDIR, chosen_run, emit_json, run_option
 from commands.recipes import RECIPE, recipe_used
 
 
 @click.command()
-@click.option("--ser-run", default="small", show_default=True, help="SER run (runs/ser/<name>).")
-@click.option("--ter-run", default="cnn", show_default=True, help="TER run (runs/ter/<name>).")
+@run_option("ser", "small")
+@run_option("ter", "cnn")
 @click.option("--grid", type=int, default=21, show_default=True,
               help="Number of speech weights λ in [0, 1] tried on validation predictions.")
 @JSON_OUT
@@ -23,6 +23,7 @@ def fuse(ser_run, ter_run, grid, as_json, workdir) -> None:
     (0.6, 1.0) is evaluated too. Utterances without text fall back to speech alone."""
     from models.fusion import FusionConfig, fuse as run
     from commands.display import console, table
+    ser_run, ter_run = chosen_run(workdir, "ser", ser_run, "small"), chosen_run(workdir, "ter", ter_run, "cnn")
     out = run(workdir, FusionConfig(ser_run, ter_run, grid))
     rows = [[kind, f"{100 * m['mean']['wa']:.1f}", f"{100 * m['mean']['ua']:.1f}",
              f"{100 * m['pooled']['ua']:.1f}", m["speech_only"]]
@@ -103,7 +104,7 @@ def demo(quick, ser_config, workdir) -> None:
 
 @click.command()
 @click.argument("utt_id")
-@click.option("--ser-run", default="small", show_default=True, help="SER run (runs/ser/<name>).")
+@run_option("ser", "small")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Figure path (PNG; an SVG is written beside it). Default: <workdir>/report/inspect_<id>.png")
 @WORKDIR
@@ -112,7 +113,7 @@ def inspect(utt_id, ser_run, out, workdir) -> None:
     class probabilities of each inference window of the fold that tested it."""
     from commands.display import console
     from models.inspect_utt import inspect_utterance
-    r = inspect_utterance(workdir, utt_id, ser_run, out)
+    r = inspect_utterance(workdir, utt_id, chosen_run(workdir, "ser", ser_run, "small"), out)
     mean = r.window_probs.mean(0)
     console.print(f"{utt_id}: label {r.label}; fold {r.fold}; {len(r.window_probs)} window(s); mean P: "
                   + ", ".join(f"{c} {p:.2f}" for c, p in zip(r.classes, mean)))

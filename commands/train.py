@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from commands.common import JSON_OUT, WORKDIR, ProjectGroup, emit_json
+from commands.common import JSON_OUT, WORKDIR, ProjectGroup, chosen_run, emit_json
 from commands.recipes import RECIPE, recipe_used
 
 
@@ -181,9 +181,10 @@ def probe() -> None:
 
 
 @probe.command("speaker")
-@click.option("--run", "--config", "run", default="small", show_default=True,
+@click.option("--run", "--config", "run", default=None, metavar="NAME",
               help="The SER run whose encoder codes are probed (runs/ser/<name>: small, large, or "
-                   "the --run name it was trained under). --config is the old spelling.")
+                   "the --run name it was trained under; default: small when trained, else the "
+                   "only trained SER run). --config is the old spelling.")
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--activation", type=click.Choice(["none", "relu"]), default="none", show_default=True,
               help="Between the probe's linear layers (paper: linear layers).")
@@ -198,6 +199,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
     speaker-dependent 80/20 splits × 5; lower accuracy = better disentanglement."""
     from models.probe import ProbeConfig, probe_speaker
     from commands.display import console
+    run = chosen_run(workdir, "ser", run, "small", "--run")
     r = probe_speaker(workdir, run, ProbeConfig(epochs=epochs, activation=activation, pooling=pooling,
                                                 seed=seed), _device(device))
     console.print(f"speaker probe on SER {run}: accuracy {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "

@@ -99,8 +99,7 @@ def inspect_run(workdir: str | Path, task: str, run: str, corpus: Corpus) -> Tra
     none current); TrainingError if it does not exist."""
     paths = RunPaths(Path(workdir), task, run)
     if not paths.config.exists():
-        others = sorted(p.name for p in paths.root.parent.glob("*") if (p / "config.json").exists()) \
-            if paths.root.parent.is_dir() else []
+        others = [p.run for p in find_runs(workdir, (task,))]
         raise TrainingError(f"no trained {task} run {run!r} in {workdir}"
                             + (f" (runs: {', '.join(others)})" if others else ""),
                             then=() if others else f"train {task}")
@@ -151,6 +150,25 @@ def find_runs(workdir: str | Path, tasks: tuple[str, ...] = ("ser", "ter", "fusi
             if (d / "config.json").exists():
                 out.append(RunPaths(Path(workdir), task, d.name))
     return out
+
+
+def choose_run(workdir: str | Path, task: str, run: str | None, preferred: str,
+               option: str) -> tuple[str, str | None]:
+    """The ``task`` run a command uses: ``run`` when the user named one; else ``preferred`` (the
+    paper's model) when it is trained — or when no run is, so that the error names what to
+    train —; else the task's only trained run (``--recipe cpu`` trains ``head-linear``). With
+    several others and no ``preferred``, TrainingError naming them and ``option``. Returns
+    (name, note): the note says which run was taken when it was not the one asked for."""
+    if run is not None:
+        return run, None
+    names = [p.run for p in find_runs(workdir, (task,))]
+    if preferred in names or not names:
+        return preferred, None
+    if len(names) == 1:
+        return names[0], (f"{task.upper()} run {names[0]!r}: the only one trained "
+                          f"(no {preferred!r}; {option} NAME chooses)")
+    raise TrainingError(f"no {task} run {preferred!r} in {workdir}, and {len(names)} others: "
+                        f"{', '.join(names)}; choose one with {option} NAME")
 
 
 @dataclass
