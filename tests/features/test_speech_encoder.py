@@ -154,7 +154,12 @@ def test_frame_budget_is_not_part_of_the_identity(folders):
 
 @pytest.mark.parametrize("arch", ["wav2vec2", "whisper"])
 def test_mixed_precision_path(folders, arch):
-    """The CUDA autocast path, exercised with CPU bf16 autocast: fp16 out, close to fp32."""
+    """The CUDA autocast path, exercised with CPU bf16 autocast where there is no GPU: fp16
+    out, close to fp32 (over each item's real frames). Where there is one the real path is
+    tested instead (below): on a lent H200 host's Xeon, torch 2.11's CPU bf16 kernels put this
+    random wav2vec2 0.50 off (of 2.71) — an emulation the product never runs (fp32 on CPUs)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: test_the_cuda_path_matches_float32_on_the_cpu")
     ext = SpeechEncoderExtractor(SpeechEncoderConfig(model=str(folders[arch][0])))
     audios = [speech_audio(n, seed=n) for n in (16000, 5000)]
     with torch.inference_mode():
@@ -162,7 +167,26 @@ def test_mixed_precision_path(folders, arch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low, lengths = ext.backend.run(audios, torch.device("cpu"))
     assert low.dtype == torch.float16 and lengths == [50, 16]
-    assert (low.float() - ref.float()).abs().max() < 0.05 * ref.float().abs().max()
+    for i, n in enumerate(lengths):
+        want, got = ref[i, :n].float(), low[i, :n].float()
+        assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["wav2vec2", "whisper"])
+def test_the_cuda_path_matches_float32_on_the_cpu(folders, arch):
+    """What ``extract`` runs on a GPU — the folder loaded in bf16 onto the device, the passes
+    under autocast, fp16 out — against the float32 CPU extractor, item by item."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    cfg = SpeechEncoderConfig(model=str(folders[arch][0]))
+    audios = [speech_audio(n, seed=n) for n in (16000, 5000)]
+    ref = SpeechEncoderExtractor(cfg)._run(audios)
+    got = SpeechEncoderExtractor(cfg, "cuda")._run(audios)
+    for want, low in zip(ref, got):
+        assert low.dtype == np.float16 and low.shape == want.shape
+        err = np.abs(low.astype(np.float32) - want.astype(np.float32)).max()
+        assert err < 0.05 * np.abs(want.astype(np.float32)).max(), (arch, err)
 
 
 def test_items_whose_real_frames_overflow_fp16_fail_alone(folders):
