@@ -71,6 +71,8 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
     """Steady-state speed of the real SER step at ``batch`` (fresh model and Adam; the conv
     stacks compiled as ``train ser --compile`` does, through the task's own ``speed_up``)."""
     _, lr = ser_schedule(batch_size=batch)
+    if compile_mode != "off":  # as in a fresh `train ser`: earlier batch sizes' graphs (and their
+        torch._dynamo.reset()  # count against dynamo's recompile limit of 8) are not carried over
     run = SERRun(train=TrainConfig(batch_size=batch, lr=lr), inputs=SERInputs(amp=amp, compile=compile_mode))
     task = SERTask(Corpus("bench", DEFAULT_CLASSES, ()), None, run,
                    make_config(preset, n_layers=n_layers, feat_dim=dim, **(widths or {})))
