@@ -158,6 +158,21 @@ def model_files(model: str) -> list[Path]:
                      f"checkpoint nor an installed Whisper short name ({', '.join(CT2_MODELS)})")
 
 
+def pads_to_30s(cfg: SpeechEncoderConfig) -> bool:
+    """Whether ``cfg`` runs a Whisper encoder on whole 30-s windows (its faithful mode), read
+    from the model's name or its folder's config.json without loading it."""
+    from features.ct2_reader import CT2_MODELS
+    if cfg.unpadded_whisper:
+        return False
+    if cfg.model in CT2_MODELS:
+        return True
+    try:
+        conf = json.loads((Path(cfg.model).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(conf, dict) and conf.get("model_type") == "whisper"
+
+
 def _trained_normalized(path: Path, feat_extract_norm: str) -> bool:
     pre = path / "preprocessor_config.json"
     if pre.is_file():

@@ -200,6 +200,8 @@ def _run(workdir: str, plan: StagePlan, pending, job: _Job,
     if time.perf_counter() - t0 > 0.1:  # -v: a cold process imports torch here
         log.debug("%s: GPUs visible: %s (%.2f s, importing torch)", stage.name, use_gpus or "none",
                   time.perf_counter() - t0)
+    if stage.advice is not None and (advice := stage.advice(plan.config, bool(use_gpus))):
+        log.info("%s", advice)
     n = len(use_gpus) if use_gpus else (workers or default_workers(len(pending)))
     results: list[ShardResult] = []
     args = (workdir, stage.name, plan.config, plan.identity)

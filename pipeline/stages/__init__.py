@@ -55,6 +55,9 @@ class Stage:
     #: ``finalize(reader, utterances, config) -> {key: array}``, stored next to the shards.
     finalize: Callable | None = None
     help: str = ""
+    #: Optional line for the user before the stage computes anything, e.g. a faster setting for
+    #: this hardware: ``advice(config, on_gpu) -> str | None``.
+    advice: Callable[[Any, bool], str | None] | None = None
     #: Only for tests: hidden from ``extract --stage all`` and ``--help``.
     test_only: bool = False
 

@@ -280,3 +280,27 @@ def test_a_pass_batch_is_each_audio_padded_for_the_frame_grid_then_to_the_longes
         assert n == len(p) and (n - 400) // 320 + 1 == num_frames(len(a))
         np.testing.assert_array_equal(row[:n], p)
         assert not row[n:].any()
+
+
+def test_a_cpu_run_of_faithful_whisper_says_what_is_faster(folders, tmp_path, caplog):
+    """Padded to 30 s, Whisper takes 7x longer on short clips on a CPU than unpadded: `extract`
+    says so, once, before computing — and not for wav2vec2, unpadded Whisper, or on a GPU."""
+    import logging
+    from pipeline.extract import extract
+    from pipeline.stages import get_stage
+    from tests.fixtures.corpora import tone_corpus
+    stage = get_stage("speech")
+    whisper, w2v = str(folders["whisper"][0]), str(folders["wav2vec2"][0])
+    assert "unpadded_whisper=true" in stage.advice(stage.make_config({"model": "whisper-base"}), False)
+    assert stage.advice(stage.make_config({"model": whisper}), True) is None
+    assert stage.advice(stage.make_config({"model": whisper, "unpadded_whisper": "true"}), False) is None
+    assert stage.advice(stage.make_config({"model": w2v}), False) is None
+    work = tone_corpus(tmp_path, n=2, seconds=(0.3, 0.4))
+    with caplog.at_level(logging.INFO, logger="pipeline.extract"):
+        extract(work, ["speech"], {"speech": {"model": whisper}}, workers=1, gpus=[])
+    said = [r.getMessage() for r in caplog.records if "unpadded_whisper=true" in r.getMessage()]
+    assert len(said) == 1, said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.extract"):
+        extract(work, ["speech"], {"speech": {"model": whisper}}, workers=1, gpus=[])  # cached
+    assert not [r for r in caplog.records if "unpadded_whisper" in r.getMessage()]
