@@ -158,3 +158,12 @@ def test_a_failed_report_says_what_is_left(work, monkeypatch):
     out = CliRunner().invoke(cli, ["report", "-w", work])
     assert out.exit_code == 1 and "the previous report.md in" in " ".join(out.output.split())
     assert report_md.read_text() == "# an earlier report\n"
+
+
+def test_the_papers_schedule_on_a_cpu_points_to_the_cpu_recipe(work):
+    """`train ser` with the paper's 1 M steps on a CPU warns before anything starts (here the
+    missing features stop it next) and names the measured CPU choice."""
+    out = CliRunner().invoke(cli, ["train", "ser", "--device", "cpu", "-w", work])
+    text = " ".join(out.output.split())
+    assert "1,000,000 steps per fold on the CPU take days" in text and "--recipe cpu" in text, text
+    assert out.exit_code == 1, text
