@@ -63,32 +63,47 @@ def inspect_utterance(workdir: str | Path, utt_id: str, ser_run: str = "small",
     audio = load_audio(utt.id, utt.audio, utt.start, utt.end) if utt.audio else np.zeros(0, np.float32)
     path = Path(out) if out else Path(workdir) / "report" / f"inspect_{utt_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _draw(path, utt, audio, source.mel(utt_id), _phones(workdir, utt_id), probs, run.classes, cfg.crop,
+    _draw(path, utt, audio, _cached(workdir, "mel", utt_id, "mel"), _phones(workdir, utt_id), probs, run.classes, cfg.crop,
           f"{utt_id} ({utt.label}; SER {ser_run}, fold {fold})")
     return Inspection(utt_id, utt.label, fold, list(run.classes), probs, path)
+
+
+def _cached(workdir, stage: str, utt_id: str, *names: str) -> tuple[np.ndarray, ...] | np.ndarray | None:
+    """The utterance's cached ``names`` arrays of ``stage`` (one array for one name), read
+    whatever the model reads (a head on the encoder reads no mel); None when the stage or the
+    item has none: its panel says so."""
+    from pipeline.store import StageReader
+    try:
+        with StageReader(workdir, stage) as r:
+            got = tuple(r.get(utt_id, n) for n in names)
+    except Exception:  # noqa: BLE001 - no such stage or item: the panel is left empty
+        return None
+    return got[0] if len(got) == 1 else got
 
 
 def _phones(workdir, utt_id: str) -> list[tuple[str, float, float]]:
     """(symbol, start s, end s) of the cached alignment; [] when there is none."""
     from features.phone_vocab import VOCAB
-    from pipeline.store import StageReader
-    try:
-        with StageReader(workdir, "phones") as r:
-            times, ids = r.get(utt_id, "phone_times"), r.get(utt_id, "phone_ids")
-    except Exception:  # noqa: BLE001 - no phones stage or item: the tier is left empty
+    got = _cached(workdir, "phones", utt_id, "phone_times", "phone_ids")
+    if got is None:
         return []
+    times, ids = got
     return [(VOCAB[int(i)] if 0 <= int(i) < len(VOCAB) else "?", float(a), float(b))
             for i, (a, b) in zip(ids, times)]
 
 
-def _draw(path: Path, utt, audio: np.ndarray, mel: np.ndarray, phones: list, probs: np.ndarray,
+def _draw(path: Path, utt, audio: np.ndarray, mel: np.ndarray | None, phones: list, probs: np.ndarray,
           classes, crop: int, title: str) -> None:
-    seconds = len(mel) / FRAME_RATE
+    seconds = len(audio) / 16_000 if len(audio) else len(mel if mel is not None else probs) / FRAME_RATE
     with figures.figure(path, title, (9, 7), nrows=4) as (wave, spec, tier, win):
         wave.plot(np.arange(len(audio)) / 16_000, audio, lw=0.4)
         wave.set_ylabel("waveform")
-        spec.imshow(np.asarray(mel, np.float32).T, origin="lower", aspect="auto",
-                    extent=(0, seconds, 0, mel.shape[1]))
+        if mel is None:
+            spec.text(0.5, 0.5, "no cached mel spectrogram (extract --stage mel)", ha="center",
+                      va="center", transform=spec.transAxes)
+        else:
+            spec.imshow(np.asarray(mel, np.float32).T, origin="lower", aspect="auto",
+                        extent=(0, len(mel) / FRAME_RATE, 0, mel.shape[1]))
         spec.set_ylabel("mel bin")
         for k, (sym, a, b) in enumerate(phones):  # alternate shades: neighbours stay apart
             tier.axvspan(a, b, alpha=0.25 if k % 2 else 0.1, lw=0)
@@ -104,4 +119,4 @@ def _draw(path: Path, utt, audio: np.ndarray, mel: np.ndarray, phones: list, pro
         win.set_xlabel(f"seconds (windows of {crop} frames)")
         win.legend(fontsize=6, ncol=len(classes))
         for ax in (wave, spec, tier, win):
-            ax.set_xlim(0, max(seconds, len(probs) * crop / FRAME_RATE))
+            ax.set_xlim(0, seconds)  # the utterance; a last window may reach past its end

@@ -330,3 +330,23 @@ def test_inspect_draws_one_utterance_with_its_window_probabilities(demo_dir, tmp
         np.testing.assert_allclose(r.window_probs.mean(0), row["probs"], atol=1e-4)
     out = CliRunner().invoke(cli, ["inspect", "nosuch", "-w", str(work)])
     assert out.exit_code == 1 and "'nosuch' is not an utterance id" in out.output
+
+
+def test_inspect_of_a_head_run_shows_the_cached_mel(demo_dir, tmp_path, monkeypatch):
+    """A head reads only encoder layers, so its source stands zeros in for the mel: `inspect`
+    drew a blank spectrogram. It reads the mel stage itself, and the axes span the utterance."""
+    import dataclasses
+    import models.inspect_utt as iu
+    from pipeline.store import StageReader
+    work, _ = demo_dir
+    run_demo(work, dataclasses.replace(TINY, ser_config="head-linear", recipe="cpu@test"),
+             say=lambda s: None)  # cached when an earlier test trained it
+    utt = load_corpus(work).utterances[0]
+    drawn = {}
+    real_draw = iu._draw
+    monkeypatch.setattr(iu, "_draw", lambda *a, **k: (drawn.update(mel=a[3]), real_draw(*a, **k)))
+    r = iu.inspect_utterance(work, utt.id, "head-linear", tmp_path / "h.png")
+    with StageReader(work, "mel") as reader:
+        cached = reader.get(utt.id, "mel")
+    assert np.abs(cached).max() > 0 and np.array_equal(drawn["mel"], cached)
+    assert r.figure.stat().st_size > 10_000
