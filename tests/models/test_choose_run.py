@@ -70,3 +70,13 @@ def test_speech_only_predict_reads_no_ter_run(tmp_path):
     out = CliRunner().invoke(cli, ["predict", wav, "--text", "hi", "-w", str(tmp_path)])
     text = " ".join(out.output.split())
     assert out.exit_code == 1 and "text-linear, text-mlp; choose one with --ter-run NAME" in text, text
+
+
+def test_a_run_stopped_before_its_first_fold_is_not_a_choice(tmp_path):
+    """`train ser` interrupted in its first fold leaves runs/ser/small/config.json only: the
+    head trained before is still the only trained run."""
+    from models.runs import RunPaths, write_json
+    _runs(tmp_path, "ser", "head-linear")
+    write_json(RunPaths(tmp_path, "ser", "small").config, {"task": "ser", "classes": []})
+    name, note = choose_run(tmp_path, "ser", None, "small", "--ser-run")
+    assert name == "head-linear" and note
