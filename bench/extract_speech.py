@@ -11,7 +11,8 @@ Measured in one run, on the same corpus:
               the engine's own ``build_cached`` (timed apart as "model load")
   previous    the same with ``frame_budget=6000`` (the 0.6 default; now sized from free memory)
   cli         ``python cli.py extract -s speech --force`` as a subprocess: imports, planning,
-              model load and all; "fixed costs" = cli - product - model load (``--cli-runs N``:
+              model load and all; "fixed costs" = cli - product - model load, and beside it a bare
+              Python + torch (+ CUDA) start in a new process (bench/cli_timing.py; ``--cli-runs N``:
               the median of N cold runs; ``--base DIR``: a baseline checkout's cli.py alternately;
               ``--base-param frame_budget=6000``: the baseline runs with other parameters;
               ``--paired``: a warm in-process product run after each cold one, and the median
@@ -35,8 +36,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -55,8 +54,8 @@ from pipeline.extract import extract  # noqa: E402
 from pipeline.prepare import prepare_manifest  # noqa: E402
 from pipeline.stages import get_stage  # noqa: E402
 from pipeline.store import ShardWriter  # noqa: E402
+from bench.cli_timing import bare_start, cli_runs  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = {  # wav2vec2 configs; all keep the real CNN (400-sample field, 320 hop)
     "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                   conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True),
@@ -130,40 +129,6 @@ def run_product(work: Path, params: dict, gpus: list[int] | None, force: bool = 
     extract(work, ["speech"], {"speech": {k: str(v) for k, v in params.items()}}, force=force,
             workers=1, gpus=gpus, reset_params=True)
     return time.perf_counter() - t0
-
-
-def run_cli(work: Path, gpus: str | None, params: dict, repo: Path = REPO) -> float:
-    """``python cli.py extract -s speech --force --reset-params -p speech.K=V ...`` as a user runs
-    it (``repo``'s cli.py: this checkout, or a baseline's), with exactly ``params`` whatever the
-    work dir remembers; wall seconds."""
-    extra = ["--gpus", gpus] if gpus else []
-    for k, v in params.items():
-        extra += ["-p", f"speech.{k}={v}"]
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(repo / "cli.py"), "extract", "-s", "speech", "--force",
-                    "--reset-params", "-w", str(work), *extra], check=True, cwd=repo, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
-
-
-def cli_runs(work: Path, gpus: str | None, params: dict, runs: int, base: Path | None,
-             base_params: dict, paired: bool = False) -> dict:
-    """``runs`` cold CLI runs of this checkout, alternating with a baseline's when ``base`` (a
-    checkout, e.g. ``git worktree add /tmp/base REV``) or ``base_params`` (other parameters, e.g.
-    a frame budget: this checkout again) is given; the median of each. ``paired``: a warm
-    in-process product run after each CLI run, and the median of their ratios (the disk's state
-    drifts between runs; a pair shares it)."""
-    times: dict[str, list[float]] = {"cli": [], "base": [], "product": []}
-    for _ in range(runs):
-        times["cli"].append(run_cli(work, gpus, params))
-        if paired:
-            times["product"].append(run_product(work, params, [0] if gpus else None))
-        if base is not None or base_params:
-            times["base"].append(run_cli(work, gpus, {**params, **base_params}, base or REPO))
-    out = {k: float(np.median(v)) for k, v in times.items() if v}
-    if paired:
-        out["paired_ratio"] = float(np.median([p / c for p, c in zip(times["product"], times["cli"])]))
-    out["runs"] = times
-    return out
 
 
 def sync(device: str) -> None:
@@ -318,6 +283,9 @@ def print_summary(summary: dict) -> None:
               f"{summary['product_s']:.1f} s + model load {summary['model_load_s']:.1f} s; fixed costs "
               f"{summary['cli_fixed_costs_s']:.1f} s; cli / product {summary['cli_over_product']:.2f} (with the "
               f"model load {summary['cli_over_product_plus_load']:.2f})")
+        print(f"a bare Python + torch{' + CUDA' if 'cuda' in summary['machine'].lower() else ''} start "
+              f"{summary['bare_start_s']:.1f} s (new process, median of 3); cli / (product + model load "
+              f"+ that start) {summary['cli_over_product_load_start']:.2f}")
     if "cli_over_product_paired" in summary:
         print(f"paired: each cold cli run followed by a warm in-process run: cli / product, median of "
               f"{len(summary['product_paired_s'])} pairs: {summary['cli_over_product_paired']:.2f}")
@@ -352,7 +320,9 @@ def main() -> None:
     cli = None
     if not args.no_cli:
         base_params = dict(p.split("=", 1) for p in args.base_param)
-        cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params, args.paired)
+        warm = (lambda: run_product(work, params, gpus)) if args.paired else None
+        cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params, warm)
+        cli["bare_start"] = bare_start(cuda)
     t_cli = None if cli is None else cli["cli"]
     t0 = time.perf_counter()
     items = [ItemInput(u, load_audio(u, p)) for u, p, _ in corpus]
@@ -381,7 +351,9 @@ def main() -> None:
         summary.update(cli_s=t_cli, cli_x_real_time=secs / t_cli,
                        cli_fixed_costs_s=t_cli - t_prod - t_load,
                        cli_over_product=t_prod / t_cli,
-                       cli_over_product_plus_load=(t_prod + t_load) / t_cli, cli_runs=cli["runs"])
+                       cli_over_product_plus_load=(t_prod + t_load) / t_cli, cli_runs=cli["runs"],
+                       bare_start_s=cli["bare_start"],
+                       cli_over_product_load_start=(t_prod + t_load + cli["bare_start"]) / t_cli)
         if "paired_ratio" in cli:
             summary.update(cli_over_product_paired=cli["paired_ratio"], product_paired_s=cli["runs"]["product"])
         if "base" in cli:

@@ -39,7 +39,8 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     ("bench.extract_speech", ("--arch", "tiny", "--minutes", "0.5", "--official-minutes", "0.1",
                               "--whisper-minutes", "0", "--base-param", "frame_budget=1500", "--paired"),
      lambda s: s["product_s"] > 0 and s["cli_s"] > 0 and s["base_cli_s"] > 0 and s["utterances"] > 0
-     and len(s["product_paired_s"]) == 1 and s["cli_over_product_paired"] > 0),
+     and len(s["product_paired_s"]) == 1 and s["cli_over_product_paired"] > 0
+     and 0 < s["bare_start_s"] < s["cli_s"] and s["cli_over_product_load_start"] > s["cli_over_product"]),
     ("bench.text_cold_start", ("--runs", "1", "--sentences", "2"),
      lambda s: s["this_s"] > 0 and s["encoder"]["this"] == "BertEncoder" and s["sentences"] == 2),
     ("bench.extract_timeline", ("--arch", "tiny", "--minutes", "0.3", "--switch-intervals", "0.001"),
