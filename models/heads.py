@@ -102,6 +102,15 @@ def masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bt,btd->bd", w, x)
 
 
+def layer_means(feats: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Each layer's weighted mean over time, in float32: feats (B, T, L, D), w (B, T) → (B, L, D).
+    Averaging over time before the layers (the same sums in another order) is B matrix-vector
+    products over (T, L·D) instead of B·T tiny (L) · (L, D) ones: on a 2-core CPU the learned
+    layer average took a third of ``head-linear``'s training steps."""
+    b, t, n_layers, d = feats.shape
+    return torch.bmm(w[:, None, :].float(), feats.reshape(b, t, n_layers * d).float()).view(b, n_layers, d)
+
+
 def masked_stats(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean and standard deviation over time (as :func:`masked_mean`) → (B, D), (B, D)."""
     mean = masked_mean(x, w)
@@ -140,6 +149,8 @@ class PoolingHead(nn.Module):
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (B, T, L, D), zero-padded → pooled (B, D or 2D)."""
         mask = _mask(feats)  # (B, T)
+        if self.cfg.head in ("linear", "mlp"):  # the layer average and the mean over time are
+            return self.layers(layer_means(feats, mean_weights(mask))).float()  # both linear
         x = self.layers(feats).float()  # (B, T, D)
         if self.cfg.head == "mfcc":
             x = x @ self.dct  # (B, T, n_mfcc)
@@ -148,8 +159,6 @@ class PoolingHead(nn.Module):
             w = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an all-padding window: zeros
         else:
             w = mean_weights(mask)  # (B, T)
-        if self.cfg.head in ("linear", "mlp"):
-            return masked_mean(x, w)
         return torch.cat(masked_stats(x, w), -1)
 
     def classify(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
