@@ -49,13 +49,13 @@ def cli_runs(work: Path, gpus: str | None, params: dict, runs: int, base: Path |
     return out
 
 
-def bare_start(cuda: bool, runs: int = 3) -> float:
+def bare_start(cuda: bool, runs: int = 3) -> tuple[float, str]:
     """Median wall seconds of a new Python process that imports torch (and starts CUDA when
-    ``cuda``) and exits: what no cold torch command avoids."""
+    ``cuda``) and exits — what no cold torch command avoids —, and what it ran, in words."""
     code = "import torch; torch.cuda.init()" if cuda else "import torch"
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(times)), "Python + torch + CUDA" if cuda else "Python + torch"

@@ -283,7 +283,7 @@ def print_summary(summary: dict) -> None:
               f"{summary['product_s']:.1f} s + model load {summary['model_load_s']:.1f} s; fixed costs "
               f"{summary['cli_fixed_costs_s']:.1f} s; cli / product {summary['cli_over_product']:.2f} (with the "
               f"model load {summary['cli_over_product_plus_load']:.2f})")
-        print(f"a bare Python + torch{' + CUDA' if 'cuda' in summary['machine'].lower() else ''} start "
+        print(f"a bare {summary['bare_start_what']} start "
               f"{summary['bare_start_s']:.1f} s (new process, median of 3); cli / (product + model load "
               f"+ that start) {summary['cli_over_product_load_start']:.2f}")
     if "cli_over_product_paired" in summary:
@@ -322,7 +322,7 @@ def main() -> None:
         base_params = dict(p.split("=", 1) for p in args.base_param)
         warm = (lambda: run_product(work, params, gpus)) if args.paired else None
         cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params, warm)
-        cli["bare_start"] = bare_start(cuda)
+        cli["bare_start"], cli["bare_start_what"] = bare_start(cuda)
     t_cli = None if cli is None else cli["cli"]
     t0 = time.perf_counter()
     items = [ItemInput(u, load_audio(u, p)) for u, p, _ in corpus]
@@ -352,7 +352,7 @@ def main() -> None:
                        cli_fixed_costs_s=t_cli - t_prod - t_load,
                        cli_over_product=t_prod / t_cli,
                        cli_over_product_plus_load=(t_prod + t_load) / t_cli, cli_runs=cli["runs"],
-                       bare_start_s=cli["bare_start"],
+                       bare_start_s=cli["bare_start"], bare_start_what=cli["bare_start_what"],
                        cli_over_product_load_start=(t_prod + t_load + cli["bare_start"]) / t_cli)
         if "paired_ratio" in cli:
             summary.update(cli_over_product_paired=cli["paired_ratio"], product_paired_s=cli["runs"]["product"])
