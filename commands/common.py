@@ -20,20 +20,23 @@ JSON_OUT = click.option("--json", "as_json", is_flag=True,
                              "tables go to standard error), for scripts.")
 
 
-def run_option(task: str, preferred: str, flag: str | None = None):
+#: The run each task's commands read when the user names none and it is trained: the paper's.
+PAPER_RUNS = {"ser": "small", "ter": "cnn"}
+
+
+def run_option(task: str, flag: str | None = None):
     """``--ser-run`` / ``--ter-run`` (or ``flag``): which trained run a command reads; unset, the
     paper's model when trained, else the task's only trained run (:func:`chosen_run`)."""
-    flag = flag or f"--{task}-run"
-    return click.option(flag, default=None, metavar="NAME",
-                        help=f"{task.upper()} run (runs/{task}/<name>). Default: {preferred} when "
-                             f"trained, else the only trained {task.upper()} run.")
+    return click.option(flag or f"--{task}-run", default=None, metavar="NAME",
+                        help=f"{task.upper()} run (runs/{task}/<name>). Default: {PAPER_RUNS[task]} "
+                             f"when trained, else the only trained {task.upper()} run.")
 
 
-def chosen_run(workdir: str, task: str, run: str | None, preferred: str, flag: str | None = None) -> str:
+def chosen_run(workdir: str, task: str, run: str | None, flag: str | None = None) -> str:
     """The run ``run_option`` stands for (models.trained.choose_run), saying on standard error
-    which one was taken when the user named none and it is not ``preferred``."""
+    which one was taken when the user named none and it is not the paper's."""
     from models.trained import choose_run
-    name, note = choose_run(workdir, task, run, preferred, flag or f"--{task}-run")
+    name, note = choose_run(workdir, task, run, PAPER_RUNS[task], flag or f"--{task}-run")
     if note:
         click.echo(note, err=True)
     return name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from commands.common import WORKDIR, chosen_run, run_option
+from commands.common import PAPER_RUNS, WORKDIR, chosen_run, run_option
 
 
 @click.command()
@@ -20,8 +20,8 @@ from commands.common import WORKDIR, chosen_run, run_option
               help="TSV file: audio path <TAB> transcript.")
 @click.option("--transcribe", is_flag=True,
               help="No transcript? Transcribe with the installed Whisper tiny.en, then fuse.")
-@run_option("ser", "small")
-@run_option("ter", "cnn")
+@run_option("ser")
+@run_option("ter")
 @click.option("--fold", default=None, help="Use one fold's models (default: average all folds).")
 @click.option("--language", default="en", show_default=True,
               help="Language of the speech and transcripts (ISO 639-1).")
@@ -50,11 +50,11 @@ def predict(audio, list_file, texts, transcripts, transcribe, ser_run, ter_run, 
                     Path(transcripts).read_text(encoding="utf-8").splitlines() if "\t" in line)
         given = [rows.get(a, g) for a, g in zip(audio, given)]
     _no_third_party_bars()
-    ser_run = chosen_run(workdir, "ser", ser_run, "small")
+    ser_run = chosen_run(workdir, "ser", ser_run)
     if transcribe or any(given):  # speech alone reads no TER run
-        ter_run = chosen_run(workdir, "ter", ter_run, "cnn")
+        ter_run = chosen_run(workdir, "ter", ter_run)
     with _progress(len(audio)) as advance:
-        preds = run(workdir, list(audio), given, ser_run, ter_run or "cnn", fold, transcribe,
+        preds = run(workdir, list(audio), given, ser_run, ter_run or PAPER_RUNS["ter"], fold, transcribe,
                     language=language, progress=advance)
     _print_predictions(preds, "json" if as_json else fmt)
     _fail_if_any(preds)

@@ -11,8 +11,8 @@ from commands.recipes import RECIPE, recipe_used
 
 
 @click.command()
-@run_option("ser", "small")
-@run_option("ter", "cnn")
+@run_option("ser")
+@run_option("ter")
 @click.option("--grid", type=int, default=21, show_default=True,
               help="Number of speech weights λ in [0, 1] tried on validation predictions.")
 @JSON_OUT
@@ -23,7 +23,7 @@ def fuse(ser_run, ter_run, grid, as_json, workdir) -> None:
     (0.6, 1.0) is evaluated too. Utterances without text fall back to speech alone."""
     from models.fusion import FusionConfig, fuse as run
     from commands.display import console, table
-    ser_run, ter_run = chosen_run(workdir, "ser", ser_run, "small"), chosen_run(workdir, "ter", ter_run, "cnn")
+    ser_run, ter_run = chosen_run(workdir, "ser", ser_run), chosen_run(workdir, "ter", ter_run)
     out = run(workdir, FusionConfig(ser_run, ter_run, grid))
     rows = [[kind, f"{100 * m['mean']['wa']:.1f}", f"{100 * m['mean']['ua']:.1f}",
              f"{100 * m['pooled']['ua']:.1f}", m["speech_only"]]
@@ -104,7 +104,7 @@ def demo(quick, ser_config, workdir) -> None:
 
 @click.command()
 @click.argument("utt_id")
-@run_option("ser", "small")
+@run_option("ser")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Figure path (PNG; an SVG is written beside it). Default: <workdir>/report/inspect_<id>.png")
 @WORKDIR
@@ -113,7 +113,7 @@ def inspect(utt_id, ser_run, out, workdir) -> None:
     class probabilities of each inference window of the fold that tested it."""
     from commands.display import console
     from models.inspect_utt import inspect_utterance
-    r = inspect_utterance(workdir, utt_id, chosen_run(workdir, "ser", ser_run, "small"), out)
+    r = inspect_utterance(workdir, utt_id, chosen_run(workdir, "ser", ser_run), out)
     mean = r.window_probs.mean(0)
     console.print(f"{utt_id}: label {r.label}; fold {r.fold}; {len(r.window_probs)} window(s); mean P: "
                   + ", ".join(f"{c} {p:.2f}" for c, p in zip(r.classes, mean)))

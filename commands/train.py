@@ -201,7 +201,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
     speaker-dependent 80/20 splits × 5; lower accuracy = better disentanglement."""
     from models.probe import ProbeConfig, probe_speaker
     from commands.display import console
-    run = chosen_run(workdir, "ser", run, "small", "--run")
+    run = chosen_run(workdir, "ser", run, "--run")
     r = probe_speaker(workdir, run, ProbeConfig(epochs=epochs, activation=activation, pooling=pooling,
                                                 seed=seed), _device(device))
     console.print(f"speaker probe on SER {run}: accuracy {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
