@@ -57,13 +57,16 @@ def inspect_utterance(workdir: str | Path, utt_id: str, ser_run: str = "small",
     run = load_run(workdir, "ser", ser_run, corpus)
     fold = _test_fold(run, utt_id)
     cfg = config_from_record(model_record(run.config, "ser", ser_run))
-    source = open_source(workdir, StoreKeys(**run.config["inputs"]["keys"]), cfg, corpus)
+    keys = StoreKeys(**run.config["inputs"]["keys"])
+    source = open_source(workdir, keys, cfg, corpus)
     data = load_set(source, [utt_id], {utt_id: utt.speaker}, {}, cfg.input == "encoder", "cpu", "yes")
     probs = window_scores(ser_model(run, fold), data, cfg.crop)  # (W, C)
     audio = load_audio(utt.id, utt.audio, utt.start, utt.end) if utt.audio else np.zeros(0, np.float32)
     path = Path(out) if out else Path(workdir) / "report" / f"inspect_{utt_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _draw(path, utt, audio, _cached(workdir, "mel", utt_id, "mel"), _phones(workdir, utt_id), probs, run.classes, cfg.crop,
+    # the run's mel stage, or the default one where the model reads none (a head on the encoder)
+    mel = _cached(workdir, keys.mel_stage or StoreKeys.mel_stage, utt_id, keys.mel_name)
+    _draw(path, utt, audio, mel, _phones(workdir, utt_id), probs, run.classes, cfg.crop,
           f"{utt_id} ({utt.label}; SER {ser_run}, fold {fold})")
     return Inspection(utt_id, utt.label, fold, list(run.classes), probs, path)
 
