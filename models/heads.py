@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -146,11 +146,21 @@ class PoolingHead(nn.Module):
         self.classifier = classifier(pooled, cfg.head in ("mlp", "attentive"), cfg.hidden, cfg.dropout,
                                      cfg.n_classes)
 
-    def pool(self, feats: torch.Tensor) -> torch.Tensor:
-        """feats (B, T, L, D), zero-padded → pooled (B, D or 2D)."""
-        mask = _mask(feats)  # (B, T)
+    def summary(self, feats: torch.Tensor) -> torch.Tensor | None:
+        """What :meth:`pool` computes before it reads any parameter — each layer's mean over the
+        real frames, (B, L, D) — for the linear and mlp heads (None for the others). It is the
+        same for every fold's model: ``predict``'s fold ensemble computes it once per window
+        batch and hands it to each model's :meth:`classify`."""
+        if self.cfg.head not in ("linear", "mlp"):
+            return None
+        return layer_means(feats, mean_weights(_mask(feats)))
+
+    def pool(self, feats: torch.Tensor, summary: torch.Tensor | None = None) -> torch.Tensor:
+        """feats (B, T, L, D), zero-padded → pooled (B, D or 2D); ``summary``: :meth:`summary`
+        of these feats, when the caller has it (the linear and mlp heads then skip the feats)."""
         if self.cfg.head in ("linear", "mlp"):  # the layer average and the mean over time are
-            return self.layers(layer_means(feats, mean_weights(mask))).float()  # both linear
+            return self.layers(self.summary(feats) if summary is None else summary).float()  # both linear
+        mask = _mask(feats)  # (B, T)
         x = self.layers(feats).float()  # (B, T, D)
         if self.cfg.head == "mfcc":
             x = x @ self.dct  # (B, T, n_mfcc)
@@ -161,13 +171,24 @@ class PoolingHead(nn.Module):
             w = mean_weights(mask)  # (B, T)
         return torch.cat(masked_stats(x, w), -1)
 
-    def classify(self, feats: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
-        """Logits (B, n_classes); ``spk`` is not used (the heads see no speaker identity)."""
+    def classify(self, feats: torch.Tensor, spk: torch.Tensor, summary: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Logits (B, n_classes); ``spk`` is not used (the heads see no speaker identity);
+        ``summary`` as :meth:`pool` takes it."""
         with torch.autocast(feats.device.type, enabled=False):
-            return self.classifier(self.norm(self.pool(feats)))
+            return self.classifier(self.norm(self.pool(feats, summary)))
 
     def forward(self, feats: torch.Tensor, spk: torch.Tensor, phones: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.classify(feats, spk)}
+
+
+def shared_summary(models: Sequence[nn.Module], feats: torch.Tensor) -> torch.Tensor | None:
+    """``PoolingHead.summary`` of ``feats`` when every model of an ensemble is a head of one kind
+    (they would all compute the same), else None."""
+    kinds = {getattr(getattr(m, "cfg", None), "head", None) for m in models}
+    if len(kinds) != 1 or not all(callable(getattr(m, "summary", None)) for m in models):
+        return None
+    return models[0].summary(feats)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from models.checkpoint import from_record, model_record
 from models.folds import SplitConfig
 from models.runs import RunPaths, write_json
 from models.data_parallel import check_batch
-from models.heads import HEADS, HeadConfig, PoolingHead
+from models.heads import HEADS, HeadConfig, PoolingHead, shared_summary
 from models.ser import PRESETS, SERConfig, SERModel, compile_for_training, make_config, ser_loss
 from models.ser_data import Batch, ResidentSet, StreamingSet, fits, iter_windows, load_resident, load_set
 from models.ser_sources import StoreKeys, StoreSource, usable
@@ -308,9 +308,10 @@ def ensemble_window_probs(models: Sequence[SERModel], data: ResidentSet | Stream
                           max_windows: int = 256, weighting: str = "equal") -> np.ndarray:
     """:func:`window_probs` of each model (all on one device): (M, n, C), the same numbers.
 
-    Each window batch is cut once for all models, and its fp16 features are widened once to the
-    dtype every model's layer weighting would widen them to (``predict``'s fold ensemble: 10
-    models read the same windows)."""
+    Each window batch is cut once for all models, its fp16 features are widened once to the
+    dtype every model's layer weighting would widen them to, and a reference head's
+    parameter-free summary of them (``PoolingHead.summary``) is computed once (``predict``'s
+    fold ensemble: 10 models read the same windows)."""
     if weighting not in ("equal", "frames"):
         raise TrainingError(f"window_weighting must be equal or frames, not {weighting!r}")
     n, c = len(data), models[0].cfg.n_classes
@@ -322,8 +323,10 @@ def ensemble_window_probs(models: Sequence[SERModel], data: ResidentSet | Stream
         w = b.frames.double() if weighting == "frames" else torch.ones(len(owner), dtype=torch.float64, device=dev)
         dtypes = {m.layers.input_dtype(b.feats) for m in models}
         feats = b.feats.to(dtypes.pop()) if len(dtypes) == 1 else b.feats  # exact: a widening
+        summary = shared_summary(models, feats)
         for k, model in enumerate(models):
-            probs = torch.softmax(model.classify(feats, b.spk).float(), -1).double()  # (W, C)
+            logits = model.classify(feats, b.spk) if summary is None else model.classify(feats, b.spk, summary)
+            probs = torch.softmax(logits.float(), -1).double()  # (W, C)
             sums[k].index_add_(0, own, probs * w[:, None])
         counts.index_add_(0, own, w)
     return (sums / counts[:, None]).cpu().numpy()

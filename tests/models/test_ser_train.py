@@ -12,7 +12,7 @@ from models.folds import make_folds
 from models.run_folds import train_run
 from models.runs import RunPaths, read_json, read_predictions
 from models.ser import SERModel, make_config
-from models.ser_data import load_set
+from models.ser_data import iter_windows, load_set
 from models.ser_train import SERRun, SERTask, ensemble_window_probs, ser_schedule, window_probs
 from models.trainer import TrainConfig, train_fold
 from tests.fixtures.corpora import make_corpus
@@ -90,6 +90,31 @@ def test_an_ensemble_reading_each_window_once_gives_each_models_own_probabilitie
     assert data.feats.dtype == torch.float16 and got.shape == (3, len(data), 4)
     for k, m in enumerate([model, head, model]):
         assert np.array_equal(got[k], window_probs(m, data, 96, max_windows=3, weighting=weighting))
+
+
+@pytest.mark.parametrize("name", ["head-linear", "head-mlp"])
+def test_an_ensemble_of_one_heads_folds_summarises_each_window_batch_once(name, monkeypatch):
+    """predict's 10-fold ensemble of a linear / mlp head: each layer's mean over the real frames
+    is computed once per window batch for all folds, with the same bits as each fold alone."""
+    from models.heads import PoolingHead
+    from models.ser_train import model_config
+    _, _, _, _, data = _window_setup((40, 300))
+    heads = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        heads.append(PoolingHead(model_config(name, n_layers=3, feat_dim=16)).eval())
+        with torch.no_grad():
+            heads[-1].layers.alpha.uniform_(0.5, 1.5)  # each fold its own layer weights
+    alone = [window_probs(h, data, 96, max_windows=3) for h in heads]
+    calls = []
+    summary = PoolingHead.summary
+    monkeypatch.setattr(PoolingHead, "summary", lambda self, feats: calls.append(1) or summary(self, feats))
+    got = ensemble_window_probs(heads, data, 96, max_windows=3)
+    batches = sum(1 for _ in iter_windows(data, 96, 3))
+    assert len(calls) == batches > 1
+    for k in range(3):
+        assert np.array_equal(got[k], alone[k])
+    assert not np.array_equal(got[0], got[1])
 
 
 def test_crops_are_a_pure_function_of_the_step():
