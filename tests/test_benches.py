@@ -54,8 +54,11 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     ("bench.batch_prep_probe", ("--items", "4", "--repeats", "2"),
      lambda s: s["items"] == 4 and all(r["alone"] > 0 and r["beside_busy_thread"] > 0 for r in s["ms"].values())
      and set(s["ms"]) == {"product", "0.8.5"} and s["product_over_previous"]["alone"] > 0),
+    ("bench.extract_processes", ("--arch", "tiny", "--minutes", "1", "--reps", "1"),
+     lambda s: set(s["rows"]) == {"1", "2"} and s["shards"] >= 1 and s["feature_bytes"] > 0
+     and all(r["median_s"] > 0 and r["over_one"] > 0 for r in s["rows"].values())),
 ], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech",
-        "text_cold_start", "extract_timeline", "encoder_contention", "batch_prep_probe"])
+        "text_cold_start", "extract_timeline", "encoder_contention", "batch_prep_probe", "extract_processes"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))
 
