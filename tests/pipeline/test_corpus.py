@@ -13,8 +13,9 @@ from pipeline.iemocap import read_iemocap, speaker_of
 from pipeline.prepare import prepare_demo, prepare_iemocap, prepare_manifest
 from tests.fixtures.audio import write_tone
 from tests.fixtures.corpora import write_manifest
+from tests.fixtures.data import EMODB_MANIFEST
 
-EMODB = Path(__file__).resolve().parents[3] / "shared" / "data" / "emodb4" / "manifest.csv"
+EMODB = EMODB_MANIFEST
 
 # (dialog, utt suffix, header label) per session; "missing" marks a wav we do not write.
 IEMOCAP_BLOCKS = {
@@ -99,7 +100,6 @@ def test_prepare_iemocap_writes_corpus(tmp_path):
     assert "audio file missing" in (tmp_path / "w" / "rejected.tsv").read_text()
 
 
-@pytest.mark.skipif(not EMODB.exists(), reason="shared emodb4 data not present")
 def test_manifest_emodb4(tmp_path):
     res = prepare_manifest(tmp_path, EMODB)
     c = res.corpus
