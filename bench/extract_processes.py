@@ -34,10 +34,11 @@ from bench.extract_speech import ARCHS, machine, make_corpus, product_workdir
 def extract_at_once(work: Path, model: Path, n: int, gpus: str | None) -> float:
     """Wall seconds until all of ``n`` ``cli.py extract -s speech`` commands, started together
     on ``work``, have exited (each must succeed)."""
-    cmd = [sys.executable, str(REPO / "cli.py"), "extract", "-s", "speech", "-w", str(work),
-           "-p", f"speech.model={model}"] + (["--gpus", gpus] if gpus else [])
+    extra = ["--gpus", gpus] if gpus else []
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, str(REPO / "cli.py"), "extract", "-s", "speech", "-w", str(work),
+                               "-p", f"speech.model={model}", *extra],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for _ in range(n)]
     errors = [p.communicate()[1] for p in procs]
     seconds = time.perf_counter() - t0

@@ -295,6 +295,22 @@ def print_summary(summary: dict) -> None:
     print(f"speed-up over the official-style loop (batch 1, fp32, .npy): {summary['speedup_over_official']:.1f}x")
 
 
+def cli_numbers(cli: dict, t_prod: float, t_load: float, secs: float, args: argparse.Namespace) -> dict:
+    """The cold CLI's summary rows: against the warm product, with and without the model load
+    and a bare torch (+ CUDA) start, and against the baseline when one ran."""
+    t_cli = cli["cli"]
+    out = dict(cli_s=t_cli, cli_x_real_time=secs / t_cli, cli_fixed_costs_s=t_cli - t_prod - t_load,
+               cli_over_product=t_prod / t_cli, cli_over_product_plus_load=(t_prod + t_load) / t_cli,
+               cli_runs=cli["runs"], bare_start_s=cli["bare_start"], bare_start_what=cli["bare_start_what"],
+               cli_over_product_load_start=(t_prod + t_load + cli["bare_start"]) / t_cli)
+    if "paired_ratio" in cli:
+        out.update(cli_over_product_paired=cli["paired_ratio"], product_paired_s=cli["runs"]["product"])
+    if "base" in cli:
+        out.update(base_cli_s=cli["base"], cli_over_base=cli["base"] / t_cli,
+                   base=f"{args.base or 'this checkout'} {' '.join(args.base_param)}".strip())
+    return out
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -323,7 +339,6 @@ def main() -> None:
         warm = (lambda: run_product(work, params, gpus)) if args.paired else None
         cli = cli_runs(work, "0" if cuda else None, params, args.cli_runs, args.base, base_params, warm)
         cli["bare_start"], cli["bare_start_what"] = bare_start(cuda)
-    t_cli = None if cli is None else cli["cli"]
     t0 = time.perf_counter()
     items = [ItemInput(u, load_audio(u, p)) for u, p, _ in corpus]
     t_decode = time.perf_counter() - t0
@@ -347,18 +362,8 @@ def main() -> None:
                "product_over_min_encoder_writes": x["product"] / min(x["encoder"], x["writes"]),
                "product_over_previous": t_prev / t_prod,
                "speedup_over_official": x["product"] / x["official"]}
-    if t_cli is not None:
-        summary.update(cli_s=t_cli, cli_x_real_time=secs / t_cli,
-                       cli_fixed_costs_s=t_cli - t_prod - t_load,
-                       cli_over_product=t_prod / t_cli,
-                       cli_over_product_plus_load=(t_prod + t_load) / t_cli, cli_runs=cli["runs"],
-                       bare_start_s=cli["bare_start"], bare_start_what=cli["bare_start_what"],
-                       cli_over_product_load_start=(t_prod + t_load + cli["bare_start"]) / t_cli)
-        if "paired_ratio" in cli:
-            summary.update(cli_over_product_paired=cli["paired_ratio"], product_paired_s=cli["runs"]["product"])
-        if "base" in cli:
-            summary.update(base_cli_s=cli["base"], cli_over_base=cli["base"] / t_cli,
-                           base=f"{args.base or 'this checkout'} {' '.join(args.base_param)}".strip())
+    if cli is not None:
+        summary.update(cli_numbers(cli, t_prod, t_load, secs, args))
     print_summary(summary)
     if args.gpus > 1:
         t_multi = run_product(work, params, list(range(args.gpus)))
