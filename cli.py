@@ -33,15 +33,10 @@ def _setup_logging(verbose: bool, log_file: str | None = None) -> None:
 
 
 def _version_message() -> str:
-    from importlib import metadata
-    from models.provenance import code_version
-    try:
-        version = metadata.version("mmer")
-    except metadata.PackageNotFoundError:  # run from a checkout that setup.sh has not installed
-        version = "not installed"
+    from models.provenance import code_version, project_version
     code = code_version()
     dirty = " (uncommitted changes)" if code["dirty"] else ""
-    return f"mmer {version}, commit {code['commit']}{dirty}"
+    return f"mmer {project_version()}, commit {code['commit']}{dirty}"
 
 
 def _print_version(ctx: click.Context, _param, value: bool) -> None:

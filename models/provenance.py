@@ -35,6 +35,21 @@ def code_version() -> dict[str, Any]:
             "dirty": bool(status) if status is not None else None}
 
 
+def project_version() -> str:
+    """This code's version: its own pyproject.toml where it runs from a checkout (an editable
+    install's package metadata keeps the version of the last ``pip install -e``, however far
+    the checkout has moved since), else the installed package's."""
+    import tomllib
+    try:
+        return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        return metadata.version("mmer")
+    except metadata.PackageNotFoundError:  # run from a copy that setup.sh has not installed
+        return "not installed"
+
+
 def corpus_fingerprint(workdir: str | Path) -> str:
     """sha256 (16 hex) of the prepared corpus file: ids, audio paths, speakers, labels, groups."""
     try:

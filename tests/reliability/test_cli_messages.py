@@ -91,6 +91,18 @@ def test_the_installed_console_command():
     assert out.returncode == 0 and "Usage: mmer extract" in out.stdout
 
 
+def test_the_version_is_the_checkouts_own_not_the_last_installs(monkeypatch):
+    """An editable install's metadata keeps the version of the last `pip install -e` (this VM's
+    .venv said 0.8.4 at 0.8.8): `--version` reads the checkout's pyproject.toml."""
+    import tomllib
+    from importlib import metadata
+
+    from cli import _version_message
+    want = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1")  # a stale install
+    assert _version_message().startswith(f"mmer {want}, commit ")
+
+
 def test_consistent_options(work):
     """-v works after the subcommand; --amp is the same option in train ser and train ter;
     probe names its run with --run (--config still accepted)."""
