@@ -108,12 +108,37 @@ def utterance_inputs(stage: Stage, u: Utterance, audio_hashes: FileHashCache) ->
     return inputs
 
 
+def input_parts(inputs: dict[str, Any]) -> dict[str, str]:
+    """A digest per part of :func:`utterance_inputs` — audio, start/end, transcript, language —
+    kept beside the whole one, so that ``status`` can say which part changed."""
+    out = {}
+    if isinstance(inputs.get("audio"), list):
+        out["audio"], out["start/end"] = digest(inputs["audio"][0]), digest(inputs["audio"][1:])
+    elif "audio" in inputs:
+        out["audio"] = digest(inputs["audio"])
+    if "text" in inputs:
+        out["transcript"], out["language"] = digest(inputs["text"][0]), digest(inputs["text"][1])
+    return out
+
+
+def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """In words, what differs between an utterance's recorded meta ``old`` and ``new``
+    (:func:`utterance_meta`): 'language', 'audio, transcript', … or 'upstream features'."""
+    if old.get("inputs") == new["inputs"]:
+        return "upstream features"
+    was, now = old.get("input_parts"), new["input_parts"]
+    if not isinstance(was, dict):  # a shard written before 0.8.8 keeps one digest of them all
+        return "inputs (audio/transcript)"
+    return ", ".join(k for k in now if was.get(k) != now[k]) or "inputs"
+
+
 def utterance_meta(ident_key: str, stage: Stage, u: Utterance, hashes: FileHashCache,
                    upstream_keys: dict[str, dict[str, str]] | None) -> dict[str, Any]:
     """``{"key", "inputs", "upstream"}`` of one utterance under the stage identity ``ident_key``."""
     inputs = utterance_inputs(stage, u, hashes)
     ups = {s: (upstream_keys or {}).get(s, {}).get(u.id) for s in stage.upstream}
-    return {"key": digest(ident_key, inputs, ups), "inputs": digest(inputs), "upstream": ups}
+    return {"key": digest(ident_key, inputs, ups), "inputs": digest(inputs), "input_parts": input_parts(inputs),
+            "upstream": ups}
 
 
 def published_keys(workdir: str | Path, names: list[str], corpus: Corpus) -> dict[str, dict[str, str]]:
@@ -181,8 +206,7 @@ def explain_stale(plan: StagePlan, workdir: str | Path) -> list[str]:
         mod = [u for u in changed if u not in added]
         for u in mod[:3]:
             oldm = attrs["items"][u]
-            what = "inputs (audio/transcript)" if oldm.get("inputs") != sp.meta[u]["inputs"] \
-                else "upstream features"
+            what = changed_inputs(oldm, sp.meta[u])
             parts.append(f"{u}: {what} changed")
         if len(mod) > 3:
             parts.append(f"... and {len(mod) - 3} more changed")

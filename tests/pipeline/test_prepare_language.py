@@ -51,3 +51,21 @@ def test_the_english_share_separates_the_two_real_corpora():
     de, _ = english_share(_emodb_texts())
     en, words = english_share(_xed_texts())
     assert de < 0.15 < en and words > 300
+
+
+def test_status_names_the_input_that_changed():
+    """`status` says which input made an utterance stale: adding a `language` column reads
+    'language changed', not 'inputs (audio/transcript) changed'."""
+    from pipeline.plan import changed_inputs, input_parts
+    from core.hashing import digest
+
+    def meta(audio, text):
+        inputs = {"audio": audio, "text": text}
+        return {"inputs": digest(inputs), "input_parts": input_parts(inputs)}
+    old = meta(["h1", None, None], ["Guten Tag", "en"])
+    assert changed_inputs(old, meta(["h1", None, None], ["Guten Tag", "de"])) == "language"
+    assert changed_inputs(old, meta(["h1", None, None], ["Hallo", "en"])) == "transcript"
+    assert changed_inputs(old, meta(["h1", 0.5, 2.0], ["Guten Tag", "en"])) == "start/end"
+    assert changed_inputs(old, meta(["h2", None, None], ["Hallo", "de"])) == "audio, transcript, language"
+    assert changed_inputs(old, dict(old)) == "upstream features"
+    assert changed_inputs({"inputs": "0ld"}, old) == "inputs (audio/transcript)"  # a shard from before
