@@ -109,16 +109,17 @@ def utterance_inputs(stage: Stage, u: Utterance, audio_hashes: FileHashCache) ->
 
 
 def input_parts(inputs: dict[str, Any]) -> dict[str, str]:
-    """A digest per part of :func:`utterance_inputs` — audio, start/end, transcript, language —
-    kept beside the whole one, so that ``status`` can say which part changed."""
-    out = {}
+    """A short digest per part of :func:`utterance_inputs` — audio, start/end, transcript,
+    language — kept beside the whole one, so that ``status`` can say which part changed (16 hex
+    digits: they explain, the key decides)."""
+    parts: dict[str, Any] = {}
     if isinstance(inputs.get("audio"), list):
-        out["audio"], out["start/end"] = digest(inputs["audio"][0]), digest(inputs["audio"][1:])
+        parts["audio"], parts["start/end"] = inputs["audio"][0], inputs["audio"][1:]
     elif "audio" in inputs:
-        out["audio"] = digest(inputs["audio"])
+        parts["audio"] = inputs["audio"]
     if "text" in inputs:
-        out["transcript"], out["language"] = digest(inputs["text"][0]), digest(inputs["text"][1])
-    return out
+        parts["transcript"], parts["language"] = inputs["text"]
+    return {k: digest(v)[:16] for k, v in parts.items()}
 
 
 def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -134,7 +135,8 @@ def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def utterance_meta(ident_key: str, stage: Stage, u: Utterance, hashes: FileHashCache,
                    upstream_keys: dict[str, dict[str, str]] | None) -> dict[str, Any]:
-    """``{"key", "inputs", "upstream"}`` of one utterance under the stage identity ``ident_key``."""
+    """``{"key", "inputs", "input_parts", "upstream"}`` of one utterance under the stage
+    identity ``ident_key``."""
     inputs = utterance_inputs(stage, u, hashes)
     ups = {s: (upstream_keys or {}).get(s, {}).get(u.id) for s in stage.upstream}
     return {"key": digest(ident_key, inputs, ups), "inputs": digest(inputs), "input_parts": input_parts(inputs),
