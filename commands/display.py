@@ -1,6 +1,7 @@
 """Terminal progress and summaries (rich), kept out of the library functions."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -11,7 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
 from rich.table import Table
 from rich.text import Text
 
+#: Columns of a log or pipe (no terminal, no COLUMNS): rich's default, 80, broke every summary
+#: table's 16-character stage keys over three lines in `extract`/`status` logs.
+PIPE_WIDTH = 120
+
 console = Console(stderr=True)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = PIPE_WIDTH
 
 
 @contextmanager

@@ -38,3 +38,19 @@ def test_cells_too_wide_for_any_layout_still_show_every_character():
     assert max(map(len, lines)) <= 80
     flat = "".join(ln.split("│")[2].strip() for ln in lines if ln.count("│") >= 3)
     assert flat == path
+
+
+def test_logs_and_pipes_get_120_columns_unless_columns_says_otherwise():
+    """A log or pipe has no width: rich's default 80 broke the summary tables of every `extract`
+    and `status` log; 120 holds them whole, and COLUMNS still decides where it is set."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    code = "from commands.display import console; print(console.width)"
+    for extra, want in (({}, "120"), ({"COLUMNS": "90"}, "90")):
+        out = subprocess.run([sys.executable, "-c", code], cwd=repo, env={**env, **extra}, capture_output=True,
+                             text=True, timeout=60)
+        assert out.stdout.strip() == want, out.stderr
