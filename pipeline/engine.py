@@ -202,10 +202,8 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, decoder: Decoder
     """Decode (``decoder``'s thread) → extract (this thread) → write (thread), so that audio
     decoding and HDF5 writes overlap the encoder (on a GPU the encoder releases the GIL)."""
     stop = object()
-    # (items, results) for the writer. An extractor call starts once the writer has taken the
-    # last one, so at most one earlier call's outputs are alive while it computes (the one
-    # being written): on a GPU each is a page-locked block, ≈ 0.25 s per 512 MiB to lock at the
-    # start and to unlock at exit, and the writer is the slower side wherever the disk is.
+    # (items, results) awaiting the writer: one is enough to keep it busy, and each one held
+    # is page-locked host memory on a GPU
     outputs: queue.Queue = queue.Queue(maxsize=1)
     write_error: list[BaseException] = []
 
@@ -223,7 +221,6 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, decoder: Decoder
         # a job's arrays are dropped as soon as they are written (not held while the next is
         # awaited): on a GPU they are views of page-locked blocks that the next batches reuse
         while (job := outputs.get()) is not stop:
-            outputs.task_done()  # taken: the extractor may start its next call
             if not write_error:  # else keep draining so the extractor never blocks
                 try:
                     write_job(*job)
@@ -242,8 +239,6 @@ def _fill(writer: ShardWriter, stage, extractor, sp: ShardPlan, decoder: Decoder
                 if failed:
                     outputs.put(([ItemInput(e.item_id) for e in failed], failed))
             if batch:
-                with waits.on("writes"):
-                    outputs.join()  # the writer has taken every earlier job
                 with waits.on("extractor"):
                     job = (batch, extractor(batch))
                 with waits.on("writes"):

@@ -14,9 +14,9 @@ from tests.fixtures.stages import Toy
 
 
 def test_written_results_are_released_before_the_next_call(tmp_path, toy_stages, monkeypatch):
-    """While the extractor computes, at most one earlier call's outputs are alive (the one being
-    written): on a GPU each is page-locked host memory, which the next batches reuse only once it
-    is released (a slow writer here is the bound)."""
+    """While the extractor computes, at most two earlier calls' outputs are alive (one awaiting
+    the writer, one being written): on a GPU each is page-locked host memory, which the next
+    batches reuse only once it is released (a slow writer here keeps the queue full)."""
     import weakref
 
     from pipeline.stages import get_stage, register
@@ -45,7 +45,8 @@ def test_written_results_are_released_before_the_next_call(tmp_path, toy_stages,
     finally:
         register(st)
     assert len(alive_at_call) == 12
-    assert max(alive_at_call) == 1, alive_at_call  # the writer was the slow side: the bound was reached
+    assert max(alive_at_call) <= 2, alive_at_call
+    assert max(alive_at_call) == 2  # the writer was the slow side: the bound was reached
 
 
 def test_calls_are_cut_where_the_extractor_says_and_lose_nothing():
