@@ -36,8 +36,9 @@ def stage_progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
 def table(title: str, columns: list[str], rows: list[list], width: int | None = None) -> Table:
     """A summary table for ``console`` (or ``width`` columns) that keeps every cell on one line —
     the 16-character stage keys someone copies into a bug report — wrapping headers at their
-    spaces, and dropping the vertical rules when that is what makes it fit (80-column logs);
-    else rich's own layout, whose long values (paths) wrap instead of being cut."""
+    spaces, and dropping the vertical rules when that is what makes it fit (a narrow terminal;
+    logs and pipes get :data:`PIPE_WIDTH`); else rich's own layout, whose long values (paths)
+    wrap instead of being cut."""
     cells = [[str(x) for x in r] for r in rows]
     width = width or console.width
     kind, widths = "boxed", None

@@ -156,9 +156,10 @@ def choose_run(workdir: str | Path, task: str, run: str | None, preferred: str,
                option: str) -> tuple[str, str | None]:
     """The ``task`` run a command uses: ``run`` when the user named one; else ``preferred`` (the
     paper's model) when it is trained (has a finished fold) — or when no run is, so that the
-    error names what to train —; else the task's only trained run (``--recipe cpu`` trains ``head-linear``). With
-    several others and no ``preferred``, TrainingError naming them and ``option``. Returns
-    (name, note): the note says which run was taken when it was not the one asked for."""
+    error names what to train —; else the task's only trained run (``--recipe cpu`` trains
+    ``head-linear``). With several others and no ``preferred``, TrainingError naming them and
+    ``option``. Returns (name, note): the note says which run was taken when it was not the one
+    asked for."""
     if run is not None:
         return run, None
     names = [p.run for p in find_runs(workdir, (task,))  # with a finished fold: not a run stopped
