@@ -52,7 +52,10 @@ def already_done(ckpt: dict | None, steps: int, paths: RunPaths, fold: str) -> b
     if ckpt is None:
         return False
     if ckpt["step"] > steps:
-        raise TrainingError(f"{paths.checkpoint(fold)} is at step {ckpt['step']} > the {steps} "
-                            "steps asked for")
+        raise TrainingError(
+            f"{paths.checkpoint(fold)} is at step {ckpt['step']} > the {steps} steps asked for "
+            f"(an earlier, longer schedule): ask for at least {ckpt['step']} steps (--steps, or "
+            f"--crops = steps × batch size) to resume it, or use another --run name or delete "
+            f"that fold's folder to start afresh")
     return bool(ckpt["done"] and (ckpt["step"] == steps or ckpt["stopped_early"])
                 and paths.fold_metrics(fold).exists())

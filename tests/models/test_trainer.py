@@ -157,6 +157,22 @@ def test_changed_config_refuses_to_resume_and_epochs_set_steps(tmp_path):
     assert paths.checkpoint(fold.name).read_bytes() == before  # refused, not overwritten
 
 
+def test_a_shorter_schedule_than_the_checkpoint_names_the_ways_out(tmp_path):
+    """A killed 20-step run asked again for 10 steps (the rehearsal's dry run did it): the error
+    says which steps resume it and how to start afresh, and the checkpoint stays."""
+    corpus = make_corpus(n_groups=2, per_class=4)
+    (fold,) = make_folds(corpus, "G0", val_fraction=0.25)
+    paths = RunPaths(tmp_path, "toy", "r")
+    cfg = TrainConfig(steps=20, batch_size=4, eval_every=5, progress=False)
+    train_fold(LinearTask(corpus), fold, cfg, paths)
+    before = paths.checkpoint(fold.name).read_bytes()
+    short = TrainConfig(steps=10, batch_size=4, eval_every=5, progress=False)
+    with pytest.raises(TrainingError, match=r"at step 20 > the 10 steps asked for .*at least 20 steps "
+                                            r"\(--steps, or --crops.*another --run name or delete"):
+        train_fold(LinearTask(corpus), fold, short, paths)
+    assert paths.checkpoint(fold.name).read_bytes() == before
+
+
 def test_epoch_sampler_covers_each_item_once_per_epoch():
     s = EpochSampler(10, 4, seed=1)
     flat = torch.cat([s.indices(k) for k in range(5)])  # 20 items = 2 epochs
