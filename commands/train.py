@@ -44,6 +44,13 @@ CLASS_BALANCE = click.option(
     "--class-balance", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
     help="Class-weighted loss (the metric is UA): auto = on when the largest training class has "
          ">= 1.5x the smallest's utterances; off = plain cross-entropy (the paper's).")
+VAL_SPLIT = click.option(
+    "--val-split", type=click.Choice(["auto", "speaker", "utterance"]), default="auto", show_default=True,
+    help="Validation rows inside the training groups (model selection, early stopping, fusion "
+         "weights): speaker = whole held-out speakers, ~10 % of the utterances (voices unseen in "
+         "training, like the test group's); utterance = 10 % of each class (speakers shared with "
+         "training, which flatters what memorises voices); auto = speaker when >= 3 speakers are "
+         "named and a few make ~10 %, else utterance. Train SER and TER alike to fuse them.")
 CHECKPOINT_MINUTES = click.option(
     "--checkpoint-minutes", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
     help="Minutes of training between checkpoints (written in the background; always one at the "
@@ -90,6 +97,7 @@ CHECKPOINT_MINUTES = click.option(
                    "one included (official; the default for the paper's network); frames = windows "
                    "weighted by their real frames (the default for the reference heads).")
 @CLASS_BALANCE
+@VAL_SPLIT
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @CHECKPOINT_MINUTES
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="bf16", show_default=True,
@@ -121,14 +129,15 @@ CHECKPOINT_MINUTES = click.option(
 @JSON_OUT
 @WORKDIR
 def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule, select, run_name, widths,
-                  model_values, encoder_stage, window_weighting, class_balance, eval_every, checkpoint_minutes,
-                  amp, resident, compile_mode, seed, device, gpus, scheduler, data_parallel, workdir) -> None:
+                  model_values, encoder_stage, window_weighting, class_balance, val_split, eval_every,
+                  checkpoint_minutes, amp, resident, compile_mode, seed, device, gpus, scheduler, data_parallel, workdir) -> None:
     """Train a speech model with leave-one-group-out cross-validation: the paper's AutoVC-like
     network, or a reference head on the same cached features; writes runs/ser/<config>/
     (checkpoints, predictions, metrics, layer weights)."""
     import dataclasses
 
     from commands.display import console
+    from models.folds import SplitConfig
     from models.heads import HEAD_TRAIN, HEADS
     from models.run_folds import train_run
     from models.ser import CPU_WIDTHS
@@ -150,6 +159,7 @@ def train_ser_cmd(as_json, preset, folds, crops, steps, batch_size, lr, lr_rule,
                                     seed=seed, eval_every=eval_every, select=select or base.select,
                                     class_balance=class_balance, checkpoint_minutes=checkpoint_minutes)
     spec = SERRun(run=run_name or preset, model=model, train=train_cfg, recipe=recipe_used(),
+                  split=SplitConfig(val_by=val_split),
                   inputs=SERInputs(keys=StoreKeys(encoder_stage=canonical(encoder_stage)), amp=amp, resident=resident,
                                    compile=compile_mode,
                                    window_weighting=window_weighting or ("frames" if head else "equal")))
@@ -233,6 +243,7 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
 @click.option("--eval-every", type=int, default=0, help="Steps between validation passes (0: ~20 per fold).")
 @click.option("--run", "run_name", default=None, help="Run folder: runs/ter/<name> (default: the config name).")
 @CLASS_BALANCE
+@VAL_SPLIT
 @CHECKPOINT_MINUTES
 @click.option("--amp", type=click.Choice(["bf16", "off"]), default="off", show_default=True,
               is_flag=False, flag_value="bf16",
@@ -243,12 +254,14 @@ def probe_speaker_cmd(run, epochs, activation, pooling, seed, device, workdir) -
 @JSON_OUT
 @WORKDIR
 def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, config, paper, official, max_tokens, select,
-                  eval_every, run_name, class_balance, checkpoint_minutes, amp, seed, device, workdir) -> None:
+                  eval_every, run_name, class_balance, val_split, checkpoint_minutes, amp, seed, device,
+                  workdir) -> None:
     """Train a text model on cached `text` token features with leave-one-group-out
     cross-validation (or the corpus's official split): the paper's 1-D CNN, or a reference head;
     writes runs/ter/<run>/ (checkpoints, predictions, metrics)."""
     import dataclasses
 
+    from models.folds import SplitConfig
     from models.heads import TEXT_HEADS
     from models.run_folds import train_run
     from models.ter import TERConfig
@@ -266,5 +279,6 @@ def train_ter_cmd(as_json, folds, epochs, steps, batch_size, lr, config, paper, 
     train_cfg = TrainConfig(steps=steps, epochs=0.0 if steps else epochs, batch_size=batch_size, lr=lr,
                             seed=seed, eval_every=eval_every, select=select, class_balance=class_balance,
                             checkpoint_minutes=checkpoint_minutes)
-    spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp), recipe=recipe_used())
+    spec = TERRun(run=run_name, model=model, train=train_cfg, inputs=TERInputs(amp=amp), recipe=recipe_used(),
+                  split=SplitConfig(val_by=val_split))
     _report("TER", train_run(workdir, spec, folds, _device(device)), as_json)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from core.errors import TrainingError
+from models.folds import SplitConfig
 from models.metrics import classification_metrics
 from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
 from models.run_folds import summarize_run
@@ -91,11 +92,25 @@ def search_weight(ser_val: dict[str, dict], ter_val: dict[str, dict], classes: S
     return single[1], single[0], single[2]
 
 
+def _same_validation(workdir: str | Path, config: FusionConfig) -> None:
+    """Both runs drew the same validation rows (the weights are searched on rows both predicted)."""
+    paths = [RunPaths(Path(workdir), t, r) for t, r in (("ser", config.ser_run), ("ter", config.ter_run))]
+    if not all(p.config.exists() for p in paths):
+        return  # load_run says which run is missing
+    splits = [SplitConfig.from_record(read_json(p.config).get("split")) for p in paths]
+    if splits[0] != splits[1]:
+        raise TrainingError(
+            f"SER run {config.ser_run!r} drew its validation rows as {splits[0].record()} and TER run "
+            f"{config.ter_run!r} as {splits[1].record()}: fusion weights are chosen on rows both "
+            f"predicted; retrain one with the other's --val-split", then=("train ser", "train ter"))
+
+
 def fuse(workdir: str | Path, config: FusionConfig = FusionConfig()) -> FusionResult:
     """Fuse every fold that both runs have trained on the current corpus; writes
     runs/fusion/<ser>+<ter>[-paper]/… Stale folds of either run are left out, with a warning."""
     from models.provenance import provenance
     from models.trained import load_run
+    _same_validation(workdir, config)
     corpus = load_corpus(workdir)
     ser_run = load_run(workdir, "ser", config.ser_run, corpus)
     ter_run = load_run(workdir, "ter", config.ter_run, corpus)

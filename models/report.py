@@ -118,6 +118,14 @@ def paired_section(evals: list[RunEval], compare: list[tuple[str, str]]) -> list
             "", "| a | b | n | UA a vs b | p | verdict |", "|---|---|---|---|---|---|", *rows, ""]
 
 
+def _validation_rows(config: dict) -> str:
+    """", validation: …" as the run drew it (runs before held-out speakers: nothing said)."""
+    folds = config.get("folds") or {}
+    if any(f.get("val_speakers") for f in folds.values()):
+        return ", validation: held-out speakers"
+    return ", validation: utterance sample" if "val_by" in config.get("split", {}) and folds else ""
+
+
 def setup_table(evals: list[RunEval], fingerprint: str) -> list[str]:
     """How each run was obtained, from what it recorded at training time."""
     lines = ["## Setup of each run", "",
@@ -135,7 +143,7 @@ def setup_table(evals: list[RunEval], fingerprint: str) -> list[str]:
         kind = f"{model.get('name', '')}: " if isinstance(model, dict) and model.get("name") else ""
         sched = (f"{kind}{t.get('steps') or t.get('epochs', '')} {'steps' if t.get('steps') else 'epochs'}, "
                  f"batch {t.get('batch_size')}, lr {t.get('lr', 0):.3g}, select {t.get('select')}, "
-                 f"class balance {t.get('class_balance', 'off')}"
+                 f"class balance {t.get('class_balance', 'off')}{_validation_rows(c)}"
                  if "batch_size" in t else (c.get("weights") or "–"))
         device = prov.get("device") or c.get("device") or "–"
         shared = ev.run.data_parallel_folds()

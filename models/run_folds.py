@@ -21,7 +21,7 @@ from core.devices import resolve_device
 from core.errors import TrainingError
 from models.data_parallel import check_batch, free_address, process_group, split_folds
 from models.fold_progress import log_level, watch, worker_bars
-from models.folds import Fold, SplitConfig
+from models.folds import Fold, SplitConfig, describe_validation
 from models.metrics import classification_metrics, mean_over_folds
 from models.run_identity import run_record, write_run_config
 from models.runs import RunPaths, read_json, read_predictions, run_lock, write_json
@@ -51,6 +51,7 @@ def train_run(workdir: str | Path, spec: RunSpec, folds: str | int = "all", devi
     workdir = Path(workdir).resolve()  # Dask workers have other working directories
     corpus = corpus or load_corpus(workdir)
     fold_list = spec.split.folds(corpus, folds)
+    log.info("validation (--val-split %s): %s", spec.split.val_by, describe_validation(fold_list))
     task = task or spec.make_task(workdir, corpus)  # features opened and checked once
     paths = RunPaths(workdir, spec.task, spec.run)
     if scheduler or (gpus and len(gpus) > 1):
@@ -183,7 +184,7 @@ def train_folds(task: Task, folds: Sequence[Fold], config: TrainConfig, paths: R
     split = split or SplitConfig()
     with run_lock(paths):
         record = run_record(config_record(task, config), task.feature_keys(), folds, device, paths,
-                            {"val_fraction": split.val_fraction, "split_seed": split.split_seed})
+                            split.record())
         write_run_config(paths, {**record, "recipe": recipe})
         try:
             results = jobs(folds) if jobs else _one_by_one(task, folds, config, paths, device)

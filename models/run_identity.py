@@ -78,7 +78,8 @@ def run_record(record: dict, feature_keys: dict, folds: Sequence[Fold], device: 
             continue
         stages[stage] = {k: meta.get(k) for k in ("identity", "params", "weights")}
     return {**record, "feature_keys": feature_keys, "stages": stages, "split": split,
-            "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test)}
+            "folds": {f.name: {"train": len(f.train), "val": len(f.val), "test": len(f.test),
+                               **({"val_speakers": list(f.val_speakers)} if f.val_speakers else {})}
                       for f in folds}, "device": str(device),
             "provenance": provenance(paths.workdir, device)}
 

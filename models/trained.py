@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import TrainingError
-from models.folds import make_folds
+from models.folds import SplitConfig
 from models.run_identity import fold_digest
 from models.runs import RunPaths, read_json, read_predictions
 from pipeline.corpus import Corpus, load_corpus
@@ -87,7 +87,7 @@ class TrainedRun:
 def current_fold_digests(corpus: Corpus, split: dict[str, Any]) -> dict[str, str]:
     """Fold name -> digest of its splits and labels in the corpus as it is now."""
     try:
-        folds = make_folds(corpus, "all", split.get("val_fraction", 0.1), split.get("split_seed", 0))
+        folds = SplitConfig.from_record(split).folds(corpus, "all")
     except TrainingError:
         return {}
     labels = {u.id: u.label for u in corpus.utterances}

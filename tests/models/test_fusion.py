@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import TrainingError
 from models.fusion import FusionConfig, fuse
 from models.runs import RunPaths, read_json, read_predictions, write_predictions
 from models.run_folds import summarize_run
@@ -107,3 +108,20 @@ def test_fuse_says_when_fixed_weights_lose_to_a_single_modality(tmp_path, caplog
     for v in weights.values():  # fusion adds nothing here: the better modality alone is used
         assert v["chosen"] == "text" and (v["w1"], v["w2"]) == (0.0, 1.0), v
         assert v["val_ua"] == max(v["val_ua_speech"], v["val_ua_text"])
+
+
+def test_fuse_refuses_runs_whose_validation_rows_were_drawn_differently(tmp_path):
+    """SER retrained with held-out speakers, TER still on an utterance sample: the weights would
+    be searched on rows one of them trained on. The error names both splits and the fix."""
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    fake_run(tmp_path, "ter", "cnn", ["A", "B"], rng, 1.0)
+    cfg = RunPaths(tmp_path, "ser", "small").config
+    record = read_json(cfg)
+    record["split"] = {**record["split"], "val_by": "speaker"}
+    cfg.write_text(__import__("json").dumps(record))
+    with pytest.raises(TrainingError, match=r"SER run 'small' drew its validation rows as .*'val_by': "
+                                            r"'speaker'.* and TER run 'cnn' as .*'val_by': 'utterance'"
+                                            r".*retrain one with the other's --val-split"):
+        fuse(tmp_path)
+    assert not (tmp_path / "runs" / "fusion").exists()

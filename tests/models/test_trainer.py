@@ -201,3 +201,21 @@ def test_a_diverging_loss_stops_the_fold_with_a_remedy_and_keeps_the_last_good_c
     assert ckpt["step"] == 20 and not ckpt["done"]  # saved at step 20, before the divergence
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert not paths.fold_metrics(fold.name).exists()
+
+
+def test_a_run_records_its_held_out_validation_speakers(tmp_path):
+    """4 groups of one speaker, validation 20 %: one of the 3 training speakers per fold is held
+    out; the run's config names them and the report's setup line says so."""
+    from models.folds import SplitConfig
+    from models.report import _validation_rows
+    corpus = make_corpus(n_groups=4, per_class=4)
+    split = SplitConfig(val_fraction=0.2)
+    folds = split.folds(corpus, "G0,G1")
+    paths = RunPaths(tmp_path, "toy", "spk")
+    train_folds(LinearTask(corpus), folds, CFG, paths, split=split)
+    config = read_json(paths.config)
+    assert config["split"] == {"val_fraction": 0.2, "split_seed": 0, "val_by": "auto"}
+    for f in folds:
+        (held,) = config["folds"][f.name]["val_speakers"]
+        assert held != f"spk{f.name[1:]}" and {i.split("_")[0] for i in f.val} == {held.replace("spk", "g")}
+    assert _validation_rows(config) == ", validation: held-out speakers"
