@@ -1,6 +1,6 @@
 """CPU stages beside GPU stages: one ``extract`` runs both kinds at once.
 
-On a GPU machine the CPU-only stages (mel, phones) and the GPU stages (speech, speaker, text)
+On a GPU machine the CPU stages (mel, phones, speaker) and the GPU stages (speech, text)
 share no input, so running them one after the other leaves the GPUs idle while the CPUs work
 and the other way round. ``extract`` splits its stages into two *lanes* (CPU workers, GPU
 workers), each in its own order, when that is safe (:func:`stage_lanes`), and runs them at once

@@ -37,7 +37,12 @@ register(Stage(
     name="speaker",
     extractor=SpeakerExtractor,
     needs_audio=True,
-    needs_gpu=True,
+    # A CPU stage: its work is Resemblyzer's preprocessing (volume, webrtcvad, a 40-band mel),
+    # ≈ 500x real time on one core, and a 3-layer LSTM of 256 units, ≈ 150x real time with it on
+    # one core (2-core VM); in a GPU worker all of it ran on that worker's one core: 121 s for
+    # IEMOCAP's 6.55 h, the longest stage of a one-H200 extract (bench/RESULTS.md, round
+    # eleven). In the CPU lane it runs beside the GPU stages on every core (one per worker).
+    needs_gpu=False,
     finalize=finalize,
     help="Resemblyzer 256-d speaker embedding per utterance, and per speaker the unit-norm mean "
          "of up to 100 utterances drawn with a fixed seed.",

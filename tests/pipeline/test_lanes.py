@@ -21,16 +21,25 @@ from tests.fixtures.corpora import tone_corpus
 ALL = ["mel", "phones", "speech", "speaker", "text"]
 
 
+@pytest.fixture
+def gpu_speaker(monkeypatch):
+    """The speaker stage flagged as a GPU stage: a real, cheap extractor to stand for one in the
+    tests below (on a CPU-only machine a GPU stage computes on the CPU)."""
+    monkeypatch.setitem(stages_mod._REGISTRY, "speaker",  # noqa: SLF001 - test-only override
+                        dataclasses.replace(get_stage("speaker"), needs_gpu=True))
+
+
 def test_cpu_and_gpu_stages_make_two_lanes_only_when_gpus_are_used():
-    assert stage_lanes(ALL, gpus_in_use=True) == [["mel", "phones"], ["speech", "speaker", "text"]]
+    # speaker is a CPU stage: Resemblyzer's preprocessing is CPU work (pipeline/stages/speaker.py)
+    assert stage_lanes(ALL, gpus_in_use=True) == [["mel", "phones", "speaker"], ["speech", "text"]]
     assert stage_lanes(ALL, gpus_in_use=False) == [ALL]
     assert stage_lanes(["mel", "phones"], gpus_in_use=True) == [["mel", "phones"]]
     assert stage_lanes(["speech", "text"], gpus_in_use=True) == [["speech", "text"]]
 
 
 def test_a_stage_that_reads_the_other_lane_keeps_one_lane(monkeypatch):
-    monkeypatch.setitem(stages_mod._REGISTRY, "speaker",  # noqa: SLF001 - test-only override
-                        dataclasses.replace(get_stage("speaker"), upstream=("mel",)))
+    monkeypatch.setitem(stages_mod._REGISTRY, "text",  # noqa: SLF001 - test-only override
+                        dataclasses.replace(get_stage("text"), upstream=("mel",)))
     assert stage_lanes(ALL, gpus_in_use=True) == [ALL]
 
 
@@ -80,7 +89,7 @@ def test_ctrl_c_in_this_thread_stops_the_other_lanes_at_their_next_step():
     assert ended.is_set() and time.monotonic() - t0 < 5
 
 
-def test_extract_runs_a_cpu_stage_beside_a_gpu_stage(tmp_path, caplog):
+def test_extract_runs_a_cpu_stage_beside_a_gpu_stage(tmp_path, caplog, gpu_speaker):
     """With GPUs in use (``gpus=[0]``; on a CPU-only machine the GPU stage computes on the CPU),
     mel and speaker run at the same time: each started before the other's last item."""
     work = tone_corpus(tmp_path, n=6, seconds=(0.5, 0.8))
@@ -104,7 +113,7 @@ def test_extract_runs_a_cpu_stage_beside_a_gpu_stage(tmp_path, caplog):
     assert [r.computed for r in again] == [0, 0] and "run beside" not in caplog.text
 
 
-def test_both_lanes_on_dask_clusters_at_once(tmp_path, monkeypatch):
+def test_both_lanes_on_dask_clusters_at_once(tmp_path, monkeypatch, gpu_speaker):
     """Several shards per stage, so each lane starts its own Dask cluster (two CPU workers; two
     'GPU' workers, which compute on the CPU here) in one process at the same time."""
     from tests.fixtures.stages import small_shards
@@ -119,7 +128,7 @@ def test_both_lanes_on_dask_clusters_at_once(tmp_path, monkeypatch):
     assert rows["mel"]["complete"] == 4 and rows["speaker"]["complete"] == 4
 
 
-def test_each_lane_waits_on_its_own_clients_loop(tmp_path, monkeypatch):
+def test_each_lane_waits_on_its_own_clients_loop(tmp_path, monkeypatch, gpu_speaker):
     """``as_completed`` without a loop binds to the process's default client: with two lanes'
     clusters at once that is the other lane's client, and once that lane closes it, this lane
     waits forever (a CI run hung so, 2026-12-01; dask/distributed#4357). Every wait is bound to
@@ -144,7 +153,7 @@ def test_each_lane_waits_on_its_own_clients_loop(tmp_path, monkeypatch):
         assert loop is not None and owners == {loop}
 
 
-def test_the_cpu_stages_of_one_extract_share_one_cluster_and_its_workers(tmp_path, monkeypatch):
+def test_the_cpu_stages_of_one_extract_share_one_cluster_and_its_workers(tmp_path, monkeypatch, gpu_speaker):
     """A stage whose CPU workers are those of an earlier stage of the same command reuses that
     cluster (no new processes, no second import of torch and the stages' libraries); the
     workers drop the earlier stage's models; the results are those of separate commands; the
