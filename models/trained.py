@@ -84,14 +84,15 @@ class TrainedRun:
         return ckpt["model"]
 
 
-def current_fold_digests(corpus: Corpus, split: dict[str, Any]) -> dict[str, str]:
-    """Fold name -> digest of its splits and labels in the corpus as it is now."""
+def current_fold_digests(corpus: Corpus, split: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """Fold name -> digest of its splits and labels in the corpus as it is now, and why there
+    are none when the recorded split cannot be drawn from it any more."""
     try:
         folds = SplitConfig.from_record(split).folds(corpus, "all")
-    except TrainingError:
-        return {}
+    except TrainingError as e:
+        return {}, f"its split cannot be drawn from the corpus now: {e}"
     labels = {u.id: u.label for u in corpus.utterances}
-    return {f.name: fold_digest(f, labels) for f in folds}
+    return {f.name: fold_digest(f, labels) for f in folds}, "its group is no longer in the corpus"
 
 
 def inspect_run(workdir: str | Path, task: str, run: str, corpus: Corpus) -> TrainedRun:
@@ -104,14 +105,14 @@ def inspect_run(workdir: str | Path, task: str, run: str, corpus: Corpus) -> Tra
                             + (f" (runs: {', '.join(others)})" if others else ""),
                             then=() if others else f"train {task}")
     config = read_json(paths.config)
-    want = current_fold_digests(corpus, config.get("split", {}))
+    want, gone = current_fold_digests(corpus, config.get("split", {}))
     good, stale, metrics = [], {}, {}
     for name in paths.fold_names():
         if paths.fold_metrics(name).exists():
             metrics[name] = read_json(paths.fold_metrics(name))
         got = metrics.get(name, {}).get("fold_digest")
         if name not in want:
-            stale[name] = "its group is no longer in the corpus"
+            stale[name] = gone
         elif got is None:
             stale[name] = "trained before run identities were recorded"
         elif got != want[name]:

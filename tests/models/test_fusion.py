@@ -125,3 +125,20 @@ def test_fuse_refuses_runs_whose_validation_rows_were_drawn_differently(tmp_path
                                             r".*retrain one with the other's --val-split"):
         fuse(tmp_path)
     assert not (tmp_path / "runs" / "fusion").exists()
+
+
+def test_a_run_whose_recorded_split_cannot_be_drawn_any_more_says_why(tmp_path):
+    """Held-out speakers recorded, and the corpus no longer allows them: every fold is stale,
+    with the reason (not 'its group is no longer in the corpus')."""
+    from models.trained import inspect_run
+    from pipeline.corpus import load_corpus
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path, "ser", "small", ["A", "B"], rng, 1.0)
+    cfg = RunPaths(tmp_path, "ser", "small").config
+    record = read_json(cfg)
+    record["split"] = {**record["split"], "val_by": "speaker"}
+    cfg.write_text(__import__("json").dumps(record))
+    run = inspect_run(tmp_path, "ser", "small", load_corpus(tmp_path))
+    assert not run.folds and set(run.stale) == {"A", "B"}
+    assert all(why.startswith("its split cannot be drawn from the corpus now: fold ")
+               and "cannot hold out speakers for validation" in why for why in run.stale.values())
