@@ -196,17 +196,17 @@ def held_out_speakers(rest: list[Utterance], fraction: float, seed: int, val_by:
     return ()
 
 
-def describe_validation(folds: list[Fold]) -> str:
-    """How the folds' validation rows were drawn, for the command's output."""
+def describe_validation(folds: list[Fold], val_by: str = "auto") -> str:
+    """How the folds' validation rows were drawn (``val_by``: as asked), for the command's output."""
     if not folds or not any(f.val for f in folds):
         return "none"
     if any(f.val_speakers for f in folds):
         return "held-out speakers of the training groups (" + "; ".join(
             f"{f.name}: {', '.join(f.val_speakers) or 'a per-class utterance sample'}"
             for f in folds) + ")"
-    return ("a per-class sample of the training utterances (their speakers also train; "
-            "speakers are held out where >= 3 are named and a few of them make about the "
-            "validation fraction)")
+    why = ("; auto holds out speakers where >= 3 are named and a few of them make about the "
+           "validation fraction" if val_by == "auto" else "")
+    return f"a per-class sample of the training utterances (their speakers also train{why})"
 
 
 def _stratified_sample(utts: list[Utterance], fraction: float, seed: int) -> set[str]:

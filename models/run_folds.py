@@ -51,7 +51,7 @@ def train_run(workdir: str | Path, spec: RunSpec, folds: str | int = "all", devi
     workdir = Path(workdir).resolve()  # Dask workers have other working directories
     corpus = corpus or load_corpus(workdir)
     fold_list = spec.split.folds(corpus, folds)
-    log.info("validation (--val-split %s): %s", spec.split.val_by, describe_validation(fold_list))
+    log.info("validation (--val-split %s): %s", spec.split.val_by, describe_validation(fold_list, spec.split.val_by))
     task = task or spec.make_task(workdir, corpus)  # features opened and checked once
     paths = RunPaths(workdir, spec.task, spec.run)
     if scheduler or (gpus and len(gpus) > 1):

@@ -117,6 +117,8 @@ def test_auto_samples_utterances_where_speakers_cannot_be_held_out_and_speaker_s
                    utterances=[u for u in iemocap_shaped().utterances if u.group <= "Ses03"])
     assert not any(f.val_speakers for f in make_folds(small))
     assert "per-class sample" in describe_validation(make_folds(small))
+    asked = describe_validation(make_folds(small, val_by="utterance"), "utterance")
+    assert "per-class sample" in asked and "auto" not in asked  # no rule the user did not ask for
     assert all(len(f.val_speakers) == 1 for f in make_folds(small, val_by="speaker"))  # asked: yes
     nameless = iemocap_shaped(speakers_without_name=True)
     assert not any(f.val_speakers for f in make_folds(nameless))
