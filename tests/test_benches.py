@@ -71,3 +71,21 @@ def test_the_extract_ab_bench_runs_on_the_cpu(tmp_path):
                "--stages", "mel")
     assert s["stages"] == ["mel"] and len(s["this_s"]) == len(s["base_s"]) == 1
     assert s["this_s"][0] > 0 and s["base_s"][0] > 0 and s["ratio_of_medians"] > 0
+
+
+def test_the_extract_cli_pair_bench_runs_on_an_extracted_work_dir(tmp_path):
+    """bench/extract_cli_pair.py over a prepared work dir (a tiny random wav2vec2, on the CPU):
+    one cold CLI run paired with one warm in-process run, on the corpus's own audio length."""
+    from bench.extract_speech import make_corpus, product_workdir
+    corpus = make_corpus(tmp_path / "wav", 0.1)
+    work, model = product_workdir(tmp_path, corpus, "tiny")
+    out = tmp_path / "pair.json"
+    done = subprocess.run([sys.executable, "-m", "bench.extract_cli_pair", str(work), "-p", f"model={model}",
+                           "--gpus", "", "--pairs", "1", "--json", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    s = json.loads(out.read_text())
+    assert abs(s["audio_hours"] * 3600 - sum(n for *_, n in corpus) / 16000) < 1e-6
+    assert len(s["cli_s"]) == len(s["product_s"]) == 1 and s["product_s"][0] > 0
+    assert s["cli_over_product_paired"] == s["product_s"][0] / s["cli_s"][0]
+    assert s["bare_start_what"] == "Python + torch" and 0 < s["bare_start_s"] < s["cli_s"][0]
