@@ -94,8 +94,8 @@ def test_real_tiny_en_matches_ctranslate2_and_transformers():
     with torch.inference_mode():
         states = frames.states(mel, [1500])  # (1, 1500, 5, 384)
         hf = enc.to_transformers()(mel, output_hidden_states=True)
-    for i, h in enumerate(hf.hidden_states):  # our forward is transformers' forward
-        torch.testing.assert_close(states[:, :, i], h, rtol=0, atol=0)
+    for i, h in enumerate(hf.hidden_states):  # transformers' forward; our CPU float32 matmuls are
+        torch.testing.assert_close(states[:, :, i], h, rtol=1e-5, atol=2e-5)  # oneDNN's: another summation order
     model = ctranslate2.models.Whisper(str(ct2_files("whisper-tiny.en")[0].parent), device="cpu",
                                        compute_type="float32", intra_threads=1)
     ref = np.array(model.encode(ctranslate2.StorageView.from_array(mel.numpy()), to_cpu=True))
