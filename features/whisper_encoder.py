@@ -3,8 +3,9 @@
 The module has transformers' ``WhisperEncoder`` parameter names and its op order (conv stem with
 GELU, learned positions, pre-LN self-attention blocks with q scaled before the product and a
 bias-free k, GELU FFN, a final layer norm), so it loads the same state dict and computes the same
-numbers (to float32 rounding: on the CPU its projections are oneDNN's matmul, see :func:`linear`): ``tests/features/test_whisper_encoder.py`` checks every layer against transformers on a
-tiny random config. :func:`encoder_states` runs either module (they share attribute names) and
+numbers, to float32 rounding (on the CPU its projections are oneDNN's matmul, :func:`linear`):
+``tests/features/test_whisper_encoder.py`` checks every layer against transformers on a tiny
+random config. :func:`encoder_states` runs either module (they share attribute names) and
 is the one definition of the layers the ``speech`` stage stores.
 
 Only what the CTranslate2 Whisper packages hold is implemented: GELU activations, no embedding
