@@ -61,15 +61,23 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and layer.weight.dtype == torch.float32 \
             and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)):
         try:
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+            return _ONEDNN[0](x, layer.weight, layer.bias, "none", [], "")
         except RuntimeError as e:  # a build or CPU whose oneDNN refuses: torch's own path from now on
             _ONEDNN.clear()
             log.info("oneDNN linear unavailable (%s); Whisper layers use torch's matmul", str(e).splitlines()[0])
     return layer(x)
 
 
-#: Non-empty while oneDNN's fused linear can be used (emptied at its first failure).
-_ONEDNN: list[bool] = [True] if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") else []
+def _onednn_linear() -> list:
+    """[oneDNN's linear op] where this torch build has it, else []."""
+    if not torch.backends.mkldnn.is_available():
+        return []
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # torch.ops raises AttributeError if absent
+    return [op] if op is not None else []
+
+
+#: [the op] while oneDNN's linear can be used; emptied at its first failure.
+_ONEDNN: list = _onednn_linear()
 
 
 class WhisperSelfAttention(nn.Module):

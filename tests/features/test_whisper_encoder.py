@@ -141,3 +141,21 @@ def test_linears_that_need_gradients_or_other_dtypes_keep_torchs_own_path():
     with torch.inference_mode():
         assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: linear(half, xb))
         torch.testing.assert_close(linear(half, xb), half(xb), rtol=0, atol=0)
+
+
+def test_a_onednn_refusal_falls_back_to_torch_once_and_for_all(monkeypatch, caplog):
+    calls = []
+
+    def refuses(*args):
+        calls.append(args)
+        raise RuntimeError("could not create a primitive descriptor\nsecond line")
+
+    monkeypatch.setattr(whisper_encoder, "_ONEDNN", [refuses])
+    layer = torch.nn.Linear(16, 8).requires_grad_(False)
+    x = torch.randn(2, 3, 16)
+    with torch.inference_mode(), caplog.at_level("INFO", logger="features.whisper_encoder"):
+        first, second = linear(layer, x), linear(layer, x)
+    torch.testing.assert_close(first, layer(x), rtol=0, atol=0)
+    torch.testing.assert_close(second, layer(x), rtol=0, atol=0)
+    assert len(calls) == 1 and whisper_encoder._ONEDNN == []  # not tried again
+    assert "could not create a primitive descriptor" in caplog.text and "second line" not in caplog.text
