@@ -72,8 +72,10 @@ def _onednn_linear() -> list:
     """[oneDNN's linear op] where this torch build has it, else []."""
     if not torch.backends.mkldnn.is_available():
         return []
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # torch.ops raises AttributeError if absent
-    return [op] if op is not None else []
+    try:
+        return [torch.ops.mkldnn._linear_pointwise]
+    except (AttributeError, RuntimeError):  # torch builds without it: no such operator
+        return []
 
 
 #: [the op] while oneDNN's linear can be used; emptied at its first failure.
