@@ -47,15 +47,15 @@ def main() -> None:
     params = dict(p.split("=", 1) for p in args.param)
     cuda = bool(args.gpus)
     gpus = [int(g) for g in args.gpus.split(",")] if cuda else None
-    secs = audio_seconds(args.work)
-    print(f"machine: {machine('cuda' if cuda else 'cpu')}; {secs / 3600:.2f} h of audio in {args.work}")
+    secs, host = audio_seconds(args.work), machine("cuda" if cuda else "cpu")
+    print(f"machine: {host}; {secs / 3600:.2f} h of audio in {args.work}")
     _, t_load = load_model(params, "cuda" if cuda else "cpu")
     t_first = run_product(args.work, params, gpus)  # warm-up: this process's first pass over the shapes
     warm = lambda: run_product(args.work, params, gpus)  # noqa: E731
     runs = cli_runs(args.work, args.gpus or None, params, args.pairs, None, {}, warm)
     start, what = bare_start(cuda)
     cli, prod = runs["runs"]["cli"], runs["runs"]["product"]
-    out = {"machine": machine("cuda" if cuda else "cpu"), "audio_hours": secs / 3600, "model_load_s": t_load,
+    out = {"machine": host, "audio_hours": secs / 3600, "model_load_s": t_load,
            "product_first_pass_s": t_first, "cli_s": cli, "product_s": prod,
            "cli_over_product_paired": runs["paired_ratio"], "bare_start_s": start, "bare_start_what": what,
            "cli_over_product_load_start": float(np.median([(p + t_load + start) / c for p, c in zip(prod, cli)])),

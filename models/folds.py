@@ -18,6 +18,7 @@ weights searched on it came out 8.7 points below TER alone (bench/RESULTS.md, ro
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections import Counter
@@ -60,7 +61,7 @@ class SplitConfig:
         return make_folds(corpus, folds, self.val_fraction, self.split_seed, self.val_by)
 
     def record(self) -> dict:
-        return {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "val_by": self.val_by}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_record(cls, record: dict | None) -> "SplitConfig":
@@ -157,43 +158,52 @@ def held_out_speakers(rest: list[Utterance], fraction: float, seed: int, val_by:
     if fraction <= 0 or val_by == "utterance":
         return ()
     count = Counter(u.speaker for u in rest)
-    why = ("not every training utterance names its speaker" if None in count or "" in count
-           else f"{len(count)} speaker(s) in the training groups; holding speakers out needs >= 3"
-           if len(count) < 3 else "")
-    if not why:
-        labels_of: dict = {}
-        for u in rest:
-            labels_of.setdefault(u.speaker, set()).add(u.label)
-        labels = set().union(*labels_of.values())
-        order = sorted(count)
-        order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
-        target, best = fraction * len(rest), None
-        for start in range(min(len(order), 64)):
-            chosen, n = [], 0
-            for spk in order[start:] + order[:start]:
-                if n >= target:
-                    break
-                chosen.append(spk)
-                n += count[spk]
-            if len(chosen) > len(order) - 2:
-                continue
-            train_labels = set().union(*(labels_of[s] for s in order if s not in chosen))
-            val_labels = set().union(*(labels_of[s] for s in chosen))
-            if train_labels == labels and (best is None or val_labels == labels):
-                best = (tuple(sorted(chosen)), n)
-                if val_labels == labels:
-                    break
-        why = ("no set of speakers leaves training every label and two speakers" if best is None
-               else f"the held-out speakers ({', '.join(best[0])}) hold {best[1] / len(rest):.0%} of "
-                    f"the training utterances, more than twice the validation fraction {fraction:g}"
-               if val_by == "auto" and best[1] > 2 * target else "")
-        if not why:
+    if None in count or "" in count:
+        why = "not every training utterance names its speaker"
+    elif len(count) < 3:
+        why = f"{len(count)} speaker(s) in the training groups; holding speakers out needs >= 3"
+    else:
+        best = _speaker_set(rest, count, fraction, seed)
+        if best is None:
+            why = "no set of speakers leaves training every label and two speakers"
+        elif val_by == "auto" and best[1] > 2 * fraction * len(rest):
+            why = (f"the held-out speakers ({', '.join(best[0])}) hold {best[1] / len(rest):.0%} of "
+                   f"the training utterances, more than twice the validation fraction {fraction:g}")
+        else:
             return best[0]
     if val_by == "speaker":
         raise TrainingError(f"fold {fold}: cannot hold out speakers for validation: {why}; use "
                             "--val-split utterance (or auto)")
     log.debug("fold %s: validation samples utterances: %s", fold, why)
     return ()
+
+
+def _speaker_set(rest: list[Utterance], count: Counter, fraction: float,
+                 seed: int) -> tuple[tuple[str, ...], int] | None:
+    """The search :func:`held_out_speakers` describes: (speakers, their utterances) or None."""
+    labels_of: dict = {}
+    for u in rest:
+        labels_of.setdefault(u.speaker, set()).add(u.label)
+    labels = set().union(*labels_of.values())
+    order = sorted(count)
+    order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+    target, best = fraction * len(rest), None
+    for start in range(min(len(order), 64)):
+        chosen, n = [], 0
+        for spk in order[start:] + order[:start]:
+            if n >= target:
+                break
+            chosen.append(spk)
+            n += count[spk]
+        if len(chosen) > len(order) - 2:
+            continue
+        train_labels = set().union(*(labels_of[s] for s in order if s not in chosen))
+        val_labels = set().union(*(labels_of[s] for s in chosen))
+        if train_labels == labels and (best is None or val_labels == labels):
+            best = (tuple(sorted(chosen)), n)
+            if val_labels == labels:
+                break
+    return best
 
 
 def describe_validation(folds: list[Fold], val_by: str = "auto") -> str:
