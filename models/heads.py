@@ -1,7 +1,7 @@
 """Reference heads: the standard downstream models the paper's network must beat on the same cache.
 
 The SUPERB/s3prl practice for emotion recognition on a frozen speech encoder: learned softmax
-weights over the encoder's layers (:class:`models.ser.LayerWeights`), pooling over time, then a
+weights over the encoder's layers (:class:`models.layer_weights.LayerWeights`), pooling over time, then a
 classifier. Three poolings × classifiers, and the field's classic acoustic baseline:
 
 - ``head-linear``: mean pooling → linear (a learned-layer linear probe);
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from core.errors import TrainingError
-from models.ser import LayerWeights
+from models.layer_weights import LayerWeights
 from models.trainer import TrainConfig
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import TrainingError
+from models.compiled import CompiledInTraining
+from models.layer_weights import LayerWeights
 
 
 @dataclass(frozen=True)
@@ -111,31 +112,6 @@ def linear_norm(d_in: int, d_out: int, gain: str = "linear") -> nn.Linear:
     return lin
 
 
-class CompiledInTraining(nn.Module):
-    """A module whose ``run`` :func:`compile_for_training` may compile for training steps, whose
-    crops all have one shape; inference (window batches of any size) stays eager. A compile that
-    fails warns once, and the process trains eagerly from then on."""
-
-    compiled = None  # torch.compile of ``run``, set by compile_for_training
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.compiled is not None and not _COMPILE_FAILED:
-            try:
-                return self.compiled(x)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as e:  # noqa: BLE001 - no C compiler, an unsupported GPU: train eagerly
-                _COMPILE_FAILED.append(e)
-                said = " ".join(line.strip() for line in str(e).strip().splitlines()[:2])  # dynamo's
-                logging.getLogger(__name__).warning(  # first line names the backend, the second its error
-                    "torch.compile of the model's conv stacks and layer weights failed (%s: %s); training "
-                    "goes on without it (--compile off skips the attempt)", type(e).__name__, said[:300])
-        return self.run(x)
-
-
-_COMPILE_FAILED: list[Exception] = []  # once compiling failed in this process, nothing retries it
-
-
 class ConvStack(CompiledInTraining, nn.ModuleList):
     """(Conv1d + BatchNorm) blocks, each followed by ``act`` (the last one only if ``last_act``):
     (B, C, T) → (B, C', T)."""
@@ -186,19 +162,6 @@ def conv_stack(c_in: int, c_out: int, n: int = 3) -> ConvStack:
     )
 
 
-def compile_for_training(model: nn.Module, mode: str = "default", backend: str = "inductor") -> int:
-    """``torch.compile`` the conv stacks of ``model`` (convolutions, batch norms and activations
-    fuse) and its layer weights (one pass over the crops' L layers instead of a batched matrix
-    product: 6.9 → 4.8 ms a step at batch 512 on an H200) for its training steps; returns how many
-    modules. The LSTMs stay cuDNN's: dynamo does not trace ``nn.LSTM`` (torch 2.11), and a graph
-    break there would leave the rest eager."""
-    stacks = [m for m in model.modules() if isinstance(m, CompiledInTraining)]
-    for m in stacks:
-        m.compiled = torch.compile(m.run, mode=None if mode == "default" else mode, backend=backend,
-                                   dynamic=False)
-    return len(stacks)
-
-
 _RNN_AUTOCAST_OK: dict[tuple[str, int | None], bool] = {}
 
 
@@ -226,50 +189,6 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", enabled=False):
             return lstm(x.float())[0]
     return lstm(x)[0]
-
-
-class LayerWeights(CompiledInTraining):
-    """Learnable average of L layers (s3prl's Featurizer): (B, T, L, D) → (B, T, D)."""
-
-    def __init__(self, n_layers: int, mode: str = "raw"):
-        super().__init__()
-        self.mode = mode
-        # Official: raw weights initialised to 1 and normalised by their sum (not a softmax).
-        init = torch.ones(n_layers) if mode == "raw" else torch.zeros(n_layers)
-        self.alpha = nn.Parameter(init)
-
-    def weights(self) -> torch.Tensor:
-        """(L,) normalised weights (sum 1)."""
-        a = self.alpha.float()
-        return torch.softmax(a, 0) if self.mode == "softmax" else a / a.sum()
-
-    def input_dtype(self, x: torch.Tensor) -> torch.dtype:
-        """What ``forward`` computes ``x`` in: fp16 features stay fp16 under GPU autocast (matmul
-        accumulates in fp32); otherwise the model's own dtype (fp32 master weights, or a model
-        cast by the caller)."""
-        return x.dtype if x.is_cuda and torch.is_autocast_enabled("cuda") else self.alpha.dtype
-
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = self.input_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
-            w, x = self.weights().to(dtype), x.to(dtype)
-            if x.is_cuda and not torch.compiler.is_compiling():
-                return layer_average(w, x)
-            return torch.matmul(w, x)  # (B, T, D)
-
-
-#: Products per batched cuBLAS call: past 65,535 cuBLAS takes slower paths (an H200, eager: 512
-#: crops × 96 frames = 49,152 products in 7.0 ms, 1,024 crops in 25 ms; bench/RESULTS.md).
-GEMM_BATCH = 63 * 1024
-
-
-def layer_average(w: torch.Tensor, x: torch.Tensor, batch: int = GEMM_BATCH) -> torch.Tensor:
-    """``w @ x`` — (L,) weights over x (B, T, L, D) → (B, T, D) — in slices of crops with at most
-    ``batch`` (1, L) @ (L, D) products each."""
-    per_crop = math.prod(x.shape[1:-2])
-    if x.shape[0] * per_crop <= batch:
-        return torch.matmul(w, x)
-    return torch.cat([torch.matmul(w, part) for part in x.split(max(1, batch // per_crop))])
 
 
 class Encoder(nn.Module):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import TrainingError
+from models.layer_weights import CropFrames
 from models.ser_sources import ALL, Source
 from pipeline.rows import prefetch
 
@@ -42,7 +43,7 @@ READ_THREADS = min(8, os.cpu_count() or 1)
 class Batch:
     """A batch of crops (all on one device)."""
 
-    feats: torch.Tensor  # (B, crop, L, D) fp16 (mel input: (B, crop, 1, 80))
+    feats: torch.Tensor | CropFrames  # (B, crop, L, D) fp16 (mel input: (B, crop, 1, 80)), or left in the corpus
     mel: torch.Tensor  # (B, crop, 80) float32 target
     phones: torch.Tensor  # (B, crop, 128) one-hot float32, zero rows on padding
     spk: torch.Tensor  # (B, 256) float32
@@ -110,24 +111,26 @@ class ResidentSet:
         return ResidentSet(self.all_ids, self.feats, self.mel, self.phones, self.offsets, self.spk,
                            self.labels, rows)
 
-    def sample(self, batch: int, crop: int, gen: torch.Generator) -> Batch:
-        """``batch`` random crops of ``crop`` frames, gathered on the device."""
+    def sample(self, batch: int, crop: int, gen: torch.Generator, in_place: bool = False) -> Batch:
+        """``batch`` random crops of ``crop`` frames, gathered on the device; ``in_place``: the
+        encoder frames left in the corpus (:class:`CropFrames`) for a compiled layer average."""
         r, start = crop_positions(self.lengths, batch, crop, gen)
         r, start = r.to(self.device), start.to(self.device)
         u = self.rows[r]  # (B,) utterance index in storage
         t = torch.arange(crop, device=self.device)  # (crop,)
         valid = (start[:, None] + t) < self.lengths[r][:, None]  # (B, crop)
         idx = torch.where(valid, self.offsets[u][:, None] + start[:, None] + t, self.offsets[u][:, None])
-        return self._gather(idx, valid, u)
+        return self._gather(idx, valid, u, in_place)
 
-    def _gather(self, idx: torch.Tensor, valid: torch.Tensor, u: torch.Tensor) -> Batch:
+    def _gather(self, idx: torch.Tensor, valid: torch.Tensor, u: torch.Tensor, in_place: bool = False) -> Batch:
         """Frames ``idx`` (B, crop) with ``valid`` mask → Batch (invalid frames zeroed)."""
         m = valid[..., None]  # (B, crop, 1)
         mel = self.mel[idx].float().mul_(m)  # (B, crop, 80)
         if self.feats is None:
             feats = mel[:, :, None, :].half()  # (B, crop, 1, 80)
-        else:  # gathered copy, padding zeroed in place (no second crop-sized buffer)
-            feats = self.feats[idx].mul_(m[..., None].to(self.feats.dtype))  # (B, crop, L, D)
+        else:
+            feats = CropFrames(self.feats, idx, valid)
+            feats = feats if in_place else feats.gather()  # (B, crop, L, D)
         ph = F.one_hot(self.phones[idx].long().clamp(0, N_PHONES - 1), N_PHONES).float() * m  # (B, crop, 128)
         return Batch(feats, mel, ph, self.spk[u], self.labels[u], valid.sum(1))
 

@@ -29,7 +29,8 @@ from models.folds import SplitConfig
 from models.runs import RunPaths, write_json
 from models.data_parallel import check_batch
 from models.heads import HEADS, HeadConfig, PoolingHead, shared_summary
-from models.ser import PRESETS, SERConfig, SERModel, compile_for_training, make_config, ser_loss
+from models.compiled import compile_for_training
+from models.ser import PRESETS, SERConfig, SERModel, make_config, ser_loss
 from models.ser_data import Batch, ResidentSet, StreamingSet, fits, iter_windows, load_resident, load_set
 from models.ser_sources import StoreKeys, StoreSource, usable
 from models.shared_resident import release as release_shared, shared_set
@@ -148,6 +149,7 @@ class SERTask:
         self._eval: dict[tuple[str, ...], ResidentSet | StreamingSet] = {}
         self._gen: torch.Generator | None = None
         self._share = (0, 1)  # (rank, world) of a fold trained on several GPUs
+        self._in_place = False  # crops' encoder frames left in the corpus (compiled SERModel, resident set)
         self._corpus: ResidentSet | None = None  # every fold's utterances, when they fit at once
         self._corpus_ids: tuple[list[str], str] | None = None  # (their ids, a digest of their keys)
         self.class_weights: torch.Tensor | None = None  # set by prepare
@@ -219,8 +221,11 @@ class SERTask:
         the trainer calls it after ``prepare`` and ``data_parallel``)."""
         rank_batch = self.spec.train.batch_size // self._share[1]
         mode = compile_mode(self.inputs.compile, self.spec.train.steps * rank_batch, rank_batch)
+        self._in_place = False
         if mode != "off" and self.device.type == "cuda":
             n = compile_for_training(model, mode)
+            # the compiled layer average reads the crops' rows of the corpus: no gathered copy
+            self._in_place = isinstance(model, SERModel) and isinstance(self.train, ResidentSet)
             log.info("SER: %d modules (layer weights, conv stacks) compiled for training (torch.compile "
                      "mode %s)", n, mode)
 
@@ -240,7 +245,10 @@ class SERTask:
         # sampler state, and drawing them on the device costs no host-device synchronisation.
         rank, world = self._share
         self._gen.manual_seed((self._seed * 1_000_003 + 7919 * step + 1 + 104_729 * rank) % (2**63))
-        return self.train.sample(self.spec.train.batch_size // world, self._crop(self.train), self._gen)
+        crops, crop = self.spec.train.batch_size // world, self._crop(self.train)
+        if self._in_place:
+            return self.train.sample(crops, crop, self._gen, in_place=True)
+        return self.train.sample(crops, crop, self._gen)
 
     def data_parallel(self, rank: int, world: int) -> None:
         """Draw rank ``rank``'s share of every step's crops: batch / world crops of its own

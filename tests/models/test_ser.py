@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from core.errors import TrainingError
-from models.ser import PRESETS, Encoder, LayerWeights, SERModel, make_config, ser_loss
+from models.layer_weights import LayerWeights
+from models.ser import PRESETS, Encoder, SERModel, make_config, ser_loss
 from tests.fixtures.ser import TINY_SER
 
 torch.set_num_threads(1)
@@ -64,7 +65,7 @@ def test_layer_weights_raw_are_sum_normalised_and_start_as_the_mean():
 def test_the_layer_average_in_slices_is_the_same_product():
     """Past a cuBLAS batch limit the eager layer average runs in slices of crops (CUDA): the same
     values and the same gradient to the weights as one product."""
-    from models.ser import layer_average
+    from models.layer_weights import layer_average
     x = torch.randn(7, 5, 3, 4)  # (B, T, L, D): 35 products of (1, L) @ (L, D)
     grads = []
     for batch in (10_000, 12):  # one product; slices of 12 // 5 = 2 crops
@@ -195,7 +196,7 @@ def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
     batches of any size would recompile)."""
     from torch._dynamo.testing import CompileCounter
 
-    from models.ser import compile_for_training
+    from models.compiled import compile_for_training
 
     torch._dynamo.reset()
     cfg = make_config("small", n_layers=3, feat_dim=16, **TINY_SER)
@@ -223,8 +224,8 @@ def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():
 
 def test_a_compile_that_fails_falls_back_to_eager_training(caplog):
     """No C compiler or an unsupported GPU must not stop a run: a warning, then eager steps."""
-    import models.ser as ser
-    from models.ser import compile_for_training
+    import models.compiled as compiled_mod
+    from models.compiled import compile_for_training
 
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no C compiler found")
@@ -243,7 +244,7 @@ def test_a_compile_that_fails_falls_back_to_eager_training(caplog):
         assert "torch.compile of the model's conv stacks and layer weights failed" in said and "no C compiler" in said
         assert caplog.text.count("failed") == 1  # said once, not once per stack
     finally:
-        ser._COMPILE_FAILED.clear()
+        compiled_mod._COMPILE_FAILED.clear()
 
 
 def test_auto_compiles_from_a_million_crops_in_steps_of_1024_on():
