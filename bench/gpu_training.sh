@@ -8,7 +8,7 @@
 #   ter      target 3 for TER: 5 folds of the paper's samples through `train ter` against the same
 #            folds in-process (ter_command_speed, IEMOCAP size, bf16)
 #   schedule1 on one GPU: the paper's whole SER schedule, 5 folds x 2 M crops, in one `train ser`
-#            command (batch 1024, --compile auto; ~14 min: beyond one 10-minute device call, so start
+#            command (batch 1024, --compile auto; ~10.5 min: beyond one 10-minute device call, so start
 #            it under setsid and wait across calls) against the steps-only rate (targets 3 and 4)
 #   schedule on 2 GPUs (nvidia-h200-x2): the paper's whole SER schedule, 5 folds x 2 M crops, in one
 #            `train ser --gpus 0,1 --data-parallel` command (batch 1024, --compile auto; ~8 min)

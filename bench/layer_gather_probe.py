@@ -110,23 +110,14 @@ def main(argv=None) -> int:
     fused = torch.compile(_average, dynamic=False)
     ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
-    def product(module):
+    frames = CropFrames(corpus, idx, valid)
+
+    def product(module, in_place=False):
         def go():
             module.alpha.grad = None
-            x = corpus[idx].mul_(valid[..., None, None].to(corpus.dtype))
+            x = frames if in_place else frames.gather()  # the product's gather: copy, zero padding
             with ac:
                 out = module(x)
-            out.float().backward(g_out)
-            return out, module.alpha.grad
-        return go
-
-    def in_place(module):
-        frames = CropFrames(corpus, idx, valid)
-
-        def go():
-            module.alpha.grad = None
-            with ac:
-                out = module(frames)
             out.float().backward(g_out)
             return out, module.alpha.grad
         return go
@@ -140,8 +131,8 @@ def main(argv=None) -> int:
         return go
 
     variants = {"gather+compiled": product(lw_c), "gather+eager": product(lw),
-                "fused": fused_variant(fused), "in place": in_place(lw_c),
-                "gather only": lambda: corpus[idx].mul_(valid[..., None, None].to(corpus.dtype))}
+                "fused": fused_variant(fused), "in place": product(lw_c, in_place=True),
+                "gather only": frames.gather}
     ref_out, ref_grad = variants["gather+eager"]()
     ref_out, ref_grad = ref_out.float(), ref_grad.clone()
     ref_grad_norm = _bwd_reduce(corpus, idx, valid, g_out)  # eager: d loss / d w (normalised weights)

@@ -38,9 +38,10 @@ def call_compiled(compiled: Callable | None, eager: Callable, *args: Any) -> Any
     return eager(*args)
 
 
-def compile_fn(fn: Callable, mode: str, backend: str) -> Callable:
-    """``fn`` compiled for one fixed shape (``mode`` "default" = torch's default)."""
-    return torch.compile(fn, mode=None if mode == "default" else mode, backend=backend, dynamic=False)
+def compile_fn(fn: Callable, mode: str, backend: str, dynamic: bool | None = False) -> Callable:
+    """``fn`` compiled (``mode`` "default" = torch's default) for one fixed shape, or with
+    ``dynamic=None`` for its first shapes, then with the dimensions that changed symbolic."""
+    return torch.compile(fn, mode=None if mode == "default" else mode, backend=backend, dynamic=dynamic)
 
 
 class CompiledInTraining(nn.Module):

@@ -123,7 +123,10 @@ class LayerWeights(CompiledInTraining):
 
     def compile_run(self, mode: str, backend: str) -> None:
         super().compile_run(mode, backend)
-        self.fused = (compile_fn(_average, mode, backend), compile_fn(_grad_w, mode, backend))
+        # dynamic=None: a corpus of another length (each fold's own training set, when the whole
+        # corpus does not fit) recompiles once with a symbolic length, not once per fold until
+        # dynamo's recompile limit sends the full batch through the unsliced eager function
+        self.fused = tuple(compile_fn(fn, mode, backend, dynamic=None) for fn in (_average, _grad_w))
 
     def weights(self) -> torch.Tensor:
         """(L,) normalised weights (sum 1)."""

@@ -159,3 +159,45 @@ def test_on_cuda_inductor_reads_the_corpus_in_place_as_the_copy_gives():
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-2, atol=1e-2 * float(want_grad.abs().max()))
     assert not compiled_mod._COMPILE_FAILED
+
+
+def test_in_place_crops_pass_through_ddp_unchanged():
+    """A data-parallel rank's model is DDP-wrapped: DDP rebuilds dataclass inputs field by field
+    on their way to the device; the in-place average must still see CropFrames and α still get
+    its gradient (one gloo process: the path NCCL takes on GPUs)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from models.data_parallel import free_address
+
+    frames, g = _frames(5)
+    ref = LayerWeights(4).train()
+    layers = LayerWeights(4).train()
+    layers.fused = (None, None)
+    seen = []
+    layers.register_forward_pre_hook(lambda m, args: seen.append(type(args[0])))
+    dist.init_process_group("gloo", init_method=free_address("tcp://127.0.0.1:0"), rank=0, world_size=1)
+    try:
+        got = DistributedDataParallel(layers)(frames)
+        got.float().backward(g)
+    finally:
+        dist.destroy_process_group()
+    got, got_grad = got.detach(), layers.alpha.grad
+    want, want_grad = _average_and_grad(ref, frames.gather(), g)
+    assert seen == [CropFrames]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_corpora_of_other_lengths_recompile_once_not_per_fold():
+    """Folds that each hold their own training set give the compiled average corpora of other
+    lengths: the second length compiles a symbolic-length graph that serves every later one."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    layers = LayerWeights(4).train()
+    compile_for_training(layers, backend=counter)
+    for n in (200, 300, 400, 500):
+        frames, g = _frames(6, n=n)
+        _average_and_grad(layers, frames, g)
+    assert counter.frame_count == 2 * 2  # forward and backward: static, then symbolic length
