@@ -1,12 +1,12 @@
 """Does gathering the crops' frames inside the compiled layer average pay? (#19 target 4 probe)
 
-A training step today gathers ``feats[idx]`` — B crops × 96 frames × L × D fp16 copied out of the
-resident corpus (5 GB at batch 1,024 on 25 × 1024 layers) —, zeroes the padding in place (another
+A training step up to 0.8.10 gathered ``feats[idx]`` — B crops × 96 frames × L × D fp16 copied out of the
+resident corpus (5 GB at batch 1,024 on 25 × 1024 layers) —, zeroed the padding in place (another
 pass), then the layer weights read the copy forward and again backward (the α gradient). Every
 pass is memory-bound. Variants, each forward + backward of the product's ``LayerWeights``
 arithmetic on the same crops of one resident corpus, CUDA-synchronised medians:
 
-  gather+compiled  the product: gather, zero padding, ``LayerWeights`` compiled as ``--compile``
+  gather+compiled  0.8.10: gather, zero padding, ``LayerWeights`` compiled as ``--compile``
   gather+eager     the same with the eager (sliced batched matmul) average
   fused            one compiled function from (corpus, idx, valid, α): the gather inside the
                    reduction (inductor indexes the corpus directly), autograd through it
@@ -15,7 +15,10 @@ arithmetic on the same crops of one resident corpus, CUDA-synchronised medians:
                    crop-sized written or kept between them
   gather only      ``feats[idx].mul_(m)`` alone
 
-The outputs and α's gradients of the fused variants are compared with the product's.
+Then each formulation of the in-place forward and of α's gradient, compiled alone (``fwd
+reduce`` / ``fwd unrolled``, ``bwd reduce`` / ``bwd two-step`` / ``bwd two-step flat``): how
+inductor's kernels differ with the way the same sums are written (0.8.11 took the unrolled forward
+and the two-step gradient). Outputs and α's gradients are compared with the eager gathered product.
 
     python -m bench.layer_gather_probe --device cuda --frames 640000 --batch 1024
     python -m bench.layer_gather_probe --frames 4000 --batch 8 --layers 3 --dim 16   # CPU check
