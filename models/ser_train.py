@@ -46,8 +46,8 @@ PAPER_CROPS = 2_000_000
 #: (:func:`compile_mode`; the paper's fold: 2 M) ...
 AUTO_COMPILE_CROPS = 1_000_000
 #: ... in steps of at least this many crops (a data-parallel rank: its share). Same run on an H200
-#: (2026-12-01, channels-last conv stacks, sliced layer average): compiled / eager steps 0.99x at
-#: batch 512, 1.13x at 1,024, after a 15-20 s compile.
+#: (2026-12-02, 0.8.11, crops read in place): compiled / eager steps 1.04x at batch 512, 1.41x at
+#: 1,024, after a 15-25 s compile (bench/RESULTS.md, round thirteen).
 AUTO_COMPILE_BATCH = 1024
 
 
