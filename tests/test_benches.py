@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     out = tmp_path / "summary.json"
     where = {"bench.ser_speed": ["--out", str(out)], "bench.ser_step_parts": ["--json", str(out)],
-             "bench.text_cold_start": ["--json", str(out)]}.get(
+             "bench.text_cold_start": ["--json", str(out)], "bench.layer_gather_probe": ["--json", str(out)]}.get(
         module, ["--json", str(out), "--dir", str(tmp_path / "scratch")])
     done = subprocess.run([sys.executable, "-m", module, *args, *where], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
@@ -57,8 +57,14 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
     ("bench.extract_processes", ("--arch", "tiny", "--minutes", "1", "--reps", "1"),
      lambda s: set(s["rows"]) == {"1", "2"} and s["shards"] >= 1 and s["feature_bytes"] > 0
      and all(r["median_s"] > 0 and r["over_one"] > 0 for r in s["rows"].values())),
+    ("bench.layer_gather_probe", ("--frames", "4000", "--batch", "8", "--layers", "3", "--dim", "16",
+                                  "--iters", "1"),
+     lambda s: not [k for k in s if k.endswith("error")] and s["in place ms"] > 0 and s["fwd unrolled ms"] > 0
+     and s["in place max|Δout|"] < 1e-5 and s["in place max|Δgrad|/max|grad|"] < 1e-4
+     and s["bwd two-step max|Δ|/max"] < 1e-4),
 ], ids=["train_speed", "ter_command_speed", "ser_speed", "ser_step_parts", "extract_speech",
-        "text_cold_start", "extract_timeline", "encoder_contention", "batch_prep_probe", "extract_processes"])
+        "text_cold_start", "extract_timeline", "encoder_contention", "batch_prep_probe", "extract_processes",
+        "layer_gather_probe"])
 def test_a_bench_runs_on_the_cpu(tmp_path, module, args, check):
     assert check(_bench(tmp_path, module, *args))
 
