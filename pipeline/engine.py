@@ -84,7 +84,9 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
 
     ``background``: the shard's fsync and rename run in this process's publishing thread
     while the caller goes on to the next shard (its lock is held until then); call
-    :func:`wait_published` before relying on the shard being there.
+    :func:`wait_published` before relying on the shard being there. At most one shard per process
+    is publishing while the next is computed (an earlier one is waited for here), so a crash
+    loses at most two computed shards, however far the disk lags behind.
     """
     t0 = time.perf_counter()
     stage = get_stage(stage_name)
@@ -106,7 +108,9 @@ def run_shard(workdir: str, stage_name: str, config: Any, identity: dict[str, An
                     old.unlink(missing_ok=True)
 
     if background:
-        _PUBLISHING.setdefault(os.getpid(), []).append(process_thread("publish").submit(finish))
+        earlier = _PUBLISHING.pop(os.getpid(), [])
+        _PUBLISHING[os.getpid()] = [process_thread("publish").submit(finish)]
+        _wait(earlier)  # published in order by one thread: done before this shard's turn
     else:
         finish()
     return ShardResult(sp.index, len(writer.items) - len(writer.failed), len(writer.failed),
@@ -188,8 +192,13 @@ _PUBLISHING: dict[int, list[Future]] = {}
 def wait_published() -> None:
     """Waits for this process's shards still being published; re-raises the first failure
     (every pending shard is waited for first)."""
+    _wait(_PUBLISHING.pop(os.getpid(), []))
+
+
+def _wait(publishing: list[Future]) -> None:
+    """Waits for every one of ``publishing``; re-raises the first failure."""
     errors = []
-    for pending in _PUBLISHING.pop(os.getpid(), []):
+    for pending in publishing:
         try:
             pending.result()
         except BaseException as e:  # noqa: BLE001 - the first is re-raised below

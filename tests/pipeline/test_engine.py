@@ -357,3 +357,31 @@ def test_a_live_writer_keeps_its_temp_file(tmp_path, monkeypatch, caplog):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_lagging_disk_holds_at_most_one_shard_publishing(work, monkeypatch):
+    """Each shard's fsync and rename run in the background while the next is computed, but a
+    process never gets further ahead than one shard being published: when the disk lags (a slow
+    publish here), a crash would lose at most the shard computing and the one publishing."""
+    from pipeline.store import ShardWriter
+    from tests.fixtures.stages import small_shards
+
+    small_shards(monkeypatch, {"toy": 1})  # one-utterance shards, computed in this process
+    init, publish = ShardWriter.__init__, ShardWriter.publish
+    begun, published, ahead = set(), set(), []
+
+    def init_(self, path, attrs):
+        init(self, path, attrs)
+        begun.add(path.name)
+        ahead.append(len(begun - published))  # shards begun and not yet published, this one included
+
+    def slow_publish(self):
+        time.sleep(0.15)  # a disk slower than the stage
+        publish(self)
+        published.add(self.path.name)
+
+    monkeypatch.setattr(ShardWriter, "__init__", init_)
+    monkeypatch.setattr(ShardWriter, "publish", slow_publish)
+    extract(work, ["toy"], workers=1)
+    assert published == begun and len(begun) >= 4, (sorted(begun), sorted(published))
+    assert max(ahead) == 2, ahead  # 2: one publishing while the next computes — the overlap stays

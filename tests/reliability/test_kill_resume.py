@@ -42,7 +42,9 @@ def soak_extract(tmp_path, monkeypatch, n_utts: int, n_kills: int, seed: int,
     n_shards = sum(assert_shards_valid(work, s) for s in stages)
     published = commits(journal)
     assert max(published.values()) == 1, published  # no shard computed twice
-    assert begins(journal) - sum(published.values()) <= soak.kills  # a kill wastes <= 1 shard
+    # a kill wastes <= 2 shards: the one computing and the one publishing behind it (one process;
+    # pipeline.engine.run_shard never lets more than one wait for the disk)
+    assert begins(journal) - sum(published.values()) <= 2 * soak.kills
     assert len(published) <= n_shards
     assert temp_files(work) == []
     corpus_ids = sorted(u.id for u in load_corpus(work).utterances)
