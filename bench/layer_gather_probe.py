@@ -32,42 +32,29 @@ import torch
 
 from bench.ser_step_parts import timed
 from models.compiled import compile_for_training
-from models.layer_weights import CropFrames, LayerWeights
+from models.layer_weights import CropFrames, LayerWeights, _average as product_average, _grad_w as product_grad_w
+from models.ser_data import ResidentSet
 
 
-def crops(n_frames: int, batch: int, crop: int, device, seed: int = 0):
-    """(idx, valid) as ``ResidentSet.sample`` makes them, over utterances of 1–12 s."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    lengths = torch.randint(50, 600, (n_frames // 300,), generator=g)
-    lengths = lengths[: int((lengths.cumsum(0) <= n_frames).sum())]
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    rows = torch.randint(len(lengths), (batch,), generator=g)
-    room = (lengths[rows] - crop).clamp(min=0)
-    start = (torch.rand(batch, generator=g) * (room + 1)).long().clamp(max=room)
-    t = torch.arange(crop)
-    valid = (start[:, None] + t) < lengths[rows][:, None]
-    idx = torch.where(valid, offsets[rows][:, None] + start[:, None] + t, offsets[rows][:, None])
-    return idx.to(device), valid.to(device)
+def crops(corpus: torch.Tensor, batch: int, crop: int, seed: int = 0) -> CropFrames:
+    """``batch`` crops as a training step draws them (``ResidentSet.sample``, in place) from
+    ``corpus`` cut into utterances of 1–12 s (mel, phones and speakers: zeros, not read here)."""
+    dev, n = corpus.device, len(corpus)
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(50, 600, (n // 300,), generator=g)
+    lengths = lengths[: int((lengths.cumsum(0) <= n).sum())]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(dev)
+    u = len(lengths)
+    data = ResidentSet([f"u{i}" for i in range(u)], corpus, torch.zeros(n, 80, device=dev),
+                       torch.zeros(n, dtype=torch.int16, device=dev), offsets, torch.zeros(u, 256, device=dev),
+                       torch.zeros(u, dtype=torch.long, device=dev))
+    return data.sample(batch, crop, torch.Generator(device=dev).manual_seed(seed), in_place=True).feats
 
 
 def _average(corpus, idx, valid, w):
-    """(B, T, D): one function, autograd through it (what AOTAutograd keeps for backward decides)."""
-    out = (corpus[idx].float() * w[:, None]).sum(2) * valid[..., None]
-    return out.to(corpus.dtype)
-
-
-def _fwd_reduce(corpus, idx, valid, w):
-    """Forward as a reduction over L."""
+    """(B, T, D) as a reduction over L: one function, autograd through it (what AOTAutograd keeps
+    for backward decides), and compiled alone the forward's "reduce" formulation."""
     return ((corpus[idx].float() * w[:, None]).sum(2) * valid[..., None]).to(corpus.dtype)
-
-
-def _fwd_unrolled(corpus, idx, valid, w):
-    """Forward as one pointwise sum of L indirect loads."""
-    x = corpus[idx]
-    out = x[:, :, 0].float() * w[0]
-    for k in range(1, x.shape[2]):
-        out = out + x[:, :, k].float() * w[k]
-    return (out * valid[..., None]).to(corpus.dtype)
 
 
 def _bwd_reduce(corpus, idx, valid, g):
@@ -75,14 +62,8 @@ def _bwd_reduce(corpus, idx, valid, g):
     return (corpus[idx].float() * (g.float() * valid[..., None])[:, :, None, :]).sum((0, 1, 3))
 
 
-def _bwd_two_step(corpus, idx, valid, g):
-    """α's gradient as a reduction over D (contiguous) per (crop frame, layer), then over frames."""
-    per_frame = (corpus[idx].float() * (g.float() * valid[..., None])[:, :, None, :]).sum(-1)  # (B, T, L)
-    return per_frame.sum((0, 1))
-
-
 def _bwd_two_step_flat(corpus, idx, valid, g):
-    """The same on flattened frames: (B·T, L, D) rows."""
+    """The product's two-step gradient (``_grad_w``) on flattened frames: (B·T, L, D) rows."""
     n = idx.numel()
     x = corpus[idx.reshape(n)].float()  # (n, L, D)
     gm = (g.float() * valid[..., None]).reshape(n, 1, -1)
@@ -102,7 +83,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
     corpus = torch.randn(a.frames, a.layers, a.dim, device=dev, dtype=torch.float16)
-    idx, valid = crops(a.frames, a.batch, a.crop, dev)
+    frames = crops(corpus, a.batch, a.crop)
+    idx, valid = frames.idx, frames.valid
     g_out = torch.randn(a.batch, a.crop, a.dim, device=dev)
     lw = LayerWeights(a.layers).to(dev)
     with torch.no_grad():
@@ -112,8 +94,6 @@ def main(argv=None) -> int:
     compile_for_training(lw_c)
     fused = torch.compile(_average, dynamic=False)
     ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-
-    frames = CropFrames(corpus, idx, valid)
 
     def product(module, in_place=False):
         def go():
@@ -146,7 +126,7 @@ def main(argv=None) -> int:
         try:
             if name != "gather only":
                 out, grad = fn()
-                res[name + " max|Δout|"] = float((out.float() - ref_out).abs().max())
+                res[name + " max|Δout|"] = float((out.detach().float() - ref_out).abs().max())
                 res[name + " max|Δgrad|/max|grad|"] = float((grad - ref_grad).abs().max() / ref_grad.abs().max())
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -157,8 +137,9 @@ def main(argv=None) -> int:
             res[name + " error"] = f"{type(e).__name__}: {str(e)[:300]}"
         print({k: v for k, v in res.items() if k.startswith(name)}, flush=True)
     w = lw.weights().detach()
-    for name, fn, args in (("fwd reduce", _fwd_reduce, (w,)), ("fwd unrolled", _fwd_unrolled, (w,)),
-                           ("bwd reduce", _bwd_reduce, (g_out,)), ("bwd two-step", _bwd_two_step, (g_out,)),
+    # "unrolled" and "two-step" are the product's own functions (models/layer_weights.py)
+    for name, fn, args in (("fwd reduce", _average, (w,)), ("fwd unrolled", product_average, (w, corpus.dtype)),
+                           ("bwd reduce", _bwd_reduce, (g_out,)), ("bwd two-step", product_grad_w, (g_out,)),
                            ("bwd two-step flat", _bwd_two_step_flat, (g_out,))):
         try:
             c = torch.compile(fn, dynamic=False)
