@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                 "fused": fused_variant(fused), "in place": product(lw_c, in_place=True),
                 "gather only": frames.gather}
     ref_out, ref_grad = variants["gather+eager"]()
-    ref_out, ref_grad = ref_out.float(), ref_grad.clone()
+    ref_out, ref_grad = ref_out.detach().float(), ref_grad.clone()
     ref_grad_norm = _bwd_reduce(corpus, idx, valid, g_out)  # eager: d loss / d w (normalised weights)
     res = {"frames": a.frames, "batch": a.batch, "layers": a.layers, "dim": a.dim,
            "corpus_gb": corpus.numel() * 2 / 1e9, "device": str(dev),
