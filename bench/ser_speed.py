@@ -30,7 +30,7 @@ import torch
 from models.ser import SERModel, make_config  # noqa: E402
 from models.ser_data import ResidentSet  # noqa: E402
 from models.ser_train import SERInputs, SERRun, SERTask, ser_schedule, window_probs  # noqa: E402
-from models.trainer import TrainConfig  # noqa: E402
+from models.trainer import TrainConfig, make_optimizer  # noqa: E402
 from pipeline.corpus import DEFAULT_CLASSES, Corpus  # noqa: E402
 
 IEMOCAP_UTTS, IEMOCAP_HOURS, FOLDS, CROPS_PER_FOLD = 5531, 7.0, 5, 2_000_000
@@ -80,7 +80,7 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
     torch.manual_seed(0)
     model = SERModel(task.model_cfg).to(device).train()
     task.speed_up(model)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = make_optimizer(model, run.train)  # the trainer's own
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -130,13 +130,17 @@ def time_inference(model: SERModel, data: ResidentSet, n_utts: int, device: torc
 
 
 def profile_steps(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: int, amp: str,
-                  device: torch.device) -> None:
-    """The kernels that take the time of a training step (torch.profiler, 10 steps after 5)."""
+                  device: torch.device, compile_mode: str = "off") -> None:
+    """The kernels that take the time of a training step (torch.profiler, 10 steps after 5;
+    compiled as ``train ser --compile compile_mode``; its compile is outside the profile)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
+    if compile_mode != "off":  # the compile and first steps before the profile
+        time_batch(data, preset, n_layers, dim, batch, 5, 5, amp, device, compile_mode)
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        time_batch(data, preset, n_layers, dim, batch, steps=10, warmup=5, amp=amp, device=device)
-    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=18,
+        time_batch(data, preset, n_layers, dim, batch, steps=10, warmup=5, amp=amp, device=device,
+                   compile_mode=compile_mode)
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=30,
                                     max_name_column_width=60))
 
 
@@ -207,7 +211,8 @@ def main() -> None:
 
     rows = time_rows(args, data, n_layers, dim, device)
     if args.profile:
-        profile_steps(data, args.config, n_layers, dim, int(args.batches.split(",")[0]), args.amp, device)
+        profile_steps(data, args.config, n_layers, dim, int(args.batches.split(",")[0]), args.amp, device,
+                      args.compile.split(",")[-1] or "off")
     ok = [r for r in rows if "error" not in r]
     base, best = ok[0], max(ok, key=lambda r: r["crops_per_s"])
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from bench.ser_speed import _sync
 from models.ser import ConvStack, SERModel, make_config, run_lstm, ser_loss
+from models.trainer import TrainConfig, make_optimizer
 from bench.extract_speech import machine
 
 
@@ -107,9 +108,10 @@ def part_fns(model: SERModel, b: int, device, cfg) -> dict:
     t = cfg.crop
     enc, ph, dec = model.encoder, model.phone_encoder, model.decoder
     feats = torch.randn(b, t, cfg.n_layers, cfg.feat_dim, device=device, dtype=torch.float16)
+    spk = torch.randn(b, cfg.dim_spk, device=device)
     return {
         "layer weights": fwd_bwd(model.layers, feats),
-        "encoder convs": fwd_bwd(enc.convs, leaf((b, cfg.feat_dim + cfg.dim_spk, t), device, True)),
+        "encoder convs": fwd_bwd(lambda x: enc.convs(x, spk), leaf((b, cfg.feat_dim, t), device, True)),
         "encoder LSTM (2 x bi 8)": fwd_bwd(lambda x: run_lstm(enc.lstm, x), leaf((b, t, cfg.dim_conv), device)),
         "phone convs": fwd_bwd(ph.convs, leaf((b, cfg.n_phones, t), device, True)),
         "phone LSTM (2 x bi 128)": fwd_bwd(lambda x: run_lstm(ph.lstm, x), leaf((b, t, cfg.dim_conv), device)),
@@ -228,7 +230,7 @@ def main() -> None:
     model = SERModel(cfg).to(device).train()
     out = {"machine": machine(args.device), "torch": torch.__version__, "batch": b, "inputs": "RANDOM",
            "whole_ms": timed(whole_step(model, b, device, cfg), device, args.iters),
-           "adam_ms": timed(torch.optim.Adam(model.parameters(), lr=1e-4).step, device, args.iters),
+           "adam_ms": timed(make_optimizer(model, TrainConfig(lr=1e-4)).step, device, args.iters),
            "parts_ms": {name: timed(fn, device, args.iters) for name, fn in part_fns(model, b, device, cfg).items()}}
     if not args.no_variants:
         out["variants"] = variants(model, b, device, cfg, args)

@@ -53,8 +53,8 @@ class CompiledInTraining(nn.Module):
     def compile_run(self, mode: str, backend: str) -> None:
         self.compiled = compile_fn(self.run, mode, backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return call_compiled(self.compiled if self.training else None, self.run, x)
+    def forward(self, *args: Any) -> torch.Tensor:
+        return call_compiled(self.compiled if self.training else None, self.run, *args)
 
 
 def compile_for_training(model: nn.Module, mode: str = "default", backend: str = "inductor") -> int:

@@ -120,27 +120,52 @@ class ConvStack(CompiledInTraining, nn.ModuleList):
         super().__init__(blocks)
         self.act, self.last_act = act, last_act
 
-    def run(self, h: torch.Tensor) -> torch.Tensor:
+    def run(self, h: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B, C, T) → (B, C', T). ``side`` (B, S), when given, is an input constant in time
+        that the first convolution reads beside h (its weight's last S input channels): the same
+        as convolving h with ``side`` repeated along T and concatenated, without building that."""
         if h.is_cuda:
-            return self._run_channels_last(h)
-        for i, block in enumerate(self):
-            h = block(h)
+            return self._run_channels_last(h, side)
+        for i, (conv, norm) in enumerate(self):
+            h = norm(_conv1d(conv, h, side if i == 0 else None))
             if self.last_act or i < len(self) - 1:
                 h = self.act(h)
         return h
 
-    def _run_channels_last(self, h: torch.Tensor) -> torch.Tensor:
+    def _run_channels_last(self, h: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
         """The same blocks as (1 × k) 2-D convolutions on a channels-last (B, C, 1, T) view: the
         (B, C, T) inputs are transposes of the LSTMs' (B, T, C), which is that layout already, so
         cuDNN runs without layout copies, and the output's transpose is what the next LSTM reads
         (1.3–1.6× the 1-D stacks on an H200, bench/ser_step_parts.py; same weights, same math)."""
         x = h.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         for i, (conv, norm) in enumerate(self):
-            x = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]))
+            w = conv.weight if i or side is None else conv.weight[:, : x.shape[1]]
+            x = F.conv2d(x, w.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]))
+            if i == 0 and side is not None:
+                x = x + _side_term(conv, side, x.shape[-1]).unsqueeze(2)
             x = _batch_norm(norm, x)
             if self.last_act or i < len(self) - 1:
                 x = self.act(x)
         return x.squeeze(2)
+
+
+def _conv1d(conv: nn.Conv1d, h: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+    """``conv`` over h (B, C, T), and over ``side`` (B, S) held constant along T when given."""
+    if side is None:
+        return conv(h)
+    out = F.conv1d(h, conv.weight[:, : h.shape[1]], conv.bias, padding=conv.padding)
+    return out + _side_term(conv, side, h.shape[-1])
+
+
+def _side_term(conv: nn.Conv1d, side: torch.Tensor, t: int) -> torch.Tensor:
+    """What ``conv``'s last S input channels add to its (B, C', T) output when they read ``side``
+    (B, S) at every frame: per tap k, W[:, -S:, k] · side, summed over the taps that land inside
+    the T frames (all but at the edges, where the zero padding cuts some off)."""
+    s, k, pad = side.shape[1], conv.kernel_size[0], conv.padding[0]
+    taps = torch.einsum("bs,osk->bok", side.to(conv.weight.dtype), conv.weight[:, -s:])  # (B, C', k)
+    pos = torch.arange(t, device=side.device)[:, None] + torch.arange(k, device=side.device) - pad
+    inside = ((pos >= 0) & (pos < t)).to(taps.dtype)  # (T, k): tap k of frame t reads a real frame
+    return torch.einsum("bok,tk->bot", taps, inside)
 
 
 def _batch_norm(norm: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
@@ -202,11 +227,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), spk (B, S) → codes (B, T/f, 2d); T must be a multiple of f."""
-        b, t, _ = x.shape
+        t = x.shape[1]
         if t % self.freq:
             raise TrainingError(f"encoder input has {t} frames, not a multiple of freq={self.freq}")
-        h = torch.cat([x, spk.to(x.dtype)[:, None, :].expand(b, t, -1)], -1).transpose(1, 2)  # (B, D+S, T)
-        h = self.convs(h)  # (B, 512, T)
+        h = self.convs(x.transpose(1, 2), spk)  # (B, 512, T): the speaker read at every frame
         out = run_lstm(self.lstm, h.transpose(1, 2))  # (B, T, 2d)
         fwd = out[:, self.freq - 1 :: self.freq, : self.dim_neck]  # forward state at i+f-1: (B, T/f, d)
         bwd = out[:, :: self.freq, self.dim_neck :]  # backward state at i: (B, T/f, d)

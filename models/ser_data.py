@@ -90,6 +90,7 @@ class ResidentSet:
         self.device = mel.device
         self.gen_device = mel.device  # crop positions are drawn where the frames are
         self._held: frozenset[str] | None = None  # all_ids as a set, made when first asked
+        self._windows: dict[int, tuple] = {}  # crop -> window_index(crop), made when first asked
 
     @property
     def ids(self) -> list[str]:
@@ -133,6 +134,30 @@ class ResidentSet:
             feats = feats if in_place else feats.gather()  # (B, crop, L, D)
         ph = F.one_hot(self.phones[idx].long().clamp(0, N_PHONES - 1), N_PHONES).float() * m  # (B, crop, 128)
         return Batch(feats, mel, ph, self.spk[u], self.labels[u], valid.sum(1))
+
+    def window_index(self, crop: int) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every utterance cut into non-overlapping windows of ``crop`` frames, the last one
+        zero-padded, in order: each window's utterance (its index in this set), frame indices
+        (W, crop), valid mask (W, crop) and storage row (W,). Computed once per crop on the host
+        (a validation pass then costs no per-utterance work or device synchronisation)."""
+        if crop not in self._windows:
+            n, rows = self.lengths.cpu(), self.rows.cpu()
+            per = -(-n // crop)  # windows per utterance
+            owner = torch.repeat_interleave(torch.arange(len(n)), per)  # (W,)
+            first = torch.cumsum(per, 0) - per  # each utterance's first window
+            t = (torch.arange(len(owner)) - first[owner])[:, None] * crop + torch.arange(crop)  # (W, crop)
+            valid = t < n[owner][:, None]
+            o = self.offsets.cpu()[rows[owner]][:, None]
+            self._windows[crop] = (owner.tolist(), torch.where(valid, o + t, o).to(self.device),
+                                   valid.to(self.device), rows[owner].to(self.device))
+        return self._windows[crop]
+
+    def windows(self, crop: int, max_windows: int) -> Iterator[tuple[list[int], Batch]]:
+        """:meth:`window_index`'s windows, at most ``max_windows`` a batch: (window→utterance, Batch)."""
+        owner, idx, valid, rows = self.window_index(crop)
+        for s in range(0, len(owner), max_windows):
+            e = s + max_windows
+            yield owner[s:e], self._gather(idx[s:e], valid[s:e], rows[s:e])
 
     def utterance(self, i: int, crop: int) -> Batch:
         """Utterance ``i`` of this set cut into non-overlapping windows, last one zero-padded."""
@@ -282,7 +307,11 @@ def load_set(source: Source, ids: Sequence[str], speakers: Mapping[str, str], la
 
 def iter_windows(data: ResidentSet | StreamingSet, crop: int, max_windows: int = 256
                  ) -> Iterator[tuple[list[int], Batch]]:
-    """Windows of consecutive utterances grouped up to ``max_windows``: (window→utterance, Batch)."""
+    """Windows of consecutive utterances grouped up to ``max_windows``: (window→utterance, Batch)
+    (a resident set's at most ``max_windows`` a batch, an utterance's windows maybe split)."""
+    if isinstance(data, ResidentSet):
+        yield from data.windows(crop, max_windows)
+        return
     owner: list[int] = []
     parts: list[Batch] = []
     for i in range(len(data)):

@@ -128,6 +128,7 @@ class StoreSource:
         self.enc, self.mel_r = reader(keys.encoder_stage), reader(keys.mel_stage)
         self.ph_r, self.spk_r = reader(keys.phones_stage), reader(keys.speaker_stage)
         self._spk_cache: dict[str, np.ndarray] = {}
+        self._lengths: dict[str, int] = {}  # published shards do not change under a reader
 
     def _framed(self) -> list[tuple[Any, str]]:
         """(reader, dataset name) of the per-frame stages read."""
@@ -149,7 +150,9 @@ class StoreSource:
         return digest(frames, self.spk_r.extra_name, speaker) if self.spk_r else digest(frames)
 
     def length(self, utt_id: str) -> int:
-        return min(r.length(utt_id, name) for r, name in self._framed())
+        if utt_id not in self._lengths:  # sizing the fold and loading it both ask
+            self._lengths[utt_id] = min(r.length(utt_id, name) for r, name in self._framed())
+        return self._lengths[utt_id]
 
     def encoder_shape(self, utt_id: str) -> tuple[int, int]:
         return tuple(self.enc.shape(utt_id, self.keys.encoder_name)[1:])

@@ -44,7 +44,7 @@ def test_code_vectors_are_window_codes_in_time_order_padded_or_truncated(preset,
     with torch.no_grad():
         codes = model.encode(b.feats, b.spk).flatten(1).reshape(-1).numpy()  # both windows, in order
     n = min(2048, 2 * per_window)
-    np.testing.assert_allclose(x[0, :n], codes[:n], rtol=1e-6)
+    np.testing.assert_allclose(x[0, :n], codes[:n], rtol=1e-5, atol=1e-7)  # batched: float32 rounding apart
     assert not x[0, n:].any()
 
 

@@ -164,30 +164,52 @@ def test_channels_last_conv_stacks_compute_what_the_1d_stacks_do(stack_of):
     assert int(stacks[1][0][1].num_batches_tracked) == 2
 
 
+@pytest.mark.parametrize("path", ["1d", "channels_last"])
+def test_the_encoder_reads_the_speaker_as_the_convolution_of_it_repeated_over_time(path):
+    """The encoder's first convolution reads the speaker mean beside the layer average without a
+    (B, T, D + S) concatenation: outputs and gradients (features, speaker, weights) as convolving
+    the concatenation — the edge frames too, where the zero padding cuts taps off."""
+    cfg = make_config("small", n_layers=3, feat_dim=16, **TINY_SER)
+    torch.manual_seed(0)
+    stack = SERModel(cfg).encoder.convs.double()
+    x, spk = torch.randn(3, 16, 24, dtype=torch.float64), torch.randn(3, cfg.dim_spk, dtype=torch.float64)
+    g = torch.randn(3, stack[-1][0].out_channels, 24, dtype=torch.float64)
+    run = stack.run if path == "1d" else stack._run_channels_last
+    results = []
+    for side in (True, False):
+        h, s = x.clone().requires_grad_(), spk.clone().requires_grad_()
+        stack.zero_grad()
+        out = run(h, s) if side else run(torch.cat([h, s[:, :, None].expand(-1, -1, 24)], 1))
+        out.backward(g)
+        results.append((out, h.grad, s.grad, stack[0][0].weight.grad, stack[0][0].bias.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.gpu  # pytest -m gpu tests/models/test_ser.py on a CUDA host
-def test_on_cuda_the_stacks_run_channels_last_and_match_their_1d_blocks(monkeypatch):
-    """What cuDNN computes on the channels-last view (float32, TF32 off) against the same
-    stack's 1-D blocks on the same GPU, in training mode: outputs and gradients within float
-    rounding."""
+def test_on_cuda_the_stacks_run_channels_last_and_match_their_1d_blocks():
+    """What cuDNN computes on the channels-last view (float64) against the same stack's 1-D
+    blocks on the same GPU, in training mode: outputs and gradients within float rounding — the
+    speaker read beside the features against its concatenation over time."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     cfg = make_config("small", n_layers=3, feat_dim=16)
-    stack = SERModel(cfg).encoder.convs.cuda().train()
-    x = torch.randn(4, 96, stack[0][0].in_channels, device="cuda")
-    def blocks_1d(h):  # the Conv1d + BatchNorm1d blocks as declared, each followed by the ReLU
+    stack = SERModel(cfg).encoder.convs.cuda().double().train()
+    x = torch.randn(4, 96, cfg.feat_dim, device="cuda", dtype=torch.float64)
+    spk = torch.randn(4, cfg.dim_spk, device="cuda", dtype=torch.float64)
+    def blocks_1d(h, s):  # the Conv1d + BatchNorm1d blocks as declared, each followed by the ReLU
+        h = torch.cat([h, s[:, :, None].expand(-1, -1, h.shape[-1])], 1)
         for block in stack:
             h = stack.act(block(h))
         return h
     outs = []
     for run in (stack.run, blocks_1d):
-        h = x.clone().requires_grad_()
-        out = run(h.transpose(1, 2))
-        out.sum().backward()
-        outs.append((out.detach(), h.grad))
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)
+        h, s = x.clone().requires_grad_(), spk.clone().requires_grad_()
+        out = run(h.transpose(1, 2), s)
+        (out * torch.linspace(-1, 1, out.numel(), device="cuda", dtype=out.dtype).view_as(out)).sum().backward()
+        outs.append((out.detach(), h.grad, s.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
 
 
 def test_compiled_conv_stacks_serve_training_steps_and_leave_inference_eager():

@@ -101,6 +101,24 @@ def test_windows_cover_every_frame_once_last_one_padded(setup):
     assert owners == sorted(owners) and set(owners) == set(range(len(ids)))
 
 
+@pytest.mark.parametrize("max_windows", [1, 3, 256])
+def test_a_resident_sets_windows_are_its_utterances_windows_in_order(setup, max_windows):
+    """A resident set's windows come from one index made once per crop (no per-utterance work in
+    a validation pass): the same windows, frames and padding as each utterance cut alone, in
+    order, at most ``max_windows`` a batch — on a subset whose rows are not the storage's order."""
+    _, src, ids, spk, lab = setup
+    res = load_set(src, ids, spk, lab, True, "cpu", "yes").subset(ids[::-2])
+    batches = list(iter_windows(res, 96, max_windows))
+    assert all(len(owner) <= max_windows for owner, _ in batches)
+    owners = [o for owner, _ in batches for o in owner]
+    for f in ("feats", "mel", "phones", "spk", "labels", "frames"):
+        got = torch.cat([getattr(b, f) for _, b in batches])
+        alone = torch.cat([getattr(res.utterance(i, 96), f) for i in range(len(res))])
+        assert torch.equal(got, alone), f
+    assert owners == [i for i in range(len(res)) for _ in range(len(res.utterance(i, 96).labels))]
+    assert res.window_index(96) is res.window_index(96)  # made once
+
+
 def test_auto_streams_when_the_fold_does_not_fit(setup, monkeypatch):
     _, src, ids, spk, lab = setup
     monkeypatch.setattr(ser_data, "free_bytes", lambda device: 1000)
