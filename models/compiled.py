@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 _COMPILE_FAILED: list[Exception] = []  # once compiling failed in this process, nothing retries it
+_TOLD: list[bool] = []  # whether this process has said what the first compiled step costs
 
 
 def compiling() -> bool:
@@ -67,4 +68,9 @@ def compile_for_training(model: nn.Module, mode: str = "default", backend: str =
     stacks = [m for m in model.modules() if isinstance(m, CompiledInTraining)]
     for m in stacks:
         m.compile_run(mode, backend)
+    if stacks and not _TOLD:  # once a process: a first step that seems to hang, with an ETA of hours
+        _TOLD.append(True)
+        logging.getLogger(__name__).info(
+            "torch.compile runs at the first training step: up to a minute where its cache is cold (a "
+            "fresh machine), seconds after; the progress bar's first time estimate includes it")
     return len(stacks)

@@ -201,3 +201,15 @@ def test_corpora_of_other_lengths_recompile_once_not_per_fold():
         frames, g = _frames(6, n=n)
         _average_and_grad(layers, frames, g)
     assert counter.frame_count == 2 * 2  # forward and backward: static, then symbolic length
+
+
+def test_the_first_compiled_step_is_announced_once_a_process(monkeypatch, caplog):
+    """A fresh machine's first compiled step takes up to a minute, under a progress bar whose
+    first estimate says hours: the process says so once, not once per fold."""
+    monkeypatch.setattr(compiled_mod, "_TOLD", [])
+    cfg = make_config("small", n_layers=3, feat_dim=16, **TINY_SER)
+    with caplog.at_level("INFO", logger="models.compiled"):
+        for _ in range(3):  # three folds: three fresh models
+            assert compile_for_training(SERModel(cfg), backend="eager") == 5
+    said = [r for r in caplog.records if "first training step" in r.getMessage()]
+    assert len(said) == 1 and "cold" in said[0].getMessage()
