@@ -9,7 +9,9 @@
 #            folds in-process (ter_command_speed, IEMOCAP size, bf16)
 #   schedule1 on one GPU: the paper's whole SER schedule, 5 folds x 2 M crops, in one `train ser`
 #            command (batch 1024, --compile auto; ~10.5 min: beyond one 10-minute device call, so start
-#            it under setsid and wait across calls) against the steps-only rate (targets 3 and 4)
+#            it under setsid and wait across calls) against the steps-only rate (targets 3 and 4); torch
+#            bytecode-compiled and a 20-step warm-up command first (round fourteen's two runs each paid
+#            one cold cost: torch's sources compiled by the command, or a cold torch.compile cache)
 #   schedule on 2 GPUs (nvidia-h200-x2): the paper's whole SER schedule, 5 folds x 2 M crops, in one
 #            `train ser --gpus 0,1 --data-parallel` command (batch 1024, --compile auto; ~8 min)
 #   parallel on 2 GPUs (nvidia-h200-x2): 5 folds on 1 GPU, one per GPU, and with --data-parallel,
@@ -35,9 +37,11 @@ if [ "$WHAT" = ter ]; then
   run ter_command "${COMMAND_LIMIT:-590}" python3 -m bench.ter_command_speed --device cuda --amp \
     --json "$OUT/ter_command.json"
 fi
-if [ "$WHAT" = schedule1 ]; then
+if [ "$WHAT" = schedule1 ]; then  # as on a machine in use: torch bytecode-compiled, a warm-up command first
+  python3 -m compileall -q -j 0 "$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')" \
+    > /dev/null 2>&1
   run schedule_x1 "${COMMAND_LIMIT:-1500}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \
-    --folds all --crops 2000000 --batch-size "${BATCH:-1024}" --compile auto --json "$OUT/schedule_x1.json"
+    --folds all --crops 2000000 --batch-size "${BATCH:-1024}" --compile auto --warm --json "$OUT/schedule_x1.json"
 fi
 if [ "$WHAT" = schedule ]; then
   run schedule_x2 "${COMMAND_LIMIT:-560}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \

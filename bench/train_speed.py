@@ -175,6 +175,18 @@ def command_against_steps(args: argparse.Namespace, info: dict, device: torch.de
     return out
 
 
+def warm_up(args: argparse.Namespace) -> float:
+    """A short ``train ser`` (fold G1, 20 steps) compiled as the timed command will be, first:
+    torch.compile's on-disk cache, the shards' pages and the bytecode are then warm, as for a
+    user's second command on a machine (a fresh machine's first compile took 30.8 s of one run).
+    Returns its wall seconds."""
+    mode = compile_mode(args.compile, args.crops, args.batch_size)
+    wall, _ = run_cli(args.dir / "work", 20 * args.batch_size, args.batch_size, args.device, "G1", run="warm",
+                      compile_mode=mode)
+    print(f"warm-up: train ser, fold G1, 20 steps (compile {mode}): {wall:.1f} s")
+    return wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -192,6 +204,8 @@ def main() -> None:
     ap.add_argument("--fold-crops", type=int, default=100_000, help="crops per fold for --gpus")
     ap.add_argument("--data-parallel", action="store_true", help="with --gpus: also time train ser --data-parallel")
     ap.add_argument("--skip-one-gpu", action="store_true", help="with --gpus: no 5-fold run on one GPU")
+    ap.add_argument("--warm", action="store_true", help="before the timed command, a 20-step one compiled the "
+                                                         "same way (a machine's second command, not its first)")
     ap.add_argument("--data-parallel-only", action="store_true",
                     help="with --gpus --data-parallel: only the --data-parallel command (not one fold per GPU)")
     args = ap.parse_args()
@@ -206,6 +220,8 @@ def main() -> None:
     print(f"machine: {machine}; torch {torch.__version__}; corpus {info} (RANDOM features)")
 
     out = {"machine": machine, "data": info, "batch": args.batch_size}
+    if args.crops and args.warm:
+        out["warm_up_s"] = warm_up(args)
     if args.crops:
         out.update(command_against_steps(args, info, device))
     if args.gpus > 1:

@@ -25,8 +25,8 @@ def _bench(tmp_path: Path, module: str, *args: str) -> dict:
 
 @pytest.mark.parametrize("module, args, check", [
     ("bench.train_speed", ("--hours", "0.02", "--crops", "64", "--batch-size", "8", "--layers", "3",
-                           "--dim", "16"),
-     lambda s: s["steps"] == 8 and s["crops_per_s"]["cli"] > 0 and 0 < s["loop_over_steps"]),
+                           "--dim", "16", "--warm"),
+     lambda s: s["steps"] == 8 and s["crops_per_s"]["cli"] > 0 and 0 < s["loop_over_steps"] and s["warm_up_s"] > 0),
     ("bench.ter_command_speed", ("--utterances", "60", "--dim", "16", "--max-tokens", "12", "--steps", "4",
                                  "--batch-size", "8"),
      lambda s: s["folds"] == 5 and s["cli_s"] > 0 and s["in_process_s"] > 0),
