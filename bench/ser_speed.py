@@ -131,11 +131,13 @@ def time_inference(model: SERModel, data: ResidentSet, n_utts: int, device: torc
 
 def profile_steps(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: int, amp: str,
                   device: torch.device, compile_mode: str = "off") -> None:
-    """The kernels that take the time of a training step (torch.profiler, 10 steps after 5;
-    compiled as ``train ser --compile compile_mode``; its compile is outside the profile)."""
+    """The kernels that take the time of a training step (torch.profiler over 5 warm-up steps and
+    10 more; compiled as ``train ser --compile compile_mode``: a first run fills torch.compile's
+    caches, so the profiled one, which traces again (``time_batch`` resets dynamo), loads its
+    kernels instead of generating and autotuning them)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
-    if compile_mode != "off":  # the compile and first steps before the profile
+    if compile_mode != "off":  # fills the compile caches before the profile
         time_batch(data, preset, n_layers, dim, batch, 5, 5, amp, device, compile_mode)
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         time_batch(data, preset, n_layers, dim, batch, steps=10, warmup=5, amp=amp, device=device,
