@@ -7,6 +7,8 @@
 #            H200; --compile auto compiles there) against the steps-only rate
 #   ter      target 3 for TER: 5 folds of the paper's samples through `train ter` against the same
 #            folds in-process (ter_command_speed, IEMOCAP size, bf16)
+#   graph    the compiled SER step at batch 1024 against the same step replayed from a CUDA graph
+#            (ser_speed --compile default,default+graph: the trainer's own step, same run)
 #   schedule1 on one GPU: the paper's whole SER schedule, 5 folds x 2 M crops, in one `train ser`
 #            command (batch 1024, --compile auto; ~10.5 min: beyond one 10-minute device call, so start
 #            it under setsid and wait across calls) against the steps-only rate (targets 3 and 4); torch
@@ -23,6 +25,10 @@ source "$(dirname "$0")/gpu_common.sh"
 if [ "$WHAT" = steps ] || [ "$WHAT" = both ]; then
   run ser_speed "${STEPS_LIMIT:-300}" python3 bench/ser_speed.py --device cuda --batches "${BATCHES:-512,1024}" \
     --compile "${COMPILE:-default}" --steps 40 --warmup 10 --out "$OUT/ser_speed.json"
+fi
+if [ "$WHAT" = graph ]; then  # the compiled step against it replayed from a CUDA graph, same run
+  run ser_speed_graph "${STEPS_LIMIT:-300}" python3 bench/ser_speed.py --device cuda --hours "${HOURS:-2}" \
+    --batches "${BATCHES:-1024}" --compile default,default+graph --steps 60 --warmup 10 --out "$OUT/ser_speed_graph.json"
 fi
 if [ "$WHAT" = command ] || [ "$WHAT" = both ]; then
   run train_speed "${COMMAND_LIMIT:-540}" python3 -m bench.train_speed --device cuda --hours "${HOURS:-2}" \

@@ -31,6 +31,7 @@ from models.ser import SERModel, make_config  # noqa: E402
 from models.ser_data import ResidentSet  # noqa: E402
 from models.ser_train import SERInputs, SERRun, SERTask, ser_schedule, window_probs  # noqa: E402
 from models.trainer import TrainConfig, make_optimizer  # noqa: E402
+from models.train_step import make_train_step  # noqa: E402
 from pipeline.corpus import DEFAULT_CLASSES, Corpus  # noqa: E402
 
 IEMOCAP_UTTS, IEMOCAP_HOURS, FOLDS, CROPS_PER_FOLD = 5531, 7.0, 5, 2_000_000
@@ -69,11 +70,15 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
                warmup: int, amp: str, device: torch.device, compile_mode: str = "off",
                widths: dict | None = None) -> dict:
     """Steady-state speed of the real SER step at ``batch`` (fresh model and Adam; the conv
-    stacks compiled as ``train ser --compile`` does, through the task's own ``speed_up``)."""
+    stacks compiled as ``train ser --compile`` does, through the task's own ``speed_up``; the
+    trainer's own step, ``compile_mode`` "MODE+graph" replayed from a CUDA graph as ``train ser
+    --cuda-graph auto`` does)."""
+    compile_mode, graph = compile_mode.removesuffix("+graph"), compile_mode.endswith("+graph")
     _, lr = ser_schedule(batch_size=batch)
     if compile_mode != "off":  # as in a fresh `train ser`: earlier batch sizes' graphs (and their
         torch._dynamo.reset()  # count against dynamo's recompile limit of 8) are not carried over
-    run = SERRun(train=TrainConfig(batch_size=batch, lr=lr), inputs=SERInputs(amp=amp, compile=compile_mode))
+    run = SERRun(train=TrainConfig(batch_size=batch, lr=lr),
+                 inputs=SERInputs(amp=amp, compile=compile_mode, cuda_graph="auto" if graph else "off"))
     task = SERTask(Corpus("bench", DEFAULT_CLASSES, ()), None, run,
                    make_config(preset, n_layers=n_layers, feat_dim=dim, **(widths or {})))
     task.attach(data, str(device), seed=0)
@@ -81,15 +86,13 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
     model = SERModel(task.model_cfg).to(device).train()
     task.speed_up(model)
     opt = make_optimizer(model, run.train)  # the trainer's own
+    train_step = make_train_step(task.loss, model, opt, graph=task.graph_steps)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
     def step(i: int) -> torch.Tensor:
-        loss, _ = task.loss(model, task.train_batch(i, None))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, _ = train_step(task.train_batch(i, None))
         return loss.detach()
 
     t0 = time.perf_counter()
@@ -102,7 +105,9 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
         last = step(i)
     _sync(device)
     dt = time.perf_counter() - t0
-    out = {"batch": batch, "compile": compile_mode, "lr": lr, "steps_per_s": steps / dt,
+    out = {"batch": batch, "compile": compile_mode + ("+graph" if graph else ""), "lr": lr,
+           "graph_replayed": train_step.replaying,
+           "steps_per_s": steps / dt,
            "crops_per_s": steps * batch / dt, "loss": float(last), "warmup_s": round(warm_s, 1)}
     if device.type == "cuda":
         out["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
@@ -163,7 +168,12 @@ def time_rows(args: argparse.Namespace, data, n_layers: int, dim: int, device: t
         same_b = [x for x in rows if x["batch"] == b and x.get("compile") == "off" and "error" not in x]
         if mode != "off" and same_b:
             r["vs_eager"] = r["crops_per_s"] / same_b[0]["crops_per_s"]
+        plain = [x for x in rows if x["batch"] == b and x.get("compile") == mode.removesuffix("+graph")
+                 and mode.endswith("+graph") and "error" not in x]
+        if plain:
+            r["vs_no_graph"] = r["crops_per_s"] / plain[0]["crops_per_s"]
         vs = f" = {r['vs_eager']:.2f}x eager" if "vs_eager" in r else ""
+        vs += f", {r['vs_no_graph']:.3f}x without the graph" if "vs_no_graph" in r else ""
         print(f"batch {b:5d} compile {mode}: {r['steps_per_s']:8.2f} steps/s {r['crops_per_s']:9.1f} crops/s"
               f"{vs}  lr {r['lr']:.2e}  warm-up {r['warmup_s']} s"
               f"  5 folds × 2 M crops: {r['projected_5_folds_h']:7.2f} h"
@@ -184,7 +194,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--amp", default="bf16", choices=["bf16", "off"])
     ap.add_argument("--compile", default="", help="also time each batch with the conv stacks compiled "
-                                                  "in these modes (comma-separated, e.g. default), "
+                                                  "in these modes (comma-separated, e.g. default; "
+                                                  "MODE+graph: its steps replayed from a CUDA graph), "
                                                   "in the same run")
     ap.add_argument("--train-fraction", type=float, default=0.8, help="share of utterances in a training fold")
     ap.add_argument("--infer-utts", type=int, default=1100, help="utterances in the timed inference pass")

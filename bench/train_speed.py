@@ -96,12 +96,14 @@ def run_cli(work: Path, crops: int, batch: int, device: str, folds: str = "G1", 
     """``cli.py train ser`` on ``folds`` (on ``gpus``, one fold per GPU, when given); wall seconds
     and each trained fold's metrics."""
     extra = (["--widths", "cpu"] if device == "cpu" else []) + (["--gpus", gpus] if gpus else [])
+    print(f"train ser ({folds}) starts at {time.strftime('%H:%M:%S')}", flush=True)  # beside its log's times
     t0 = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "ser", "--config", "small", "--folds",
                     folds, "--crops", str(crops), "--batch-size", str(batch), "--device", device, "--run",
                     run, "--compile", compile_mode, "-w", str(work), *extra, *extra_args],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    print(f"train ser ({folds}) ended at {time.strftime('%H:%M:%S')}: {wall:.1f} s", flush=True)
     root = work / "runs" / "ser" / run
     return wall, {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("fold-*/metrics.json"))}
 
@@ -153,8 +155,9 @@ def command_against_steps(args: argparse.Namespace, info: dict, device: torch.de
     val_s = sum(m.get("validation_seconds", 0.0) for m in folds.values())
     data, _ = synthetic_fold(info["hours"], args.layers, args.dim, device, 0.8)
     mode = compile_mode(args.compile, args.crops, args.batch_size)  # the steps-only rate with what the command did
+    # the command's default --cuda-graph auto: its steps replayed from a CUDA graph where compiled on CUDA
     bench = time_batch(data, "small", args.layers, args.dim, args.batch_size, steps=min(200, steps),
-                       warmup=10, amp="bf16", device=device, compile_mode=mode,
+                       warmup=10, amp="bf16", device=device, compile_mode=mode + "+graph",
                        widths=CPU_WIDTHS if device.type == "cpu" else None)  # as the command's --widths
     bench.pop("model")
     steps_s = crops / bench["crops_per_s"]

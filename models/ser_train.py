@@ -100,9 +100,12 @@ class SERInputs:
     #: "auto" (mode "default" where a process computes >= AUTO_COMPILE_CROPS crops of a fold:
     #: :func:`compile_mode`), "off", or a mode ("default", "max-autotune-no-cudagraphs")
     compile: str = "auto"
+    #: replay each training step from a CUDA graph (models/train_step.py): "auto" = where the
+    #: step is compiled on CUDA and a fold has one GPU; "off"
+    cuda_graph: str = "auto"
 
 
-_SPEED_ONLY = ("resident", "window_batch", "compile")
+_SPEED_ONLY = ("resident", "window_batch", "compile", "cuda_graph")
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class SERTask:
         self._gen: torch.Generator | None = None
         self._share = (0, 1)  # (rank, world) of a fold trained on several GPUs
         self._in_place = False  # crops' encoder frames left in the corpus (compiled SERModel, resident set)
+        self.graph_steps = False  # the trainer may replay steps from a CUDA graph (set by speed_up)
         self._corpus: ResidentSet | None = None  # every fold's utterances, when they fit at once
         self._corpus_ids: tuple[list[str], str] | None = None  # (their ids, a digest of their keys)
         self.class_weights: torch.Tensor | None = None  # set by prepare
@@ -222,6 +226,8 @@ class SERTask:
         rank_batch = self.spec.train.batch_size // self._share[1]
         mode = compile_mode(self.inputs.compile, self.spec.train.steps * rank_batch, rank_batch)
         self._in_place = False
+        # a training step's crops all have one shape: it can be replayed from a CUDA graph
+        self.graph_steps = self.inputs.cuda_graph == "auto" and mode != "off" and self.device.type == "cuda"
         if mode != "off" and self.device.type == "cuda":
             n = compile_for_training(model, mode)
             # the compiled layer average reads the crops' rows of the corpus: no gathered copy

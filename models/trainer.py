@@ -30,6 +30,7 @@ from models.provenance import provenance
 from models.resume import already_done, load_unless_changed
 from models.run_identity import fold_data, fold_digest
 from models.sampling import class_weights
+from models.train_step import TrainStep, make_train_step
 from models.runs import RunPaths, prediction_rows, read_json, write_json, write_predictions
 from core.errors import TrainingError
 from core.hashing import digest
@@ -156,7 +157,7 @@ class _Fit:
     steps: int
     eval_every: int
     ckpt_every: int  # steps between checkpoints; 0 = by wall time
-    step_model: torch.nn.Module  # what the training steps call: the model, or it under DDP
+    step: TrainStep  # one optimizer step on a batch (models/train_step.py)
     ranks: Ranks | None = None  # a data-parallel fold: rank 0 validates and shares the result
 
 
@@ -212,6 +213,7 @@ def train_fold(task: Task, fold: Fold, config: TrainConfig, paths: RunPaths, dev
     metrics, final_model = _select_and_evaluate(task, fit.model, fold, ids, paths, fit.state, config)
     metrics.update(train_seconds=round(train_s, 3), validation_seconds=round(val_s, 3), class_weights=weights,
                    fold_digest=fold_digest(fold, labels), gpus_per_fold=ranks.world if ranks else 1,
+                   cuda_graph_steps=fit.step.replaying,
                    data_digest=digest(data), provenance=provenance(paths.workdir, device))
     write_json(paths.fold_metrics(fold.name), metrics)
     fit.model.load_state_dict(final_model)
@@ -251,8 +253,10 @@ def _start(task: Task, fold: Fold, config: TrainConfig, ids: dict, device: str, 
         torch.manual_seed(seed + 7919 * ranks.rank)  # each rank its own dropout masks
         step_model = ranks.wrap(model, torch.device(device))
         log.info("fold %s: rank %d of %d (data-parallel)", fold.name, ranks.rank, ranks.world)
-    return _Fit(model, optimizer, generator, state, steps, eval_every, config.checkpoint_every, step_model,
-                ranks)
+    # a task whose steps all have one shape may replay them from a CUDA graph (one GPU per fold)
+    graph = ranks is None and bool(getattr(task, "graph_steps", False))
+    step = make_train_step(task.loss, step_model, optimizer, config.grad_clip, graph)
+    return _Fit(model, optimizer, generator, state, steps, eval_every, config.checkpoint_every, step, ranks)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Adam:
@@ -275,13 +279,7 @@ def _loop(task: Task, fold: str, config: TrainConfig, ids: dict, fit: _Fit,
     n_sum, val_s = 0, 0.0
     model.train()
     while state["step"] < steps and not state["stopped_early"]:
-        batch = task.train_batch(state["step"], fit.generator)
-        loss, terms = task.loss(fit.step_model, batch)
-        fit.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        fit.optimizer.step()
+        loss, terms = fit.step(task.train_batch(state["step"], fit.generator))
         state["step"] = step = state["step"] + 1
         for k, v in {"loss": loss, **terms}.items():
             sums[k] = sums.get(k, 0) + v.detach()
