@@ -27,7 +27,9 @@ Loss = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tens
 
 class TrainStep:
     """``step(batch) -> (loss, terms)``: ``loss_fn(step_model, batch)``, backward, gradient
-    clipping to ``grad_clip`` (0 = off), ``optimizer.step()``."""
+    clipping to ``grad_clip`` (0 = off), ``optimizer.step()``; the loss and its terms come back
+    detached, so no step's autograd graph outlives it (a graph kept alive into the next step ties
+    the parameters' gradient accumulators to the stream it ran on)."""
 
     def __init__(self, loss_fn: Loss, step_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  grad_clip: float = 0.0):
@@ -41,7 +43,7 @@ class TrainStep:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                            self.grad_clip)
         self.optimizer.step()
-        return loss, terms
+        return loss.detach(), {k: v.detach() for k, v in terms.items()}
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.eager(batch)
@@ -81,6 +83,7 @@ class GraphedStep(TrainStep):
                  grad_clip: float = 0.0, warmup: int = 3):
         super().__init__(loss_fn, step_model, optimizer, grad_clip)
         self.warmup, self.done = warmup, 0
+        self._side: torch.cuda.Stream | None = None  # the warm-up steps' stream
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed = False
         self._inputs: list[torch.Tensor] = []
@@ -101,7 +104,7 @@ class GraphedStep(TrainStep):
 
     def _side_stream(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         current = torch.cuda.current_stream()
-        side = torch.cuda.Stream()
+        side = self._side = self._side or torch.cuda.Stream()
         side.wait_stream(current)
         with torch.cuda.stream(side), _no_autocast_cache():
             out = self.eager(batch)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 
 import pytest
 import torch
@@ -74,7 +75,7 @@ def _two_models(cfg, device="cpu"):
 
 
 def _steps(step: TrainStep, task: SERTask, n: int) -> list[float]:
-    return [float(step(task.train_batch(i, None))[0].detach()) for i in range(n)]
+    return [float(step(task.train_batch(i, None))[0]) for i in range(n)]
 
 
 def _task(data, cfg, device="cpu", compile_mode="off", cuda_graph="off", grad_clip=0.0) -> SERTask:
@@ -105,6 +106,8 @@ def test_a_failed_capture_is_said_once_and_the_steps_go_on_eagerly(caplog):
     for (name, p), q in zip(eager_model.named_parameters(), graphed_model.parameters()):
         assert torch.equal(p, q), name
     assert graphed.failed and not graphed.replaying
+    loss, terms = eager(task.train_batch(9, None))
+    assert loss.grad_fn is None and all(t.grad_fn is None for t in terms.values())  # no graph outlives a step
     assert caplog.text.count("CUDA graph capture of the training step failed") == 1
     assert all(not g["capturable"] for g in opt.param_groups)
 
@@ -141,7 +144,10 @@ def test_on_cuda_the_replayed_steps_train_as_the_eager_steps(compile_mode):
         assert task.graph_steps == (graph == "auto" and compile_mode != "off")
         step = make_train_step(task.loss, model, make_optimizer(model, task.spec.train), 1.0,
                                graph=graph == "auto")  # the trainer graphs wherever the task asks
-        runs.append((_steps(step, task, 10), step))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            runs.append((_steps(step, task, 10), step))
+        assert not [w for w in seen if "AccumulateGrad" in str(w.message)]  # one stream per gradient
     (want, _), (got, graphed) = runs
     assert isinstance(graphed, GraphedStep) and graphed.replaying
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
