@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -83,7 +84,8 @@ class GraphedStep(TrainStep):
                  grad_clip: float = 0.0, warmup: int = 3):
         super().__init__(loss_fn, step_model, optimizer, grad_clip)
         self.warmup, self.done = warmup, 0
-        self._side: torch.cuda.Stream | None = None  # the warm-up steps' stream
+        self.device = next(p.device for g in optimizer.param_groups for p in g["params"])
+        self._side: torch.cuda.Stream | None = None  # see _stream
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed = False
         self._inputs: list[torch.Tensor] = []
@@ -93,23 +95,30 @@ class GraphedStep(TrainStep):
         self.done += 1
         if self.failed:
             return self.eager(batch)
-        if self.graph is None and self.done <= self.warmup:
-            return self._side_stream(batch)
-        if self.graph is None:
-            return self._capture(batch)
-        if not load_into(self._inputs, batch_tensors(batch)):
-            return self.eager(batch)
-        self.graph.replay()
-        return self._outputs
+        # streams, the capture and the replays on the parameters' GPU, which need not be the
+        # current device (`train ser --gpus 1` trains on cuda:1 in this process)
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+            if self.graph is None and self.done <= self.warmup:
+                return self._side_stream(batch)
+            if self.graph is None:
+                return self._capture(batch)
+            if not load_into(self._inputs, batch_tensors(batch)):
+                return self.eager(batch)
+            self.graph.replay()
+            return self._outputs
 
     def _side_stream(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        current = torch.cuda.current_stream()
-        side = self._side = self._side or torch.cuda.Stream()
+        current, side = torch.cuda.current_stream(), self._stream()
         side.wait_stream(current)
         with torch.cuda.stream(side), _no_autocast_cache():
             out = self.eager(batch)
         current.wait_stream(side)
         return out
+
+    def _stream(self) -> torch.cuda.Stream:
+        """The side stream of the warm-up steps and the capture, on the parameters' GPU."""
+        self._side = self._side or torch.cuda.Stream(self.device)
+        return self._side
 
     def _capture(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Capture this step (nothing runs during a capture), then replay it once: this step."""
@@ -120,7 +129,10 @@ class GraphedStep(TrainStep):
             graph = torch.cuda.CUDAGraph()
             for g in groups:
                 g["capturable"] = True  # the update reads its step count on the device
-            with _no_autocast_cache(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            # captured on the warm-up steps' stream: torch's default capture stream is made once a
+            # process, on whichever GPU was current then
+            with _no_autocast_cache(), torch.cuda.graph(graph, stream=self._stream(),
+                                                        capture_error_mode="thread_local"):
                 outputs = self.eager(batch)
         except Exception as e:  # noqa: BLE001 - whatever the capture met, the eager step works
             self.failed = True

@@ -128,18 +128,20 @@ def test_the_ser_task_asks_for_graphed_steps_only_when_compiled_on_cuda():
 
 
 @pytest.mark.gpu  # pytest -m gpu tests/models/test_train_step.py on a CUDA host
-@pytest.mark.parametrize("compile_mode", ["off", "default"])
-def test_on_cuda_the_replayed_steps_train_as_the_eager_steps(compile_mode):
+@pytest.mark.parametrize("compile_mode,last_gpu", [("off", False), ("default", False), ("default", True)])
+def test_on_cuda_the_replayed_steps_train_as_the_eager_steps(compile_mode, last_gpu):
     """Float32, no dropout: the losses of 10 steps and the final weights, graphed (3 eager warm-up
-    steps, a capture, 7 replays) against eager, each compiled as ``compile_mode`` says."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    _, data = _resident("cuda")
+    steps, a capture, 7 replays) against eager, each compiled as ``compile_mode`` says; with
+    ``last_gpu`` on the host's last GPU while the current device stays the first (needs 2)."""
+    if not torch.cuda.is_available() or (last_gpu and torch.cuda.device_count() < 2):
+        pytest.skip("needs a CUDA GPU (two for last_gpu)")
+    device = f"cuda:{torch.cuda.device_count() - 1}" if last_gpu else "cuda"
+    _, data = _resident(device)
     cfg = make_config("small", n_layers=3, feat_dim=16, dropout=0.0, **TINY_SER)
-    eager_model, graphed_model = _two_models(cfg, "cuda")
+    eager_model, graphed_model = _two_models(cfg, device)
     runs = []
     for model, graph in ((eager_model, "off"), (graphed_model, "auto")):
-        task = _task(data, cfg, "cuda", compile_mode, graph, grad_clip=1.0)
+        task = _task(data, cfg, device, compile_mode, graph, grad_clip=1.0)
         task.speed_up(model)
         assert task.graph_steps == (graph == "auto" and compile_mode != "off")
         step = make_train_step(task.loss, model, make_optimizer(model, task.spec.train), 1.0,
