@@ -10,28 +10,17 @@ import models.layer_weights as lw_mod
 from models.compiled import compile_for_training
 from models.layer_weights import CropFrames, LayerWeights
 from models.ser import SERModel, make_config
-from models.ser_data import load_set
-from tests.fixtures.corpora import make_corpus
-from tests.fixtures.ser import TINY_SER, ser_source
+from tests.fixtures.ser import TINY_SER, fresh_compile_state, resident_set  # noqa: F401 (a fixture)
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_compile_state():
-    torch._dynamo.reset()
-    yield
-    compiled_mod._COMPILE_FAILED.clear()
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 @pytest.fixture()
 def resident():
-    corpus = make_corpus(n_groups=2, per_class=2)
-    src = ser_source(corpus, frames=(30, 250))  # some shorter than a crop: padded crops
-    ids = [u.id for u in corpus.utterances]
-    spk = {u.id: u.speaker for u in corpus.utterances}
-    lab = {u.id: corpus.classes.index(u.label) for u in corpus.utterances}
-    return load_set(src, ids, spk, lab, True, "cpu", "yes")
+    return resident_set()[1]
 
 
 def test_in_place_crops_are_the_gathered_crops(resident):

@@ -11,30 +11,16 @@ import torch
 import models.compiled as compiled_mod
 from models.layer_weights import CropFrames
 from models.ser import SERModel, make_config
-from models.ser_data import Batch, load_set
+from models.ser_data import Batch
 from models.ser_train import SERRun, SERTask
 from models.train_step import GraphedStep, TrainStep, batch_tensors, load_into, make_train_step
 from models.trainer import TrainConfig, make_optimizer
-from tests.fixtures.corpora import make_corpus
-from tests.fixtures.ser import TINY_SER, ser_source
+from tests.fixtures.ser import TINY_SER, fresh_compile_state, resident_set  # noqa: F401 (a fixture)
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def fresh_compile_state():
-    torch._dynamo.reset()
-    yield
-    compiled_mod._COMPILE_FAILED.clear()
-
-
-def _resident(device: str = "cpu"):
-    corpus = make_corpus(n_groups=2, per_class=2)
-    src = ser_source(corpus, frames=(30, 250))
-    ids = [u.id for u in corpus.utterances]
-    spk = {u.id: u.speaker for u in corpus.utterances}
-    lab = {u.id: corpus.classes.index(u.label) for u in corpus.utterances}
-    return corpus, load_set(src, ids, spk, lab, True, device, "yes")
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 def _batch(seed: int, b: int = 4, t: int = 6) -> Batch:
@@ -91,7 +77,7 @@ def _task(data, cfg, device="cpu", compile_mode="off", cuda_graph="off", grad_cl
 def test_a_failed_capture_is_said_once_and_the_steps_go_on_eagerly(caplog):
     """On this CPU the capture cannot happen: the graphed step warns once, leaves the optimizer's
     own settings, and trains exactly as the eager step does, gradient clipping included."""
-    _, data = _resident()
+    _, data = resident_set()
     cfg = make_config("small", n_layers=3, feat_dim=16, dropout=0.0, **TINY_SER)
     eager_model, graphed_model = _two_models(cfg)
     task = _task(data, cfg, grad_clip=0.5)
@@ -119,7 +105,7 @@ def test_only_a_cuda_step_that_asks_for_it_is_graphed():
 
 
 def test_the_ser_task_asks_for_graphed_steps_only_when_compiled_on_cuda():
-    _, data = _resident()
+    _, data = resident_set()
     cfg = make_config("small", n_layers=3, feat_dim=16, **TINY_SER)
     for compile_mode, cuda_graph in (("default", "auto"), ("off", "auto"), ("default", "off")):
         task = _task(data, cfg, compile_mode=compile_mode, cuda_graph=cuda_graph)
@@ -136,7 +122,7 @@ def test_on_cuda_the_replayed_steps_train_as_the_eager_steps(compile_mode, last_
     if not torch.cuda.is_available() or (last_gpu and torch.cuda.device_count() < 2):
         pytest.skip("needs a CUDA GPU (two for last_gpu)")
     device = f"cuda:{torch.cuda.device_count() - 1}" if last_gpu else "cuda"
-    _, data = _resident(device)
+    _, data = resident_set(device)
     cfg = make_config("small", n_layers=3, feat_dim=16, dropout=0.0, **TINY_SER)
     eager_model, graphed_model = _two_models(cfg, device)
     runs = []
