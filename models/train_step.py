@@ -125,6 +125,7 @@ class GraphedStep(TrainStep):
         self.optimizer.zero_grad(set_to_none=True)  # backward writes the graph's own gradients
         groups = self.optimizer.param_groups
         capturable = [g.get("capturable", False) for g in groups]
+        current = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         try:
             graph = torch.cuda.CUDAGraph()
             for g in groups:
@@ -136,6 +137,8 @@ class GraphedStep(TrainStep):
                 outputs = self.eager(batch)
         except Exception as e:  # noqa: BLE001 - whatever the capture met, the eager step works
             self.failed = True
+            if current is not None:  # a capture that failed may leave its stream the current one
+                torch.cuda.set_stream(current)
             log.warning("CUDA graph capture of the training step failed (%s: %s); training goes on "
                         "with eager steps (--cuda-graph off skips the attempt)", type(e).__name__,
                         " ".join(str(e).split())[:300])
