@@ -41,6 +41,7 @@ def test_learns_separable_task_and_writes_the_run_layout(tmp_path):
         ckpt = torch.load(paths.checkpoint(f.name), weights_only=True)
         assert ckpt["step"] == 60 and ckpt["done"] and ckpt["feature_keys"] == {"toy": "v1"}
         assert ckpt["config"]["model"] == task.config_dict()["model"]
+        assert read_json(paths.fold_metrics(f.name))["cuda_graph_steps"] is False  # how its steps ran: eagerly
 
 
 def test_training_and_validation_never_touch_the_test_fold(tmp_path):
