@@ -12,7 +12,8 @@ of the whole, so the levers of the paper's schedule can be weighed before any is
   LSTMs         each one's time at B and at 2B (does a larger batch still buy throughput?)
   two streams   the speech encoder and the phone encoder are independent: both on one stream
                 against the phone encoder on a second CUDA stream
-  CUDA graph    the whole forward + backward captured once and replayed (is the step launch-bound?)
+The trainer's whole step replayed from a CUDA graph (models/train_step.py) is timed against the
+compiled step by ``bench/ser_speed.py --compile default,default+graph`` (its own rows, same run).
 Variants are skipped with ``--no-variants``; ``--json`` keeps the numbers.
 
     python -m bench.ser_step_parts --device cuda            # one GPU
@@ -60,24 +61,9 @@ def fwd_bwd(module_fn, *inputs):
     return go
 
 
-def autocast(device: torch.device, cache: bool = True):
-    """The step's bf16 autocast (``cache=False`` inside a CUDA graph capture, as torch asks)."""
-    return (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache) if device.type == "cuda"
-            else nullcontext())
-
-
-def graphed(fn, device: torch.device):
-    """``fn`` captured once in a CUDA graph (after warm-up on a side stream): its replay."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+def autocast(device: torch.device):
+    """The step's bf16 autocast."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def layer_weight_variants(model: SERModel, b: int, device, cfg) -> dict:
@@ -123,7 +109,7 @@ def part_fns(model: SERModel, b: int, device, cfg) -> dict:
     }
 
 
-def whole_step(model: SERModel, b: int, device, cfg, two_streams: bool = False, cache: bool = True):
+def whole_step(model: SERModel, b: int, device, cfg, two_streams: bool = False):
     t = cfg.crop
     feats = torch.randn(b, t, cfg.n_layers, cfg.feat_dim, device=device, dtype=torch.float16)
     spk = torch.randn(b, cfg.dim_spk, device=device)
@@ -132,7 +118,7 @@ def whole_step(model: SERModel, b: int, device, cfg, two_streams: bool = False, 
     side = torch.cuda.Stream(device) if two_streams else None
 
     def go():
-        with autocast(device, cache):
+        with autocast(device):
             if side is None:
                 out = model(feats, spk, phones)
             else:
@@ -184,20 +170,6 @@ def one_d_run(stack: ConvStack, h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def graph_rows(model: SERModel, batches: list[int], device, cfg, iters: int) -> dict:
-    """The whole forward + backward eager against captured in one CUDA graph, per batch size."""
-    out = {}
-    for gb in batches:
-        row = {"eager_ms": timed(whole_step(model, gb, device, cfg, cache=False), device, iters)}
-        try:
-            row["graph_ms"] = timed(graphed(whole_step(model, gb, device, cfg, cache=False), device), device, iters)
-        except Exception as e:  # noqa: BLE001 - a diagnosis: say what failed and go on
-            row["graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        torch.cuda.synchronize(device)
-        out[gb] = row
-    return out
-
-
 def variants(model: SERModel, b: int, device, cfg, args) -> dict:
     """The alternatives weighed for each part (see the module's docstring)."""
     lstms = {n: fn for n, fn in part_fns(model, 2 * b, device, cfg).items() if "LSTM" in n}
@@ -208,8 +180,6 @@ def variants(model: SERModel, b: int, device, cfg, args) -> dict:
     if device.type == "cuda":
         out["phone_encoder_on_a_second_stream_ms"] = timed(whole_step(model, b, device, cfg, two_streams=True),
                                                            device, args.iters)
-        out["cuda_graph"] = graph_rows(model, [int(x) for x in args.graph_batches.split(",") if x], device, cfg,
-                                       args.iters)
     return out
 
 
@@ -218,7 +188,6 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--graph-batches", default="512,1024", help="whole step eager and in a CUDA graph at these")
     ap.add_argument("--no-variants", action="store_true", help="only the product's parts")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
