@@ -42,7 +42,8 @@ from models.probe import ProbeConfig, probe_speaker  # noqa: E402
 from models.ser import CPU_WIDTHS, make_config  # noqa: E402
 from models.ser_sources import StoreKeys  # noqa: E402
 from models.run_folds import train_run  # noqa: E402
-from models.ser_train import SERInputs, SERRun, iter_test_folds, ser_schedule, window_probs  # noqa: E402
+from models.ser_train import SERInputs, SERRun, iter_test_folds, ser_schedule  # noqa: E402
+from models.ser_windows import window_probs  # noqa: E402
 from models.trainer import TrainConfig  # noqa: E402
 from pipeline.corpus import load_corpus  # noqa: E402
 

@@ -29,7 +29,8 @@ import torch
 
 from models.ser import SERModel, make_config  # noqa: E402
 from models.ser_data import ResidentSet  # noqa: E402
-from models.ser_train import SERInputs, SERRun, SERTask, ser_schedule, window_probs  # noqa: E402
+from models.ser_train import SERInputs, SERRun, SERTask, ser_schedule  # noqa: E402
+from models.ser_windows import window_probs  # noqa: E402
 from models.trainer import TrainConfig, make_optimizer  # noqa: E402
 from models.train_step import make_train_step  # noqa: E402
 from pipeline.corpus import DEFAULT_CLASSES, Corpus  # noqa: E402

@@ -198,7 +198,7 @@ def _speech_probs(run: TrainedRun, ser_models: tuple, items: dict[int, ItemInput
     """Fold-ensemble SER probabilities per input index; failures are recorded in ``out``."""
     from models.ser_data import load_set
     from models.ser_sources import ArraySource
-    from models.ser_train import ensemble_window_probs
+    from models.ser_windows import ensemble_window_probs
     cfg, models, weighting = ser_models
     keys, its = list(items), list(items.values())
     res = {s: _extractor(run, s, device)(its) for s in _needed_stages(cfg)}

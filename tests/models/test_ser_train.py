@@ -13,7 +13,8 @@ from models.run_folds import train_run
 from models.runs import RunPaths, read_json, read_predictions
 from models.ser import SERModel, make_config
 from models.ser_data import iter_windows, load_set
-from models.ser_train import SERRun, SERTask, ensemble_window_probs, ser_schedule, window_probs
+from models.ser_train import SERRun, SERTask, ser_schedule
+from models.ser_windows import ensemble_window_probs, window_probs
 from models.trainer import TrainConfig, train_fold
 from tests.fixtures.corpora import make_corpus
 from tests.fixtures.ser import TINY_SER, ser_source
