@@ -86,7 +86,8 @@ class GraphedStep(TrainStep):
         self.warmup, self.done = warmup, 0
         self.device = next(p.device for g in optimizer.param_groups for p in g["params"])
         self._side: torch.cuda.Stream | None = None  # see _stream
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None  # once captured and checked
+        self._graph: torch.cuda.CUDAGraph | None = None  # being captured
         self.failed = False
         self._inputs: list[torch.Tensor] = []
         self._outputs: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
@@ -121,38 +122,55 @@ class GraphedStep(TrainStep):
         return self._side
 
     def _capture(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Capture this step (nothing runs during a capture), then replay it once: this step."""
+        """Capture this step (nothing runs during a capture), then replay it once: this step.
+        The optimizer's step count checks both: unchanged by the capture, one more after the
+        replay — else kernels ran outside the graph, and replaying it would train silently less."""
+        before = _step_count(self.optimizer)
+        outputs = self._try_capture(batch)
+        if outputs is None:  # said why; this step runs eagerly
+            return self.eager(batch)
+        if _step_count(self.optimizer) != before:  # the step ran as it was "captured": it is done
+            return self._give_up("the step ran instead of being captured", outputs)
+        self.graph, self._inputs, self._outputs = self._graph, batch_tensors(batch), outputs
+        self.graph.replay()
+        if before is not None and _step_count(self.optimizer) != before + 1:
+            return self._give_up("its replay did not update the model", self.eager(batch))
+        if not _TOLD:
+            _TOLD.append(True)
+            log.info("training steps replayed from a CUDA graph from step %d on (--cuda-graph off: eager)",
+                     self.done)
+        return outputs
+
+    def _try_capture(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """The step captured in ``self._graph`` and its outputs, or None (said once) if that failed."""
         self.optimizer.zero_grad(set_to_none=True)  # backward writes the graph's own gradients
         groups = self.optimizer.param_groups
         capturable = [g.get("capturable", False) for g in groups]
         current = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         try:
-            graph = torch.cuda.CUDAGraph()
+            self._graph = torch.cuda.CUDAGraph()
             for g in groups:
                 g["capturable"] = True  # the update reads its step count on the device
             # captured on the warm-up steps' stream: torch's default capture stream is made once a
             # process, on whichever GPU was current then
-            with _no_autocast_cache(), torch.cuda.graph(graph, stream=self._stream(),
+            with _no_autocast_cache(), torch.cuda.graph(self._graph, stream=self._stream(),
                                                         capture_error_mode="thread_local"):
-                outputs = self.eager(batch)
+                return self.eager(batch)
         except Exception as e:  # noqa: BLE001 - whatever the capture met, the eager step works
-            self.failed = True
             if current is not None:  # a capture that failed may leave its stream the current one
                 torch.cuda.set_stream(current)
-            log.warning("CUDA graph capture of the training step failed (%s: %s); training goes on "
-                        "with eager steps (--cuda-graph off skips the attempt)", type(e).__name__,
-                        " ".join(str(e).split())[:300])
+            self._give_up(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", None)
             self.optimizer.zero_grad(set_to_none=True)
-            return self.eager(batch)
+            return None
         finally:
             for g, c in zip(groups, capturable):
                 g["capturable"] = c  # checkpoints keep the optimizer's own setting
-        self.graph, self._inputs, self._outputs = graph, batch_tensors(batch), outputs
-        if not _TOLD:
-            _TOLD.append(True)
-            log.info("training steps replayed from a CUDA graph from step %d on (--cuda-graph off: eager)",
-                     self.done)
-        graph.replay()
+
+    def _give_up(self, why: str, outputs: Any) -> Any:
+        """Eager steps from now on, said once; returns ``outputs``."""
+        self.failed, self.graph = True, None
+        log.warning("CUDA graph capture of the training step failed (%s); training goes on with eager "
+                    "steps (--cuda-graph off skips the attempt)", why)
         return outputs
 
     @property
@@ -171,6 +189,16 @@ class _no_autocast_cache:
 
     def __exit__(self, *exc: object) -> None:
         torch.set_autocast_cache_enabled(self._before)
+
+
+def _step_count(optimizer: torch.optim.Optimizer) -> float | None:
+    """The step count in the optimizer's state of its first parameter (Adam's), or None."""
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if step is not None:
+                return float(step)
+    return None
 
 
 def make_train_step(loss_fn: Loss, step_model: torch.nn.Module, optimizer: torch.optim.Optimizer,

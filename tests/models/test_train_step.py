@@ -1,6 +1,7 @@
 """One training step, eager or replayed from a CUDA graph (models/train_step.py)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import warnings
@@ -96,6 +97,57 @@ def test_a_failed_capture_is_said_once_and_the_steps_go_on_eagerly(caplog):
     assert loss.grad_fn is None and all(t.grad_fn is None for t in terms.values())  # no graph outlives a step
     assert caplog.text.count("CUDA graph capture of the training step failed") == 1
     assert all(not g["capturable"] for g in opt.param_groups)
+
+
+class _GraphThatRecordsNothing:
+    def replay(self) -> None:
+        pass
+
+
+def _train_pair(steps_with, n=4):
+    """The same SER model trained ``n`` steps by a GraphedStep (no warm-up) and by eager steps."""
+    _, data = resident_set()
+    cfg = make_config("small", n_layers=3, feat_dim=16, dropout=0.0, **TINY_SER)
+    eager_model, graphed_model = _two_models(cfg)
+    task = _task(data, cfg)
+    eager = TrainStep(task.loss, eager_model, make_optimizer(eager_model, task.spec.train))
+    graphed = GraphedStep(task.loss, graphed_model, make_optimizer(graphed_model, task.spec.train), warmup=1)
+    with steps_with(graphed_model, graphed.optimizer):
+        got = _steps(graphed, task, n)
+    assert got == _steps(eager, task, n)
+    for (name, p), q in zip(eager_model.named_parameters(), graphed_model.parameters()):
+        assert torch.equal(p, q), name
+    return graphed
+
+
+@pytest.mark.parametrize("what", ["kernels ran outside the capture", "a replay that does nothing"])
+def test_a_capture_that_would_train_silently_less_is_caught(what, monkeypatch, caplog):
+    """Simulated on the CPU: a "capture" whose step simply runs (its kernels went to a stream that
+    was not capturing), or one that records nothing so that replaying it changes nothing. Either
+    is seen from the optimizer's step count: a warning, and every step trained exactly once."""
+    from contextlib import contextmanager
+    monkeypatch.setattr(GraphedStep, "_stream", lambda self: None)
+    monkeypatch.setattr(GraphedStep, "_side_stream", GraphedStep.eager)  # the warm-up step: Adam's state
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _GraphThatRecordsNothing)
+
+    @contextmanager
+    def steps_with(model, optimizer):
+        @contextmanager
+        def graph(g, stream=None, capture_error_mode=None):
+            for group in optimizer.param_groups:
+                group["capturable"] = False  # Adam asserts CUDA tensors when capturable
+            saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+            yield
+            if what == "a replay that does nothing":  # as if nothing had run during the capture
+                model.load_state_dict(saved[0])
+                optimizer.load_state_dict(saved[1])
+        monkeypatch.setattr(torch.cuda, "graph", graph)
+        yield
+    with caplog.at_level(logging.WARNING):
+        graphed = _train_pair(steps_with)
+    reason = "the step ran instead of being captured" if what.startswith("kernels") else "did not update"
+    assert caplog.text.count("CUDA graph capture of the training step failed") == 1 and reason in caplog.text
+    assert graphed.failed and not graphed.replaying
 
 
 def test_only_a_cuda_step_that_asks_for_it_is_graphed():
