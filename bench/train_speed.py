@@ -161,15 +161,16 @@ def command_against_steps(args: argparse.Namespace, info: dict, device: torch.de
                        widths=CPU_WIDTHS if device.type == "cpu" else None)  # as the command's --widths
     bench.pop("model")
     steps_s = crops / bench["crops_per_s"]
+    graphed = " + CUDA graph" if bench["graph_replayed"] else ""
     out = {"folds": sorted(folds),
-           "compile": f"{args.compile} ({mode})", "steps": steps, "cli_wall_s": wall, "loop_s": loop_s,
+           "compile": f"{args.compile} ({mode}{graphed})", "steps": steps, "cli_wall_s": wall, "loop_s": loop_s,
            "validation_s": val_s, "steps_only_s": steps_s,
            "outside_loop_s": wall - loop_s,
            "crops_per_s": {"steps_only": bench["crops_per_s"], "cli": crops / wall, "loop": crops / loop_s}}
     out["cli_over_steps"] = out["crops_per_s"]["cli"] / bench["crops_per_s"]
     out["loop_over_steps"] = out["crops_per_s"]["loop"] / bench["crops_per_s"]
-    print(f"{len(folds)} fold(s), {steps} steps x batch {args.batch_size} (compile {args.compile}: {mode}): steps only "
-          f"{bench['crops_per_s']:.0f} crops/s; trainer loop {out['crops_per_s']['loop']:.0f} crops/s "
+    print(f"{len(folds)} fold(s), {steps} steps x batch {args.batch_size} (compile {args.compile}: {mode}{graphed}): "
+          f"steps only {bench['crops_per_s']:.0f} crops/s; trainer loop {out['crops_per_s']['loop']:.0f} crops/s "
           f"({out['loop_over_steps']:.2f}); whole command {wall:.1f} s = {out['crops_per_s']['cli']:.0f} crops/s "
           f"({out['cli_over_steps']:.2f}; target >= 0.9)")
     print(f"  where the command's {wall:.1f} s went: steps (at the steps-only rate) {steps_s:.1f} s, validation "
