@@ -93,8 +93,7 @@ def time_batch(data: ResidentSet, preset: str, n_layers: int, dim: int, batch: i
         torch.cuda.reset_peak_memory_stats(device)
 
     def step(i: int) -> torch.Tensor:
-        loss, _ = train_step(task.train_batch(i, None))
-        return loss.detach()
+        return train_step(task.train_batch(i, None))[0]  # the loss, detached
 
     t0 = time.perf_counter()
     for i in range(warmup):
@@ -170,7 +169,7 @@ def time_rows(args: argparse.Namespace, data, n_layers: int, dim: int, device: t
         if mode != "off" and same_b:
             r["vs_eager"] = r["crops_per_s"] / same_b[0]["crops_per_s"]
         plain = [x for x in rows if x["batch"] == b and x.get("compile") == mode.removesuffix("+graph")
-                 and mode.endswith("+graph") and "error" not in x]
+                 and "error" not in x] if mode.endswith("+graph") else []
         if plain:
             r["vs_no_graph"] = r["crops_per_s"] / plain[0]["crops_per_s"]
         vs = f" = {r['vs_eager']:.2f}x eager" if "vs_eager" in r else ""

@@ -87,7 +87,6 @@ class GraphedStep(TrainStep):
         self.device = next(p.device for g in optimizer.param_groups for p in g["params"])
         self._side: torch.cuda.Stream | None = None  # see _stream
         self.graph: torch.cuda.CUDAGraph | None = None  # once captured and checked
-        self._graph: torch.cuda.CUDAGraph | None = None  # being captured
         self.failed = False
         self._inputs: list[torch.Tensor] = []
         self._outputs: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
@@ -126,12 +125,13 @@ class GraphedStep(TrainStep):
         The optimizer's step count checks both: unchanged by the capture, one more after the
         replay — else kernels ran outside the graph, and replaying it would train silently less."""
         before = _step_count(self.optimizer)
-        outputs = self._try_capture(batch)
-        if outputs is None:  # said why; this step runs eagerly
+        captured = self._try_capture(batch)
+        if captured is None:  # said why; this step runs eagerly
             return self.eager(batch)
+        graph, outputs = captured
         if _step_count(self.optimizer) != before:  # the step ran as it was "captured": it is done
             return self._give_up("the step ran instead of being captured", outputs)
-        self.graph, self._inputs, self._outputs = self._graph, batch_tensors(batch), outputs
+        self.graph, self._inputs, self._outputs = graph, batch_tensors(batch), outputs
         self.graph.replay()
         if before is not None and _step_count(self.optimizer) != before + 1:
             return self._give_up("its replay did not update the model", self.eager(batch))
@@ -141,21 +141,22 @@ class GraphedStep(TrainStep):
                      self.done)
         return outputs
 
-    def _try_capture(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
-        """The step captured in ``self._graph`` and its outputs, or None (said once) if that failed."""
+    def _try_capture(self, batch: Any) -> tuple[torch.cuda.CUDAGraph, tuple] | None:
+        """The step's graph and its outputs, or None (said once) if capturing it failed."""
         self.optimizer.zero_grad(set_to_none=True)  # backward writes the graph's own gradients
         groups = self.optimizer.param_groups
         capturable = [g.get("capturable", False) for g in groups]
         current = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         try:
-            self._graph = torch.cuda.CUDAGraph()
+            graph = torch.cuda.CUDAGraph()
             for g in groups:
                 g["capturable"] = True  # the update reads its step count on the device
             # captured on the warm-up steps' stream: torch's default capture stream is made once a
             # process, on whichever GPU was current then
-            with _no_autocast_cache(), torch.cuda.graph(self._graph, stream=self._stream(),
+            with _no_autocast_cache(), torch.cuda.graph(graph, stream=self._stream(),
                                                         capture_error_mode="thread_local"):
-                return self.eager(batch)
+                outputs = self.eager(batch)
+            return graph, outputs
         except Exception as e:  # noqa: BLE001 - whatever the capture met, the eager step works
             if current is not None:  # a capture that failed may leave its stream the current one
                 torch.cuda.set_stream(current)
@@ -167,8 +168,9 @@ class GraphedStep(TrainStep):
                 g["capturable"] = c  # checkpoints keep the optimizer's own setting
 
     def _give_up(self, why: str, outputs: Any) -> Any:
-        """Eager steps from now on, said once; returns ``outputs``."""
-        self.failed, self.graph = True, None
+        """Eager steps from now on, said once (the graph, its memory and its inputs let go);
+        returns ``outputs``."""
+        self.failed, self.graph, self._inputs, self._outputs = True, None, [], None
         log.warning("CUDA graph capture of the training step failed (%s); training goes on with eager "
                     "steps (--cuda-graph off skips the attempt)", why)
         return outputs
@@ -176,7 +178,7 @@ class GraphedStep(TrainStep):
     @property
     def replaying(self) -> bool:
         """Whether the steps are being replayed from a captured graph."""
-        return self.graph is not None and not self.failed
+        return self.graph is not None
 
 
 class _no_autocast_cache:
